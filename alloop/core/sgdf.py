@@ -1,0 +1,250 @@
+"""SGDF: stochastic gradient descent that carries the regularity tangent θ̇ = dθ*/ds (paper §3.5).
+
+The tangent is the forward-mode derivative of the *whole* optimizer step with respect to
+(θ, optimizer state, s) along (θ̇, state tangent, 1): substitute θ + θ̇ ds into every step
+(method.md, dual-number form). Any optax optimizer therefore works unchanged, and for plain SGD
+this is exactly θ̇ ← θ̇ − η (H_B θ̇ + ρ_B). The integer leaves of an optimizer state (step counts)
+carry no tangent.
+
+``tangent_every = k`` updates the tangent on every k-th step only (plain steps in between, the
+tangent held). The fixed point H θ̇ = −ρ does not depend on how often it is iterated, so this trades
+convergence speed of the tangent for training cost. ``tangent_every = 0`` trains without a tangent.
+
+An epoch is one jitted ``lax.scan`` over minibatches of a seeded permutation; the epoch index is
+folded into the seed, so training from a checkpoint at epoch e repeats an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from alloop.core.objective import Data, Problem, batch_objective
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Stored in a run's config as given."""
+
+    optimizer: str = "adam"  # "adam" | "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.0  # sgd only
+    epochs: int = 100
+    batch_size: int = 64
+    schedule: str = "cosine"  # "cosine" | "constant" | "exponential"
+    final_lr: float = 0.01  # end of schedule, as a fraction of lr
+    seed: int = 0
+    tangent_every: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+class TrainState(NamedTuple):
+    """Everything training carries: θ, θ̇, the optimizer state and its tangent, the step count."""
+
+    params: Any
+    tangent: Any
+    opt_state: Any
+    opt_tangent: list  # tangents of the optimizer state's floating leaves, in leaf order
+    step: jax.Array
+
+
+class EpochReport(NamedTuple):
+    epoch: int
+    loss: float
+    tangent_norm: float
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / min(batch_size, n))
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> Callable:
+    total_steps = max(total_steps, 1)
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(cfg.lr)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.lr, total_steps, alpha=cfg.final_lr)
+    if cfg.schedule == "exponential":
+        return optax.exponential_decay(cfg.lr, total_steps, cfg.final_lr)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax optimizer for ``cfg``. Adam gets eps_root > 0: the tangent of √v is infinite at v = 0."""
+    lr = make_schedule(cfg, total_steps)
+    if cfg.optimizer == "sgd":
+        return optax.sgd(lr, momentum=cfg.momentum or None)
+    if cfg.optimizer == "adam":
+        return optax.adam(lr, eps_root=1e-16)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+
+
+def split_state(opt_state):
+    """Split an optimizer state into its floating leaves (differentiated) and the rest."""
+    leaves, treedef = jax.tree_util.tree_flatten(opt_state)
+    mask = tuple(_is_float(x) for x in leaves)
+    floats = [x for x, m in zip(leaves, mask) if m]
+    others = [x for x, m in zip(leaves, mask) if not m]
+    return floats, others, (treedef, mask)
+
+
+def merge_state(floats, others, layout):
+    treedef, mask = layout
+    fi, oi = iter(floats), iter(others)
+    return jax.tree_util.tree_unflatten(treedef, [next(fi) if m else next(oi) for m in mask])
+
+
+def zeros_like_tree(tree):
+    return jax.tree_util.tree_map(jnp.zeros_like, tree)
+
+
+def init_state(params, opt: optax.GradientTransformation, tangent=None) -> TrainState:
+    """A fresh optimizer around ``params``; warm-started from ``tangent`` when given (else θ̇ = 0)."""
+    opt_state = opt.init(params)
+    floats, _, _ = split_state(opt_state)
+    tangent = zeros_like_tree(params) if tangent is None else jax.tree_util.tree_map(jnp.asarray, tangent)
+    return TrainState(params, tangent, opt_state, [jnp.zeros_like(x) for x in floats], jnp.zeros((), jnp.int32))
+
+
+def _plain_step(problem, opt, n, state: TrainState, batch: Data, s):
+    loss, g = jax.value_and_grad(batch_objective, argnums=1)(problem, state.params, s, batch, n)
+    updates, opt_state = opt.update(g, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+
+def _s_direction(s):
+    """The tangent of s itself: 1, so that θ̇ = dθ/ds (tests set it to 0 to drop ρ on purpose)."""
+    return jnp.ones_like(s)
+
+
+def _sgdf_step(problem, opt, n, state: TrainState, batch: Data, s):
+    _, others, layout = split_state(state.opt_state)
+
+    def step(params, opt_floats, s_):
+        opt_state = merge_state(opt_floats, others, layout)
+        loss, g = jax.value_and_grad(batch_objective, argnums=1)(problem, params, s_, batch, n)
+        updates, new_state = opt.update(g, opt_state, params)
+        new_floats, new_others, _ = split_state(new_state)
+        return (optax.apply_updates(params, updates), new_floats), (loss, new_others)
+
+    floats, _, _ = split_state(state.opt_state)
+    s = jnp.asarray(s, jnp.float32)
+    (params, new_floats), (tangent, opt_tangent), (loss, new_others) = jax.jvp(
+        step, (state.params, floats, s), (state.tangent, state.opt_tangent, _s_direction(s)), has_aux=True
+    )
+    opt_state = merge_state(new_floats, new_others, layout)
+    return TrainState(params, tangent, opt_state, opt_tangent, state.step + 1), loss
+
+
+def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig) -> Callable:
+    """A jitted ``epoch(state, data, s, key) -> (state, mean loss)``: one pass over a permutation."""
+    bs = min(cfg.batch_size, n)
+    steps = steps_per_epoch(n, cfg.batch_size)
+    pad = steps * bs - n
+    every = cfg.tangent_every
+
+    def one_step(state, batch, s):
+        if every == 0:
+            return _plain_step(problem, opt, n, state, batch, s)
+        if every == 1:
+            return _sgdf_step(problem, opt, n, state, batch, s)
+        return jax.lax.cond(
+            state.step % every == every - 1,
+            lambda st: _sgdf_step(problem, opt, n, st, batch, s),
+            lambda st: _plain_step(problem, opt, n, st, batch, s),
+            state,
+        )
+
+    def epoch(state, data: Data, s, key):
+        perm = jax.random.permutation(key, n)
+        idx = jnp.concatenate([perm, perm[:pad]]).reshape(steps, bs)
+
+        def body(st, bidx):
+            batch = Data(data.x[bidx], data.y[bidx], data.w[bidx])
+            return one_step(st, batch, s)
+
+        state, losses = jax.lax.scan(body, state, idx)
+        return state, jnp.mean(losses)
+
+    return jax.jit(epoch)
+
+
+def epoch_key(seed: int, epoch: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+
+
+def tree_norm(tree) -> float:
+    return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))))
+
+
+def fit(
+    problem: Problem,
+    data: Data,
+    s: float,
+    cfg: TrainConfig,
+    params=None,
+    tangent=None,
+    state: TrainState | None = None,
+    start_epoch: int = 0,
+    on_epoch: Callable[[TrainState, EpochReport], None] | None = None,
+) -> tuple[TrainState, list[EpochReport]]:
+    """Train for ``cfg.epochs`` epochs with SGDF and return the final state and per-epoch reports.
+
+    Start from ``state`` (resuming at ``start_epoch``), else from ``params``/``tangent`` (warm start with
+    a fresh optimizer), else from the model's initialization with seed ``cfg.seed``.
+    """
+    n = int(data.x.shape[0])
+    opt = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
+    if state is None:
+        if params is None:
+            params = problem.model.init(jax.random.PRNGKey(cfg.seed))
+        state = init_state(jax.tree_util.tree_map(jnp.asarray, params), opt, tangent)
+    epoch_fn = make_epoch(problem, opt, n, cfg)
+    s_arr = jnp.asarray(s, jnp.float32)
+    reports = []
+    for e in range(start_epoch, cfg.epochs):
+        state, loss = epoch_fn(state, data, s_arr, epoch_key(cfg.seed, e))
+        rep = EpochReport(e, float(loss), tree_norm(state.tangent))
+        reports.append(rep)
+        if on_epoch is not None:
+            on_epoch(state, rep)
+    return state, reports
+
+
+def tangent_warnings(reports: list[EpochReport], residual: float | None = None) -> list[str]:
+    """Signs that the tangent is not to be trusted: non-finite values, a norm still growing fast, a large residual."""
+    out = []
+    norms = np.array([r.tangent_norm for r in reports])
+    losses = np.array([r.loss for r in reports])
+    if norms.size and not np.all(np.isfinite(norms)):
+        out.append("the regularity tangent became non-finite during training (try --curvature gauss-newton or a smaller --lr)")
+    elif norms.size >= 10:
+        tail = norms[-max(len(norms) // 5, 2):]
+        if tail[0] > 0 and tail[-1] / tail[0] > 2.0:
+            out.append(
+                f"the regularity tangent's norm still grew {tail[-1] / tail[0]:.1f}x over the last epochs "
+                "(negative curvature? try --curvature gauss-newton or more --epochs)"
+            )
+    if losses.size and not np.all(np.isfinite(losses)):
+        out.append("the training loss became non-finite (try a smaller --lr)")
+    if residual is not None and (not np.isfinite(residual) or residual > 0.5):
+        out.append(f"the tangent's relative residual ||Hθ̇+ρ||/||ρ|| is {residual:.3g} (> 0.5): SLD scores are unreliable")
+    return out
