@@ -1,0 +1,416 @@
+"""The unlabeled pool: a Parquet file or a directory of them, read in streamed batches.
+
+Nothing here loads a whole pool. Only the id, feature (and on request target) columns are
+read, one record batch at a time, file by file. What bounds memory: pyarrow's Parquet reader
+decodes a whole row group of the selected columns before slicing it into batches, so peak
+memory is about ``max(batch_rows, rows per row group) x selected columns x 8 bytes``; pools
+written with row groups of ~64k-1M rows (pyarrow's default is 1M) stay within a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from alloop.errors import UserError
+from alloop.io.atomic import sha256_bytes
+
+DEFAULT_BATCH_ROWS = 65536
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """What ``open_pool`` learned from the Parquet metadata (no data rows read)."""
+
+    path: str
+    files: tuple[str, ...]
+    id_col: str
+    id_kind: str
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    n_rows: int
+    fingerprint: str
+
+
+@dataclass
+class PoolBatch:
+    """One streamed batch: ids (int64 or object str), X (m, d) float32, Y (m, t) or None."""
+
+    ids: np.ndarray
+    X: np.ndarray
+    Y: np.ndarray | None = None
+
+
+def open_pool(path, id_col: str = "id", features=None, targets=()) -> PoolInfo:
+    """Check the pool's files and schema and choose its feature columns.
+
+    Features default to every integer or float column except the id, the targets and a stored
+    pandas index, in file order. Raises UserError for any problem a user can fix.
+    """
+    shown = str(path)
+    root = Path(path).expanduser().resolve()
+    files = _pool_files(root, shown)
+    schema, n_rows = _read_schemas(files, root)
+    targets = tuple(targets)
+    id_kind = _id_kind(schema, id_col, shown)
+    _check_targets(schema, targets, id_col, shown)
+    feats = _choose_features(schema, id_col, targets, features, shown)
+    if n_rows == 0:
+        raise UserError(f"pool '{shown}' has no rows: add data to it or pass another --pool")
+    return PoolInfo(
+        path=str(root),
+        files=tuple(str(f) for f in files),
+        id_col=id_col,
+        id_kind=id_kind,
+        features=feats,
+        targets=targets,
+        n_rows=n_rows,
+        fingerprint=schema_fingerprint(schema, (id_col, *feats)),
+    )
+
+
+def _pool_files(root: Path, shown: str) -> list[Path]:
+    """The pool's Parquet files sorted by path; names starting with '.' or '_' are skipped."""
+    if not root.exists():
+        raise UserError(f"pool '{shown}' not found: pass --pool with a Parquet file or a directory of Parquet files")
+    if root.is_file():
+        return [root]
+    files = sorted(
+        p for p in root.rglob("*.parquet")
+        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise UserError(f"pool directory '{shown}' has no .parquet files: pass --pool with a Parquet file or a directory of them")
+    return files
+
+
+def _read_schemas(files: list[Path], root: Path) -> tuple[dict[str, pa.DataType], int]:
+    """The shared {column: type} of all files and their total row count; differing schemas are an error."""
+    first, n_rows = None, 0
+    for f in files:
+        with _parquet_file(f) as pf:
+            cols = {field.name: field.type for field in pf.schema_arrow}
+            n_rows += pf.metadata.num_rows
+        if first is None:
+            first = (f, cols)
+        elif cols != first[1]:
+            raise _schema_differs(_rel(first[0], root), first[1], _rel(f, root), cols)
+    return first[1], n_rows
+
+
+def _rel(f: Path, root: Path) -> str:
+    return f.name if f == root else f.relative_to(root).as_posix()
+
+
+def _schema_differs(fa: str, a: dict, fb: str, b: dict) -> UserError:
+    only_a, only_b = [c for c in a if c not in b], [c for c in b if c not in a]
+    if only_a or only_b:
+        what = f"columns only in the first: {only_a or 'none'}, only in the second: {only_b or 'none'}"
+    else:
+        col = next(c for c in a if a[c] != b[c])
+        what = f"column '{col}' is {a[col]} in the first, {b[col]} in the second"
+    return UserError(f"pool files '{fa}' and '{fb}' have different schemas ({what}): rewrite them with one schema")
+
+
+@contextlib.contextmanager
+def _parquet_file(f):
+    """Open one Parquet file, turning pyarrow's errors for a bad file into a UserError."""
+    try:
+        pf = pq.ParquetFile(f)
+    except _READ_ERRORS as e:
+        raise _unreadable(f, e) from None
+    with pf:
+        yield pf
+
+
+def _unreadable(f, err: Exception) -> UserError:
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    return UserError(f"pool file '{f}' is not a readable Parquet file ({reason}): replace it or remove it from the pool")
+
+
+def _id_kind(schema: dict, id_col: str, shown: str) -> str:
+    if id_col not in schema:
+        raise UserError(f"pool '{shown}' has no id column '{id_col}' (columns: {_names(schema)}): pass --id-col NAME")
+    t = schema[id_col]
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "str"
+    raise UserError(f"pool id column '{id_col}' has type {t}, but ids must be integers or strings: pass --id-col NAME for another column")
+
+
+def _check_targets(schema: dict, targets: tuple, id_col: str, shown: str) -> None:
+    for t in targets:
+        if t not in schema:
+            raise UserError(f"pool '{shown}' has no target column '{t}' (columns: {_names(schema)}): fix --target or leave it out")
+        if t == id_col:
+            raise UserError(f"column '{t}' cannot be both the id and a target: pass another --target or --id-col")
+
+
+def _choose_features(schema: dict, id_col: str, targets: tuple, features, shown: str) -> tuple[str, ...]:
+    if features is None:
+        feats = tuple(c for c, t in schema.items() if _numeric(t) and c != id_col and c not in targets
+                      and not c.startswith("__index_level_"))
+        if not feats:
+            raise UserError(f"pool '{shown}' has no numeric feature columns (columns: {_names(schema)}): add some or pass --features NAMES")
+        return feats
+    feats = tuple(features)
+    if not feats:
+        raise UserError("no features given: pass --features with at least one numeric column, or leave it out to use all")
+    for c in feats:
+        _check_feature(schema, c, id_col, targets, shown)
+    return feats
+
+
+def _check_feature(schema: dict, c: str, id_col: str, targets: tuple, shown: str) -> None:
+    if c not in schema:
+        raise UserError(f"pool '{shown}' has no feature column '{c}' (columns: {_names(schema)}): fix --features")
+    if c == id_col or c in targets:
+        raise UserError(f"column '{c}' cannot be both a feature and the id or a target: remove it from --features")
+    if not _numeric(schema[c]):
+        raise UserError(f"pool feature '{c}' has type {schema[c]}, not a number: remove it from --features")
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _names(schema: dict, limit: int = 12) -> str:
+    names = list(schema)
+    more = f", ... {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def schema_fingerprint(schema: dict, columns) -> str:
+    """SHA-256 of the sorted (name, arrow type) of ``columns``: stable when rows are added."""
+    pairs = sorted([c, str(schema[c])] for c in columns)
+    return sha256_bytes(json.dumps(pairs).encode())
+
+
+def check_fingerprint(info: PoolInfo, expected: str, run_name: str) -> None:
+    """UserError if the pool's id/feature columns are not the ones the run was created with."""
+    if info.fingerprint != expected:
+        cols = ", ".join((info.id_col, *info.features))
+        raise UserError(
+            f"pool schema changed since `alloop init {run_name}`: the id/feature columns of '{info.path}' "
+            f"({cols}) are not the ones recorded; restore the pool or init a new run"
+        )
+
+
+def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: str = "features",
+                 with_targets: bool = False) -> Iterator[PoolBatch]:
+    """Stream the pool as PoolBatch objects of at most ``batch_rows`` rows, files in order.
+
+    ``columns="features"`` reads the id and feature columns; ``columns="ids"`` reads only the id
+    (X then has 0 columns). Features must be finite: a null, NaN or inf raises UserError.
+    """
+    if columns not in ("features", "ids"):
+        raise ValueError(f"columns must be 'features' or 'ids', got {columns!r}")
+    return _batches(info, batch_rows, columns, with_targets, np.float32)
+
+
+def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype) -> Iterator[PoolBatch]:
+    feats = info.features if columns == "features" else ()
+    targets = info.targets if with_targets else ()
+    for rb in _record_batches(info, [info.id_col, *feats, *targets], batch_rows):
+        ids = _ids(rb.column(info.id_col), info)
+        X = _features(rb, feats, ids, dtype)
+        Y = _targets(rb, targets) if with_targets else None
+        yield PoolBatch(ids, X, Y)
+
+
+def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``cols`` from every file; read errors become UserError."""
+    for f in info.files:
+        with _parquet_file(f) as pf:
+            it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False)
+            while True:
+                try:
+                    rb = next(it)
+                except StopIteration:
+                    break
+                except _READ_ERRORS as e:
+                    raise _unreadable(f, e) from None
+                yield rb
+
+
+def _ids(col: pa.Array, info: PoolInfo) -> np.ndarray:
+    if col.null_count:
+        raise UserError(f"pool has a missing id in column '{info.id_col}': fill it in or drop the row")
+    if info.id_kind == "int":
+        return col.to_numpy().astype(np.int64, copy=False)
+    return col.to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+def _features(rb: pa.RecordBatch, feats, ids: np.ndarray, dtype) -> np.ndarray:
+    """(m, d) C-contiguous array of the features; a null/NaN/inf (or float32 overflow) is an error."""
+    X = np.empty((rb.num_rows, len(feats)), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j, name in enumerate(feats):
+            col = rb.column(name)
+            if col.null_count:
+                i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+                raise _bad_feature(name, ids[i])
+            X[:, j] = col.to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        j = int(np.argmax(bad.any(axis=0)))
+        raise _bad_feature(feats[j], ids[int(np.argmax(bad[:, j]))])
+    return X
+
+
+def _bad_feature(name: str, example_id) -> UserError:
+    return UserError(
+        f"pool has a missing or non-finite value in feature '{name}' (id {example_id}): "
+        "clean the pool or drop the column with --features"
+    )
+
+
+def _targets(rb: pa.RecordBatch, targets) -> np.ndarray:
+    """(m, t) float64 (nulls as NaN) when every target is numeric, else an object array."""
+    cols = [rb.column(t) for t in targets]
+    if all(_numeric(c.type) for c in cols):
+        Y = np.empty((rb.num_rows, len(cols)), dtype=np.float64)
+        for j, c in enumerate(cols):
+            Y[:, j] = c.to_numpy(zero_copy_only=False)
+        return Y
+    Y = np.empty((rb.num_rows, len(cols)), dtype=object)
+    for j, c in enumerate(cols):
+        Y[:, j] = c.to_pylist()
+    return Y
+
+
+def feature_moments(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and population std (float64) in one streaming pass.
+
+    Batches are merged with Chan et al.'s parallel update, which stays accurate when the mean is
+    large compared with the spread. A constant column gets std exactly 0 (the caller uses 1).
+    """
+    d = len(info.features)
+    n, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    lo, hi = np.full(d, np.inf), np.full(d, -np.inf)
+    for batch in _batches(info, batch_rows, "features", False, np.float64):
+        k = len(batch.ids)
+        if k == 0:
+            continue
+        n, mean, m2 = _chan_merge(n, mean, m2, batch.X)
+        lo, hi = np.minimum(lo, batch.X.min(axis=0)), np.maximum(hi, batch.X.max(axis=0))
+    std = np.sqrt(m2 / max(n, 1))
+    const = lo == hi
+    std[const], mean[const] = 0.0, lo[const]
+    return mean, std
+
+
+def _chan_merge(n: int, mean: np.ndarray, m2: np.ndarray, X: np.ndarray):
+    """Fold batch ``X`` into running (count, mean, sum of squared deviations)."""
+    k = X.shape[0]
+    b_mean = X.mean(axis=0)
+    b_m2 = np.square(X - b_mean).sum(axis=0)
+    total = n + k
+    delta = b_mean - mean
+    return total, mean + delta * (k / total), m2 + b_m2 + np.square(delta) * (n * k / total)
+
+
+def scan_ids(info: PoolInfo, batch_rows: int = 4 * DEFAULT_BATCH_ROWS) -> np.ndarray:
+    """Every id in pool order (int64, or object array of str), reading only the id column."""
+    parts = [b.ids for b in _batches(info, batch_rows, "ids", False, np.float32)]
+    empty = np.empty(0, dtype=np.int64 if info.id_kind == "int" else object)
+    return np.concatenate(parts) if parts else empty
+
+
+def check_unique_ids(info: PoolInfo) -> None:
+    """UserError naming a duplicated id."""
+    ids = scan_ids(info)
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        raise UserError(
+            f"pool has duplicate id {ids[int(np.argmax(dup))]} in column '{info.id_col}': "
+            "ids must be unique; fix the pool or pass --id-col NAME for a unique column"
+        )
+
+
+def as_ids(ids, id_kind: str) -> np.ndarray:
+    """``ids`` as the array type the pool uses: int64, or object array of str."""
+    if id_kind == "int":
+        return np.asarray(ids).astype(np.int64, copy=False).reshape(-1)
+    return np.array([str(i) for i in np.asarray(ids, dtype=object).reshape(-1)], dtype=object)
+
+
+def missing_ids(info: PoolInfo, ids) -> np.ndarray:
+    """The ``ids`` (first-seen order, deduplicated) that are not in the pool; reads only the id column."""
+    want = pd.unique(as_ids(ids, info.id_kind))
+    found = _found_ids(info, want)
+    return np.array([i for i in want if i not in found], dtype=want.dtype)
+
+
+def require_ids(info: PoolInfo, ids) -> None:
+    """UserError listing up to 5 of ``ids`` that are not in the pool."""
+    missing = missing_ids(info, ids)
+    if len(missing):
+        raise _not_in_pool(missing)
+
+
+def _found_ids(info: PoolInfo, want: np.ndarray) -> set:
+    found: set = set()
+    for rb in _filtered(info, [info.id_col], want):
+        found.update(rb.column(info.id_col).to_pylist())
+    return found
+
+
+def _filtered(info: PoolInfo, cols: list[str], want: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS):
+    """Record batches holding only the rows whose id is in ``want``; stops once all were seen."""
+    if len(want) == 0:
+        return
+    value_set = _id_array(want, info.id_kind)
+    seen: set = set()
+    with contextlib.closing(_record_batches(info, cols, batch_rows)) as batches:
+        for rb in batches:
+            idcol = rb.column(info.id_col).cast(value_set.type)
+            sub = rb.filter(pc.is_in(idcol, value_set=value_set))
+            if sub.num_rows:
+                seen.update(sub.column(info.id_col).to_pylist())
+                yield sub
+            if len(seen) >= len(want):
+                return
+
+
+def _id_array(ids: np.ndarray, id_kind: str) -> pa.Array:
+    return pa.array(ids, type=pa.int64() if id_kind == "int" else pa.string())
+
+
+def _not_in_pool(missing: np.ndarray) -> UserError:
+    examples = ", ".join(str(i) for i in missing[:5])
+    n = len(missing)
+    what = f"id {examples} is" if n == 1 else f"{n} ids are"
+    eg = "" if n == 1 else f" (e.g. {examples})"
+    return UserError(f"{what} not in the pool{eg}: check the file's id column")
+
+
+def take_rows(info: PoolInfo, ids, with_targets: bool = False) -> pd.DataFrame:
+    """The pool rows for ``ids`` in the order of ``ids``: id, features (and targets) as stored."""
+    ids = as_ids(ids, info.id_kind)
+    want = pd.unique(ids)
+    cols = [info.id_col, *info.features, *(info.targets if with_targets else ())]
+    parts = list(_filtered(info, cols, want))
+    table = pa.Table.from_batches(parts) if parts else _empty_table(info, cols)
+    df = table.to_pandas().drop_duplicates(subset=info.id_col)
+    pos = pd.Index(df[info.id_col]).get_indexer(ids)
+    if (pos < 0).any():
+        raise _not_in_pool(pd.unique(ids[pos < 0]))
+    return df.iloc[pos].reset_index(drop=True)
+
+
+def _empty_table(info: PoolInfo, cols: list[str]) -> pa.Table:
+    with _parquet_file(info.files[0]) as pf:
+        schema = pf.schema_arrow
+    return pa.schema([schema.field(c) for c in cols]).empty_table()
