@@ -97,3 +97,10 @@ def per_example_loss(problem: Problem, params, x, y) -> jax.Array:
 
 
 Params = Any
+
+
+def default_curvature(model_kind: str) -> tuple[str, float]:
+    """(curvature, damping) used for a model kind unless the run says otherwise."""
+    if model_kind == "mlp":
+        return "gauss-newton", 0.0
+    return "hessian", 0.0

@@ -1,0 +1,436 @@
+"""The use cases: init, train, query, ingest, status. Each reads the run, calls the core, commits.
+
+Every verb takes the run's lock, validates everything the user gave before changing anything, and
+changes the run's state through one ``rundir.commit`` (or not at all), so a user error (raised as
+``UserError``) leaves every file of the run as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import alloop
+from alloop import fitting, querying
+from alloop.core import scorers, sgdf
+from alloop.core.objective import default_curvature
+from alloop.errors import UserError
+from alloop.io import atomic, labels as labelio, pool as poolio, rundir, tables
+from alloop.io.checkpoint import load_meta
+from alloop.io.lock import run_lock
+from alloop.reporting import Reporter
+
+TEST_FILE = "test.parquet"
+QUERY_FORMATS = ("csv", "parquet", "jsonl")
+DEFAULT_BATCH_ROWS = 65536
+COMMITTEE_SIZE = 5
+
+
+# --- init --------------------------------------------------------------------------------------
+
+
+def init_run(
+    name: str,
+    pool: str,
+    *,
+    id_col: str = "id",
+    features: list[str] | None = None,
+    targets: list[str] = ("target",),
+    labels: str | None = None,
+    test: str | None = None,
+    model: dict | None = None,
+    s: float = 1.0,
+    train: dict | None = None,
+    tangent: str = "sgdf",
+    regularizer: str = "l2",
+    task: str = "regression",
+    reporter: Reporter | None = None,
+) -> dict:
+    """Create a run over a pool: check the pool, compute input statistics, take seed labels and a test set."""
+    reporter = reporter or Reporter()
+    path = rundir.resolve_run_path(name)
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
+    _check_options(s, model or {}, train or {}, tangent, task)
+    targets = list(targets)
+    in_pool = [t for t in targets if t in tables.column_names(pool)]
+    info = poolio.open_pool(pool, id_col=id_col, features=features, targets=in_pool)
+    with reporter.progress("checking pool ids", None):
+        poolio.check_unique_ids(info)
+    with reporter.progress("computing feature statistics", info.n_rows) as advance:
+        mean, std = poolio.feature_moments(info)
+        advance(info.n_rows)
+    config = _make_config(info, pool, targets, in_pool, mean, std, model or {}, s, train or {}, tangent, regularizer, task)
+    seed = _read_seed_labels(labels, info, config) if labels else None
+    test_bytes = None
+    if test:
+        test_df = tables.read_test_set(test, list(info.features), targets, task)
+        test_bytes = atomic.encode_table(test_df, "parquet")
+        config["test"] = {"given": str(test), "rows": len(test_df), "sha256": atomic.sha256_bytes(test_bytes)}
+    run = rundir.create_run(path, config)
+    try:
+        if test_bytes is not None:
+            atomic.write_bytes_atomic(run.path / TEST_FILE, test_bytes)
+        if seed is not None:
+            run = rundir.commit(run, labels=seed, state={"n_labels": len(seed)})
+        rundir.append_history(run, {"command": "init", "pool_rows": info.n_rows, "labels": run.n_labels})
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return {"run": str(run.path), "pool_rows": info.n_rows, "features": list(info.features), "labels": run.n_labels}
+
+
+def _check_options(s, model: dict, train: dict, tangent: str, task: str) -> None:
+    if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+        raise UserError(f"--s must be a positive number, got {s}: try --s 1")
+    if model.get("kind", "linear") not in ("linear", "poly", "mlp"):
+        raise UserError(f"unknown --model {model.get('kind')!r}: choose linear, poly or mlp")
+    if tangent not in ("sgdf", "cg", "exact"):
+        raise UserError(f"unknown --tangent {tangent!r}: choose sgdf, cg or exact")
+    if task not in ("regression", "classification"):
+        raise UserError(f"unknown --task {task!r}: choose regression or classification")
+    for key in ("epochs", "batch_size"):
+        if key in train and int(train[key]) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1")
+    if "lr" in train and not (math.isfinite(train["lr"]) and train["lr"] > 0):
+        raise UserError("--lr must be a positive number")
+    if train.get("optimizer", "adam") not in ("adam", "sgd"):
+        raise UserError(f"unknown --optimizer {train.get('optimizer')!r}: choose adam or sgd")
+
+
+def _make_config(info, pool_given, targets, in_pool, mean, std, model, s, train, tangent, regularizer, task) -> dict:
+    model = {"kind": "linear", **model}
+    curvature, damping = default_curvature(model["kind"])
+    model.setdefault("curvature", curvature)
+    model.setdefault("damping", damping)
+    pool_abs = Path(info.path)
+    return {
+        "alloop_version": alloop.__version__,
+        "created": _now(),
+        "task": task,
+        "id_kind": info.id_kind,
+        "targets": targets,
+        "pool": {
+            "path": str(pool_abs),
+            "given": str(pool_given),
+            "id_col": info.id_col,
+            "features": list(info.features),
+            "targets_in_pool": list(in_pool),
+            "fingerprint": info.fingerprint,
+            "rows_at_init": info.n_rows,
+        },
+        "standardizer": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "model": model,
+        "regularizer": regularizer,
+        "s": float(s),
+        "tangent": tangent,
+        "train": {**sgdf.TrainConfig().to_dict(), **train},
+        "test": None,
+    }
+
+
+def _read_seed_labels(path: str, info: poolio.PoolInfo, config: dict) -> pd.DataFrame:
+    lf = labelio.read_label_file(path, info.id_col, tuple(config["targets"]), info.id_kind, config["task"])
+    keep = ~np.isin(lf.ids, lf.blank_ids) if len(lf.blank_ids) else np.ones(len(lf.ids), bool)
+    poolio.require_ids(info, lf.ids[keep])
+    return _label_frame(config, lf.ids[keep], lf.values[keep], round_=0)
+
+
+def _label_frame(config: dict, ids, values, round_: int) -> pd.DataFrame:
+    values = np.asarray(values)
+    cols: dict = {"id": ids}
+    if config["task"] == "classification":
+        cols[config["targets"][0]] = values.astype(object)
+    else:
+        values = values.reshape(len(ids), len(config["targets"]))
+        for j, t in enumerate(config["targets"]):
+            cols[t] = values[:, j].astype(np.float64)
+    cols["round"] = np.full(len(ids), round_, np.int64)
+    cols["time"] = np.array([_now()] * len(ids), dtype=object)
+    return pd.DataFrame(cols)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+def open_pool_of(run: rundir.Run) -> poolio.PoolInfo:
+    """The run's pool, found where init saw it (or beside the run when copied together), schema-checked."""
+    p = run.config["pool"]
+    path = p["path"]
+    if not Path(path).exists() and (run.path / p["given"]).exists():
+        path = str(run.path / p["given"])
+    if not Path(path).exists():
+        raise UserError(f"the pool of run '{run.name}' is not at {p['path']} any more: put it back, then retry")
+    info = poolio.open_pool(path, id_col=p["id_col"], features=p["features"], targets=p.get("targets_in_pool", []))
+    poolio.check_fingerprint(info, p["fingerprint"], run.name)
+    return info
+
+
+def labeled_arrays(run: rundir.Run, info: poolio.PoolInfo, labels: pd.DataFrame | None = None):
+    """(ids, X, Y) of the labeled rows: features from the pool, labels from the run."""
+    labels = rundir.read_labels(run) if labels is None else labels
+    ids = labels["id"].to_numpy()
+    if len(ids) == 0:
+        return ids, np.zeros((0, len(info.features)), np.float32), np.zeros((0, len(run.targets)))
+    rows = poolio.take_rows(info, ids)
+    x = rows[list(info.features)].to_numpy(np.float32)
+    y = labels[list(run.targets)].to_numpy()
+    return ids, x, y
+
+
+def _test_arrays(run: rundir.Run):
+    if not run.config.get("test"):
+        return None
+    df = tables.read_table(run.path / TEST_FILE)
+    return df[run.config["pool"]["features"]].to_numpy(np.float32), df[list(run.targets)].to_numpy()
+
+
+def _checkpoint(run: rundir.Run):
+    loaded = rundir.load_checkpoint(run, fitting.checkpoint_like(run.config))
+    return loaded if loaded is not None else (None, None)
+
+
+def needs_training(run: rundir.Run) -> bool:
+    return run.n_labels > 0 and (run.state.get("checkpoint") is None or run.state.get("labels_at_checkpoint") != run.n_labels)
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def train(name: str, *, fresh: bool = False, epochs: int | None = None, wait: float = 5.0, reporter: Reporter | None = None) -> dict:
+    """Fit the model with SGDF on all labels so far (warm-started from the last checkpoint)."""
+    reporter = reporter or Reporter()
+    run = rundir.open_run(name)
+    with run_lock(run.path, wait):
+        run = rundir.open_run(str(run.path))
+        info = open_pool_of(run)
+        run, record = _train_locked(run, info, reporter, fresh=fresh, epochs=epochs)
+    return record
+
+
+def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int | None = None, labels=None):
+    if run.n_labels == 0:
+        raise UserError(
+            f"run '{run.name}' has no labels yet: `alloop query {run.name}` picks rows to label, "
+            f"then `alloop ingest {run.name} FILE` (or init with --labels)"
+        )
+    if epochs is not None and epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    _, x, y = labeled_arrays(run, info, labels)
+    tree, meta = (None, None) if fresh else _checkpoint(run)
+    params = tangent = None
+    if tree is not None:
+        params, tangent = tree["params"], tree["tangent"]
+    total = fitting.train_config(run.config, len(x), epochs=epochs).epochs
+    with reporter.progress(f"training on {len(x)} labels", total) as advance:
+        result = fitting.fit(run.config, x, y, params=params, tangent=tangent, epochs=epochs, on_epoch=lambda e, t, loss: advance(1))
+    for w in result.warnings:
+        reporter.warn(w)
+    figures = {"train_loss": result.train_loss, "residual": result.residual, "epochs": result.epochs, "seconds": round(result.seconds, 3)}
+    test = _test_arrays(run)
+    if test is not None:
+        figures.update(fitting.metrics(run.config, result.params, *test))
+    meta = {
+        "s": run.config["s"],
+        "n_labels": run.n_labels,
+        "round": run.round,
+        "noise": [float(v) for v in np.ravel(result.noise)],
+        "warnings": result.warnings,
+        "figures": figures,
+        "tangent_norm": sgdf.tree_norm(result.tangent),
+    }
+    tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
+    run = rundir.commit(run, checkpoint=(tree, meta), state={"labels_at_checkpoint": run.n_labels})
+    record = {"command": "train", "labels": run.n_labels, "round": run.round, **figures, "warnings": result.warnings}
+    rundir.append_history(run, record)
+    return run, record
+
+
+# --- query -------------------------------------------------------------------------------------
+
+
+def query(
+    name: str,
+    *,
+    k: int = 20,
+    strategy: str = "sld",
+    fmt: str = "csv",
+    seed: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    wait: float = 5.0,
+    reporter: Reporter | None = None,
+) -> dict:
+    """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>."""
+    reporter = reporter or Reporter()
+    if strategy not in querying.STRATEGIES:
+        raise UserError(f"unknown --strategy {strategy!r}: choose one of {', '.join(querying.STRATEGIES)}")
+    if fmt not in QUERY_FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: choose csv, parquet or jsonl")
+    if k < 1:
+        raise UserError("-k must be at least 1")
+    run = rundir.open_run(name)
+    with run_lock(run.path, wait):
+        run = rundir.open_run(str(run.path))
+        info = open_pool_of(run)
+        if needs_training(run):
+            reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
+            run, _ = _train_locked(run, info, reporter)
+        seed = int(run.config["train"].get("seed", 0)) + run.round if seed is None else seed
+        sel = _select(run, info, k, strategy, seed, batch_rows, reporter)
+        if len(sel.ids) == 0:
+            raise UserError(f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool")
+        if sel.note:
+            reporter.info(sel.note)
+        frame = _query_frame(run, info, sel)
+        new_round = run.round + 1
+        outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
+        run = rundir.commit(run, query=(frame, fmt), state={"round": new_round, "outstanding": outstanding})
+        path = run.path / run.state["queries"][-1]["file"]
+        record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids), "file": str(path.relative_to(run.path))}
+        rundir.append_history(run, record)
+    return {**record, "path": str(path), "note": sel.note}
+
+
+def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> querying.Selection:
+    exclude = np.concatenate([rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]).astype(
+        np.int64 if run.id_kind == "int" else object
+    )
+    stats = fitting.standardizer(run.config)
+    with reporter.progress(f"scoring the pool ({strategy})", info.n_rows) as advance:
+        if strategy == "random":
+            top = querying.stream_top(info, querying.random_scorer(seed), exclude, k, batch_rows, advance)
+            return querying.Selection(top.ids, top.scores, "random")
+        tree, meta = _checkpoint(run)
+        if strategy == "greedy" or (strategy == "sld" and (tree is None or sgdf.tree_norm(tree["tangent"]) == 0)):
+            note = None if strategy == "greedy" else "cold start: no trained tangent yet, so SLD has nothing to say; using greedy farthest-point sampling"
+            _, lx, _ = labeled_arrays(run, info)
+            sel = querying.greedy_select(info, stats, lx, exclude, k, seed, batch_rows, advance)
+            sel.note = note
+            return sel
+        problem = fitting.build_problem(run.config, tree["params"])
+        if strategy == "sld":
+            fn = scorers.sld(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
+        else:  # committee
+            _, lx, ly = labeled_arrays(run, info)
+            members = fitting.bootstrap_members(run.config, lx, ly, COMMITTEE_SIZE, seed)
+            fn = scorers.committee(problem, members)
+        top = querying.stream_top(info, querying.model_scorer(fn, batch_rows), exclude, k, batch_rows, advance)
+        return querying.Selection(top.ids, top.scores, strategy)
+
+
+def _query_frame(run, info, sel: querying.Selection) -> pd.DataFrame:
+    rows = poolio.take_rows(info, sel.ids)
+    frame = pd.DataFrame({info.id_col: rows[info.id_col], "rank": np.arange(1, len(sel.ids) + 1), "score": sel.scores})
+    for c in info.features:
+        frame[c] = rows[c].to_numpy()
+    for t in run.targets:
+        frame[t] = pd.Series([None] * len(sel.ids), dtype=object if run.task == "classification" else "float64")
+    return frame
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+
+def ingest(
+    name: str,
+    file: str,
+    *,
+    no_train: bool = False,
+    allow_unqueried: bool = False,
+    overwrite: bool = False,
+    wait: float = 5.0,
+    reporter: Reporter | None = None,
+) -> dict:
+    """Validate a file of labels, append them to the run, and retrain (unless ``no_train``)."""
+    reporter = reporter or Reporter()
+    run = rundir.open_run(name)
+    with run_lock(run.path, wait):
+        run = rundir.open_run(str(run.path))
+        info = open_pool_of(run)
+        lf = labelio.read_label_file(file, info.id_col, run.targets, run.id_kind, run.task)
+        current = rundir.read_labels(run)
+        labeled = _labeled_dict(run, current)
+        ids, values, notes = labelio.validate_ingest(
+            lf, labeled, set(run.outstanding), lambda ids: poolio.require_ids(info, ids), allow_unqueried, overwrite
+        )
+        _check_classes(run, values)
+        new_rows = _label_frame(run.config, ids, values, run.round)
+        keep = current[~current["id"].isin(ids)] if len(current) else current
+        merged = pd.concat([keep, new_rows], ignore_index=True) if len(keep) else new_rows
+        outstanding = {key: r for key, r in run.outstanding.items() if key not in {str(i) for i in ids}}
+        if len(ids):
+            run = rundir.commit(run, labels=merged, state={"n_labels": len(merged), "outstanding": outstanding})
+        record = {"command": "ingest", "file": str(file), "added": int(len(ids)), "labels": run.n_labels, "outstanding": len(outstanding), "notes": notes}
+        if len(ids):
+            rundir.append_history(run, record)
+        for n in notes:
+            reporter.info(n)
+        if not no_train and len(ids):
+            run, trained = _train_locked(run, info, reporter)
+            record = {**record, "trained": trained}
+    return record
+
+
+def _labeled_dict(run, current: pd.DataFrame) -> dict:
+    if run.task == "classification":
+        return dict(zip(current["id"].tolist(), current[run.targets[0]].tolist()))
+    vals = current[list(run.targets)].to_numpy(np.float64)
+    return {i: vals[j] for j, i in enumerate(current["id"].tolist())}
+
+
+def _check_classes(run, values) -> None:
+    if run.task != "classification":
+        return
+    known = set(run.config.get("classes", []))
+    unknown = sorted({str(v) for v in values} - known)
+    if unknown:
+        raise UserError(f"label {unknown[0]!r} is not a known class ({', '.join(sorted(known))}): fix the file, or pass --add-class")
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def status(name: str) -> dict:
+    """What a user wants to see at a glance: counts, round, s, tangent health, latest metrics."""
+    run = rundir.open_run(name)
+    meta = load_meta(run.checkpoint_path) if run.checkpoint_path else {}
+    return {
+        "run": str(run.path),
+        "task": run.task,
+        "model": run.config["model"]["kind"],
+        "pool": run.config["pool"]["path"],
+        "pool_rows": run.config["pool"]["rows_at_init"],
+        "features": len(run.config["pool"]["features"]),
+        "labels": run.n_labels,
+        "outstanding": len(run.outstanding),
+        "round": run.round,
+        "s": run.config["s"],
+        "trained_on": run.state.get("labels_at_checkpoint") if run.checkpoint_path else None,
+        "stale": needs_training(run),
+        "residual": meta.get("figures", {}).get("residual"),
+        "figures": meta.get("figures", {}),
+        "warnings": meta.get("warnings", []),
+        "queries": [q["file"] for q in run.state.get("queries", [])],
+    }
+
+
+def history(name: str) -> list[dict]:
+    return rundir.read_history(rundir.open_run(name))
+
+
+def predict_rows(run: rundir.Run, x: np.ndarray) -> np.ndarray:
+    tree, _ = _checkpoint(run)
+    if tree is None:
+        raise UserError(f"run '{run.name}' has no trained model yet: run `alloop train {run.name}`")
+    return fitting.predict(run.config, tree["params"], x)
+
+

@@ -1,0 +1,271 @@
+"""The ``alloop`` command line: parse, call one use case, render. The only module that imports typer and rich.
+
+Progress and messages go to stderr, results to stdout; ``--json`` prints one JSON object for scripts.
+A user's mistake (``UserError``) prints one line on stderr and exits 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from alloop.errors import UserError
+from alloop.reporting import Reporter
+
+app = typer.Typer(
+    help="Active learning with regularity tangents: pick the rows worth labeling, one round at a time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+RUN_ARG = typer.Argument(..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory.")
+WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop command on the same run.")
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
+
+
+class RichReporter(Reporter):
+    """Progress bars and messages on stderr; silent bars when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None = None) -> Iterator:
+        if self.quiet or not err.is_terminal:
+            yield lambda n=1: None
+            return
+        cols = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*cols, console=err, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            err.print(f"[cyan]note:[/] {message}", highlight=False)
+
+    def warn(self, message: str) -> None:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def _split(value: Optional[str]) -> Optional[List[str]]:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _emit(obj: dict, as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str, allow_nan=False) + "\n")
+    else:
+        out.print(text, highlight=False)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def init(
+    name: str = typer.Argument(..., help="Name of the new run (created under runs/) or a directory path."),
+    pool: str = typer.Option(..., "--pool", help="Unlabeled pool: a Parquet file or a directory of Parquet files."),
+    id_col: str = typer.Option("id", "--id-col", help="Column holding each row's unique id."),
+    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated feature columns (default: every numeric column but id and target)."),
+    target: str = typer.Option("target", "--target", help="Target column name(s), comma-separated for several outputs."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Seed labels: CSV/Parquet/JSONL with the id and target columns."),
+    test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set (features + target) used for metrics only."),
+    task: str = typer.Option("regression", "--task", help="regression or classification."),
+    model: str = typer.Option("linear", "--model", help="linear, poly or mlp."),
+    degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
+    hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
+    activation: str = typer.Option("tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."),
+    curvature: Optional[str] = typer.Option(None, "--curvature", help="Curvature for the tangent: hessian or gauss-newton (default by model)."),
+    s: float = typer.Option(1.0, "--s", help="Regularity s: weight of the L2 regularizer against the sum of losses."),
+    tangent: str = typer.Option("sgdf", "--tangent", help="How the tangent is computed: sgdf (during training), cg or exact (after)."),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd."),
+    lr: float = typer.Option(1e-2, "--lr", help="Learning rate (start of a cosine decay)."),
+    momentum: float = typer.Option(0.0, "--momentum", help="Momentum for sgd."),
+    epochs: int = typer.Option(100, "--epochs", help="Epochs per training (raised so that training takes at least 2000 steps)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Minibatch size."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialization, minibatches and random choices."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a run over an unlabeled pool.
+
+    Example: alloop init houses --pool data/pool.parquet --target price --test data/test.parquet
+    """
+    from alloop import app as use
+
+    model_spec: dict = {"kind": model}
+    if model == "poly":
+        model_spec["degree"] = degree
+    if model == "mlp":
+        model_spec.update(hidden=[int(h) for h in _split(hidden) or []], activation=activation)
+    if curvature:
+        model_spec["curvature"] = curvature
+    train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed}
+    res = use.init_run(
+        name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
+        model=model_spec, s=s, train=train, tangent=tangent, task=task, reporter=RichReporter(),
+    )
+    text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"
+    _emit(res, as_json, text)
+
+
+@app.command()
+def train(
+    name: str = RUN_ARG,
+    fresh: bool = typer.Option(False, "--fresh", help="Start from a new initialization instead of the last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the run's epoch count for this training."),
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train with SGDF on all labels so far and checkpoint θ, θ̇ and the metrics.
+
+    Example: alloop train houses
+    """
+    from alloop import app as use
+
+    rec = use.train(name, fresh=fresh, epochs=epochs, wait=wait, reporter=RichReporter())
+    _emit(rec, as_json, _figures_line(rec))
+
+
+def _figures_line(rec: dict) -> str:
+    keys = [k for k in ("labels", "train_loss", "test_rmse", "test_mae", "test_accuracy", "test_log_loss", "test_macro_f1", "residual") if k in rec]
+    return "trained: " + ", ".join(f"{k} {_fmt(rec[k])}" for k in keys)
+
+
+@app.command()
+def query(
+    name: str = RUN_ARG,
+    k: int = typer.Option(20, "-k", "--k", help="How many rows to ask about."),
+    strategy: str = typer.Option("sld", "--strategy", help="sld, random, committee or greedy."),
+    fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Score every unlabeled pool row and write the best k to runs/NAME/queries/round-NNNN.<fmt>.
+
+    Fill in the target column of that file, then `alloop ingest NAME FILE`.
+    Example: alloop query houses -k 20
+    """
+    from alloop import app as use
+
+    rec = use.query(name, k=k, strategy=strategy, fmt=fmt, seed=seed, wait=wait, reporter=RichReporter())
+    if not as_json:
+        err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, then `alloop ingest {name} FILE`", highlight=False)
+    _emit(rec, as_json, rec["path"])
+
+
+@app.command()
+def ingest(
+    name: str = RUN_ARG,
+    file: str = typer.Argument(..., help="CSV, Parquet or JSONL with the id and target columns (e.g. a filled-in query file)."),
+    no_train: bool = typer.Option(False, "--no-train", help="Store the labels without retraining."),
+    allow_unqueried: bool = typer.Option(False, "--allow-unqueried", help="Accept labels for rows that were never queried."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace labels that differ from stored ones."),
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Validate returned labels, add them to the run and retrain.
+
+    Rows whose target is left blank stay outstanding.
+    Example: alloop ingest houses runs/houses/queries/round-0001.csv
+    """
+    from alloop import app as use
+
+    rec = use.ingest(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, wait=wait, reporter=RichReporter())
+    text = f"added {rec['added']} labels ({rec['labels']} in all, {rec['outstanding']} outstanding)"
+    if "trained" in rec:
+        text += "\n" + _figures_line(rec["trained"])
+    _emit(rec, as_json, text)
+
+
+@app.command()
+def status(name: str = RUN_ARG, as_json: bool = JSON_OPT) -> None:
+    """Show labels, pool size, outstanding queries, rounds, s, tangent health and the latest metrics.
+
+    Example: alloop status houses --json
+    """
+    from alloop import app as use
+
+    st = use.status(name)
+    if as_json:
+        _emit(st, True, "")
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("run", "task", "model", "pool", "pool_rows", "features", "labels", "outstanding", "round", "s", "trained_on", "stale", "residual"):
+        table.add_row(key, _fmt(st[key]))
+    for key, v in st["figures"].items():
+        if key != "residual":
+            table.add_row(key, _fmt(v))
+    out.print(table)
+    for w in st["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+@app.command()
+def verify(name: str = RUN_ARG, repair: bool = typer.Option(False, "--repair", help="Remove leftovers of interrupted commands."), as_json: bool = JSON_OPT) -> None:
+    """Check that the run's files agree with its last commit (hashes, counts, checkpoint shape).
+
+    Exits 1 when something is wrong. Example: alloop verify houses
+    """
+    from alloop.verify import verify_run
+
+    res = verify_run(name, repair=repair)
+    for n in res["notes"]:
+        err.print(f"note: {n}", highlight=False)
+    lines = [f"problem: {p}" for p in res["problems"]] or [f"ok: {res['run']} is consistent"]
+    _emit(res, as_json, "\n".join(lines))
+    if not res["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    dataset: str = typer.Option("diabetes", "--dataset", help="Bundled dataset under datasets/."),
+    rounds: int = typer.Option(5, "--rounds", help="Label-query rounds."),
+    k: int = typer.Option(10, "-k", "--k", help="Rows labeled per round."),
+    initial: int = typer.Option(10, "--initial", help="Random seed labels (unless the dataset ships its own)."),
+    strategy: str = typer.Option("sld", "--strategy", help="sld, random, committee or greedy."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default demo-DATASET, numbered if taken)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run the whole cycle on a bundled dataset, a simulated labeler answering from its target column.
+
+    Example: alloop demo --dataset diabetes --rounds 5
+    """
+    from alloop import demo as demo_mod
+
+    def show(row: dict) -> None:
+        if not as_json:
+            figures = ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k.startswith("test_"))
+            out.print(f"round {row['round']}: {row['labels']} labels, {figures}", highlight=False)
+
+    res = demo_mod.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, name=name, seed=seed, reporter=RichReporter(), on_round=show)
+    _emit(res, as_json, f"run directory: {res['run']}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: the run is at its last committed state", highlight=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

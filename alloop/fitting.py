@@ -1,0 +1,200 @@
+"""From a run's config and labeled arrays to a trained model, its tangent and its metrics.
+
+No files here: the caller reads labels and rows and passes arrays in. This is the bridge between the
+run's plain-JSON configuration and the pure core.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alloop.core import losses, models, objective, regularizers, sgdf, tangents
+from alloop.core.objective import Problem
+from alloop.core.scorers import residual_noise
+
+MIN_STEPS = 2000  # at least this many optimizer steps per training, however few the labels
+BOOTSTRAP_STEPS = 600
+
+
+def loss_for(config: dict) -> losses.Loss:
+    """Squared error for regression, softmax cross-entropy for classification."""
+    return losses.softmax_cross_entropy if config.get("task") == "classification" else losses.squared
+
+
+def n_outputs(config: dict) -> int:
+    if config.get("task") == "classification":
+        return len(config["classes"])
+    return len(config["targets"])
+
+
+def build_model(config: dict) -> models.Model:
+    return models.make_model(config["model"], len(config["pool"]["features"]), n_outputs(config))
+
+
+def standardizer(config: dict) -> models.Standardizer:
+    st = config["standardizer"]
+    return models.fit_standardizer(st["mean"], st["std"])
+
+
+def build_problem(config: dict, params) -> Problem:
+    """The objective of the run: model, loss, regularizer over the weights (or all params), curvature."""
+    m = config["model"]
+    reg_kind = config.get("regularizer", "l2")
+    if reg_kind == "l2":
+        reg = regularizers.l2_weights(params)
+    elif reg_kind == "l2-all":
+        reg = regularizers.l2(jax.tree_util.tree_map(jnp.ones_like, params))
+    else:
+        raise ValueError(f"unknown regularizer {reg_kind!r}")
+    return Problem(
+        build_model(config), loss_for(config), reg, standardizer(config), m.get("curvature", "hessian"), float(m.get("damping", 0.0))
+    )
+
+
+def train_config(config: dict, n: int, **overrides) -> sgdf.TrainConfig:
+    """The run's TrainConfig, with the epoch count raised so that training takes at least MIN_STEPS steps."""
+    cfg = sgdf.TrainConfig.from_dict({**config["train"], **{k: v for k, v in overrides.items() if v is not None}})
+    per_epoch = sgdf.steps_per_epoch(n, cfg.batch_size)
+    min_steps = int(config["train"].get("min_steps", MIN_STEPS))
+    epochs = max(cfg.epochs, math.ceil(min_steps / per_epoch))
+    return sgdf.TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
+
+
+def make_targets(config: dict, y) -> np.ndarray:
+    """Labels as the loss wants them: (n, k) float32 for regression, (n,) int32 class indices otherwise."""
+    if config.get("task") == "classification":
+        index = {c: i for i, c in enumerate(config["classes"])}
+        return np.array([index[v] for v in np.asarray(y).ravel()], np.int32)
+    return np.asarray(y, np.float32).reshape(len(y), -1)
+
+
+@dataclass
+class FitResult:
+    params: Any
+    tangent: Any
+    state: sgdf.TrainState
+    residual: float
+    warnings: list[str]
+    train_loss: float
+    epochs: int
+    seconds: float
+    noise: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
+
+
+def fit(
+    config: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    params=None,
+    tangent=None,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+    epochs: int | None = None,
+) -> FitResult:
+    """Train with SGDF on the labeled rows (warm start from ``params``/``tangent``) and solve the tangent."""
+    t0 = time.perf_counter()
+    model = build_model(config)
+    init = model.init(jax.random.PRNGKey(int(config["train"].get("seed", 0))))
+    problem = build_problem(config, init)
+    data = objective.make_data(x, make_targets(config, y))
+    cfg = train_config(config, len(x), epochs=epochs)
+    callback = None if on_epoch is None else (lambda st, rep: on_epoch(rep.epoch + 1, cfg.epochs, rep.loss))
+    state, reports = sgdf.fit(problem, data, float(config["s"]), cfg, params=params if params is not None else init, tangent=tangent, on_epoch=callback)
+    params, tangent = state.params, state.tangent
+    method = config.get("tangent", "sgdf")
+    if method == "exact":
+        tangent = tangents.exact(problem, params, config["s"], data).tangent
+    elif method == "cg":
+        tangent = tangents.cg(problem, params, config["s"], data, x0=tangent).tangent
+    residual = tangents.relative_residual(problem, params, tangent, float(config["s"]), data)
+    warn = sgdf.tangent_warnings(reports, residual)
+    noise = residual_noise(problem, params, data.x, data.y) if problem.loss.name == "squared" else np.ones(1, np.float32)
+    loss = float(np.mean(np.asarray(objective.per_example_loss(problem, params, data.x, data.y))))
+    return FitResult(
+        jax.tree_util.tree_map(np.asarray, params),
+        jax.tree_util.tree_map(np.asarray, tangent),
+        state,
+        residual,
+        warn,
+        loss,
+        cfg.epochs,
+        time.perf_counter() - t0,
+        noise,
+    )
+
+
+def predict(config: dict, params, x: np.ndarray) -> np.ndarray:
+    """Model outputs for raw feature rows (regression values, or class logits)."""
+    model = build_model(config)
+    return np.asarray(jax.jit(model.apply)(params, standardizer(config), jnp.asarray(x, jnp.float32)))
+
+
+def metrics(config: dict, params, x: np.ndarray, y: np.ndarray, prefix: str = "test_") -> dict:
+    """RMSE and MAE (regression) on the given labeled rows."""
+    out = predict(config, params, x)
+    if config.get("task") == "classification":
+        return {prefix + k: v for k, v in classification_metrics(out, make_targets(config, y), len(config["classes"])).items()}
+    err = out - np.asarray(y, np.float64).reshape(out.shape)
+    return {prefix + "rmse": float(np.sqrt(np.mean(err**2))), prefix + "mae": float(np.mean(np.abs(err)))}
+
+
+def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, log loss and macro-F1 from logits and class indices."""
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1), np.float64)
+    pred = logp.argmax(1)
+    f1 = []
+    for c in range(n_classes):
+        tp = np.sum((pred == c) & (y == c))
+        denom = np.sum(pred == c) + np.sum(y == c)
+        if denom:
+            f1.append(2 * tp / denom)
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "log_loss": float(-np.mean(logp[np.arange(len(y)), y])),
+        "macro_f1": float(np.mean(f1)) if f1 else 0.0,
+    }
+
+
+def bootstrap_members(config: dict, x: np.ndarray, y: np.ndarray, k: int, seed: int) -> list:
+    """K models fitted without a tangent on bootstrap resamples of the labels (query by committee)."""
+    model = build_model(config)
+    rng = np.random.default_rng(seed)
+    members = []
+    targets = make_targets(config, y)
+    for i in range(k):
+        idx = rng.integers(0, len(x), len(x))
+        init = model.init(jax.random.PRNGKey(seed + 1000 + i))
+        problem = build_problem(config, init)
+        data = objective.make_data(x[idx], targets[idx])
+        short = {**config, "train": {**config["train"], "min_steps": BOOTSTRAP_STEPS, "tangent_every": 0, "seed": seed + i}}
+        cfg = train_config(short, len(x))
+        state, _ = sgdf.fit(problem, data, float(config["s"]), cfg, params=init)
+        members.append(state.params)
+    return members
+
+
+def checkpoint_tree(state: sgdf.TrainState, params, tangent) -> dict:
+    """What a checkpoint stores: θ, θ̇ and the optimizer state with its tangent."""
+    return {
+        "params": jax.tree_util.tree_map(np.asarray, params),
+        "tangent": jax.tree_util.tree_map(np.asarray, tangent),
+        "opt_state": jax.tree_util.tree_map(np.asarray, state.opt_state),
+        "opt_tangent": [np.asarray(t) for t in state.opt_tangent],
+        "step": np.asarray(state.step),
+    }
+
+
+def checkpoint_like(config: dict) -> dict:
+    """A tree with the checkpoint's structure, built in code (checkpoints are never unpickled)."""
+    model = build_model(config)
+    params = model.init(jax.random.PRNGKey(0))
+    cfg = sgdf.TrainConfig.from_dict(config["train"])
+    opt = sgdf.make_optimizer(cfg, 1)
+    state = sgdf.init_state(params, opt)
+    return checkpoint_tree(state, params, params)
