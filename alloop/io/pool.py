@@ -126,7 +126,9 @@ def _schema_differs(fa: str, a: dict, fb: str, b: dict) -> UserError:
 def _parquet_file(f):
     """Open one Parquet file, turning pyarrow's errors for a bad file into a UserError."""
     try:
-        pf = pq.ParquetFile(f)
+        # pre_buffer (pyarrow's default) caches every column chunk it has read until the file is
+        # closed, so memory grew with the file; plain buffered reads keep it at one row group.
+        pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
     except _READ_ERRORS as e:
         raise _unreadable(f, e) from None
     with pf:
