@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def init_run(
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
     _check_options(s, model or {}, train or {}, tangent, task)
     targets = list(targets)
-    in_pool = [t for t in targets if t in tables.column_names(pool)]
+    in_pool = [t for t in targets if t in poolio.pool_schema(pool)]
     info = poolio.open_pool(pool, id_col=id_col, features=features, targets=in_pool)
     with reporter.progress("checking pool ids", None):
         poolio.check_unique_ids(info)
@@ -66,6 +67,7 @@ def init_run(
         mean, std = poolio.feature_moments(info)
         advance(info.n_rows)
     config = _make_config(info, pool, targets, in_pool, mean, std, model or {}, s, train or {}, tangent, regularizer, task)
+    config["pool"]["from_run"] = os.path.relpath(info.path, path)  # found again when run and pool move together
     seed = _read_seed_labels(labels, info, config) if labels else None
     test_bytes = None
     if test:
@@ -97,6 +99,8 @@ def _check_options(s, model: dict, train: dict, tangent: str, task: str) -> None
     for key in ("epochs", "batch_size"):
         if key in train and int(train[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
+    if "min_steps" in train and int(train["min_steps"]) < 0:
+        raise UserError("--min-steps must be 0 or more")
     if "lr" in train and not (math.isfinite(train["lr"]) and train["lr"] > 0):
         raise UserError("--lr must be a positive number")
     if train.get("optimizer", "adam") not in ("adam", "sgd"):
@@ -165,14 +169,11 @@ def _now() -> str:
 def open_pool_of(run: rundir.Run) -> poolio.PoolInfo:
     """The run's pool, found where init saw it (or beside the run when copied together), schema-checked."""
     p = run.config["pool"]
-    path = p["path"]
-    if not Path(path).exists() and (run.path / p["given"]).exists():
-        path = str(run.path / p["given"])
-    if not Path(path).exists():
+    places = [Path(p["path"]), run.path / p.get("from_run", p["given"]), run.path / p["given"]]
+    path = next((q for q in places if q.exists()), None)
+    if path is None:
         raise UserError(f"the pool of run '{run.name}' is not at {p['path']} any more: put it back, then retry")
-    info = poolio.open_pool(path, id_col=p["id_col"], features=p["features"], targets=p.get("targets_in_pool", []))
-    poolio.check_fingerprint(info, p["fingerprint"], run.name)
-    return info
+    return poolio.open_recorded(path, p["id_col"], p["features"], p.get("targets_in_pool", []), p["fingerprint"], run.name)
 
 
 def labeled_arrays(run: rundir.Run, info: poolio.PoolInfo, labels: pd.DataFrame | None = None):
@@ -226,19 +227,41 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
     if epochs is not None and epochs < 1:
         raise UserError("--epochs must be at least 1")
     _, x, y = labeled_arrays(run, info, labels)
-    tree, meta = (None, None) if fresh else _checkpoint(run)
+    tree, meta = _checkpoint(run)
+    progress = run.state.get("training")
+    resume = None
+    if progress and tree is not None and progress["n_labels"] == run.n_labels and progress.get("epochs") == epochs and not fresh:
+        resume = (fitting.state_from_tree(tree), int(progress["epochs_done"]))
+        reporter.info(f"resuming the interrupted training at epoch {resume[1]}")
     params = tangent = None
-    if tree is not None:
+    if tree is not None and not fresh and resume is None:
         params, tangent = tree["params"], tree["tangent"]
     total = fitting.train_config(run.config, len(x), epochs=epochs).epochs
+    box = {"run": run}
+
+    def save_progress(state, done: int) -> None:
+        """Commit the training state every few epochs, so that a killed training resumes."""
+        part = fitting.checkpoint_tree(state, state.params, state.tangent)
+        info_ = {"n_labels": run.n_labels, "epochs_done": done, "epochs": epochs}
+        box["run"] = rundir.commit(
+            box["run"], checkpoint=(part, {"partial": True, **info_}),
+            state={"training": info_, "labels_at_checkpoint": None},
+        )
+
     with reporter.progress(f"training on {len(x)} labels", total) as advance:
-        result = fitting.fit(run.config, x, y, params=params, tangent=tangent, epochs=epochs, on_epoch=lambda e, t, loss: advance(1))
+        if resume is not None:
+            advance(resume[1])
+        result = fitting.fit(
+            run.config, x, y, params=params, tangent=tangent, epochs=epochs, resume=resume,
+            on_epoch=lambda e, t, loss: advance(1), on_checkpoint=save_progress,
+        )
+    run = box["run"]
     for w in result.warnings:
         reporter.warn(w)
-    figures = {"train_loss": result.train_loss, "residual": result.residual, "epochs": result.epochs, "seconds": round(result.seconds, 3)}
+    figures = {"train_loss": result.train_loss, "residual": result.residual, "epochs": result.epochs}
     test = _test_arrays(run)
     if test is not None:
-        figures.update(fitting.metrics(run.config, result.params, *test))
+        figures.update(fitting.metrics(run.config, result.params, *test, target=result.target))
     meta = {
         "s": run.config["s"],
         "n_labels": run.n_labels,
@@ -247,10 +270,11 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
         "warnings": result.warnings,
         "figures": figures,
         "tangent_norm": sgdf.tree_norm(result.tangent),
+        "target": result.target,
     }
     tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
-    run = rundir.commit(run, checkpoint=(tree, meta), state={"labels_at_checkpoint": run.n_labels})
-    record = {"command": "train", "labels": run.n_labels, "round": run.round, **figures, "warnings": result.warnings}
+    run = rundir.commit(run, checkpoint=(tree, meta), state={"labels_at_checkpoint": run.n_labels, "training": None})
+    record = {"command": "train", "labels": run.n_labels, "round": run.round, **figures, "seconds": round(result.seconds, 3), "warnings": result.warnings}
     rundir.append_history(run, record)
     return run, record
 
@@ -428,9 +452,9 @@ def history(name: str) -> list[dict]:
 
 
 def predict_rows(run: rundir.Run, x: np.ndarray) -> np.ndarray:
-    tree, _ = _checkpoint(run)
+    tree, meta = _checkpoint(run)
     if tree is None:
         raise UserError(f"run '{run.name}' has no trained model yet: run `alloop train {run.name}`")
-    return fitting.predict(run.config, tree["params"], x)
+    return fitting.predict(run.config, tree["params"], x, meta.get("target"))
 
 

@@ -13,20 +13,57 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:  # recent typer vendors click; older ones use click itself
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError
 
 from alloop.errors import UserError
+from alloop.io.atomic import to_json_value
 from alloop.reporting import Reporter
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    """One line on stderr; the message is printed as is (a '[' in a path is not rich markup)."""
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class _Commands(TyperGroup):
+    """Every command's errors handled here, so ``main()`` and typer's CliRunner behave the same.
+
+    A ``UserError`` or a bad option value becomes one line on stderr and exit code 2, never a
+    traceback; Ctrl-C says the run is at its last commit and exits 130.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            _error(str(e))
+        except UsageError as e:
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            _error(f"{e.format_message()} (see `{where} --help`)")
+        except KeyboardInterrupt:
+            err.print("interrupted: the run is at its last committed state", highlight=False)
+            raise typer.Exit(130) from None
+        raise typer.Exit(2)
+
 
 app = typer.Typer(
     help="Active learning with regularity tangents: pick the rows worth labeling, one round at a time.",
+    cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
 RUN_ARG = typer.Argument(..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory.")
 WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop command on the same run.")
@@ -63,7 +100,7 @@ def _split(value: Optional[str]) -> Optional[List[str]]:
 
 def _emit(obj: dict, as_json: bool, text: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(obj, default=str, allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(to_json_value(obj), allow_nan=False) + "\n")  # NaN figures -> null
     else:
         out.print(text, highlight=False)
 
@@ -92,7 +129,8 @@ def init(
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd."),
     lr: float = typer.Option(1e-2, "--lr", help="Learning rate (start of a cosine decay)."),
     momentum: float = typer.Option(0.0, "--momentum", help="Momentum for sgd."),
-    epochs: int = typer.Option(100, "--epochs", help="Epochs per training (raised so that training takes at least 2000 steps)."),
+    epochs: int = typer.Option(100, "--epochs", help="Epochs per training (raised so that training takes at least --min-steps steps)."),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Fewest optimizer steps per training, however few the labels (default 2000)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Minibatch size."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialization, minibatches and random choices."),
     as_json: bool = JSON_OPT,
@@ -111,6 +149,8 @@ def init(
     if curvature:
         model_spec["curvature"] = curvature
     train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed}
+    if min_steps is not None:
+        train["min_steps"] = min_steps
     res = use.init_run(
         name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
         model=model_spec, s=s, train=train, tangent=tangent, task=task, reporter=RichReporter(),
@@ -259,8 +299,8 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
         app()
-    except UserError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+    except UserError as e:  # normally handled in _Commands.invoke
+        _error(str(e))
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: the run is at its last committed state", highlight=False)

@@ -67,12 +67,29 @@ def train_config(config: dict, n: int, **overrides) -> sgdf.TrainConfig:
     return sgdf.TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
 
 
-def make_targets(config: dict, y) -> np.ndarray:
-    """Labels as the loss wants them: (n, k) float32 for regression, (n,) int32 class indices otherwise."""
+def target_stats(config: dict, y) -> tuple[list, list] | None:
+    """Mean and scale of each regression target over the labels (None for classification).
+
+    Training sees standardized targets, so a default s and learning rate mean the same thing on
+    every dataset; predictions are mapped back. A constant target (or a single label) gets scale 1.
+    """
+    if config.get("task") == "classification":
+        return None
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    mean = y.mean(0) if len(y) else np.zeros(y.shape[1])
+    std = y.std(0) if len(y) > 1 else np.ones(y.shape[1])
+    return [float(v) for v in mean], [float(v) if v > 1e-12 else 1.0 for v in std]
+
+
+def make_targets(config: dict, y, stats=None) -> np.ndarray:
+    """Labels as the loss wants them: (n, k) float32 standardized by ``stats`` (regression), or class indices."""
     if config.get("task") == "classification":
         index = {c: i for i, c in enumerate(config["classes"])}
         return np.array([index[v] for v in np.asarray(y).ravel()], np.int32)
-    return np.asarray(y, np.float32).reshape(len(y), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    if stats is not None:
+        y = (y - np.asarray(stats[0])) / np.asarray(stats[1])
+    return y.astype(np.float32)
 
 
 @dataclass
@@ -86,6 +103,7 @@ class FitResult:
     epochs: int
     seconds: float
     noise: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
+    target: tuple[list, list] | None = None  # regression: mean and scale the targets were standardized with
 
 
 def fit(
@@ -96,16 +114,36 @@ def fit(
     tangent=None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     epochs: int | None = None,
+    resume: tuple[sgdf.TrainState, int] | None = None,
+    on_checkpoint: Callable[[sgdf.TrainState, int], None] | None = None,
+    checkpoint_every: int | None = None,
 ) -> FitResult:
-    """Train with SGDF on the labeled rows (warm start from ``params``/``tangent``) and solve the tangent."""
+    """Train with SGDF on the labeled rows (warm start from ``params``/``tangent``) and solve the tangent.
+
+    ``resume=(state, epoch)`` continues an interrupted training exactly where it stopped;
+    ``on_checkpoint(state, epochs_done)`` is called every ``checkpoint_every`` epochs.
+    """
     t0 = time.perf_counter()
     model = build_model(config)
     init = model.init(jax.random.PRNGKey(int(config["train"].get("seed", 0))))
     problem = build_problem(config, init)
-    data = objective.make_data(x, make_targets(config, y))
+    tstats = target_stats(config, y)
+    data = objective.make_data(x, make_targets(config, y, tstats))
     cfg = train_config(config, len(x), epochs=epochs)
-    callback = None if on_epoch is None else (lambda st, rep: on_epoch(rep.epoch + 1, cfg.epochs, rep.loss))
-    state, reports = sgdf.fit(problem, data, float(config["s"]), cfg, params=params if params is not None else init, tangent=tangent, on_epoch=callback)
+    every = checkpoint_every or max(cfg.epochs // 10, 1)
+
+    def callback(st, rep):
+        if on_epoch is not None:
+            on_epoch(rep.epoch + 1, cfg.epochs, rep.loss)
+        done = rep.epoch + 1
+        if on_checkpoint is not None and done % every == 0 and done < cfg.epochs:
+            on_checkpoint(st, done)
+
+    state, start = (None, 0) if resume is None else resume
+    state, reports = sgdf.fit(
+        problem, data, float(config["s"]), cfg, params=params if params is not None else init, tangent=tangent,
+        state=state, start_epoch=start, on_epoch=callback,
+    )
     params, tangent = state.params, state.tangent
     method = config.get("tangent", "sgdf")
     if method == "exact":
@@ -126,18 +164,22 @@ def fit(
         cfg.epochs,
         time.perf_counter() - t0,
         noise,
+        tstats,
     )
 
 
-def predict(config: dict, params, x: np.ndarray) -> np.ndarray:
-    """Model outputs for raw feature rows (regression values, or class logits)."""
+def predict(config: dict, params, x: np.ndarray, target=None) -> np.ndarray:
+    """Model outputs for raw feature rows: regression values in the target's units, or class logits."""
     model = build_model(config)
-    return np.asarray(jax.jit(model.apply)(params, standardizer(config), jnp.asarray(x, jnp.float32)))
+    out = np.asarray(jax.jit(model.apply)(params, standardizer(config), jnp.asarray(x, jnp.float32)), np.float64)
+    if target is not None:
+        out = out * np.asarray(target[1]) + np.asarray(target[0])
+    return out
 
 
-def metrics(config: dict, params, x: np.ndarray, y: np.ndarray, prefix: str = "test_") -> dict:
-    """RMSE and MAE (regression) on the given labeled rows."""
-    out = predict(config, params, x)
+def metrics(config: dict, params, x: np.ndarray, y: np.ndarray, prefix: str = "test_", target=None) -> dict:
+    """RMSE and MAE (regression, in the target's units) or accuracy, log loss, macro-F1 on labeled rows."""
+    out = predict(config, params, x, target)
     if config.get("task") == "classification":
         return {prefix + k: v for k, v in classification_metrics(out, make_targets(config, y), len(config["classes"])).items()}
     err = out - np.asarray(y, np.float64).reshape(out.shape)
@@ -166,13 +208,14 @@ def bootstrap_members(config: dict, x: np.ndarray, y: np.ndarray, k: int, seed: 
     model = build_model(config)
     rng = np.random.default_rng(seed)
     members = []
-    targets = make_targets(config, y)
+    targets = make_targets(config, y, target_stats(config, y))
     for i in range(k):
         idx = rng.integers(0, len(x), len(x))
         init = model.init(jax.random.PRNGKey(seed + 1000 + i))
         problem = build_problem(config, init)
         data = objective.make_data(x[idx], targets[idx])
-        short = {**config, "train": {**config["train"], "min_steps": BOOTSTRAP_STEPS, "tangent_every": 0, "seed": seed + i}}
+        steps = min(BOOTSTRAP_STEPS, int(config["train"].get("min_steps", MIN_STEPS)))  # never longer than a real training
+        short = {**config, "train": {**config["train"], "min_steps": steps, "tangent_every": 0, "seed": seed + i}}
         cfg = train_config(short, len(x))
         state, _ = sgdf.fit(problem, data, float(config["s"]), cfg, params=init)
         members.append(state.params)
@@ -188,6 +231,13 @@ def checkpoint_tree(state: sgdf.TrainState, params, tangent) -> dict:
         "opt_tangent": [np.asarray(t) for t in state.opt_tangent],
         "step": np.asarray(state.step),
     }
+
+
+def state_from_tree(tree: dict) -> sgdf.TrainState:
+    """The TrainState stored by ``checkpoint_tree`` (for resuming an interrupted training)."""
+    to_jnp = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
+    return sgdf.TrainState(to_jnp(tree["params"]), to_jnp(tree["tangent"]), to_jnp(tree["opt_state"]),
+                           [jnp.asarray(t) for t in tree["opt_tangent"]], jnp.asarray(tree["step"]))
 
 
 def checkpoint_like(config: dict) -> dict:

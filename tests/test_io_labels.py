@@ -244,7 +244,7 @@ def test_different_value_needs_overwrite():
 def test_unqueried_needs_flag_and_is_pool_checked():
     new = lf([1, 17, 18], [1, 2, 3])
     with pytest.raises(UserError, match=r"^id 17 was never queried \(nor were 1 more\): pass --allow-unqueried"):
-        validate_ingest(new, {}, {1}, never_called, False, False)
+        validate_ingest(new, {}, {1}, lambda ids: None, False, False)
     checked = []
     ids, _, notes = validate_ingest(new, {}, {1}, lambda x: checked.append(x.tolist()), True, False)
     assert checked == [[17, 18]] and ids.tolist() == [1, 17, 18]
@@ -257,6 +257,8 @@ def test_pool_check_failure_propagates():
 
     with pytest.raises(UserError, match="not in the pool"):
         validate_ingest(lf([17], [1]), {}, set(), check, True, False)
+    with pytest.raises(UserError, match="not in the pool"):  # not "pass --allow-unqueried", which would not help
+        validate_ingest(lf([17], [1]), {}, set(), check, False, False)
 
 
 def test_string_keys_from_state_match_int_ids_and_blank_note():

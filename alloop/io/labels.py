@@ -268,8 +268,8 @@ def validate_ingest(new: LabelFile, labeled: dict, outstanding: set, pool_ids_ch
                     allow_unqueried: bool, overwrite: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decide which labels of ``new`` to add, given what is labeled and what is outstanding.
 
-    Never-queried ids are refused unless ``allow_unqueried`` (then ``pool_ids_check`` is called
-    once with those ids and must raise if some are not in the pool); a label that differs from
+    Never-queried ids are checked first with ``pool_ids_check`` (called once with those ids; it must
+    raise if some are not in the pool), then refused unless ``allow_unqueried``; a label that differs from
     the stored one is refused unless ``overwrite``; an identical one is skipped with a note.
     Returns (ids to add, their values, notes for the user).
     """
@@ -285,10 +285,10 @@ def validate_ingest(new: LabelFile, labeled: dict, outstanding: set, pool_ids_ch
         if id_ not in outstanding:
             unqueried.append(i)
         add.append(i)
+    if unqueried:  # first, so that an id not in the pool is not answered with "pass --allow-unqueried"
+        pool_ids_check(new.ids[unqueried])
     _refuse_unqueried(new, unqueried, allow_unqueried)
     _refuse_changed(new, changed, labeled, norm, overwrite)
-    if unqueried:
-        pool_ids_check(new.ids[unqueried])
     rows = sorted(add + changed)
     notes = _notes(new, same, changed, labeled, norm, unqueried, outstanding)
     return new.ids[rows], new.values[rows], notes

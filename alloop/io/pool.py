@@ -209,6 +209,33 @@ def check_fingerprint(info: PoolInfo, expected: str, run_name: str) -> None:
         )
 
 
+def pool_schema(path) -> dict[str, pa.DataType]:
+    """{column: arrow type} shared by the pool's files (metadata only); UserError if missing or unreadable."""
+    root = Path(path).expanduser().resolve()
+    return _read_schemas(_pool_files(root, str(path)), root)[0]
+
+
+def open_recorded(path, id_col: str, features, targets, fingerprint: str, run_name: str) -> PoolInfo:
+    """Open a run's pool, checking its id/feature columns against the fingerprint taken at init.
+
+    A column removed or retyped since init is reported as a schema change (not as a bad
+    ``--features`` value); a target column no longer in the pool is just not read.
+    """
+    schema = pool_schema(path)
+    gone = [c for c in (id_col, *features) if c not in schema]
+    if gone:
+        raise UserError(
+            f"pool schema changed since `alloop init {run_name}`: column '{gone[0]}' is no longer in "
+            f"'{path}'; restore the pool or init a new run"
+        )
+    if schema_fingerprint(schema, (id_col, *features)) != fingerprint:
+        raise UserError(
+            f"pool schema changed since `alloop init {run_name}`: the types of the id/feature columns of "
+            f"'{path}' ({', '.join((id_col, *features))}) are not the ones recorded; restore the pool or init a new run"
+        )
+    return open_pool(path, id_col=id_col, features=features, targets=[t for t in targets if t in schema])
+
+
 def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: str = "features",
                  with_targets: bool = False) -> Iterator[PoolBatch]:
     """Stream the pool as PoolBatch objects of at most ``batch_rows`` rows, files in order.
