@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 import alloop
-from alloop import fitting, querying
+from alloop import classes as classmap, fitting, querying
 from alloop.core import scorers, sgdf
 from alloop.core.objective import default_curvature
 from alloop.errors import UserError
@@ -50,15 +50,21 @@ def init_run(
     tangent: str = "sgdf",
     regularizer: str = "l2",
     task: str = "regression",
+    classes: list[str] | None = None,
     reporter: Reporter | None = None,
 ) -> dict:
-    """Create a run over a pool: check the pool, compute input statistics, take seed labels and a test set."""
+    """Create a run over a pool: check the pool, compute input statistics, take seed labels and a test set.
+
+    Classification: ``classes`` (or, without it, the seed and test labels) fixes the class mapping.
+    """
     reporter = reporter or Reporter()
     path = rundir.resolve_run_path(name)
     if path.exists() and any(path.iterdir()):
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
     _check_options(s, model or {}, train or {}, tangent, task)
     targets = list(targets)
+    if task == "classification":
+        classmap.check_targets(targets)
     in_pool = [t for t in targets if t in poolio.pool_schema(pool)]
     info = poolio.open_pool(pool, id_col=id_col, features=features, targets=in_pool)
     with reporter.progress("checking pool ids", None):
@@ -66,14 +72,16 @@ def init_run(
     with reporter.progress("computing feature statistics", info.n_rows) as advance:
         mean, std = poolio.feature_moments(info)
         advance(info.n_rows)
+    _check_moments(info, mean, std)
     config = _make_config(info, pool, targets, in_pool, mean, std, model or {}, s, train or {}, tangent, regularizer, task)
     config["pool"]["from_run"] = os.path.relpath(info.path, path)  # found again when run and pool move together
     seed = _read_seed_labels(labels, info, config) if labels else None
-    test_bytes = None
+    test_bytes = test_df = None
     if test:
         test_df = tables.read_test_set(test, list(info.features), targets, task)
         test_bytes = atomic.encode_table(test_df, "parquet")
         config["test"] = {"given": str(test), "rows": len(test_df), "sha256": atomic.sha256_bytes(test_bytes)}
+    _set_classes(config, seed, test_df, classes)
     run = rundir.create_run(path, config)
     try:
         if test_bytes is not None:
@@ -85,6 +93,25 @@ def init_run(
         shutil.rmtree(run.path, ignore_errors=True)
         raise
     return {"run": str(run.path), "pool_rows": info.n_rows, "features": list(info.features), "labels": run.n_labels}
+
+
+def _set_classes(config: dict, seed, test_df, classes) -> None:
+    """Store the class mapping of a classification run (``--classes`` only makes sense there)."""
+    if config["task"] != "classification":
+        if classes:
+            raise UserError("--classes only applies to --task classification")
+        return
+    target = config["targets"][0]
+    seed_values = seed[target] if seed is not None else ()
+    test_values = test_df[target] if test_df is not None else ()
+    config["classes"] = classmap.initial_classes(config["targets"], seed_values, test_values, classes)
+
+
+def _check_moments(info: poolio.PoolInfo, mean, std) -> None:
+    """Features must fit float32 training after standardization."""
+    for name, m, sd in zip(info.features, mean, std):
+        if not (np.isfinite(m) and np.isfinite(sd) and abs(m) < 1e30 and sd < 1e30):
+            raise UserError(f"feature '{name}' has values too large to train on (beyond ±1e30): rescale it, or leave it out with --features")
 
 
 def _check_options(s, model: dict, train: dict, tangent: str, task: str) -> None:
@@ -271,9 +298,10 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
         "figures": figures,
         "tangent_norm": sgdf.tree_norm(result.tangent),
         "target": result.target,
+        "classes": run.config.get("classes"),
     }
     tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
-    run = rundir.commit(run, checkpoint=(tree, meta), state={"labels_at_checkpoint": run.n_labels, "training": None})
+    run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None})
     record = {"command": "train", "labels": run.n_labels, "round": run.round, **figures, "seconds": round(result.seconds, 3), "warnings": result.warnings}
     rundir.append_history(run, record)
     return run, record
@@ -302,6 +330,7 @@ def query(
     if k < 1:
         raise UserError("-k must be at least 1")
     run = rundir.open_run(name)
+    querying.check_strategy(strategy, run.task)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
@@ -334,8 +363,11 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> que
             top = querying.stream_top(info, querying.random_scorer(seed), exclude, k, batch_rows, advance)
             return querying.Selection(top.ids, top.scores, "random")
         tree, meta = _checkpoint(run)
-        if strategy == "greedy" or (strategy == "sld" and (tree is None or sgdf.tree_norm(tree["tangent"]) == 0)):
-            note = None if strategy == "greedy" else "cold start: no trained tangent yet, so SLD has nothing to say; using greedy farthest-point sampling"
+        norm = 0.0 if tree is None else sgdf.tree_norm(tree["tangent"])
+        if strategy == "greedy" or tree is None or (strategy == "sld" and not norm > 0):  # zero, or NaN after a diverged training
+            why = "cold start: no trained tangent yet" if norm == 0 else "the trained tangent is not finite (training diverged)"
+            why, what = ("cold start: no trained model yet", strategy) if strategy != "sld" else (why, "SLD")
+            note = None if strategy == "greedy" else f"{why}, so {what} has nothing to say; using greedy farthest-point sampling"
             _, lx, _ = labeled_arrays(run, info)
             sel = querying.greedy_select(info, stats, lx, exclude, k, seed, batch_rows, advance)
             sel.note = note
@@ -343,10 +375,12 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> que
         problem = fitting.build_problem(run.config, tree["params"])
         if strategy == "sld":
             fn = scorers.sld(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
+        elif strategy in querying.UNCERTAINTY:
+            fn = querying.UNCERTAINTY[strategy](problem, tree["params"])
         else:  # committee
             _, lx, ly = labeled_arrays(run, info)
             members = fitting.bootstrap_members(run.config, lx, ly, COMMITTEE_SIZE, seed)
-            fn = scorers.committee(problem, members)
+            fn = (scorers.committee_kl if run.task == "classification" else scorers.committee)(problem, members)
         top = querying.stream_top(info, querying.model_scorer(fn, batch_rows), exclude, k, batch_rows, advance)
         return querying.Selection(top.ids, top.scores, strategy)
 
@@ -371,10 +405,15 @@ def ingest(
     no_train: bool = False,
     allow_unqueried: bool = False,
     overwrite: bool = False,
+    add_class: bool = False,
     wait: float = 5.0,
     reporter: Reporter | None = None,
 ) -> dict:
-    """Validate a file of labels, append them to the run, and retrain (unless ``no_train``)."""
+    """Validate a file of labels, append them to the run, and retrain (unless ``no_train``).
+
+    ``add_class``: labels of classes the run does not know yet extend its class mapping (and the
+    model's output layer) instead of being refused.
+    """
     reporter = reporter or Reporter()
     run = rundir.open_run(name)
     with run_lock(run.path, wait):
@@ -386,14 +425,20 @@ def ingest(
         ids, values, notes = labelio.validate_ingest(
             lf, labeled, set(run.outstanding), lambda ids: poolio.require_ids(info, ids), allow_unqueried, overwrite
         )
-        _check_classes(run, values)
+        added = _check_classes(run, values, add_class)
+        grown, grown_state = _grow_classes(run, added)
         new_rows = _label_frame(run.config, ids, values, run.round)
         keep = current[~current["id"].isin(ids)] if len(current) else current
         merged = pd.concat([keep, new_rows], ignore_index=True) if len(keep) else new_rows
         outstanding = {key: r for key, r in run.outstanding.items() if key not in {str(i) for i in ids}}
         if len(ids):
-            run = rundir.commit(run, labels=merged, state={"n_labels": len(merged), "outstanding": outstanding})
+            state = {"n_labels": len(merged), "outstanding": outstanding, **grown_state}
+            run = rundir.commit(run, labels=merged, checkpoint=grown, state=state)
+        if added:
+            notes = [*notes, f"added class{'es' if len(added) > 1 else ''} {', '.join(map(repr, added))}: the run now has {len(run.config['classes'])} classes"]
         record = {"command": "ingest", "file": str(file), "added": int(len(ids)), "labels": run.n_labels, "outstanding": len(outstanding), "notes": notes}
+        if added:
+            record["classes_added"] = added
         if len(ids):
             rundir.append_history(run, record)
         for n in notes:
@@ -411,13 +456,34 @@ def _labeled_dict(run, current: pd.DataFrame) -> dict:
     return {i: vals[j] for j, i in enumerate(current["id"].tolist())}
 
 
-def _check_classes(run, values) -> None:
+def _check_classes(run, values, add_class: bool = False) -> list[str]:
+    """The labels of ``values`` that are new classes (only with ``add_class``; otherwise they are an error)."""
     if run.task != "classification":
-        return
-    known = set(run.config.get("classes", []))
-    unknown = sorted({str(v) for v in values} - known)
-    if unknown:
-        raise UserError(f"label {unknown[0]!r} is not a known class ({', '.join(sorted(known))}): fix the file, or pass --add-class")
+        if add_class:
+            raise UserError("--add-class only applies to classification runs")
+        return []
+    known = run.config.get("classes", [])
+    unknown = classmap.unknown(known, values)
+    if unknown and not add_class:
+        raise UserError(f"label {unknown[0]!r} is not a known class ({', '.join(known)}): fix the file, or pass --add-class")
+    return unknown
+
+
+def _grow_classes(run, added: list[str]):
+    """(checkpoint or None, state changes) that give new classes their place: the mapping grows at its end,
+    and the checkpoint's output layer (θ, θ̇, optimizer state) gets zero entries for them, so the next
+    training starts from the trained weights of the existing classes.
+    """
+    if not added:
+        return None, {}
+    grown = [*run.config["classes"], *added]
+    state = {"classes": grown}
+    tree, meta = _checkpoint(run)
+    if tree is None:
+        return None, state
+    state["labels_at_checkpoint"] = run.state.get("labels_at_checkpoint")  # still stale: it has not seen the new labels
+    tree = classmap.grow_tree(tree, fitting.checkpoint_like({**run.config, "classes": grown}))
+    return (tree, {**meta, "classes": grown}), state
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -430,6 +496,7 @@ def status(name: str) -> dict:
     return {
         "run": str(run.path),
         "task": run.task,
+        "classes": run.config.get("classes"),
         "model": run.config["model"]["kind"],
         "pool": run.config["pool"]["path"],
         "pool_rows": run.config["pool"]["rows_at_init"],

@@ -14,6 +14,8 @@ from alloop import fitting
 from alloop.errors import UserError
 from alloop.io import rundir
 from alloop.io.atomic import sha256_file
+from alloop.io.checkpoint import load_tree
+from alloop.io.lock import run_lock
 
 TEMP_PREFIX = ".tmp-"
 
@@ -25,6 +27,10 @@ def verify_run(name: str, repair: bool = False) -> dict:
     committed state is intact. ``repair`` deletes the temporary files.
     """
     run = rundir.open_run(name)
+    actions: list[str] = []
+    if repair:
+        with run_lock(run.path):
+            run, actions = _repair(rundir.open_run(str(run.path)))
     problems = _check_files(run)
     if not problems:  # hash or presence failures make the deeper checks meaningless
         problems += _check_labels(run) + _check_checkpoint(run) + _check_test(run)
@@ -34,7 +40,47 @@ def verify_run(name: str, repair: bool = False) -> dict:
         for p in temps:
             p.unlink(missing_ok=True) if p.is_file() else None
     notes += _check_queries(run) + _check_history(run)
-    return {"run": str(run.path), "ok": not problems, "problems": problems, "notes": notes}
+    return {"run": str(run.path), "ok": not problems, "problems": problems, "notes": actions + notes}
+
+
+def _valid(run: rundir.Run, rel: str | None, sha: str | None) -> bool:
+    return bool(rel) and (run.path / rel).exists() and (not sha or sha256_file(run.path / rel) == sha)
+
+
+def _loadable_checkpoint(run: rundir.Run, rel: str) -> bool:
+    try:
+        load_tree(run.path / rel, fitting.checkpoint_like(run.config))
+        return True
+    except UserError:
+        return False
+
+
+def _repair(run: rundir.Run) -> tuple[rundir.Run, list[str]]:
+    """Fall back to the last complete labels/checkpoint the state remembers; drop what cannot be restored."""
+    st, prev, fix, actions = run.state, run.state.get("previous", {}), {}, []
+    if st.get("labels_file") and not _valid(run, st["labels_file"], st.get("labels_sha256")):
+        if _valid(run, prev.get("labels_file"), prev.get("labels_sha256")):
+            fix.update(labels_file=prev["labels_file"], labels_sha256=prev.get("labels_sha256"), labels_at_checkpoint=None)
+            actions.append(f"labels: {st['labels_file']} is damaged; fell back to {prev['labels_file']}")
+        else:
+            return run, ["labels: the labels file is damaged and no earlier copy remains; restore it from a backup"]
+    ck = st.get("checkpoint")
+    if ck and not (_valid(run, ck, st.get("checkpoint_sha256")) and _loadable_checkpoint(run, ck)):
+        old = prev.get("checkpoint")
+        if old and _valid(run, old, prev.get("checkpoint_sha256")) and _loadable_checkpoint(run, old):
+            fix.update(checkpoint=old, checkpoint_sha256=prev.get("checkpoint_sha256"), labels_at_checkpoint=None, training=None)
+            actions.append(f"checkpoint: {ck} is damaged; fell back to {old} (the next command retrains)")
+        else:
+            fix.update(checkpoint=None, checkpoint_sha256=None, labels_at_checkpoint=None, training=None)
+            actions.append(f"checkpoint: {ck} is damaged; dropped it (the next command retrains)")
+    if not fix:
+        return run, actions
+    if "labels_file" in fix:  # n_labels must follow the file we fell back to
+        probe = rundir.Run(run.path, run.name, run.config, {**st, **fix})
+        labeled = {str(i) for i in rundir.read_labels(probe)["id"].tolist()}
+        fix["n_labels"] = len(labeled)
+        fix["outstanding"] = {k: v for k, v in run.outstanding.items() if k not in labeled}
+    return rundir.commit(run, state=fix), actions
 
 
 def _check_files(run: rundir.Run) -> list[str]:

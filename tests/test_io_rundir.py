@@ -214,8 +214,9 @@ def test_gc_keeps_previous_generation_only(run):
     assert len(list((r.path / "queries").iterdir())) == 4 and [q["round"] for q in r.state["queries"]] == [1, 2, 3, 4]
     r = commit(r, state={"round": 4, "note": "no files"})
     assert r.state["labels_file"] == "labels/labels-000004.parquet"
-    # the previous state names the same file, so generation 3's labels are no longer kept
-    assert [p.name for p in (r.path / "labels").iterdir()] == ["labels-000004.parquet"]
+    # state.json remembers the file each kind replaced last, so generation 3 stays as the fallback
+    assert r.state["previous"]["labels_file"] == "labels/labels-000003.parquet"
+    assert sorted(p.name for p in (r.path / "labels").iterdir()) == ["labels-000003.parquet", "labels-000004.parquet"]
 
 
 def test_state_only_commit_keeps_files(run):

@@ -236,6 +236,9 @@ def _parse_row(cells: list, targets: tuple, id_, path: Path, task: str):
     return [_parse_number(v, t, id_, path) for v, t in zip(cells, targets)]
 
 
+MAX_TARGET = 1e30  # training runs in float32; squares of larger values overflow
+
+
 def _parse_number(v, target: str, id_, path: Path) -> float:
     x = None
     if isinstance(v, str):
@@ -249,6 +252,8 @@ def _parse_number(v, target: str, id_, path: Path) -> float:
         raise UserError(f"label file '{path}' has a non-numeric value {v!r} in '{target}' for id {id_}: write a number or leave the cell blank")
     if not math.isfinite(x):
         raise UserError(f"label file '{path}' has a non-finite value {v!r} in '{target}' for id {id_}: write a finite number or leave the cell blank")
+    if abs(x) > MAX_TARGET:
+        raise UserError(f"label file '{path}' has a value {v!r} in '{target}' for id {id_} beyond ±1e30, too large to train on: rescale the target")
     return x
 
 

@@ -332,9 +332,11 @@ def feature_moments(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS) -> tup
         k = len(batch.ids)
         if k == 0:
             continue
-        n, mean, m2 = _chan_merge(n, mean, m2, batch.X)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values give inf: the caller refuses them
+            n, mean, m2 = _chan_merge(n, mean, m2, batch.X)
         lo, hi = np.minimum(lo, batch.X.min(axis=0)), np.maximum(hi, batch.X.max(axis=0))
-    std = np.sqrt(m2 / max(n, 1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = np.sqrt(m2 / max(n, 1))
     const = lo == hi
     std[const], mean[const] = 0.0, lo[const]
     return mean, std

@@ -213,7 +213,16 @@ def open_run(name_or_path: str) -> Run:
     state = _read_json(path, STATE)
     if not isinstance(state.get("generation"), int):
         raise UserError(f"run '{path.name}' has a state.json without a generation: restore it from a backup or init a new run")
-    return Run(path, path.name, config, state)
+    return Run(path, path.name, effective_config(config, state), state)
+
+
+def effective_config(config: dict, state: dict) -> dict:
+    """config.json as init wrote it, with the class list from state.json once ``--add-class`` grew it.
+
+    The class list lives in state.json after it grows so that it changes in the same commit as the
+    labels that need it.
+    """
+    return {**config, "classes": state["classes"]} if state.get("classes") else config
 
 
 def _read_json(path: Path, name: str) -> dict:
@@ -308,7 +317,7 @@ def commit(run: Run, *, labels: pd.DataFrame | None = None, checkpoint: tuple | 
                 f.unlink(missing_ok=True)
         raise
     _collect_garbage(run.path, new, run.state)
-    return Run(run.path, run.name, run.config, new)
+    return Run(run.path, run.name, effective_config(run.config, new), new)
 
 
 def _committed(run_path: Path, gen: int) -> bool:
@@ -332,6 +341,7 @@ def _write_labels(run: Run, new: dict, labels, gen: int, written: list) -> None:
     if missing:
         raise ValueError(f"labels frame lacks columns {missing}")
     rel = f"labels/labels-{gen:06d}.parquet"
+    _remember_previous(run.state, new, "labels_file", "labels_sha256")
     new["labels_sha256"] = _write_new(run, rel, encode_table(labels, "parquet"), written)
     new["labels_file"], new["n_labels"] = rel, len(labels)
 
@@ -341,10 +351,18 @@ def _write_checkpoint(run: Run, new: dict, checkpoint, gen: int, written: list, 
         return
     tree, meta = checkpoint
     rel = f"checkpoints/ckpt-{gen:06d}.npz"
+    _remember_previous(run.state, new, "checkpoint", "checkpoint_sha256")
     new["checkpoint_sha256"] = _write_new(run, rel, encode_tree(tree, meta), written)
     new["checkpoint"] = rel
     if "labels_at_checkpoint" not in explicit:
         new["labels_at_checkpoint"] = new.get("n_labels", 0)
+
+
+def _remember_previous(old: dict, new: dict, file_key: str, sha_key: str) -> None:
+    """Keep the file being replaced (and its hash) as ``previous`` in the state: `verify --repair` falls back to it."""
+    if old.get(file_key):
+        new.setdefault("previous", {})
+        new["previous"] = {**new["previous"], file_key: old[file_key], sha_key: old.get(sha_key)}
 
 
 def _write_query(run: Run, new: dict, query, written: list) -> None:
@@ -362,7 +380,9 @@ def _write_query(run: Run, new: dict, query, written: list) -> None:
 
 def _collect_garbage(run_path: Path, new: dict, old: dict) -> None:
     """Delete labels/checkpoints/queries that neither the new nor the previous state names, and temp files."""
-    keep = {new.get("labels_file"), new.get("checkpoint"), old.get("labels_file"), old.get("checkpoint")}
+    prev = new.get("previous", {})
+    keep = {new.get("labels_file"), new.get("checkpoint"), old.get("labels_file"), old.get("checkpoint"),
+            prev.get("labels_file"), prev.get("checkpoint")}
     keep |= {q.get("file") for q in new.get("queries", [])}
     for sub, pattern in (("labels", _LABEL_FILE), ("checkpoints", _CKPT_FILE), ("queries", None)):
         for f in (run_path / sub).glob("*"):
