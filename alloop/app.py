@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 import alloop
-from alloop import classes as classmap, fitting, querying
-from alloop.core import scorers, sgdf
+from alloop import classes as classmap, fitting, querying, streaming, tuning
+from alloop.core import models, scorers, sgdf
 from alloop.core.objective import default_curvature
 from alloop.errors import UserError
 from alloop.io import atomic, labels as labelio, pool as poolio, rundir, tables
@@ -45,8 +45,9 @@ def init_run(
     labels: str | None = None,
     test: str | None = None,
     model: dict | None = None,
-    s: float = 1.0,
+    s: float | str = 1.0,
     train: dict | None = None,
+    tune: dict | None = None,
     tangent: str = "sgdf",
     regularizer: str = "l2",
     task: str = "regression",
@@ -59,10 +60,13 @@ def init_run(
     """
     reporter = reporter or Reporter()
     path = rundir.resolve_run_path(name)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{str(path)!r} is a file, not a run directory: pick another run name")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
     _check_options(s, model or {}, train or {}, tangent, task)
     targets = list(targets)
+    _check_target_names(targets, id_col)
     if task == "classification":
         classmap.check_targets(targets)
     in_pool = [t for t in targets if t in poolio.pool_schema(pool)]
@@ -75,6 +79,8 @@ def init_run(
     _check_moments(info, mean, std)
     config = _make_config(info, pool, targets, in_pool, mean, std, model or {}, s, train or {}, tangent, regularizer, task)
     config["pool"]["from_run"] = os.path.relpath(info.path, path)  # found again when run and pool move together
+    if tune:
+        config["tune"] = dict(tune)  # how s is chosen (--folds): as given, defaults in tuning.TuneConfig
     seed = _read_seed_labels(labels, info, config) if labels else None
     test_bytes = test_df = None
     if test:
@@ -115,10 +121,13 @@ def _check_moments(info: poolio.PoolInfo, mean, std) -> None:
 
 
 def _check_options(s, model: dict, train: dict, tangent: str, task: str) -> None:
-    if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
-        raise UserError(f"--s must be a positive number, got {s}: try --s 1")
+    if not tuning.is_mode(s) and not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+        raise UserError(f"--s must be a positive number, auto or loocv, got {s}: try --s auto")
+    if s == "loocv" and (model.get("kind", "linear") == "mlp" or task != "regression"):
+        raise UserError("--s loocv needs a linear or poly regression model: use --s auto")
     if model.get("kind", "linear") not in ("linear", "poly", "mlp"):
         raise UserError(f"unknown --model {model.get('kind')!r}: choose linear, poly or mlp")
+    _check_model(model)
     if tangent not in ("sgdf", "cg", "exact"):
         raise UserError(f"unknown --tangent {tangent!r}: choose sgdf, cg or exact")
     if task not in ("regression", "classification"):
@@ -132,6 +141,32 @@ def _check_options(s, model: dict, train: dict, tangent: str, task: str) -> None
         raise UserError("--lr must be a positive number")
     if train.get("optimizer", "adam") not in ("adam", "sgd"):
         raise UserError(f"unknown --optimizer {train.get('optimizer')!r}: choose adam or sgd")
+
+
+RESERVED = ("id", "round", "time", "rank", "score")  # columns alloop writes beside the targets
+
+
+def _check_target_names(targets: list, id_col: str) -> None:
+    """Target names must not collide with the columns of the labels and query files."""
+    for t in targets:
+        if t in RESERVED or t == id_col:
+            names = ", ".join(dict.fromkeys([id_col, *RESERVED]))
+            raise UserError(f"target column {t!r} clashes with a column alloop writes ({names}): rename it in the pool and labels")
+    if len(set(targets)) < len(targets):
+        raise UserError(f"--target names a column twice ({','.join(targets)}): list each target once")
+
+
+def _check_model(model: dict) -> None:
+    """Model options that training would otherwise trip over (with a traceback), refused at init."""
+    kind = model.get("kind", "linear")
+    if kind == "poly" and int(model.get("degree", 3)) < 1:
+        raise UserError(f"--degree must be at least 1, got {model['degree']}")
+    if kind == "mlp" and any(int(h) < 1 for h in model.get("hidden", [64, 64])):
+        raise UserError(f"--hidden sizes must be at least 1, got {model['hidden']}: try --hidden 64,64")
+    if kind == "mlp" and model.get("activation", "tanh") not in models.ACTIVATIONS:
+        raise UserError(f"unknown --activation {model['activation']!r}: choose {', '.join(sorted(models.ACTIVATIONS))}")
+    if model.get("curvature", "hessian") not in ("hessian", "gauss-newton"):
+        raise UserError(f"unknown --curvature {model['curvature']!r}: choose hessian or gauss-newton")
 
 
 def _make_config(info, pool_given, targets, in_pool, mean, std, model, s, train, tangent, regularizer, task) -> dict:
@@ -158,7 +193,7 @@ def _make_config(info, pool_given, targets, in_pool, mean, std, model, s, train,
         "standardizer": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         "model": model,
         "regularizer": regularizer,
-        "s": float(s),
+        "s": s if tuning.is_mode(s) else float(s),
         "tangent": tangent,
         "train": {**sgdf.TrainConfig().to_dict(), **train},
         "test": None,
@@ -216,9 +251,15 @@ def labeled_arrays(run: rundir.Run, info: poolio.PoolInfo, labels: pd.DataFrame 
 
 
 def _test_arrays(run: rundir.Run):
-    if not run.config.get("test"):
+    """The run's held-out (X, Y), hash-checked like the labels; None without a test set."""
+    test = run.config.get("test")
+    if not test:
         return None
-    df = tables.read_table(run.path / TEST_FILE)
+    path = run.path / TEST_FILE
+    if not path.is_file() or atomic.sha256_file(path) != test["sha256"]:
+        how = "missing" if not path.is_file() else "corrupt"
+        raise UserError(f"test set {TEST_FILE} of run '{run.name}' is {how}: run `alloop verify {run.name}`")
+    df = tables.read_table(path)
     return df[run.config["pool"]["features"]].to_numpy(np.float32), df[list(run.targets)].to_numpy()
 
 
@@ -234,18 +275,24 @@ def needs_training(run: rundir.Run) -> bool:
 # --- train -------------------------------------------------------------------------------------
 
 
-def train(name: str, *, fresh: bool = False, epochs: int | None = None, wait: float = 5.0, reporter: Reporter | None = None) -> dict:
-    """Fit the model with SGDF on all labels so far (warm-started from the last checkpoint)."""
+def train(
+    name: str, *, fresh: bool = False, epochs: int | None = None, s: float | str | None = None, folds: int | None = None,
+    wait: float = 5.0, reporter: Reporter | None = None,
+) -> dict:
+    """Fit the model with SGDF on all labels so far (warm-started from the last checkpoint).
+
+    ``s`` (a number, "auto" or "loocv") and ``folds`` override the run's choice of s for this training.
+    """
     reporter = reporter or Reporter()
     run = rundir.open_run(name)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
-        run, record = _train_locked(run, info, reporter, fresh=fresh, epochs=epochs)
+        run, record = _train_locked(run, info, reporter, fresh=fresh, epochs=epochs, s=s, folds=folds)
     return record
 
 
-def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int | None = None, labels=None):
+def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int | None = None, labels=None, s=None, folds=None):
     if run.n_labels == 0:
         raise UserError(
             f"run '{run.name}' has no labels yet: `alloop query {run.name}` picks rows to label, "
@@ -254,7 +301,8 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
     if epochs is not None and epochs < 1:
         raise UserError("--epochs must be at least 1")
     _, x, y = labeled_arrays(run, info, labels)
-    tree, meta = _checkpoint(run)
+    test = _test_arrays(run)  # before training: a damaged test set is refused before anything is committed
+    tree, meta = (None, None) if fresh else _checkpoint(run)  # --fresh also recovers from a lost checkpoint
     progress = run.state.get("training")
     resume = None
     if progress and tree is not None and progress["n_labels"] == run.n_labels and progress.get("epochs") == epochs and not fresh:
@@ -263,13 +311,14 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
     params = tangent = None
     if tree is not None and not fresh and resume is None:
         params, tangent = tree["params"], tree["tangent"]
+    config, choice = _training_s(run, x, y, meta, progress if resume else None, params, tangent, s, folds, reporter)
     total = fitting.train_config(run.config, len(x), epochs=epochs).epochs
     box = {"run": run}
 
     def save_progress(state, done: int) -> None:
         """Commit the training state every few epochs, so that a killed training resumes."""
         part = fitting.checkpoint_tree(state, state.params, state.tangent)
-        info_ = {"n_labels": run.n_labels, "epochs_done": done, "epochs": epochs}
+        info_ = {"n_labels": run.n_labels, "epochs_done": done, "epochs": epochs, "s": config["s"]}
         box["run"] = rundir.commit(
             box["run"], checkpoint=(part, {"partial": True, **info_}),
             state={"training": info_, "labels_at_checkpoint": None},
@@ -279,18 +328,18 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
         if resume is not None:
             advance(resume[1])
         result = fitting.fit(
-            run.config, x, y, params=params, tangent=tangent, epochs=epochs, resume=resume,
+            config, x, y, params=params, tangent=tangent, epochs=epochs, resume=resume,
             on_epoch=lambda e, t, loss: advance(1), on_checkpoint=save_progress,
         )
     run = box["run"]
     for w in result.warnings:
         reporter.warn(w)
     figures = {"train_loss": result.train_loss, "residual": result.residual, "epochs": result.epochs}
-    test = _test_arrays(run)
     if test is not None:
-        figures.update(fitting.metrics(run.config, result.params, *test, target=result.target))
+        figures.update(fitting.metrics(config, result.params, *test, target=result.target))
     meta = {
-        "s": run.config["s"],
+        "s": config["s"],
+        "s_choice": choice.record() if choice else None,
         "n_labels": run.n_labels,
         "round": run.round,
         "noise": [float(v) for v in np.ravel(result.noise)],
@@ -302,9 +351,39 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
     }
     tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
     run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None})
-    record = {"command": "train", "labels": run.n_labels, "round": run.round, **figures, "seconds": round(result.seconds, 3), "warnings": result.warnings}
+    record = {"command": "train", "labels": run.n_labels, "round": run.round, "s": config["s"], **figures, "seconds": round(result.seconds, 3), "warnings": result.warnings}
+    if choice:
+        record["s_choice"] = choice.record()
     rundir.append_history(run, record)
     return run, record
+
+
+def _training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: Reporter):
+    """The run's config with the numeric s to train with now, and how it was chosen (None for a given number).
+
+    A resumed training keeps the s it started with; otherwise "auto" starts from the last s used.
+    """
+    config = run.config if s is None else {**run.config, "s": tuning.parse_s(s)}
+    if folds is not None:
+        if folds < 2:
+            raise UserError("--folds must be at least 2")
+        config = {**config, "tune": {**config.get("tune", {}), "folds": int(folds)}}
+    if progress and isinstance(progress.get("s"), (int, float)):
+        return tuning.with_s(config, progress["s"]), None
+    if not tuning.is_mode(config["s"]):
+        return tuning.with_s(config, config["s"]), None
+    with reporter.progress(f"choosing s ({config['s']}) on {len(x)} labels", None):
+        value, choice = tuning.resolve_s(config, x, y, s_prev=_last_s(run, meta), params=params, tangent=tangent)
+    reporter.info(f"s = {value:.4g} ({choice.mode}: {choice.folds}-fold CV loss {choice.cv_loss:.4g}, {len(choice.evaluations)} evaluations)")
+    return tuning.with_s(config, value), choice
+
+
+def _last_s(run, meta) -> float | None:
+    """The s the latest completed training used (checkpoint, else history), to warm-start the search."""
+    if meta and not meta.get("partial") and isinstance(meta.get("s"), (int, float)):
+        return float(meta["s"])
+    trained = [r["s"] for r in rundir.read_history(run) if r.get("command") == "train" and isinstance(r.get("s"), (int, float))]
+    return float(trained[-1]) if trained else None
 
 
 # --- query -------------------------------------------------------------------------------------
@@ -318,10 +397,14 @@ def query(
     fmt: str = "csv",
     seed: int | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    devices: int = 1,
     wait: float = 5.0,
     reporter: Reporter | None = None,
 ) -> dict:
-    """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>."""
+    """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
+
+    ``devices``: split every batch's rows over that many local devices (data-parallel scoring).
+    """
     reporter = reporter or Reporter()
     if strategy not in querying.STRATEGIES:
         raise UserError(f"unknown --strategy {strategy!r}: choose one of {', '.join(querying.STRATEGIES)}")
@@ -329,6 +412,7 @@ def query(
         raise UserError(f"unknown --format {fmt!r}: choose csv, parquet or jsonl")
     if k < 1:
         raise UserError("-k must be at least 1")
+    streaming.check_devices(devices)
     run = rundir.open_run(name)
     querying.check_strategy(strategy, run.task)
     with run_lock(run.path, wait):
@@ -338,22 +422,31 @@ def query(
             reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
             run, _ = _train_locked(run, info, reporter)
         seed = int(run.config["train"].get("seed", 0)) + run.round if seed is None else seed
-        sel = _select(run, info, k, strategy, seed, batch_rows, reporter)
-        if len(sel.ids) == 0:
-            raise UserError(f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool")
-        if sel.note:
-            reporter.info(sel.note)
-        frame = _query_frame(run, info, sel)
-        new_round = run.round + 1
-        outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
-        run = rundir.commit(run, query=(frame, fmt), state={"round": new_round, "outstanding": outstanding})
-        path = run.path / run.state["queries"][-1]["file"]
-        record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids), "file": str(path.relative_to(run.path))}
-        rundir.append_history(run, record)
+        sel = _select(run, info, k, strategy, seed, batch_rows, reporter, devices)
+        record, path = _commit_query(run, info, sel, strategy, fmt, reporter)
     return {**record, "path": str(path), "note": sel.note}
 
 
-def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> querying.Selection:
+def _commit_query(run, info, sel: querying.Selection, strategy: str, fmt: str, reporter: Reporter, extra: dict | None = None):
+    """Write the picks as the next round's query file, make them outstanding, commit, log: (record, path).
+
+    Shared by ``query`` and ``merge-queries`` (shards.py); the caller holds the run lock.
+    """
+    if len(sel.ids) == 0:
+        raise UserError(f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool")
+    if sel.note:
+        reporter.info(sel.note)
+    frame = _query_frame(run, info, sel)
+    new_round = run.round + 1
+    outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
+    run = rundir.commit(run, query=(frame, fmt), state={"round": new_round, "outstanding": outstanding})
+    path = run.path / run.state["queries"][-1]["file"]
+    record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids), "file": str(path.relative_to(run.path)), **(extra or {})}
+    rundir.append_history(run, record)
+    return record, path
+
+
+def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter, devices: int = 1) -> querying.Selection:
     exclude = np.concatenate([rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]).astype(
         np.int64 if run.id_kind == "int" else object
     )
@@ -361,7 +454,7 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> que
     with reporter.progress(f"scoring the pool ({strategy})", info.n_rows) as advance:
         if strategy == "random":
             top = querying.stream_top(info, querying.random_scorer(seed), exclude, k, batch_rows, advance)
-            return querying.Selection(top.ids, top.scores, "random")
+            return querying.picked(top, "random")
         tree, meta = _checkpoint(run)
         norm = 0.0 if tree is None else sgdf.tree_norm(tree["tangent"])
         if strategy == "greedy" or tree is None or (strategy == "sld" and not norm > 0):  # zero, or NaN after a diverged training
@@ -369,7 +462,7 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> que
             why, what = ("cold start: no trained model yet", strategy) if strategy != "sld" else (why, "SLD")
             note = None if strategy == "greedy" else f"{why}, so {what} has nothing to say; using greedy farthest-point sampling"
             _, lx, _ = labeled_arrays(run, info)
-            sel = querying.greedy_select(info, stats, lx, exclude, k, seed, batch_rows, advance)
+            sel = querying.greedy_select(info, stats, lx, exclude, k, seed, batch_rows, advance, devices)
             sel.note = note
             return sel
         problem = fitting.build_problem(run.config, tree["params"])
@@ -379,16 +472,18 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter) -> que
             fn = querying.UNCERTAINTY[strategy](problem, tree["params"])
         else:  # committee
             _, lx, ly = labeled_arrays(run, info)
-            members = fitting.bootstrap_members(run.config, lx, ly, COMMITTEE_SIZE, seed)
+            members = fitting.bootstrap_members(tuning.with_s(run.config, tuning.trained_s(run.config, meta)), lx, ly, COMMITTEE_SIZE, seed)
             fn = (scorers.committee_kl if run.task == "classification" else scorers.committee)(problem, members)
-        top = querying.stream_top(info, querying.model_scorer(fn, batch_rows), exclude, k, batch_rows, advance)
-        return querying.Selection(top.ids, top.scores, strategy)
+        top = querying.stream_top(info, querying.model_scorer(fn, batch_rows, devices), exclude, k, batch_rows, advance)
+        return querying.picked(top, strategy)
 
 
 def _query_frame(run, info, sel: querying.Selection) -> pd.DataFrame:
-    rows = poolio.take_rows(info, sel.ids)
-    frame = pd.DataFrame({info.id_col: rows[info.id_col], "rank": np.arange(1, len(sel.ids) + 1), "score": sel.scores})
-    for c in info.features:
+    """id, rank, score, the features as stored (kept while streaming; else read from the pool) and empty targets."""
+    id_col, features = run.config["pool"]["id_col"], run.config["pool"]["features"]
+    rows = sel.rows.to_pandas() if sel.rows is not None else poolio.take_rows(info, sel.ids)
+    frame = pd.DataFrame({id_col: rows[id_col], "rank": np.arange(1, len(sel.ids) + 1), "score": sel.scores})
+    for c in features:
         frame[c] = rows[c].to_numpy()
     for t in run.targets:
         frame[t] = pd.Series([None] * len(sel.ids), dtype=object if run.task == "classification" else "float64")
@@ -505,6 +600,8 @@ def status(name: str) -> dict:
         "outstanding": len(run.outstanding),
         "round": run.round,
         "s": run.config["s"],
+        "s_model": meta.get("s"),  # the s the current model was trained with (chosen per round for auto/loocv)
+        "s_by_round": _s_by_round(run),
         "trained_on": run.state.get("labels_at_checkpoint") if run.checkpoint_path else None,
         "stale": needs_training(run),
         "residual": meta.get("figures", {}).get("residual"),
@@ -512,6 +609,57 @@ def status(name: str) -> dict:
         "warnings": meta.get("warnings", []),
         "queries": [q["file"] for q in run.state.get("queries", [])],
     }
+
+
+def _s_by_round(run) -> list[dict]:
+    """The s of every training, from the history: round, labels, s."""
+    return [{"round": r.get("round"), "labels": r.get("labels"), "s": r["s"]} for r in rundir.read_history(run) if r.get("command") == "train" and "s" in r]
+
+
+# --- tune-s ------------------------------------------------------------------------------------
+
+
+def tune_s(
+    name: str, *, plot: bool = False, out: str | None = None, s_min: float = 1e-3, s_max: float = 1e4, per_decade: int = 6,
+    folds: int | None = None, wait: float = 5.0, reporter: Reporter | None = None,
+) -> dict:
+    """The validation error over a log grid of s (the paper's Figure 2) and the s that auto would choose now.
+
+    Changes no model: it appends a "tune-s" record to the history and, with ``plot``, writes a PNG to
+    ``out`` (default: plots/tune-s-round-NNNN.png in the run directory).
+    """
+    reporter = reporter or Reporter()
+    if not (0 < s_min < s_max) or per_decade < 1:
+        raise UserError("--s-min and --s-max must be positive with --s-min < --s-max, and --per-decade at least 1")
+    if folds is not None and folds < 2:
+        raise UserError("--folds must be at least 2")
+    run = rundir.open_run(name)
+    with run_lock(run.path, wait):
+        run = rundir.open_run(str(run.path))
+        if run.n_labels < 2:
+            raise UserError(f"run '{run.name}' has {run.n_labels} label(s): tune-s needs at least 2")
+        info = open_pool_of(run)
+        _, x, y = labeled_arrays(run, info)
+        tree, meta = _checkpoint(run)
+        config = run.config if folds is None else {**run.config, "tune": {**run.config.get("tune", {}), "folds": int(folds)}}
+        mode = "loocv" if run.config["s"] == "loocv" else "auto"
+        grid = tuning.log_grid(s_min, s_max, per_decade)
+        with reporter.progress(f"validation error at {len(grid)} values of s", None):
+            curve = tuning.validation_curve(
+                config, x, y, grid, s_prev=_last_s(run, meta), mode=mode,
+                params=None if tree is None else tree["params"], tangent=None if tree is None else tree["tangent"],
+            )
+        if plot:
+            out = Path(out) if out else run.path / "plots" / f"tune-s-round-{run.round:04d}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            title = f"{run.name}: {curve.cv_label} on {run.n_labels} labels (round {run.round})"
+            atomic.write_bytes_atomic(out, tuning.plot_png(curve, title))
+        best = int(np.argmin(curve.cv))
+        record = {"command": "tune-s", "round": run.round, "labels": run.n_labels, "s": curve.choice.s, "mode": mode,
+                  "cv_loss": curve.choice.cv_loss, "grid_best_s": float(grid[best]), "grid_best_cv": float(curve.cv[best]),
+                  "local_minima": curve.local_minima(), "s_model": (meta or {}).get("s"), "plot": str(out) if plot else None}
+        rundir.append_history(run, record)
+    return {**record, "curve": curve.to_dict()}
 
 
 def history(name: str) -> list[dict]:

@@ -105,6 +105,7 @@ def run_demo(
         app.init_run(
             name, str(folder / "pool.parquet"), id_col=meta["id"], targets=[meta["target"]], labels=str(seed_path),
             test=str(folder / "test.parquet"), model=model, s=s, task=meta.get("task", "regression"),
+            classes=meta.get("classes"),  # classification: every class from the start, though the seed labels may miss some
             train={"seed": seed, **defaults.get("train", {})}, reporter=reporter,
         )
         first = app.train(name, reporter=reporter)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alloop import classes
 from alloop.core import losses, models, objective, regularizers, sgdf, tangents
 from alloop.core.objective import Problem
 from alloop.core.scorers import residual_noise
@@ -84,8 +85,7 @@ def target_stats(config: dict, y) -> tuple[list, list] | None:
 def make_targets(config: dict, y, stats=None) -> np.ndarray:
     """Labels as the loss wants them: (n, k) float32 standardized by ``stats`` (regression), or class indices."""
     if config.get("task") == "classification":
-        index = {c: i for i, c in enumerate(config["classes"])}
-        return np.array([index[v] for v in np.asarray(y).ravel()], np.int32)
+        return classes.to_indices(config["classes"], y)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     if stats is not None:
         y = (y - np.asarray(stats[0])) / np.asarray(stats[1])
@@ -241,10 +241,15 @@ def state_from_tree(tree: dict) -> sgdf.TrainState:
 
 
 def checkpoint_like(config: dict) -> dict:
-    """A tree with the checkpoint's structure, built in code (checkpoints are never unpickled)."""
-    model = build_model(config)
-    params = model.init(jax.random.PRNGKey(0))
-    cfg = sgdf.TrainConfig.from_dict(config["train"])
-    opt = sgdf.make_optimizer(cfg, 1)
-    state = sgdf.init_state(params, opt)
+    """A tree with the checkpoint's structure, built in code (checkpoints are never unpickled).
+
+    Its leaves are zeros of the right shapes and dtypes, traced with ``jax.eval_shape``: nothing is
+    compiled, which took up to seconds per command that loads a checkpoint.
+    """
+    def build():
+        params = build_model(config).init(jax.random.PRNGKey(0))
+        opt = sgdf.make_optimizer(sgdf.TrainConfig.from_dict(config["train"]), 1)
+        return params, sgdf.init_state(params, opt)
+
+    params, state = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(build))
     return checkpoint_tree(state, params, params)

@@ -4,9 +4,12 @@ Memory is bounded by one pool batch plus the kept candidates, never by the pool.
 
 - ``sld``: the squared loss derivative along the regularity tangent (the method), top-k;
 - ``random``: uniform, from a hash of (seed, id);
-- ``committee``: predictive variance across bootstrap models;
+- ``committee``: predictive variance across bootstrap models (classification: their mean KL divergence
+  from the consensus);
 - ``greedy``: farthest-point sampling in standardized feature space (GSx), over a candidate buffer of
-  the rows farthest from the labeled set.
+  the rows farthest from the labeled set;
+- ``entropy``, ``margin``, ``least-confident`` (classification only): uncertainty of the predicted
+  class distribution.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from typing import Callable
 
 import numpy as np
 
+from alloop import streaming
 from alloop.core import scorers, selection
 from alloop.core.models import Standardizer
+from alloop.errors import UserError
 from alloop.io import pool as poolio
 
-STRATEGIES = ("sld", "random", "committee", "greedy")
+STRATEGIES = ("sld", "random", "committee", "greedy", "entropy", "margin", "least-confident")
+CLASSIFICATION_STRATEGIES = ("sld", "random", "committee", "greedy", "entropy", "margin", "least-confident")
+CLASSIFICATION_ONLY = ("entropy", "margin", "least-confident")  # every other strategy not listed above is regression only
+UNCERTAINTY = {"entropy": scorers.entropy, "margin": scorers.margin, "least-confident": scorers.least_confident}
 GREEDY_CANDIDATES = 4096
 
 
@@ -30,6 +38,29 @@ class Selection:
     scores: np.ndarray
     strategy: str  # what actually ran (sld falls back to greedy at cold start)
     note: str | None = None
+    rows: object = None  # the picks' pool columns as stored (Arrow table, pick order), so the pool is not read again
+    kept: streaming.Kept | None = None  # what the picks were chosen from (the top-k, or greedy's candidates): query shards store it
+
+
+def picked(top: streaming.Kept, strategy: str) -> Selection:
+    """The Selection of a top-k strategy: the kept rows themselves."""
+    return Selection(top.ids, top.scores, strategy, rows=top.rows, kept=top)
+
+
+def check_strategy(strategy: str, task: str) -> None:
+    """UserError when ``strategy`` does not apply to a run of ``task`` (or does not exist)."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown --strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy not in strategies_for(task):
+        other = "regression" if task == "classification" else "classification"
+        raise UserError(f"--strategy {strategy} is for {other} runs and this is a {task} run: choose one of {', '.join(strategies_for(task))}")
+
+
+def strategies_for(task: str) -> list[str]:
+    """The strategies that apply to a run of ``task``, in STRATEGIES order."""
+    if task == "classification":
+        return [s for s in STRATEGIES if s in CLASSIFICATION_STRATEGIES]
+    return [s for s in STRATEGIES if s not in CLASSIFICATION_ONLY]
 
 
 def _id_dtype(info: poolio.PoolInfo):
@@ -43,22 +74,17 @@ def stream_top(
     k: int,
     batch_rows: int,
     on_rows: Callable[[int], None] | None = None,
-) -> selection.TopK:
-    """The k best-scoring rows of the pool whose ids are not in ``exclude``."""
-    top = selection.topk_empty(k, len(info.features), _id_dtype(info))
-    for batch in poolio.iter_batches(info, batch_rows=batch_rows):
-        keep = ~np.isin(batch.ids, exclude) if len(exclude) else np.ones(len(batch.ids), bool)
-        if keep.any():
-            ids, x = batch.ids[keep], batch.X[keep]
-            top = selection.topk_merge(top, np.asarray(score_batch(poolio.PoolBatch(ids, x)), np.float64), ids, x, k)
-        if on_rows is not None:
-            on_rows(len(batch.ids))
-    return top
+) -> streaming.Kept:
+    """The k best-scoring rows of the pool whose ids are not in ``exclude`` (pipelined: see streaming.py)."""
+    return streaming.stream_top(info, score_batch, exclude, k, batch_rows, on_rows)
 
 
-def model_scorer(fn: Callable, batch_rows: int) -> Callable[[poolio.PoolBatch], np.ndarray]:
-    """Wrap a jitted x -> scores function for pool batches, with fixed batch shapes."""
-    return lambda b: scorers.pad_apply(fn, b.X, batch_rows)
+def model_scorer(fn: Callable, batch_rows: int, devices: int = 1) -> Callable[[poolio.PoolBatch], object]:
+    """Wrap a jitted x -> scores function for pool batches: fixed batch shapes, rows split over ``devices``.
+
+    Returns the device arrays without waiting for them, so the next batch is read while this one is scored.
+    """
+    return streaming.device_scorer(fn, batch_rows, devices)
 
 
 def random_scorer(seed: int) -> Callable[[poolio.PoolBatch], np.ndarray]:
@@ -74,22 +100,32 @@ def greedy_select(
     seed: int,
     batch_rows: int,
     on_rows=None,
+    devices: int = 1,
 ) -> Selection:
     """GSx: farthest-point picks among the candidates farthest from the labeled rows.
 
     With no labels yet, the candidates are a uniform sample (random hash) of the pool.
     """
-    n_cand = max(GREEDY_CANDIDATES, 4 * k)
     if len(labeled_x):
-        dist = scorers.min_distance(stats, labeled_x)
-        score = model_scorer(dist, batch_rows)
+        score = model_scorer(scorers.min_distance(stats, labeled_x), batch_rows, devices)
     else:
         score = random_scorer(seed)
-    top = stream_top(info, score, exclude, n_cand, batch_rows, on_rows)
+    top = stream_top(info, score, exclude, greedy_candidates(k), batch_rows, on_rows)
+    return greedy_pick(top, stats, len(labeled_x) > 0, k)
+
+
+def greedy_candidates(k: int) -> int:
+    """How many rows greedy keeps while streaming (its candidate buffer)."""
+    return max(GREEDY_CANDIDATES, 4 * k)
+
+
+def greedy_pick(top: streaming.Kept, stats: Standardizer, labeled: bool, k: int) -> Selection:
+    """Farthest-point order over the candidates (``labeled``: their scores are distances to labeled rows)."""
     z = (top.x - np.asarray(stats.mean)) / np.asarray(stats.scale)
-    d0 = top.scores if len(labeled_x) else np.full(len(top.ids), np.inf)
+    d0 = top.scores if labeled else np.full(len(top.ids), np.inf)
     order = selection.farthest_point(z, d0, k)
-    return Selection(top.ids[order], _pick_distances(z, d0, order), "greedy")
+    rows = None if top.rows is None else top.rows.take(order)
+    return Selection(top.ids[order], _pick_distances(z, d0, order), "greedy", rows=rows, kept=top)
 
 
 def _pick_distances(z: np.ndarray, d0: np.ndarray, order: np.ndarray) -> np.ndarray:

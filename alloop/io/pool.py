@@ -40,15 +40,21 @@ class PoolInfo:
     targets: tuple[str, ...]
     n_rows: int
     fingerprint: str
+    rows: tuple[int, int] | None = None  # [start, stop) in pool order that iter_batches streams (a query shard); None: all
 
 
 @dataclass
 class PoolBatch:
-    """One streamed batch: ids (int64 or object str), X (m, d) float32, Y (m, t) or None."""
+    """One streamed batch: ids (int64 or object str), X (m, d) float32, Y (m, t) or None.
+
+    ``table`` holds the same rows' columns as stored (id, features, targets), so the rows a query
+    keeps can be written out without reading the pool a second time.
+    """
 
     ids: np.ndarray
     X: np.ndarray
     Y: np.ndarray | None = None
+    table: pa.RecordBatch | None = None
 
 
 def open_pool(path, id_col: str = "id", features=None, targets=()) -> PoolInfo:
@@ -242,35 +248,111 @@ def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: 
 
     ``columns="features"`` reads the id and feature columns; ``columns="ids"`` reads only the id
     (X then has 0 columns). Features must be finite: a null, NaN or inf raises UserError.
+    Only the rows ``info.rows`` (a query shard's slice, see ``shard_rows``) are read when it is set.
     """
     if columns not in ("features", "ids"):
         raise ValueError(f"columns must be 'features' or 'ids', got {columns!r}")
-    return _batches(info, batch_rows, columns, with_targets, np.float32)
+    return _batches(info, batch_rows, columns, with_targets, np.float32, info.rows)
 
 
-def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype) -> Iterator[PoolBatch]:
+def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype, rows=None) -> Iterator[PoolBatch]:
     feats = info.features if columns == "features" else ()
     targets = info.targets if with_targets else ()
-    for rb in _record_batches(info, [info.id_col, *feats, *targets], batch_rows):
+    for rb in _rebatched(_record_batches(info, [info.id_col, *feats, *targets], batch_rows, rows), batch_rows):
         ids = _ids(rb.column(info.id_col), info)
         X = _features(rb, feats, ids, dtype)
         Y = _targets(rb, targets) if with_targets else None
-        yield PoolBatch(ids, X, Y)
+        yield PoolBatch(ids, X, Y, rb)
 
 
-def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``cols`` from every file; read errors become UserError."""
+def _rebatched(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of exactly ``n`` (the last one shorter), across row groups and files.
+
+    Full batches keep a scorer's input shape fixed (no padding, one compilation) however the pool's
+    files and row groups happen to be sized; only a batch that straddles a boundary is copied.
+    """
+    parts, have = [], 0
+    for rb in batches:
+        while rb.num_rows:
+            take = min(n - have, rb.num_rows)
+            parts.append(rb if take == rb.num_rows else rb.slice(0, take))
+            have, rb = have + take, rb.slice(take)
+            if have == n:
+                yield _concat_batches(parts)
+                parts, have = [], 0
+    if have:
+        yield _concat_batches(parts)
+
+
+def _concat_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(parts) == 1:
+        return parts[0]
+    schema = parts[0].schema
+    return pa.Table.from_batches([p.replace_schema_metadata(schema.metadata) for p in parts], schema).combine_chunks().to_batches()[0]
+
+
+def shard_rows(n_rows: int, shard: int, n_shards: int) -> tuple[int, int]:
+    """Shard ``shard`` of ``n_shards`` of a pool: the rows [⌊i·n/N⌋, ⌊(i+1)·n/N⌋) in pool order.
+
+    Pool order is files sorted by path, rows in file order, so a shard reads only its own slice (a
+    contiguous range of row groups) and the split stays the same as long as the pool's files do.
+    """
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
+    return n_rows * shard // n_shards, n_rows * (shard + 1) // n_shards
+
+
+def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int, rows=None) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``cols`` from every file (only rows [start, stop) of the pool when ``rows``); read errors become UserError."""
+    start, stop = rows if rows is not None else (0, None)
+    offset = 0  # pool position of the file's first row
     for f in info.files:
+        if stop is not None and offset >= stop:
+            return
         with _parquet_file(f) as pf:
-            it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False)
-            while True:
-                try:
-                    rb = next(it)
-                except StopIteration:
-                    break
-                except _READ_ERRORS as e:
-                    raise _unreadable(f, e) from None
-                yield rb
+            n = pf.metadata.num_rows
+            if offset + n > start:
+                groups, pos = _row_groups_from(pf, start - offset, None if stop is None else stop - offset)
+                yield from _sliced(_file_batches(f, pf, cols, batch_rows, groups), pos, start - offset,
+                                   None if stop is None else stop - offset)
+            offset += n
+
+
+def _row_groups_from(pf, start: int, stop) -> tuple[list[int] | None, int]:
+    """The row groups of a file that hold rows [start, stop) (None: all) and the file position of the first one."""
+    if start <= 0 and stop is None:
+        return None, 0
+    groups, pos, first = [], 0, None
+    for g in range(pf.metadata.num_row_groups):
+        m = pf.metadata.row_group(g).num_rows
+        if pos + m > start and (stop is None or pos < stop):
+            groups.append(g)
+            first = pos if first is None else first
+        pos += m
+    return groups, first or 0
+
+
+def _file_batches(f, pf, cols, batch_rows: int, groups) -> Iterator[pa.RecordBatch]:
+    it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False, row_groups=groups)
+    while True:
+        try:
+            rb = next(it)
+        except StopIteration:
+            return
+        except _READ_ERRORS as e:
+            raise _unreadable(f, e) from None
+        yield rb
+
+
+def _sliced(batches, pos: int, start: int, stop) -> Iterator[pa.RecordBatch]:
+    """The parts of ``batches`` (the first one at file position ``pos``) inside [start, stop)."""
+    for rb in batches:
+        lo, hi = max(start - pos, 0), rb.num_rows if stop is None else min(stop - pos, rb.num_rows)
+        pos += rb.num_rows
+        if hi > lo:
+            yield rb if (lo, hi) == (0, rb.num_rows) else rb.slice(lo, hi - lo)
+        if stop is not None and pos >= stop:
+            return
 
 
 def _ids(col: pa.Array, info: PoolInfo) -> np.ndarray:
@@ -296,6 +378,14 @@ def _features(rb: pa.RecordBatch, feats, ids: np.ndarray, dtype) -> np.ndarray:
         j = int(np.argmax(bad.any(axis=0)))
         raise _bad_feature(feats[j], ids[int(np.argmax(bad[:, j]))])
     return X
+
+
+def feature_matrix(table, features, id_col: str) -> np.ndarray:
+    """(m, d) float32 features of an Arrow table or batch holding pool rows, converted exactly as the reader does."""
+    rb = table if isinstance(table, pa.RecordBatch) else table.combine_chunks().to_batches()[0] if table.num_rows else None
+    if rb is None:
+        return np.zeros((0, len(features)), np.float32)
+    return _features(rb, tuple(features), rb.column(id_col).to_numpy(zero_copy_only=False), np.float32)
 
 
 def _bad_feature(name: str, example_id) -> UserError:
@@ -439,6 +529,11 @@ def take_rows(info: PoolInfo, ids, with_targets: bool = False) -> pd.DataFrame:
     if (pos < 0).any():
         raise _not_in_pool(pd.unique(ids[pos < 0]))
     return df.iloc[pos].reset_index(drop=True)
+
+
+def empty_rows(info: PoolInfo) -> pa.Table:
+    """An empty table with the pool's id and feature columns as stored."""
+    return _empty_table(info, [info.id_col, *info.features])
 
 
 def _empty_table(info: PoolInfo, cols: list[str]) -> pa.Table:
