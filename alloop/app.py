@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -22,7 +23,7 @@ from alloop.core import models, scorers, sgdf
 from alloop.core.objective import default_curvature
 from alloop.errors import UserError
 from alloop.io import atomic, labels as labelio, pool as poolio, rundir, tables
-from alloop.io.checkpoint import load_meta
+from alloop.io.checkpoint import load_meta, load_tree
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 
@@ -52,6 +53,7 @@ def init_run(
     regularizer: str = "l2",
     task: str = "regression",
     classes: list[str] | None = None,
+    trainer: str = "sgdf",
     reporter: Reporter | None = None,
 ) -> dict:
     """Create a run over a pool: check the pool, compute input statistics, take seed labels and a test set.
@@ -65,6 +67,8 @@ def init_run(
     if path.exists() and any(path.iterdir()):
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
     _check_options(s, model or {}, train or {}, tangent, task)
+    if trainer not in ("sgdf", "newton", "lbfgs", "cg"):
+        raise UserError(f"unknown --trainer {trainer!r}: choose sgdf, newton, lbfgs or cg")
     targets = list(targets)
     _check_target_names(targets, id_col)
     if task == "classification":
@@ -78,6 +82,7 @@ def init_run(
         advance(info.n_rows)
     _check_moments(info, mean, std)
     config = _make_config(info, pool, targets, in_pool, mean, std, model or {}, s, train or {}, tangent, regularizer, task)
+    config["trainer"] = trainer
     config["pool"]["from_run"] = os.path.relpath(info.path, path)  # found again when run and pool move together
     if tune:
         config["tune"] = dict(tune)  # how s is chosen (--folds): as given, defaults in tuning.TuneConfig
@@ -329,7 +334,7 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
             advance(resume[1])
         result = fitting.fit(
             config, x, y, params=params, tangent=tangent, epochs=epochs, resume=resume,
-            on_epoch=lambda e, t, loss: advance(1), on_checkpoint=save_progress,
+            on_epoch=lambda e, t, loss: advance(1), on_checkpoint=save_progress, **inheritance(run),
         )
     run = box["run"]
     for w in result.warnings:
@@ -446,6 +451,20 @@ def _commit_query(run, info, sel: querying.Selection, strategy: str, fmt: str, r
     return record, path
 
 
+BASE_FILE = "base.npz"
+
+
+def inheritance(run: rundir.Run) -> dict:
+    """For a run made with ``init --base``: its base model (θ0, θ̇0, s0) and the base's target statistics."""
+    base = run.config.get("base")
+    if not base:
+        return {}
+    model = fitting.build_model(run.config)
+    like = model.init(jax.random.PRNGKey(0))
+    tree = load_tree(run.path / BASE_FILE, {"theta0": like, "theta0_dot": like})
+    return {"anchor": (tree["theta0"], tree["theta0_dot"], float(base["s"])), "target": base.get("target")}
+
+
 def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter, devices: int = 1) -> querying.Selection:
     exclude = np.concatenate([rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]).astype(
         np.int64 if run.id_kind == "int" else object
@@ -465,14 +484,14 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter, device
             sel = querying.greedy_select(info, stats, lx, exclude, k, seed, batch_rows, advance, devices)
             sel.note = note
             return sel
-        problem = fitting.build_problem(run.config, tree["params"])
+        problem = fitting.build_problem(run.config, tree["params"], inheritance(run).get("anchor"))
         if strategy == "sld":
             fn = scorers.sld(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
         elif strategy in querying.UNCERTAINTY:
             fn = querying.UNCERTAINTY[strategy](problem, tree["params"])
         else:  # committee
             _, lx, ly = labeled_arrays(run, info)
-            members = fitting.bootstrap_members(tuning.with_s(run.config, tuning.trained_s(run.config, meta)), lx, ly, COMMITTEE_SIZE, seed)
+            members = fitting.bootstrap_members(tuning.with_s(run.config, tuning.trained_s(run.config, meta)), lx, ly, COMMITTEE_SIZE, seed, **inheritance(run))
             fn = (scorers.committee_kl if run.task == "classification" else scorers.committee)(problem, members)
         top = querying.stream_top(info, querying.model_scorer(fn, batch_rows, devices), exclude, k, batch_rows, advance)
         return querying.picked(top, strategy)
@@ -588,7 +607,10 @@ def status(name: str) -> dict:
     """What a user wants to see at a glance: counts, round, s, tangent health, latest metrics."""
     run = rundir.open_run(name)
     meta = load_meta(run.checkpoint_path) if run.checkpoint_path else {}
+    from alloop.inherit import base_status  # noqa: PLC0415 (inherit builds on this module)
+
     return {
+        "base": base_status(run),
         "run": str(run.path),
         "task": run.task,
         "classes": run.config.get("classes"),

@@ -120,7 +120,9 @@ def _fmt(v) -> str:
 @app.command()
 def init(
     name: str = typer.Argument(..., help="Name of the new run (created under runs/) or a directory path."),
-    pool: str = typer.Option(..., "--pool", help="Unlabeled pool: a Parquet file or a directory of Parquet files."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Unlabeled pool: a Parquet file or a directory of Parquet files (default with --base: the base's)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Inherit this trained run's model, features and parameters θ0, regularized towards θ0 (a user run)."),
+    trainer: Optional[str] = typer.Option(None, "--trainer", help="sgdf, or full-batch newton, lbfgs or cg (Newton-CG) for small labeled sets (default: sgdf; newton with --base)."),
     id_col: str = typer.Option("id", "--id-col", help="Column holding each row's unique id."),
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated feature columns (default: every numeric column but id and target)."),
     target: str = typer.Option("target", "--target", help="Target column name(s), comma-separated for several outputs."),
@@ -151,6 +153,14 @@ def init(
     """
     from alloop import app as use
 
+    if base:
+        from alloop import inherit
+
+        res = inherit.init_user_run(name, base, pool=pool, labels=labels, test=test, trainer=trainer or "newton", reporter=RichReporter())
+        _emit(res, as_json, f"created {res['run']} inheriting {res['base']}: {res['labels']} labels\nnext: alloop query {name}")
+        return
+    if pool is None:
+        raise UserError("alloop init needs --pool PATH (or --base RUN to inherit a trained run)")
     model_spec: dict = {"kind": model}
     if model == "poly":
         model_spec["degree"] = degree
@@ -163,7 +173,8 @@ def init(
         train["min_steps"] = min_steps
     res = use.init_run(
         name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
-        model=model_spec, s=_parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent, task=task, classes=_split(classes), reporter=RichReporter(),
+        model=model_spec, s=_parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent, task=task, classes=_split(classes),
+        trainer=trainer or "sgdf", reporter=RichReporter(),
     )
     text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"
     _emit(res, as_json, text)
@@ -332,6 +343,65 @@ def tune_s(
     if rec["plot"]:
         lines.append(f"plot: {rec['plot']}")
     _emit(rec, as_json, "\n".join(lines))
+
+
+@app.command("base-update")
+def base_update(
+    base: str = typer.Argument(..., help="The base run to fold labels into."),
+    users: List[str] = typer.Option(..., "--from", help="A user run made with --base BASE (repeat for several)."),
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Fold user runs' labels back into their base run and retrain it (warm start).
+
+    User runs keep the θ0 they were made with; `alloop status USER` says when the base changed.
+    Example: alloop base-update shared --from alice --from bob
+    """
+    from alloop import inherit
+
+    rec = inherit.base_update(base, users, wait=wait, reporter=RichReporter())
+    text = f"added {rec['added']} labels to {base} ({rec['labels']} in all)"
+    if "trained" in rec:
+        text += "\n" + _figures_line(rec["trained"])
+    _emit(rec, as_json, text)
+
+
+@app.command("simulate-users")
+def simulate_users(
+    dataset: str = typer.Option("powerplant", "--dataset", help="Bundled regression dataset under datasets/."),
+    groups: int = typer.Option(4, "--groups", help="Users: quantile groups of one feature."),
+    by: Optional[str] = typer.Option(None, "--by", help="Feature whose quantiles define the users (default: the first)."),
+    base_labels: int = typer.Option(200, "--base-labels", help="Labels the base model is fitted on (from the other users' rows)."),
+    rounds: int = typer.Option(4, "--rounds", help="Rounds per user."),
+    k: int = typer.Option(5, "-k", "--k", help="Labels per round."),
+    s: float = typer.Option(1.0, "--s", help="Regularity s."),
+    reps: int = typer.Option(10, "--reps", help="Repetitions."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the curves to this CSV."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Compare inherited user runs (init --base) with cold-started ones over the first rounds.
+
+    Example: alloop simulate-users --dataset powerplant --rounds 4 -k 5
+    """
+    from alloop import demo as demo_mod, sim_users
+    from alloop.io import tables
+
+    meta = demo_mod.dataset_meta(dataset)
+    if meta.get("task", "regression") != "regression":
+        raise UserError(f"simulate-users takes a regression dataset; '{dataset}' is {meta['task']}")
+    folder = demo_mod.datasets_dir() / dataset
+    if min(groups, rounds, k, reps, base_labels) < 1:
+        raise UserError("--groups, --rounds, -k, --reps and --base-labels must be at least 1")
+    if by is not None and by not in meta["features"]:
+        raise UserError(f"--by {by!r} is not a feature of {dataset} ({', '.join(meta['features'])})")
+    cfg = sim_users.UsersConfig(groups=groups, by=by, base_labels=base_labels, rounds=rounds, k=k, s=s, reps=reps, seed=seed)
+    curves = sim_users.run_users(tables.read_table(folder / "pool.parquet"), tables.read_table(folder / "test.parquet"), meta["features"], meta["target"], cfg)
+    if out:
+        curves.to_csv(out, index=False)
+    table = sim_users.summarize(curves)
+    res = {"dataset": dataset, "mean_test_rmse": {v: {int(n): float(e) for n, e in row.items()} for v, row in table.iterrows()}}
+    _emit(res, as_json, f"mean test RMSE of the users' models by labels per user ({dataset}, {reps} reps):\n{table.round(4).to_string()}")
 
 
 @app.command()

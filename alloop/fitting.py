@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alloop import classes
-from alloop.core import losses, models, objective, regularizers, sgdf, tangents
+from alloop.core import losses, models, objective, regularizers, second_order, sgdf, tangents
 from alloop.core.objective import Problem
 from alloop.core.scorers import residual_noise
 
@@ -44,11 +44,18 @@ def standardizer(config: dict) -> models.Standardizer:
     return models.fit_standardizer(st["mean"], st["std"])
 
 
-def build_problem(config: dict, params) -> Problem:
-    """The objective of the run: model, loss, regularizer over the weights (or all params), curvature."""
+def build_problem(config: dict, params, anchor=None) -> Problem:
+    """The objective of the run: model, loss, regularizer over the weights (or all params), curvature.
+
+    ``anchor = (θ0, θ̇0, s0)`` is the base model of a run made with ``init --base``.
+    """
     m = config["model"]
     reg_kind = config.get("regularizer", "l2")
-    if reg_kind == "l2":
+    if reg_kind == "inherited-anchor":
+        if anchor is None:
+            raise ValueError("an inherited-anchor run needs its base model (θ0, θ̇0, s0)")
+        reg = regularizers.inherited_anchor(*anchor)
+    elif reg_kind == "l2":
         reg = regularizers.l2_weights(params)
     elif reg_kind == "l2-all":
         reg = regularizers.l2(jax.tree_util.tree_map(jnp.ones_like, params))
@@ -117,17 +124,22 @@ def fit(
     resume: tuple[sgdf.TrainState, int] | None = None,
     on_checkpoint: Callable[[sgdf.TrainState, int], None] | None = None,
     checkpoint_every: int | None = None,
+    anchor=None,
+    target=None,
 ) -> FitResult:
     """Train with SGDF on the labeled rows (warm start from ``params``/``tangent``) and solve the tangent.
 
     ``resume=(state, epoch)`` continues an interrupted training exactly where it stopped;
     ``on_checkpoint(state, epochs_done)`` is called every ``checkpoint_every`` epochs.
+    ``anchor`` is the base model of an inherited run, ``target`` fixed target statistics (an
+    inherited run keeps its base's). ``config["trainer"]`` other than ``sgdf`` trains full-batch
+    to convergence with a second-order method and solves the tangent there (paper §3.8).
     """
     t0 = time.perf_counter()
     model = build_model(config)
     init = model.init(jax.random.PRNGKey(int(config["train"].get("seed", 0))))
-    problem = build_problem(config, init)
-    tstats = target_stats(config, y)
+    problem = build_problem(config, init, anchor)
+    tstats = target_stats(config, y) if target is None else target
     data = objective.make_data(x, make_targets(config, y, tstats))
     cfg = train_config(config, len(x), epochs=epochs)
     every = checkpoint_every or max(cfg.epochs // 10, 1)
@@ -140,10 +152,16 @@ def fit(
             on_checkpoint(st, done)
 
     state, start = (None, 0) if resume is None else resume
-    state, reports = sgdf.fit(
-        problem, data, float(config["s"]), cfg, params=params if params is not None else init, tangent=tangent,
-        state=state, start_epoch=start, on_epoch=callback,
-    )
+    trainer = config.get("trainer", "sgdf")
+    if trainer == "sgdf":
+        state, reports = sgdf.fit(
+            problem, data, float(config["s"]), cfg, params=params if params is not None else init, tangent=tangent,
+            state=state, start_epoch=start, on_epoch=callback,
+        )
+    else:
+        so = second_order.fit(problem, data, float(config["s"]), params if params is not None else init, method=trainer)
+        state = sgdf.init_state(jax.tree_util.tree_map(jnp.asarray, so.params), sgdf.make_optimizer(cfg, 1), so.tangent)
+        reports = []
     params, tangent = state.params, state.tangent
     method = config.get("tangent", "sgdf")
     if method == "exact":
@@ -203,16 +221,16 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) ->
     }
 
 
-def bootstrap_members(config: dict, x: np.ndarray, y: np.ndarray, k: int, seed: int) -> list:
+def bootstrap_members(config: dict, x: np.ndarray, y: np.ndarray, k: int, seed: int, anchor=None, target=None) -> list:
     """K models fitted without a tangent on bootstrap resamples of the labels (query by committee)."""
     model = build_model(config)
     rng = np.random.default_rng(seed)
     members = []
-    targets = make_targets(config, y, target_stats(config, y))
+    targets = make_targets(config, y, target_stats(config, y) if target is None else target)
     for i in range(k):
         idx = rng.integers(0, len(x), len(x))
         init = model.init(jax.random.PRNGKey(seed + 1000 + i))
-        problem = build_problem(config, init)
+        problem = build_problem(config, init, anchor)
         data = objective.make_data(x[idx], targets[idx])
         steps = min(BOOTSTRAP_STEPS, int(config["train"].get("min_steps", MIN_STEPS)))  # never longer than a real training
         short = {**config, "train": {**config["train"], "min_steps": steps, "tangent_every": 0, "seed": seed + i}}
