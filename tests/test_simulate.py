@@ -1,0 +1,288 @@
+"""`alloop simulate` and its pieces: the loop end to end, resume, determinism, the summary's arithmetic,
+the closed forms (ridge tangent against the core, LOOCV against retraining) and the strategies' contracts."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from alloop import sim_figure, sim_learners, sim_summary, simulate as sim, strategies
+from alloop.errors import UserError
+
+TINY = sim.SimSettings(initial=5, budget=25, batch=5, seed=3)
+EXPECTED_N = [5, 10, 15, 20, 25]
+ALL = sim.strategy_names()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> sim.SimData:
+    """A 120-row pool and 40-row test set: a linear truth with a bend and noise, written as Parquet."""
+    folder = tmp_path_factory.mktemp("sim-data")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(160, 3)) * [1.0, 2.0, 0.5]
+    y = x @ [1.5, -0.7, 2.0] + 0.4 * x[:, 0] ** 2 + 0.3 * rng.normal(size=160)
+    df = pd.DataFrame(x, columns=["a", "b", "c"]).assign(target=y)
+    df.insert(0, "id", np.arange(160))
+    df.iloc[:120].to_parquet(folder / "pool.parquet", index=False)
+    df.iloc[120:].to_parquet(folder / "test.parquet", index=False)
+    return sim.load_data(str(folder / "pool.parquet"), str(folder / "test.parquet"), name="tiny")
+
+
+def curves(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "curves.csv")
+
+
+# --- the loop end to end ------------------------------------------------------------------------
+
+
+def test_tiny_simulation_end_to_end(tiny, tmp_path):
+    summary = sim.simulate(tiny, TINY, ALL, reps=2, out=tmp_path, jobs=1)
+    for name in ("curves.csv", "summary.md", "summary.json", "curves.png", "config.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    df = curves(tmp_path)
+    assert list(df.columns) == list(sim.CURVE_COLUMNS)
+    assert len(df) == len(ALL) * 2 * len(EXPECTED_N)
+    for (strategy, rep), g in df.groupby(["strategy", "rep"]):
+        assert list(g["n_labels"]) == EXPECTED_N, (strategy, rep)
+        assert np.all(np.isfinite(g["metric"])) and np.all(g["seconds"] >= 0)
+    # every strategy starts a repetition from the same initial labels, so from the same model
+    first = df[df["n_labels"] == 5].groupby("rep")["metric"].nunique()
+    assert (first == 1).all()
+    # `sld` is an alias: it draws exactly what the strategy it names draws
+    alias = df[df.strategy == "sld"]["metric"].to_numpy()
+    np.testing.assert_array_equal(alias, df[df.strategy == sim.DEFAULT_SLD]["metric"].to_numpy())
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["strategies"]["random"]["relative_area"] == 1.0
+    assert set(on_disk["strategies"]) == set(ALL) and summary["strategies"].keys() == on_disk["strategies"].keys()
+    assert "| sld-topk |" in (tmp_path / "summary.md").read_text()
+
+
+def test_same_seed_same_numbers_in_any_number_of_processes(tiny, tmp_path):
+    few = ["sld", "random", "committee", "sld-kpp"]
+    sim.simulate(tiny, TINY, few, reps=2, out=tmp_path / "a", jobs=1)
+    sim.simulate(tiny, TINY, few, reps=2, out=tmp_path / "b", jobs=2)
+    key = ["strategy", "rep", "n_labels"]
+    a = curves(tmp_path / "a").sort_values(key).reset_index(drop=True)
+    b = curves(tmp_path / "b").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[[*key, "metric"]], b[[*key, "metric"]], check_exact=True)
+    other = sim.simulate(tiny, sim.SimSettings(**{**TINY.to_dict(), "seed": 4}), ["random"], reps=1, out=tmp_path / "c", jobs=1)
+    assert other["strategies"]["random"]["final"] != json.loads((tmp_path / "a" / "summary.json").read_text())["strategies"]["random"]["final"]
+
+
+def test_resume_skips_finished_curves_and_redoes_a_torn_one(tiny, tmp_path, monkeypatch):
+    calls = []
+    real = sim.run_curve
+    monkeypatch.setattr(sim, "run_curve", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
+    sim.simulate(tiny, TINY, ["sld", "random"], reps=1, out=tmp_path, jobs=1)
+    assert calls == [("sld", 0), ("random", 0)]
+    before = (tmp_path / "curves.csv").read_text()
+
+    calls.clear()
+    sim.simulate(tiny, TINY, ["sld", "random"], reps=2, out=tmp_path, jobs=1)
+    assert calls == [("sld", 1), ("random", 1)]
+    assert (tmp_path / "curves.csv").read_text().startswith(before)
+
+    # a crash mid-append: the last curve lost two rows and the file ends in half a line
+    lines = (tmp_path / "curves.csv").read_text().splitlines(keepends=True)
+    torn = lines[-1].split(",")[:2]
+    (tmp_path / "curves.csv").write_text("".join(lines[:-2]) + ",".join(torn))
+    calls.clear()
+    sim.simulate(tiny, TINY, ["sld", "random"], reps=2, out=tmp_path, jobs=1)
+    assert calls == [("random", 1)]
+    df = curves(tmp_path)
+    assert df.groupby(["strategy", "rep"]).size().eq(len(EXPECTED_N)).all() and len(df) == 4 * len(EXPECTED_N)
+    redone = df[(df.strategy == "random") & (df.rep == 1)]["metric"].to_numpy()
+    original = pd.read_csv(io.StringIO("".join(lines)))
+    np.testing.assert_array_equal(redone, original[(original.strategy == "random") & (original.rep == 1)]["metric"].to_numpy())
+
+
+def test_other_settings_in_the_same_directory_are_refused(tiny, tmp_path):
+    sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
+    with pytest.raises(UserError, match="other settings"):
+        sim.simulate(tiny, sim.SimSettings(**{**TINY.to_dict(), "batch": 4}), ["random"], reps=1, out=tmp_path, jobs=1)
+
+
+def test_a_directory_in_use_is_refused(tiny, tmp_path):
+    from alloop.io.lock import run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(UserError, match="in use by another alloop simulate"):
+            sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
+    assert not (tmp_path / "curves.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "settings, strategy_list, match",
+    [
+        (sim.SimSettings(initial=1), ["random"], "--initial"),
+        (sim.SimSettings(initial=10, budget=10), ["random"], "--budget"),
+        (sim.SimSettings(s=0.0), ["random"], "--s"),
+        (sim.SimSettings(s="loocv", model={"kind": "mlp"}), ["random"], "--s"),
+        (sim.SimSettings(), ["sld", "nope"], "unknown strategy 'nope'"),
+    ],
+)
+def test_bad_settings_name_the_fix(tiny, tmp_path, settings, strategy_list, match):
+    with pytest.raises(UserError, match=match):
+        sim.simulate(tiny, settings, strategy_list, reps=1, out=tmp_path, jobs=1)
+
+
+def test_cli_simulate_and_figure(tiny, tmp_path):
+    from alloop.cli import app
+
+    pool = tmp_path / "pool.parquet"
+    test = tmp_path / "test.parquet"
+    pd.DataFrame(tiny.x_pool, columns=list(tiny.features)).assign(target=tiny.y_pool).rename_axis("id").reset_index().to_parquet(pool)
+    pd.DataFrame(tiny.x_test, columns=list(tiny.features)).assign(target=tiny.y_test).rename_axis("id").reset_index().to_parquet(test)
+    runner = CliRunner()
+    args = ["simulate", "--pool", str(pool), "--test", str(test), "--strategies", "sld,random", "--reps", "1", "--initial", "5",
+            "--budget", "15", "--batch", "5", "--out", str(tmp_path / "o"), "--jobs", "1", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["strategies"]["sld"]["reps"] == 1
+    res = runner.invoke(app, ["figure", "paper-1d", "--out", str(tmp_path / "fig.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the summary's arithmetic -------------------------------------------------------------------
+
+
+def _rows(strategy, table, n=(10, 20, 30)):
+    return [{"strategy": strategy, "rep": r, "n_labels": k, "metric": m, "seconds": 0.0} for r, row in enumerate(table) for k, m in zip(n, row)]
+
+
+def test_relative_area_and_friends_on_hand_made_curves():
+    # random: areas 40 and 60 (trapezoids with step 10); final mean metric (1 + 2) / 2 = 1.5
+    rows = _rows("random", [[3, 2, 1], [4, 3, 2]])
+    # fast: areas 22.5 and 72.5 -> relative area (22.5 + 72.5) / (40 + 60) = 0.95; per rep 0.5625 and 72.5/60
+    rows += _rows("fast", [[2, 1, 0.5], [4, 3.5, 3.5]])
+    rows += _rows("flat", [[3, 3, 3], [3, 3, 3]])
+    s = sim_summary.summarize(rows, ["random", "fast", "flat"], TINY, "hand")["strategies"]
+    assert sim_summary.area([10, 20, 30], [2, 1, 0.5]) == pytest.approx(22.5)
+    assert s["fast"]["relative_area"] == pytest.approx(95 / 100)
+    assert s["fast"]["relative_area_se"] == pytest.approx(np.std([0.5625, 72.5 / 60], ddof=1) / np.sqrt(2))
+    assert (s["fast"]["wins"], s["fast"]["losses"]) == (1, 1)
+    # mean curve of fast: 3, 2.25, 2.0 never reaches random's final 1.5
+    assert s["fast"]["labels_to_match_random"] is None
+    # flat ties random in the second repetition: a tie is neither a win nor a loss
+    assert s["flat"]["relative_area"] == pytest.approx(120 / 100) and (s["flat"]["wins"], s["flat"]["losses"]) == (0, 1)
+    assert s["random"]["labels_to_match_random"] == 30 and s["random"]["relative_area"] == 1.0
+    easy = sim_summary.summarize(rows + _rows("easy", [[2, 1, 1], [2, 1, 1]]), ["easy"], TINY, "hand")["strategies"]["easy"]
+    assert easy["labels_to_match_random"] == 20 and easy["at"]["30"]["mean"] == 1.0
+
+
+# --- closed forms -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("free_bias", [True, False])
+def test_loocv_closed_form_equals_leave_one_out_retraining(rng, free_bias):
+    a = np.c_[rng.normal(size=(14, 4)), np.ones(14)]
+    y = a[:, :4] @ rng.normal(size=4) + 0.5 + 0.2 * rng.normal(size=14)
+    d = sim_learners.penalty(5) if free_bias else np.ones(5)
+    for s in (0.01, 0.7, 30.0):
+        brute = []
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            theta = sim_learners.fit_ridge(a[keep], y[keep], s, d).theta
+            brute.append(a[i] @ theta - y[i])
+        np.testing.assert_allclose(sim_learners.loocv_residuals(a, y, s, d), brute, rtol=1e-9, atol=1e-12)
+
+
+def test_closed_form_ridge_matches_the_core_tangent_and_sld(rng):
+    import jax.numpy as jnp
+
+    from alloop.core import losses, models, objective, regularizers, scorers, tangents
+
+    x = rng.normal(size=(30, 2)) * [2.0, 0.5] + [1.0, -3.0]
+    y = np.sin(x[:, 0]) + 0.3 * x[:, 1] + 0.1 * rng.normal(size=30)
+    feats = sim_learners.make_features({"kind": "poly", "degree": 3}, x.mean(0), x.std(0))
+    a = feats(x)
+    fit = sim_learners.fit_ridge(a, y, 0.8, sim_learners.penalty(a.shape[1]))
+
+    model = models.poly(2, 1, 3)
+    problem = objective.Problem(model, losses.squared, regularizers.l2_weights(model.init(None)), models.fit_standardizer(x.mean(0), x.std(0)))
+    data = objective.make_data(x, y[:, None])
+    core = tangents.exact(problem, sim_learners.core_params(fit.theta), 0.8, data).tangent
+    flat = np.r_[np.ravel(core["w"]), np.ravel(core["b"])]
+    np.testing.assert_allclose(flat, fit.tangent, rtol=2e-3, atol=1e-5)
+
+    noise = np.float32(fit.noise)
+    core_sld = np.asarray(scorers.sld(problem, sim_learners.core_params(fit.theta), sim_learners.core_params(fit.tangent), [noise])(jnp.asarray(x, jnp.float32)))
+    np.testing.assert_allclose(core_sld, 4 * fit.noise * (a @ fit.tangent) ** 2, rtol=1e-3, atol=1e-6)
+
+
+def test_paper_figure_finite_difference_converges_to_the_tangent():
+    x = np.array([-1.0, -0.85, -0.7, 0.7, 0.85, 1.0])
+    y = np.sin(3 * x) + 0.5 * np.cos(2 * x) + np.array([0.03, -0.05, 0.02, 0.04, -0.01, 0.0])
+    errors = [sim_figure.analyse(x, y, r)["fd_rel_error"] for r in (0.2, 0.02, 0.002)]
+    # a forward difference: the error shrinks in proportion to δ
+    assert errors[2] < 5e-3 and errors[0] / errors[1] == pytest.approx(10, rel=0.3) and errors[1] / errors[2] == pytest.approx(10, rel=0.3)
+    res = sim_figure.analyse(x, y)
+    assert abs(res["sld_argmax_x"]) < 0.7  # the largest SLD sits in the gap
+
+
+# --- strategies ---------------------------------------------------------------------------------
+
+
+def _view(rng, n=60, labeled=8):
+    learner = sim_learners.RidgeLearner(_data(rng, n), sim.SimSettings(model={"kind": "poly", "degree": 2}))
+    idx = rng.choice(n, labeled, replace=False)
+    return learner, learner.view(learner.fit(idx, None), idx)
+
+
+def _data(rng, n):
+    x = rng.normal(size=(n, 2))
+    return sim.SimData("v", ("p", "q"), x, x @ [1.0, -1.0] + x[:, 0] ** 2 + 0.1 * rng.normal(size=n), x[:5], x[:5, 0])
+
+
+@pytest.mark.parametrize("name", list(strategies.STRATEGIES))
+def test_every_strategy_picks_k_distinct_unlabeled_rows_reproducibly(rng, name):
+    _, view = _view(rng)
+    strat = strategies.STRATEGIES[name]
+    picks = [strat.select(view, 7, np.random.default_rng(5)) for _ in range(2)]
+    idx = picks[0].idx
+    assert len(idx) == 7 and len(set(idx)) == 7 and not set(idx) & set(view.labeled)
+    np.testing.assert_array_equal(idx, picks[1].idx)
+    assert len(picks[0].prob) == 7
+
+
+def test_rank_one_update_equals_refitting_with_the_predicted_label(rng):
+    learner, view = _view(rng)
+    j = int(strategies.candidates(view)[3])
+    u_new, _ = strategies._rank_one(view.a, view.hinv, view.u, j)
+    idx = np.r_[view.labeled, j]
+    y = np.r_[learner.data.y_pool[view.labeled], view.pred[j]]
+    refit = sim_learners.fit_ridge(learner.a_pool[idx], y, 1.0, learner.d)
+    np.testing.assert_allclose(u_new, learner.a_pool @ refit.tangent, rtol=1e-8, atol=1e-10)
+
+
+def test_lure_weights_make_power_sampling_unbiased():
+    rng = np.random.default_rng(0)
+    n, m, sims = 12, 4, 20000
+    loss = np.linspace(0.0, 3.0, n) ** 2
+    weights = np.linspace(0.2, 2.0, n)
+    view = strategies.PoolView(None, None, np.zeros(0, np.int64), None, np.zeros(n), None, None, None, None)
+    weighted, plain = [], []
+    for _ in range(sims):
+        pick = strategies.power_sample(weights, strategies.candidates(view), m, rng)
+        weighted.append(np.mean(strategies.lure_weights(pick.prob, n) * loss[pick.idx]))
+        plain.append(np.mean(loss[pick.idx]))
+    assert np.mean(weighted) == pytest.approx(loss.mean(), rel=0.02)
+    assert np.mean(plain) > 1.1 * loss.mean()  # without the weights the heavy rows bias the estimate
+    np.testing.assert_array_equal(strategies.lure_weights(1.0 / (n - np.arange(m)), n), np.ones(m))
+
+
+def test_mlp_learner_runs_the_loop_with_a_live_tangent(tiny):
+    settings = sim.SimSettings(initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [4], "steps": 150})
+    learner = sim.make_learner(tiny, settings)
+    rows = sim.run_curve(learner, settings, "sld", 0)
+    assert [r["n_labels"] for r in rows] == [6, 10, 14] and all(np.isfinite(r["metric"]) for r in rows)
+    labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
+    view = learner.view(learner.fit(labeled, None), labeled)
+    assert np.any(view.u != 0) and view.a.shape == (len(tiny.y_pool), view.hinv.shape[0])
