@@ -476,17 +476,21 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter, device
             return querying.picked(top, "random")
         tree, meta = _checkpoint(run)
         norm = 0.0 if tree is None else sgdf.tree_norm(tree["tangent"])
-        if strategy == "greedy" or tree is None or (strategy == "sld" and not norm > 0):  # zero, or NaN after a diverged training
+        is_sld = strategy in ("sld", "sld-topk")
+        if strategy == "greedy" or tree is None or (is_sld and not norm > 0):  # zero, or NaN after a diverged training
             why = "cold start: no trained tangent yet" if norm == 0 else "the trained tangent is not finite (training diverged)"
-            why, what = ("cold start: no trained model yet", strategy) if strategy != "sld" else (why, "SLD")
+            why, what = ("cold start: no trained model yet", strategy) if not is_sld else (why, "SLD")
             note = None if strategy == "greedy" else f"{why}, so {what} has nothing to say; using greedy farthest-point sampling"
             _, lx, _ = labeled_arrays(run, info)
             sel = querying.greedy_select(info, stats, lx, exclude, k, seed, batch_rows, advance, devices)
             sel.note = note
             return sel
         problem = fitting.build_problem(run.config, tree["params"], inheritance(run).get("anchor"))
-        if strategy == "sld":
+        if is_sld:
             fn = scorers.sld(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
+            if strategy == "sld":
+                _, lx, _ = labeled_arrays(run, info)
+                return querying.sld_diverse_select(info, fn, stats, lx, exclude, k, seed, batch_rows, advance)
         elif strategy in querying.UNCERTAINTY:
             fn = querying.UNCERTAINTY[strategy](problem, tree["params"])
         else:  # committee

@@ -215,7 +215,7 @@ def _figures_line(rec: dict) -> str:
 def query(
     name: str = RUN_ARG,
     k: int = typer.Option(20, "-k", "--k", help="How many rows to ask about."),
-    strategy: str = typer.Option("sld", "--strategy", help="sld, random, committee or greedy; classification also entropy, margin, least-confident."),
+    strategy: str = typer.Option("sld", "--strategy", help="sld (SLD-weighted k-means++ batch, the default), sld-topk (plain top-k SLD), random, committee or greedy; classification also entropy, margin, least-confident."),
     fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: score only slice i (0..N-1) of the pool and write its candidates under runs/NAME/shards/ without committing; then `alloop merge-queries NAME`."),
@@ -427,7 +427,7 @@ def demo(
     rounds: int = typer.Option(5, "--rounds", help="Label-query rounds."),
     k: int = typer.Option(10, "-k", "--k", help="Rows labeled per round."),
     initial: int = typer.Option(10, "--initial", help="Random seed labels (unless the dataset ships its own)."),
-    strategy: str = typer.Option("sld", "--strategy", help="sld, random, committee or greedy; classification also entropy, margin, least-confident."),
+    strategy: str = typer.Option("sld", "--strategy", help="sld (SLD-weighted k-means++ batch, the default), sld-topk (plain top-k SLD), random, committee or greedy; classification also entropy, margin, least-confident."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default demo-DATASET, numbered if taken)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     as_json: bool = JSON_OPT,

@@ -21,12 +21,14 @@ import numpy as np
 
 from alloop import streaming
 from alloop.core import scorers, selection
+from alloop.core.batch import kpp_clip
 from alloop.core.models import Standardizer
 from alloop.errors import UserError
 from alloop.io import pool as poolio
 
-STRATEGIES = ("sld", "random", "committee", "greedy", "entropy", "margin", "least-confident")
-CLASSIFICATION_STRATEGIES = ("sld", "random", "committee", "greedy", "entropy", "margin", "least-confident")
+STRATEGIES = ("sld", "sld-topk", "random", "committee", "greedy", "entropy", "margin", "least-confident")
+CLASSIFICATION_STRATEGIES = ("sld", "sld-topk", "random", "committee", "greedy", "entropy", "margin", "least-confident")
+SLD_CANDIDATES = 20000  # sld draws its batch from a uniform sample of this many unlabeled rows
 CLASSIFICATION_ONLY = ("entropy", "margin", "least-confident")  # every other strategy not listed above is regression only
 UNCERTAINTY = {"entropy": scorers.entropy, "margin": scorers.margin, "least-confident": scorers.least_confident}
 GREEDY_CANDIDATES = 4096
@@ -112,6 +114,37 @@ def greedy_select(
         score = random_scorer(seed)
     top = stream_top(info, score, exclude, greedy_candidates(k), batch_rows, on_rows)
     return greedy_pick(top, stats, len(labeled_x) > 0, k)
+
+
+def sld_diverse_select(
+    info: poolio.PoolInfo,
+    fn: Callable,
+    stats: Standardizer,
+    labeled_x: np.ndarray,
+    exclude: np.ndarray,
+    k: int,
+    seed: int,
+    batch_rows: int,
+    on_rows=None,
+) -> Selection:
+    """The default ``sld``: SLD-weighted k-means++ seeding with the score capped (core/batch.py).
+
+    Candidates are a uniform sample (random hash) of up to SLD_CANDIDATES unlabeled rows, all of them
+    for smaller pools; SLD is computed on those, then k rows are drawn ∝ min(SLD, q90) · D².
+    """
+    top = stream_top(info, random_scorer(seed), exclude, max(SLD_CANDIDATES, 4 * k), batch_rows, on_rows)
+    return sld_diverse_pick(top, fn, stats, labeled_x, k, seed, batch_rows)
+
+
+def sld_diverse_pick(top: streaming.Kept, fn: Callable, stats: Standardizer, labeled_x: np.ndarray, k: int, seed: int, batch_rows: int) -> Selection:
+    """kpp-clip over kept candidates; the picks are listed by their SLD, highest first."""
+    sld = scorers.pad_apply(fn, top.x, batch_rows).astype(np.float64)
+    scale = lambda x: (np.asarray(x, np.float64) - np.asarray(stats.mean)) / np.asarray(stats.scale)  # noqa: E731
+    z_lab = scale(labeled_x) if len(labeled_x) else np.zeros((0, top.x.shape[1]))
+    drawn, _ = kpp_clip(scale(top.x), sld, z_lab, k, np.random.default_rng(seed))
+    order = drawn[np.lexsort((top.ids[drawn], -sld[drawn]))]  # the batch is the draw; the file lists it by SLD
+    rows = None if top.rows is None else top.rows.take(order)
+    return Selection(top.ids[order], sld[order], "sld", rows=rows, kept=top)
 
 
 def greedy_candidates(k: int) -> int:

@@ -14,7 +14,7 @@ from cli_helpers import FAST, assert_user_error, digest, fill, invoke, read_any
 
 
 def _query(runs, name, k=6):
-    res = invoke(["query", name, "-k", str(k), "--json"], runs)
+    res = invoke(["query", name, "-k", str(k), "--strategy", "sld-topk", "--json"], runs)
     assert res.code == 0, res.stderr
     return res.json()
 
