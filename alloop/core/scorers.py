@@ -6,7 +6,9 @@ Every scorer is built once from the trained state and then applied to fixed-shap
 - ``sld``: unlabeled squared loss derivative, E_y[(dL(z, θ*)/ds)²] (method.md eq. 67): one forward-mode
   pass along θ̇ per batch, u = J_F θ̇, then the loss's closed form.
 - ``labeled_sld``: (∇θ L(z) · θ̇)² for rows whose label is known.
-- ``committee``: predictive variance across models fitted on bootstrap resamples (query by committee).
+- ``committee``: predictive variance across models fitted on bootstrap resamples (query by committee);
+  for classifiers ``committee_kl`` (mean KL of each member to the consensus) or ``vote_entropy``.
+- ``entropy``, ``margin``, ``least_confident``: uncertainty of a classifier's predictive distribution.
 - ``random``: a hash of (seed, id), so a row's score does not depend on how the pool is batched.
 - ``min_distance``: distance from a row to the nearest labeled row in standardized features (greedy
   sampling, GSx), the cold-start fallback.
@@ -62,6 +64,70 @@ def committee(problem: Problem, members: Sequence) -> Callable:
     def score(stacked, x):
         outs = jax.vmap(lambda p: problem.model.apply(p, problem.stats, x))(stacked)
         return jnp.sum(jnp.var(outs, axis=0), axis=-1)
+
+    return lambda x: score(stacked, x)
+
+
+def _probs(problem: Problem, params, x) -> jax.Array:
+    return jax.nn.softmax(problem.model.apply(params, problem.stats, x), axis=-1)
+
+
+def _uncertainty(problem: Problem, params, measure: Callable) -> Callable:
+    score = jax.jit(lambda p, x: measure(_probs(problem, p, x)))
+    return lambda x: score(params, x)
+
+
+def _entropy(p):
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def entropy(problem: Problem, params) -> Callable:
+    """Jitted x -> entropy of the predicted class distribution, −Σ_k p_k log p_k."""
+    return _uncertainty(problem, params, _entropy)
+
+
+def margin(problem: Problem, params) -> Callable:
+    """Jitted x -> −(p_(1) − p_(2)): minus the gap between the two most probable classes (small gap = high score)."""
+    def neg_gap(p):
+        top = jax.lax.top_k(p, 2)[0]
+        return top[:, 1] - top[:, 0]
+
+    return _uncertainty(problem, params, neg_gap)
+
+
+def least_confident(problem: Problem, params) -> Callable:
+    """Jitted x -> 1 − max_k p_k."""
+    return _uncertainty(problem, params, lambda p: 1.0 - jnp.max(p, axis=-1))
+
+
+def _stack(members: Sequence):
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *members)
+
+
+def committee_kl(problem: Problem, members: Sequence) -> Callable:
+    """Jitted x -> mean over members of KL(p_m || p̄), p̄ the members' mean distribution (McCallum & Nigam 1998).
+
+    Equals the entropy of p̄ minus the mean entropy of the members: disagreement, not shared doubt.
+    """
+    stacked = _stack(members)
+
+    @jax.jit
+    def score(stacked, x):
+        probs = jax.vmap(lambda p: _probs(problem, p, x))(stacked)
+        return _entropy(jnp.mean(probs, axis=0)) - jnp.mean(jax.vmap(_entropy)(probs), axis=0)
+
+    return lambda x: score(stacked, x)
+
+
+def vote_entropy(problem: Problem, members: Sequence) -> Callable:
+    """Jitted x -> entropy of the members' hard votes (fraction of members predicting each class)."""
+    stacked = _stack(members)
+
+    @jax.jit
+    def score(stacked, x):
+        logits = jax.vmap(lambda p: problem.model.apply(p, problem.stats, x))(stacked)
+        votes = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1])
+        return _entropy(jnp.mean(votes, axis=0))
 
     return lambda x: score(stacked, x)
 

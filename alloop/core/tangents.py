@@ -61,17 +61,24 @@ def _promote(problem: Problem, params, s, data: Data, dtype):
 
 
 def exact(problem: Problem, params, s, data: Data, x64: bool = True) -> TangentResult:
-    """Solve H θ̇ = −ρ with the dense Hessian (p up to a few thousand)."""
+    """Solve H θ̇ = −ρ with the dense Hessian (p up to a few thousand); minimum-norm where H is singular."""
     with jax.enable_x64(x64):
         dtype = jnp.float64 if x64 else jnp.float32
         prob, p, s_, d = _promote(problem, params, s, data, dtype)
         flat, unravel = ravel_pytree(p)
-        g = lambda f: ravel_pytree(gradient(prob, unravel(f), s_, d))[0]  # noqa: E731
-        hess = jax.jacfwd(g)(flat)
-        rho = ravel_pytree(mixed_derivative(prob, p, s_, d))[0]
-        sol = jnp.linalg.solve(hess, -rho)
-        tangent = unravel(sol)
-        res = float(_residual(prob, p, tangent, s_, d))
+
+        @jax.jit  # one compilation instead of op-by-op dispatch (seconds even for tiny models)
+        def solve(flat, s_, d):
+            g = lambda f: ravel_pytree(gradient(prob, unravel(f), s_, d))[0]  # noqa: E731
+            hess = jax.jacfwd(g)(flat)
+            rho = ravel_pytree(mixed_derivative(prob, unravel(flat), s_, d))[0]
+            # least squares: the minimum-norm solution where H is singular along directions that neither
+            # the loss nor R sees (softmax: the same shift of every class's bias); otherwise the solve itself
+            sol = jnp.linalg.lstsq(hess, -rho)[0]
+            return sol, _residual(prob, unravel(flat), unravel(sol), s_, d)
+
+        sol, res = solve(flat, s_, d)
+        tangent, res = unravel(sol), float(res)
         out = _cast(tangent, jnp.float32)
     return TangentResult(jax.tree_util.tree_map(np.asarray, out), res, 1)
 
