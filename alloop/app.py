@@ -46,7 +46,7 @@ def init_run(
     labels: str | None = None,
     test: str | None = None,
     model: dict | None = None,
-    s: float | str = 1.0,
+    s: float | str | None = None,
     train: dict | None = None,
     tune: dict | None = None,
     tangent: str = "sgdf",
@@ -66,6 +66,8 @@ def init_run(
         raise UserError(f"{str(path)!r} is a file, not a run directory: pick another run name")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
+    if s is None:  # auto measured better than s = 1 on regression (docs/choosing-s.md); not measured on classification
+        s = "auto" if task == "regression" else 1.0
     _check_options(s, model or {}, train or {}, tangent, task)
     if trainer not in ("sgdf", "newton", "lbfgs", "cg"):
         raise UserError(f"unknown --trainer {trainer!r}: choose sgdf, newton, lbfgs or cg")
@@ -358,7 +360,7 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
     run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None})
     record = {"command": "train", "labels": run.n_labels, "round": run.round, "s": config["s"], **figures, "seconds": round(result.seconds, 3), "warnings": result.warnings}
     if choice:
-        record["s_choice"] = choice.record()
+        record["s_choice"] = {**choice.record(), "seconds": round(choice.seconds, 3)}
     rundir.append_history(run, record)
     return run, record
 
@@ -380,6 +382,9 @@ def _training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: 
     with reporter.progress(f"choosing s ({config['s']}) on {len(x)} labels", None):
         value, choice = tuning.resolve_s(config, x, y, s_prev=_last_s(run, meta), params=params, tangent=tangent)
     reporter.info(f"s = {value:.4g} ({choice.mode}: {choice.folds}-fold CV loss {choice.cv_loss:.4g}, {len(choice.evaluations)} evaluations)")
+    if choice.stop == "bound":
+        reporter.warn(f"the CV loss was still falling at the end of the search range (s = {choice.evaluations[-1].s:.3g}): these labels do not pin s down "
+                      "(`alloop tune-s` shows the curve; give a number with --s to fix it)")
     return tuning.with_s(config, value), choice
 
 

@@ -135,7 +135,7 @@ def init(
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
     activation: str = typer.Option("tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."),
     curvature: Optional[str] = typer.Option(None, "--curvature", help="Curvature for the tangent: hessian or gauss-newton (default by model)."),
-    s: str = typer.Option("1", "--s", help="Regularity s (weight of the L2 regularizer against the sum of losses): a number, auto (chosen every round by k-fold CV and hypergradient steps) or loocv (closed-form LOOCV, linear/poly)."),
+    s: Optional[str] = typer.Option(None, "--s", help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for regression, 1 for classification."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (default 5; LOOCV at 30 labels or fewer)."),
     tangent: str = typer.Option("sgdf", "--tangent", help="How the tangent is computed: sgdf (during training), cg or exact (after)."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd."),
@@ -173,7 +173,7 @@ def init(
         train["min_steps"] = min_steps
     res = use.init_run(
         name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
-        model=model_spec, s=_parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent, task=task, classes=_split(classes),
+        model=model_spec, s=None if s is None else _parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent, task=task, classes=_split(classes),
         trainer=trainer or "sgdf", reporter=RichReporter(),
     )
     text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"

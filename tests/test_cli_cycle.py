@@ -100,7 +100,7 @@ def test_full_cycle_with_the_installed_command(tmp_path, alloop_data):
     st = sh("status", "exp", "--json").json()
     assert STATUS_FIELDS <= set(st), STATUS_FIELDS - set(st)
     assert (st["labels"], st["outstanding"], st["round"], st["trained_on"], st["stale"]) == (15, 0, 2, 15, False)
-    assert (st["pool_rows"], st["features"], st["task"], st["model"], st["s"]) == (240, 3, "regression", "linear", 1.0)
+    assert (st["pool_rows"], st["features"], st["task"], st["model"], st["s"]) == (240, 3, "regression", "linear", "auto")
     assert st["figures"]["test_rmse"] == pytest.approx(last)
     assert st["queries"] == ["queries/round-0001.csv", "queries/round-0002.csv"]
 
