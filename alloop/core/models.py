@@ -141,6 +141,6 @@ def weight_mask(params: Params) -> Params:
     def leaf_mask(path, leaf):
         last = path[-1]
         key = getattr(last, "key", None)
-        return jnp.full(jnp.shape(leaf), 1.0 if key == "w" else 0.0, jnp.result_type(leaf))
+        return np.full(jnp.shape(leaf), 1.0 if key == "w" else 0.0, jnp.result_type(leaf))  # numpy: no op to compile
 
     return jax.tree_util.tree_map_with_path(leaf_mask, params)

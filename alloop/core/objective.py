@@ -56,13 +56,16 @@ def make_data(x, y, w=None) -> Data:
 def default_curvature(model_kind: str) -> tuple[str, float]:
     """(curvature, damping) for a model kind. Models linear in θ: the Hessian, undamped.
 
-    MLPs: Gauss-Newton with damping, measured in docs/curvature.md (trained MLPs sit at points of
-    negative curvature; the damped GGN is positive definite, so CG converges and SGDF cannot drift).
+    MLPs: damped Gauss-Newton, chosen from the measurements in docs/curvature.md. Trained MLPs sit
+    at points of negative curvature (CG on the Hessian breaks down, SGDF cannot find its tangent);
+    the Gauss-Newton matrix is positive semi-definite but singular with L2 on the weights only, and
+    λ = 3e-3 (in units of f/n, targets standardized) makes it definite while the SLD ranking stays as
+    close to the undamped one as SGDF gets anyway; SGDF then ends within a residual of 0.5.
     """
     if model_kind in ("linear", "poly"):
         return "hessian", 0.0
     if model_kind == "mlp":
-        return "gauss-newton", 1e-3
+        return "gauss-newton", 3e-3
     raise ValueError(f"unknown model kind {model_kind!r}")
 
 

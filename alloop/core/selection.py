@@ -39,6 +39,26 @@ def topk_merge(state: TopK, scores, ids, x, k: int) -> TopK:
     return TopK(all_s[top], all_i[top], all_x[top])
 
 
+def topk_index(state: TopK, scores, ids, k: int) -> np.ndarray:
+    """Where the k best of ``state`` and a batch come from: j >= 0 is batch row j, j < 0 is state row -1 - j.
+
+    The same rows in the same order as ``topk_merge``, without gathering anything, so the caller can
+    carry other per-row data along. Once the state is full, batch rows below its k-th score (which
+    cannot enter) are dropped with one comparison before the exact merge.
+    """
+    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, np.float64))
+    idx = np.arange(len(scores))
+    if len(state.scores) >= k and len(scores):
+        idx = np.flatnonzero(scores >= state.scores[k - 1])
+    if len(idx) > k:
+        cut = scores[idx[np.argpartition(-scores[idx], k - 1)[:k]]].min()
+        idx = idx[scores[idx] >= cut]
+    all_s = np.concatenate([state.scores, scores[idx]])
+    all_i = np.concatenate([state.ids, ids[idx]])
+    top = _order(all_s, all_i)[:k]
+    return np.concatenate([-1 - np.arange(len(state.scores)), idx])[top]
+
+
 def farthest_point(z: np.ndarray, d0: np.ndarray, k: int) -> np.ndarray:
     """Greedy farthest-point order: repeatedly take the row farthest from everything chosen so far.
 

@@ -41,6 +41,7 @@ class PoolInfo:
     n_rows: int
     fingerprint: str
     rows: tuple[int, int] | None = None  # [start, stop) in pool order that iter_batches streams (a query shard); None: all
+    scan: tuple[str, ...] | None = None  # files iter_batches streams instead of ``files`` (merging query shards); None: the pool's
 
 
 @dataclass
@@ -248,17 +249,18 @@ def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: 
 
     ``columns="features"`` reads the id and feature columns; ``columns="ids"`` reads only the id
     (X then has 0 columns). Features must be finite: a null, NaN or inf raises UserError.
-    Only the rows ``info.rows`` (a query shard's slice, see ``shard_rows``) are read when it is set.
+    Only the rows ``info.rows`` (a query shard's slice, see ``shard_rows``) are read when it is set,
+    and the files ``info.scan`` instead of the pool's (the rows query shards kept) when that is.
     """
     if columns not in ("features", "ids"):
         raise ValueError(f"columns must be 'features' or 'ids', got {columns!r}")
-    return _batches(info, batch_rows, columns, with_targets, np.float32, info.rows)
+    return _batches(info, batch_rows, columns, with_targets, np.float32, info.rows, info.scan)
 
 
-def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype, rows=None) -> Iterator[PoolBatch]:
+def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype, rows=None, files=None) -> Iterator[PoolBatch]:
     feats = info.features if columns == "features" else ()
     targets = info.targets if with_targets else ()
-    for rb in _rebatched(_record_batches(info, [info.id_col, *feats, *targets], batch_rows, rows), batch_rows):
+    for rb in _rebatched(_record_batches(info, [info.id_col, *feats, *targets], batch_rows, rows, files), batch_rows):
         ids = _ids(rb.column(info.id_col), info)
         X = _features(rb, feats, ids, dtype)
         Y = _targets(rb, targets) if with_targets else None
@@ -284,6 +286,11 @@ def _rebatched(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.RecordB
         yield _concat_batches(parts)
 
 
+def concat_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One record batch of the rows of ``parts`` (same columns; the first one's schema metadata)."""
+    return _concat_batches(parts)
+
+
 def _concat_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     if len(parts) == 1:
         return parts[0]
@@ -302,11 +309,12 @@ def shard_rows(n_rows: int, shard: int, n_shards: int) -> tuple[int, int]:
     return n_rows * shard // n_shards, n_rows * (shard + 1) // n_shards
 
 
-def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int, rows=None) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``cols`` from every file (only rows [start, stop) of the pool when ``rows``); read errors become UserError."""
+def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int, rows=None, files=None) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``cols`` from every file of the pool (or of ``files``), only rows [start, stop)
+    of them when ``rows``; read errors become UserError."""
     start, stop = rows if rows is not None else (0, None)
     offset = 0  # pool position of the file's first row
-    for f in info.files:
+    for f in info.files if files is None else files:
         if stop is not None and offset >= stop:
             return
         with _parquet_file(f) as pf:
@@ -378,14 +386,6 @@ def _features(rb: pa.RecordBatch, feats, ids: np.ndarray, dtype) -> np.ndarray:
         j = int(np.argmax(bad.any(axis=0)))
         raise _bad_feature(feats[j], ids[int(np.argmax(bad[:, j]))])
     return X
-
-
-def feature_matrix(table, features, id_col: str) -> np.ndarray:
-    """(m, d) float32 features of an Arrow table or batch holding pool rows, converted exactly as the reader does."""
-    rb = table if isinstance(table, pa.RecordBatch) else table.combine_chunks().to_batches()[0] if table.num_rows else None
-    if rb is None:
-        return np.zeros((0, len(features)), np.float32)
-    return _features(rb, tuple(features), rb.column(id_col).to_numpy(zero_copy_only=False), np.float32)
 
 
 def _bad_feature(name: str, example_id) -> UserError:

@@ -1,0 +1,63 @@
+"""Data-parallel scoring over the local devices: each batch's rows are split evenly across a 1-D mesh.
+
+Scorers are jitted functions of one batch ``x`` (their parameters closed over), so nothing about them
+changes: a batch placed with a row-sharded ``NamedSharding`` makes XLA partition the computation
+(every row's score depends on that row only), with the parameters replicated. One device is the
+default and takes the plain path (the batch goes to the jitted function as a numpy array).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "rows"
+
+
+def device_count() -> int:
+    """How many devices this process can score on."""
+    return jax.local_device_count()
+
+
+def row_sharding(n_devices: int) -> NamedSharding:
+    """Rows split over the first ``n_devices`` local devices, columns whole."""
+    devices = jax.local_devices()
+    if not 1 <= n_devices <= len(devices):
+        raise ValueError(f"asked for {n_devices} devices, {len(devices)} available")
+    mesh = Mesh(np.array(devices[:n_devices]), (AXIS,))
+    return NamedSharding(mesh, PartitionSpec(AXIS, None))
+
+
+def padded_rows(batch_rows: int, n_devices: int) -> int:
+    """The fixed batch shape: ``batch_rows`` rounded up to a multiple of the device count."""
+    return -(-batch_rows // n_devices) * n_devices
+
+
+def placer(batch_rows: int, n_devices: int = 1) -> Callable[[np.ndarray], object]:
+    """x (m ≤ rows, d) -> the batch padded to the fixed shape (repeating its last row), on the devices.
+
+    With one device the padded numpy array is returned as is (the jitted scorer transfers it).
+    """
+    rows = padded_rows(batch_rows, n_devices)
+    sharding = row_sharding(n_devices) if n_devices > 1 else None
+
+    def place(x: np.ndarray):
+        m = x.shape[0]
+        if m > rows:
+            raise ValueError(f"batch of {m} rows is larger than the fixed shape {rows}")
+        if m < rows:
+            pad = np.repeat(x[-1:], rows - m, axis=0) if m else np.zeros((rows, x.shape[1]), x.dtype)
+            x = np.concatenate([x, pad])
+        return x if sharding is None else jax.device_put(x, sharding)
+
+    return place
+
+
+def score_rows(fn: Callable, x: np.ndarray, batch_rows: int, n_devices: int = 1) -> np.ndarray:
+    """``fn`` applied to every row of ``x`` in fixed-shape batches over ``n_devices`` devices (numpy out)."""
+    place = placer(batch_rows, n_devices)
+    out = [np.asarray(fn(place(x[i : i + batch_rows])))[: len(x[i : i + batch_rows])] for i in range(0, len(x), batch_rows)]
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
