@@ -29,7 +29,7 @@ def _tiny_mlp(rng, n=16):
     y = np.tanh(x[:, :1] - x[:, 1:]).astype(np.float32)
     model = models.mlp(2, 1, hidden=(3,), activation="tanh")
     p0 = model.init(jax.random.PRNGKey(0))
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(2), "gauss-newton", 1e-3)
+    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(2), *objective.default_curvature("mlp"))
     return prob, objective.make_data(x, y)
 
 
