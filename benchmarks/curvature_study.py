@@ -15,7 +15,7 @@ with damping λ) this reports, at the trained θ:
   and each choice vs a common reference (the undamped Gauss-Newton exact solve where it is
   defined, i.e. with L2 on every parameter).
 
-    python benchmarks/curvature_study.py            # all four blocks (~15 min on 2 cores)
+    python benchmarks/curvature_study.py            # all four blocks (~6-10 min on 2 cores)
     python benchmarks/curvature_study.py --quick    # one block
 """
 
