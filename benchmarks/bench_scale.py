@@ -6,8 +6,8 @@ measurement runs in a fresh process (peak RSS: VmHWM, see PEAK):
 
 - read: pyarrow reads the id and feature columns in 65,536-row batches and converts them to a float32
   (m, d) matrix: what any streaming scorer pays, with the reader settings alloop uses;
-- score: the run's own SLD scorer on rows already in memory, in alloop's chunk size, after compilation
-  (as many rows as the pool; the MLP at most --score-rows);
+- score: the run's own SLD scorer on rows already in memory (a 256k-row buffer, cycled), in alloop's
+  chunk size, after compilation, as many rows as the pool (at most --score-rows);
 - query: ``alloop query NAME -k 20 --strategy S`` end to end (``app.query`` timed after imports, on a
   fresh copy of the trained run): reading, scoring, merging, fixed costs (opening, checkpoint,
   compilation, commit). S is the strategy that scores every pool row with the model (``sld-topk``
@@ -57,7 +57,7 @@ READ = PEAK + r"""
 import json, sys, time, numpy as np, pyarrow.parquet as pq
 path, d = sys.argv[1], int(sys.argv[2])
 cols = [f"f{j}" for j in range(d)]
-t = time.perf_counter(); n = 0
+t, c0 = time.perf_counter(), time.process_time(); n = 0
 for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(batch_size=65536, columns=["id", *cols], use_threads=False):
     ids = rb.column("id").to_numpy()
     x = np.empty((rb.num_rows, d), np.float32)
@@ -65,7 +65,7 @@ for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batch
         x[:, j] = rb.column(c).to_numpy(zero_copy_only=False)
     n += len(x)
 dt = time.perf_counter() - t
-print(json.dumps({"rows": n, "seconds": dt, "rss_mb": peak_mb()}))
+print(json.dumps({"rows": n, "seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb()}))
 """
 
 SCORE = PEAK + r"""
@@ -81,21 +81,21 @@ n = max(chunk, n // chunk * chunk)
 buf = min(n, 1 << 18)  # rows held in memory (64 MB at 64 features), cycled until n rows are scored
 x = np.random.default_rng(0).standard_normal((buf, len(run.config["pool"]["features"])), dtype=np.float32)
 np.asarray(fn(x[:chunk]))  # compile (not timed)
-t = time.perf_counter()
+t, c0 = time.perf_counter(), time.process_time()
 for i in range(0, n, chunk):
     j = i % buf
     np.asarray(fn(x[j : j + chunk]))
 dt = time.perf_counter() - t
-print(json.dumps({"rows": n, "seconds": dt, "rss_mb": peak_mb()}))
+print(json.dumps({"rows": n, "seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb()}))
 """
 
 QUERY = PEAK + r"""
 import json, sys, time
 from alloop import app
-t = time.perf_counter()
+t, c0 = time.perf_counter(), time.process_time()
 rec = app.query(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "rss_mb": peak_mb(), "strategy": rec["strategy"]}))
+print(json.dumps({"seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb(), "strategy": rec["strategy"]}))
 """
 
 GENERATE = r"""
@@ -220,21 +220,22 @@ def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows
     """Best-of-``reps`` rates, the measurements interleaved so that all see the same machine load."""
     name, whole = f"{model}-{rows}", whole_pool_strategy()
     strategies = [whole] + (["sld"] if whole != "sld" else [])
-    best, rss = {}, {}
+    best, rss, cpu = {}, {}, {}
 
-    def keep(key, rate, mb):
-        best[key], rss[key] = max(best.get(key, 0.0), rate), max(rss.get(key, 0.0), mb)
+    def keep(key, n, out):
+        if n / out["seconds"] > best.get(key, 0.0):
+            best[key], cpu[key] = n / out["seconds"], out["cpu"] / n * 1e6
+        rss[key] = max(rss.get(key, 0.0), out["rss_mb"])
 
     for _ in range(reps):
         r = py(READ, pool, D)
-        keep("read", r["rows"] / r["seconds"], r["rss_mb"])
-        sc = py(SCORE, name, rows if model == "linear" else min(rows, score_rows), env=env)
-        keep("score", sc["rows"] / sc["seconds"], sc["rss_mb"])
+        keep("read", r["rows"], r)
+        sc = py(SCORE, name, min(rows, score_rows or rows), env=env)
+        keep("score", sc["rows"], sc)
         for strategy in strategies:
             shutil.rmtree(runs / f"{name}-q", ignore_errors=True)
             shutil.copytree(runs / name, runs / f"{name}-q")
-            q = py(QUERY, f"{name}-q", strategy, env=env)
-            keep(strategy, rows / q["seconds"], q["rss_mb"])
+            keep(strategy, rows, py(QUERY, f"{name}-q", strategy, env=env))
     out = []
     for strategy in strategies:
         # the whole-pool strategy is bound by reading or by scoring; the default sld streams a hash and
@@ -243,7 +244,8 @@ def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows
         out.append({"rows": rows, "model": model, "strategy": strategy, "read_rows_per_s": best["read"], "score_rows_per_s": best["score"],
                     "query_rows_per_s": best[strategy], "ratio": best[strategy] / bound,
                     "bound": "read" if bound == best["read"] else "score", "read_rss_mb": rss["read"], "score_rss_mb": rss["score"],
-                    "query_rss_mb": rss[strategy]})
+                    "query_rss_mb": rss[strategy], "read_cpu_s_per_1m": cpu["read"], "score_cpu_s_per_1m": cpu["score"],
+                    "query_cpu_s_per_1m": cpu[strategy]})
     return out
 
 
@@ -254,6 +256,16 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_rows_per_s']:,.0f} | {r['score_rows_per_s']:,.0f} | "
                      f"{r['query_rows_per_s']:,.0f} | {r['ratio']:.2f} | {r['bound']} | "
                      f"{r['read_rss_mb']:.0f} / {r['score_rss_mb']:.0f} / {r['query_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def cpu_table(results: list[dict]) -> str:
+    """Process CPU seconds (all threads) per million rows: steadier than wall time on a shared machine."""
+    lines = ["| pool rows | model | strategy | read CPU s / 1M rows | score CPU s / 1M rows | query CPU s / 1M rows | query / (read + score) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_cpu_s_per_1m']:.2f} | {r['score_cpu_s_per_1m']:.2f} | "
+                     f"{r['query_cpu_s_per_1m']:.2f} | {r['query_cpu_s_per_1m'] / (r['read_cpu_s_per_1m'] + r['score_cpu_s_per_1m']):.2f} |")
     return "\n".join(lines)
 
 
@@ -272,7 +284,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1000000,10000000", help="pool sizes, comma-separated")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--reps", type=int, default=2, help="repetitions per measurement (best is kept)")
-    ap.add_argument("--score-rows", type=int, default=1 << 21, help="most rows the MLP scoring baseline scores (linear: the pool's)")
+    ap.add_argument("--score-rows", type=int, default=None, help="most rows the scoring baseline scores (default: as many as the pool)")
     ap.add_argument("--influence-points", type=int, default=1000, help="points timed for per-point CG (linear; MLP: 1/50)")
     ap.add_argument("--quick", action="store_true", help="100k rows, one repetition, few influence points (< 1 min)")
     ap.add_argument("--tmp", default=None, help="directory for the generated pools (default: the system temp dir)")
@@ -307,6 +319,8 @@ def main() -> None:
                     influence[model] = py(INFLUENCE, f"{model}-{rows}", points, plain, env=env)
             pool.unlink()
     print(table(results))
+    print()
+    print(cpu_table(results))
     print()
     print(influence_table(influence))
     if args.json:
