@@ -284,22 +284,26 @@ def needs_training(run: rundir.Run) -> bool:
 
 def train(
     name: str, *, fresh: bool = False, epochs: int | None = None, s: float | str | None = None, folds: int | None = None,
-    wait: float = 5.0, reporter: Reporter | None = None,
+    devices: int = 1, wait: float = 5.0, reporter: Reporter | None = None,
 ) -> dict:
     """Fit the model with SGDF on all labels so far (warm-started from the last checkpoint).
 
     ``s`` (a number, "auto" or "loocv") and ``folds`` override the run's choice of s for this training.
+    ``devices``: split every minibatch over that many local devices (data-parallel training).
     """
     reporter = reporter or Reporter()
+    streaming.check_devices(devices)
     run = rundir.open_run(name)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
-        run, record = _train_locked(run, info, reporter, fresh=fresh, epochs=epochs, s=s, folds=folds)
+        run, record = _train_locked(run, info, reporter, fresh=fresh, epochs=epochs, s=s, folds=folds, devices=devices)
     return record
 
 
-def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int | None = None, labels=None, s=None, folds=None):
+def _train_locked(
+    run, info, reporter: Reporter, fresh: bool = False, epochs: int | None = None, labels=None, s=None, folds=None, devices: int = 1,
+):
     if run.n_labels == 0:
         raise UserError(
             f"run '{run.name}' has no labels yet: `alloop query {run.name}` picks rows to label, "
@@ -319,6 +323,8 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
     if tree is not None and not fresh and resume is None:
         params, tangent = tree["params"], tree["tangent"]
     config, choice = _training_s(run, x, y, meta, progress if resume else None, params, tangent, s, folds, reporter)
+    if devices > 1 and run.config.get("trainer", "sgdf") != "sgdf":
+        reporter.info(f"--devices applies to SGDF: the {run.config['trainer']} trainer runs full-batch on one device")
     total = fitting.train_config(run.config, len(x), epochs=epochs).epochs
     box = {"run": run}
 
@@ -336,7 +342,7 @@ def _train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: in
             advance(resume[1])
         result = fitting.fit(
             config, x, y, params=params, tangent=tangent, epochs=epochs, resume=resume,
-            on_epoch=lambda e, t, loss: advance(1), on_checkpoint=save_progress, **inheritance(run),
+            on_epoch=lambda e, t, loss: advance(1), on_checkpoint=save_progress, devices=devices, **inheritance(run),
         )
     run = box["run"]
     for w in result.warnings:
@@ -430,7 +436,7 @@ def query(
         info = open_pool_of(run)
         if needs_training(run):
             reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
-            run, _ = _train_locked(run, info, reporter)
+            run, _ = _train_locked(run, info, reporter, devices=devices)
         seed = int(run.config["train"].get("seed", 0)) + run.round if seed is None else seed
         sel = _select(run, info, k, strategy, seed, batch_rows, reporter, devices)
         record, path = _commit_query(run, info, sel, strategy, fmt, reporter)
@@ -529,15 +535,17 @@ def ingest(
     allow_unqueried: bool = False,
     overwrite: bool = False,
     add_class: bool = False,
+    devices: int = 1,
     wait: float = 5.0,
     reporter: Reporter | None = None,
 ) -> dict:
     """Validate a file of labels, append them to the run, and retrain (unless ``no_train``).
 
     ``add_class``: labels of classes the run does not know yet extend its class mapping (and the
-    model's output layer) instead of being refused.
+    model's output layer) instead of being refused. ``devices``: as for ``train``.
     """
     reporter = reporter or Reporter()
+    streaming.check_devices(devices)
     run = rundir.open_run(name)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
@@ -567,7 +575,7 @@ def ingest(
         for n in notes:
             reporter.info(n)
         if not no_train and len(ids):
-            run, trained = _train_locked(run, info, reporter)
+            run, trained = _train_locked(run, info, reporter, devices=devices)
             record = {**record, "trained": trained}
     return record
 

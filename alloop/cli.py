@@ -67,6 +67,7 @@ app = typer.Typer(
 
 RUN_ARG = typer.Argument(..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory.")
 WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop command on the same run.")
+TRAIN_DEVICES_OPT = typer.Option(1, "--devices", help="Split every training minibatch over this many local devices (data-parallel SGDF).")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 
 
@@ -187,6 +188,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the run's epoch count for this training."),
     s: Optional[str] = typer.Option(None, "--s", help="Override the run's s for this training: a number, auto or loocv."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (with auto)."),
+    devices: int = TRAIN_DEVICES_OPT,
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -196,7 +198,7 @@ def train(
     """
     from alloop import app as use
 
-    rec = use.train(name, fresh=fresh, epochs=epochs, s=None if s is None else _parse_s(s), folds=folds, wait=wait, reporter=RichReporter())
+    rec = use.train(name, fresh=fresh, epochs=epochs, s=None if s is None else _parse_s(s), folds=folds, devices=devices, wait=wait, reporter=RichReporter())
     _emit(rec, as_json, _figures_line(rec))
 
 
@@ -219,7 +221,7 @@ def query(
     fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: score only slice i (0..N-1) of the pool and write its candidates under runs/NAME/shards/ without committing; then `alloop merge-queries NAME`."),
-    devices: int = typer.Option(1, "--devices", help="Split every batch over this many local devices (data-parallel scoring)."),
+    devices: int = typer.Option(1, "--devices", help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be retrained first)."),
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -273,6 +275,7 @@ def ingest(
     allow_unqueried: bool = typer.Option(False, "--allow-unqueried", help="Accept labels for rows that were never queried."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace labels that differ from stored ones."),
     add_class: bool = typer.Option(False, "--add-class", help="Classification: accept labels of new classes (the model gains an output for each)."),
+    devices: int = TRAIN_DEVICES_OPT,
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -283,7 +286,7 @@ def ingest(
     """
     from alloop import app as use
 
-    rec = use.ingest(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class, wait=wait, reporter=RichReporter())
+    rec = use.ingest(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class, devices=devices, wait=wait, reporter=RichReporter())
     text = f"added {rec['added']} labels ({rec['labels']} in all, {rec['outstanding']} outstanding)"
     if "trained" in rec:
         text += "\n" + _figures_line(rec["trained"])

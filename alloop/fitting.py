@@ -126,6 +126,7 @@ def fit(
     checkpoint_every: int | None = None,
     anchor=None,
     target=None,
+    devices: int = 1,
 ) -> FitResult:
     """Train with SGDF on the labeled rows (warm start from ``params``/``tangent``) and solve the tangent.
 
@@ -134,6 +135,7 @@ def fit(
     ``anchor`` is the base model of an inherited run, ``target`` fixed target statistics (an
     inherited run keeps its base's). ``config["trainer"]`` other than ``sgdf`` trains full-batch
     to convergence with a second-order method and solves the tangent there (paper §3.8).
+    ``devices``: SGDF splits every minibatch over that many local devices (data-parallel training).
     """
     t0 = time.perf_counter()
     model = build_model(config)
@@ -156,7 +158,7 @@ def fit(
     if trainer == "sgdf":
         state, reports = sgdf.fit(
             problem, data, float(config["s"]), cfg, params=params if params is not None else init, tangent=tangent,
-            state=state, start_epoch=start, on_epoch=callback,
+            state=state, start_epoch=start, on_epoch=callback, devices=devices,
         )
     else:
         so = second_order.fit(problem, data, float(config["s"]), params if params is not None else init, method=trainer)

@@ -1,9 +1,13 @@
-"""Data-parallel scoring over the local devices: each batch's rows are split evenly across a 1-D mesh.
+"""Data parallelism over the local devices: each batch's rows are split evenly across a 1-D mesh.
 
-Scorers are jitted functions of one batch ``x`` (their parameters closed over), so nothing about them
-changes: a batch placed with a row-sharded ``NamedSharding`` makes XLA partition the computation
-(every row's score depends on that row only), with the parameters replicated. One device is the
-default and takes the plain path (the batch goes to the jitted function as a numpy array).
+Scoring: scorers are jitted functions of one batch ``x`` (their parameters closed over), so nothing
+about them changes: a batch placed with a row-sharded ``NamedSharding`` makes XLA partition the
+computation (every row's score depends on that row only), with the parameters replicated.
+
+Training: the state and the labeled data are replicated, and every minibatch is constrained to be
+row-sharded inside the jitted epoch (``constrain_rows``), so each device computes the gradient and its
+tangent on its share of the rows and XLA all-reduces the sums. One device is the default and takes
+the plain path in both.
 """
 
 from __future__ import annotations
@@ -29,6 +33,24 @@ def row_sharding(n_devices: int) -> NamedSharding:
         raise ValueError(f"asked for {n_devices} devices, {len(devices)} available")
     mesh = Mesh(np.array(devices[:n_devices]), (AXIS,))
     return NamedSharding(mesh, PartitionSpec(AXIS, None))
+
+
+def mesh(n_devices: int) -> Mesh:
+    """A 1-D mesh over the first ``n_devices`` local devices."""
+    return row_sharding(n_devices).mesh
+
+
+def replicate(tree, n_devices: int):
+    """Every array leaf of ``tree`` placed whole on each of the first ``n_devices`` devices."""
+    return jax.device_put(tree, NamedSharding(mesh(n_devices), PartitionSpec()))
+
+
+def constrain_rows(n_devices: int) -> Callable:
+    """tree -> tree, for use inside jit: every leaf's first axis split over the devices (identity for one)."""
+    if n_devices == 1:
+        return lambda tree: tree
+    sharding = NamedSharding(mesh(n_devices), PartitionSpec(AXIS))
+    return lambda tree: jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
 def padded_rows(batch_rows: int, n_devices: int) -> int:

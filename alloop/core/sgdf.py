@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alloop.core import parallel
 from alloop.core.objective import Data, Problem, grad_and_tangent, value_and_grad
 
 
@@ -167,8 +168,14 @@ def _sgdf_step(problem, opt, n, state: TrainState, batch: Data, s, scale=1.0):
     return TrainState(params, tangent, opt_state, opt_tangent, state.step + 1), loss
 
 
-def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig) -> Callable:
-    """A jitted ``epoch(state, data, s, key) -> (state, mean loss)``: one pass over a permutation."""
+def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1) -> Callable:
+    """A jitted ``epoch(state, data, s, key) -> (state, mean loss)``: one pass over a permutation.
+
+    With ``devices > 1`` every minibatch's rows are split over that many local devices (data parallel:
+    the state and data are expected replicated, see ``fit``); the result equals one device's up to the
+    order of float sums.
+    """
+    shard = parallel.constrain_rows(devices)
     bs = min(cfg.batch_size, n)
     steps = steps_per_epoch(n, cfg.batch_size)
     pad = steps * bs - n
@@ -196,7 +203,7 @@ def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig) -> Callable:
         idx = jnp.concatenate([perm, perm[:pad]]).reshape(steps, bs)
 
         def body(st, bidx):
-            batch = Data(data.x[bidx], data.y[bidx], data.w[bidx])
+            batch = shard(Data(data.x[bidx], data.y[bidx], data.w[bidx]))
             return one_step(st, batch, s)
 
         state, losses = jax.lax.scan(body, state, idx)
@@ -225,11 +232,13 @@ def fit(
     state: TrainState | None = None,
     start_epoch: int = 0,
     on_epoch: Callable[[TrainState, EpochReport], None] | None = None,
+    devices: int = 1,
 ) -> tuple[TrainState, list[EpochReport]]:
     """Train for ``cfg.epochs`` epochs with SGDF and return the final state and per-epoch reports.
 
     Start from ``state`` (resuming at ``start_epoch``), else from ``params``/``tangent`` (warm start with
-    a fresh optimizer), else from the model's initialization with seed ``cfg.seed``.
+    a fresh optimizer), else from the model's initialization with seed ``cfg.seed``. ``devices``: split
+    every minibatch over that many local devices (``make_epoch``).
     """
     n = int(data.x.shape[0])
     opt = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
@@ -237,8 +246,10 @@ def fit(
         if params is None:
             params = problem.model.init(jax.random.PRNGKey(cfg.seed))
         state = init_state(jax.tree_util.tree_map(jnp.asarray, params), opt, tangent)
-    epoch_fn = make_epoch(problem, opt, n, cfg)
+    epoch_fn = make_epoch(problem, opt, n, cfg, devices)
     s_arr = jnp.asarray(s, jnp.float32)
+    if devices > 1:
+        state, data, s_arr = parallel.replicate((state, data, s_arr), devices)
     reports = []
     for e in range(start_epoch, cfg.epochs):
         state, loss = epoch_fn(state, data, s_arr, epoch_key(cfg.seed, e))
