@@ -501,7 +501,7 @@ def _select(run, info, k, strategy, seed, batch_rows, reporter: Reporter, device
             fn = scorers.sld(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
             if strategy == "sld":
                 _, lx, _ = labeled_arrays(run, info)
-                return querying.sld_diverse_select(info, fn, stats, lx, exclude, k, seed, batch_rows, advance)
+                return querying.sld_diverse_select(info, fn, stats, lx, exclude, k, seed, batch_rows, advance, devices)
         elif strategy in querying.UNCERTAINTY:
             fn = querying.UNCERTAINTY[strategy](problem, tree["params"])
         else:  # committee

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from alloop import streaming
-from alloop.core import scorers, selection
+from alloop.core import parallel, scorers, selection
 from alloop.core.batch import kpp_clip
 from alloop.core.models import Standardizer
 from alloop.errors import UserError
@@ -126,6 +126,7 @@ def sld_diverse_select(
     seed: int,
     batch_rows: int,
     on_rows=None,
+    devices: int = 1,
 ) -> Selection:
     """The default ``sld``: SLD-weighted k-means++ seeding with the score capped (core/batch.py).
 
@@ -133,12 +134,19 @@ def sld_diverse_select(
     for smaller pools; SLD is computed on those, then k rows are drawn ∝ min(SLD, q90) · D².
     """
     top = stream_top(info, random_scorer(seed), exclude, max(SLD_CANDIDATES, 4 * k), batch_rows, on_rows)
-    return sld_diverse_pick(top, fn, stats, labeled_x, k, seed, batch_rows)
+    return sld_diverse_pick(top, fn, stats, labeled_x, k, seed, batch_rows, devices)
 
 
-def sld_diverse_pick(top: streaming.Kept, fn: Callable, stats: Standardizer, labeled_x: np.ndarray, k: int, seed: int, batch_rows: int) -> Selection:
-    """kpp-clip over kept candidates; the picks are listed by their SLD, highest first."""
-    sld = scorers.pad_apply(fn, top.x, batch_rows).astype(np.float64)
+def sld_diverse_pick(
+    top: streaming.Kept, fn: Callable, stats: Standardizer, labeled_x: np.ndarray, k: int, seed: int, batch_rows: int, devices: int = 1,
+) -> Selection:
+    """kpp-clip over kept candidates; the picks are listed by their SLD, highest first.
+
+    The candidates are scored in equal calls of at most the streaming scorer's size (a wide MLP's
+    activations stay small), split over ``devices``.
+    """
+    rows = parallel.even_chunk(len(top.x), min(batch_rows, streaming.SCORE_ROWS), devices)
+    sld = parallel.score_rows(fn, top.x, rows, devices).astype(np.float64)
     scale = lambda x: (np.asarray(x, np.float64) - np.asarray(stats.mean)) / np.asarray(stats.scale)  # noqa: E731
     z_lab = scale(labeled_x) if len(labeled_x) else np.zeros((0, top.x.shape[1]))
     drawn, _ = kpp_clip(scale(top.x), sld, z_lab, k, np.random.default_rng(seed))

@@ -208,6 +208,12 @@ MULTI = textwrap.dedent("""
     for t in tops[1:]:
         np.testing.assert_array_equal(t.ids, tops[0].ids)
         np.testing.assert_allclose(t.scores, tops[0].scores, rtol=1e-5)
+
+    from alloop.core.models import Standardizer
+    stats = Standardizer(np.zeros(5, np.float32), np.ones(5, np.float32))
+    picks = [querying.sld_diverse_pick(tops[0], fn, stats, x[:3], 10, 0, 96, n) for n in (1, 4)]  # 50 candidates, uneven over 4
+    np.testing.assert_array_equal(picks[1].ids, picks[0].ids)
+    np.testing.assert_allclose(picks[1].scores, picks[0].scores, rtol=1e-5)
     print("ok")
 """)
 
@@ -216,6 +222,17 @@ def test_sharded_scoring_equals_single_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", MULTI], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 5, 16384, 16385, 20000, 65536, 100001])
+@pytest.mark.parametrize("devices", [1, 3, 8])
+def test_even_chunk_covers_the_rows_with_little_padding(n_rows, devices):
+    max_rows = 16384
+    rows = parallel.even_chunk(n_rows, max_rows, devices)
+    calls = -(-n_rows // rows)
+    assert rows % devices == 0 and rows <= parallel.padded_rows(max_rows, devices)
+    assert calls == max(-(-n_rows // max_rows), 0)  # no more calls than the cap needs
+    assert calls * rows - n_rows <= max(calls * (devices + 1) - 1, 0)  # padding: under one row a call, plus the device rounding
 
 
 def test_devices_beyond_the_machine_are_refused():

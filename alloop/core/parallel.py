@@ -58,6 +58,13 @@ def padded_rows(batch_rows: int, n_devices: int) -> int:
     return -(-batch_rows // n_devices) * n_devices
 
 
+def even_chunk(n_rows: int, max_rows: int, n_devices: int = 1) -> int:
+    """Rows per call that split ``n_rows`` into equal calls of at most ``max_rows`` (a device multiple):
+    20,000 rows at 16,384 a call become two calls of 10,000, not 32,768 rows with 12,768 of padding."""
+    calls = max(-(-n_rows // max_rows), 1)
+    return padded_rows(max(-(-n_rows // calls), 1), n_devices)
+
+
 def placer(batch_rows: int, n_devices: int = 1) -> Callable[[np.ndarray], object]:
     """x (m ≤ rows, d) -> the batch padded to the fixed shape (repeating its last row), on the devices.
 
