@@ -7,6 +7,9 @@ run with a few seed labels, trains, and then measures in fresh processes:
   (what any streaming scorer has to pay), rows/s and peak RSS;
 - ``alloop query`` (SLD, linear model, k=20) end to end: rows/s and peak RSS.
 
+Peak RSS is each child process's VmHWM (see PEAK). benchmarks/bench_scale.py is the fuller study
+(64 float32 features, 1M and 10M rows, both models, CPU time, the in-memory scoring bound).
+
 Usage: python benchmarks/bench_query_memory.py [--rows 500000,2000000] [--features 16] [--model linear]
 """
 
@@ -27,30 +30,41 @@ import pyarrow.parquet as pq
 
 ROW_GROUP = 65536
 
-BASELINE = r"""
-import resource, sys, time, numpy as np, pyarrow.parquet as pq
+# Peak RSS of this process. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec,
+# so a child would report at least its parent's peak.
+PEAK = r"""
+import resource
+def peak_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+BASELINE = PEAK + r"""
+import sys, time, numpy as np, pyarrow.parquet as pq
 path, cols = sys.argv[1], sys.argv[2].split(",")
 t = time.perf_counter(); n = 0
 for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(batch_size=65536, columns=["id", *cols]):
     x = np.column_stack([rb.column(c).to_numpy(zero_copy_only=False) for c in cols]).astype(np.float32)
     n += len(x)
 dt = time.perf_counter() - t
-print(n / dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(n / dt, peak_mb())
 """
 
-QUERY = r"""
-import resource, sys, time
+QUERY = PEAK + r"""
+import sys, time
 from alloop import app
 t = time.perf_counter()
 app.query(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
-print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(dt, peak_mb())
 """
 
-IDLE = r"""
-import resource
+IDLE = PEAK + r"""
 from alloop import app
-print(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(0, peak_mb())
 """
 
 

@@ -88,39 +88,49 @@ def cg(problem: Problem, params, s, data: Data, x0=None, tol: float = 1e-10, max
     with jax.enable_x64(x64):
         dtype = jnp.float64 if x64 else jnp.float32
         prob, p, s_, d = _promote(problem, params, s, data, dtype)
-        rho = mixed_derivative(prob, p, s_, d)
-        b = jax.tree_util.tree_map(lambda r: -r, rho)
-        x0_ = None if x0 is None else _cast(x0, dtype)
-        sol, iters = _cg_solve(lambda v: hvp(prob, p, s_, d, v), b, x0_, tol, maxiter)
-        res = float(_residual(prob, p, sol, s_, d))
-        out = _cast(sol, jnp.float32)
-    return TangentResult(jax.tree_util.tree_map(np.asarray, out), res, int(iters))
+        flat, unravel = ravel_pytree(p)
+        x0_ = jnp.zeros_like(flat) if x0 is None else ravel_pytree(_cast(x0, dtype))[0]
+
+        @jax.jit  # θ, s and the data are arguments: baked in as constants XLA would fold them, slowly
+        def solve(flat, s_, d, x0):
+            b = -ravel_pytree(mixed_derivative(prob, unravel(flat), s_, d))[0]
+            mv = lambda v: ravel_pytree(hvp(prob, unravel(flat), s_, d, unravel(v)))[0]  # noqa: E731
+            sol, iters = cg_loop(mv, b, x0, tol, maxiter)
+            return sol, iters, _residual(prob, unravel(flat), unravel(sol), s_, d)
+
+        sol, iters, res = solve(flat, s_, d, x0_)
+        out = _cast(unravel(sol), jnp.float32)
+    return TangentResult(jax.tree_util.tree_map(np.asarray, out), float(res), int(iters))
 
 
-def _cg_solve(matvec, b, x0, tol, maxiter):
-    """Plain CG on pytrees; returns the solution and the number of iterations taken."""
-    fb, unravel = ravel_pytree(b)
-    mv = jax.jit(lambda v: ravel_pytree(matvec(unravel(v)))[0])
-    x = jnp.zeros_like(fb) if x0 is None else ravel_pytree(x0)[0]
-    r = fb - mv(x)
-    p_ = r
-    rs = jnp.vdot(r, r)
-    bnorm = jnp.linalg.norm(fb)
-    it = 0
-    for it in range(1, maxiter + 1):
-        ap = mv(p_)
+def cg_loop(matvec, b, x0, tol: float, maxiter: int):
+    """Plain CG on flat vectors as one ``lax.while_loop`` (traceable: call it inside jit).
+
+    Stops when ||r|| <= tol ||b||, after ``maxiter`` iterations, or at the first direction of zero or
+    negative curvature (where CG is undefined; the iterate before it is returned). Returns the solution
+    and the number of iterations taken (the one that stopped it included).
+    """
+    bnorm = jnp.linalg.norm(b)
+    r = b - matvec(x0)
+
+    def cond(c):
+        _, _, _, _, it, done = c
+        return (it < maxiter) & ~done
+
+    def body(c):
+        x, r, p_, rs, it, _ = c
+        ap = matvec(p_)
         curv = jnp.vdot(p_, ap)
-        if not bool(curv > 0):  # negative or zero curvature: CG is undefined here
-            break
-        alpha = rs / curv
-        x = x + alpha * p_
-        r = r - alpha * ap
+        bad = ~(curv > 0)
+        alpha = jnp.where(bad, 0.0, rs / jnp.where(bad, 1.0, curv))
+        x, r = x + alpha * p_, r - alpha * ap
         rs_new = jnp.vdot(r, r)
-        if bool(jnp.sqrt(rs_new) <= tol * bnorm):
-            break
-        p_ = r + (rs_new / rs) * p_
-        rs = rs_new
-    return unravel(x), it
+        done = bad | (jnp.sqrt(rs_new) <= tol * bnorm)
+        p_ = r + (rs_new / jnp.where(rs > 0, rs, 1.0)) * p_
+        return x, r, p_, rs_new, it + 1, done
+
+    x, *_, it, _ = jax.lax.while_loop(cond, body, (x0, r, r, jnp.vdot(r, r), jnp.int32(0), jnp.bool_(False)))
+    return x, it
 
 
 def lissa(problem: Problem, params, s, data: Data, batch_idx, lr: float, tangent=None) -> list:
