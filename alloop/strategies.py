@@ -29,11 +29,12 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from alloop.core import selection
+from alloop.core import batch, selection
+from alloop.core.batch import sq_distances
 
 COMMITTEE_SIZE = 5
 POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
-CLIP_QUANTILE = 0.9  # sld-kpp-clip caps SLD at this quantile of the unlabeled rows' SLD
+CLIP_QUANTILE = batch.CLIP_QUANTILE  # sld-kpp-clip caps SLD at this quantile of the unlabeled rows' SLD
 
 
 class PoolView(NamedTuple):
@@ -78,12 +79,6 @@ def top_k(scores: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
     """The k candidates with the highest scores, best first; ties go to the earlier row."""
     s = np.where(np.isfinite(scores[cand]), scores[cand], -np.inf)
     return cand[np.lexsort((cand, -s))[:k]]
-
-
-def sq_distances(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
-    """(len(za), len(zb)) squared Euclidean distances."""
-    d2 = np.sum(za**2, 1)[:, None] - 2.0 * za @ zb.T + np.sum(zb**2, 1)[None, :]
-    return np.maximum(d2, 0.0)
 
 
 # --- baselines --------------------------------------------------------------------------------
@@ -221,27 +216,11 @@ def sld_density_pick(view: PoolView, k: int, rng: np.random.Generator) -> Pick:
 
 
 def kpp_sample(view: PoolView, weights: np.ndarray, k: int, rng: np.random.Generator) -> Pick:
-    """k-means++ seeding: draw rows ∝ weight · D², D the distance to the labeled and already chosen rows.
-
-    Each pick's probability is the one it had given the earlier picks (what importance weighting needs).
-    """
+    """k-means++ seeding over the candidates (core/batch.py): rows drawn ∝ weight · D², D the distance to the
+    labeled and already chosen rows, each with the probability it had given the earlier picks."""
     cand = candidates(view)
-    zc, wc = view.z[cand], weights[cand]
-    d2 = sq_distances(zc, view.z[view.labeled]).min(axis=1)
-    chosen: list[int] = []
-    probs: list[float] = []
-    for _ in range(min(k, len(cand))):
-        w = wc * d2
-        w[chosen] = 0.0
-        if not np.any(w > 0):  # every remaining weight is zero: fall back to D² alone, then uniform
-            w = d2.copy() if np.any(d2 > 0) else np.ones(len(cand))
-            w[chosen] = 0.0
-        p = w / w.sum()
-        j = int(rng.choice(len(cand), p=p))
-        chosen.append(j)
-        probs.append(float(p[j]))
-        d2 = np.minimum(d2, sq_distances(zc, zc[j : j + 1])[:, 0])
-    return Pick(cand[chosen].astype(np.int64), np.asarray(probs))
+    drawn, probs = batch.kpp(view.z[cand], weights[cand], view.z[view.labeled], k, rng)
+    return Pick(cand[drawn].astype(np.int64), probs)
 
 
 def sld_kpp_pick(view: PoolView, k: int, rng: np.random.Generator) -> Pick:

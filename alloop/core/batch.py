@@ -31,10 +31,20 @@ def kpp_clip(z: np.ndarray, scores: np.ndarray, z_labeled: np.ndarray, k: int, r
     """Draw k rows ∝ min(score, quantile_clip(score)) · D²; returns (indices in order drawn, their probabilities)."""
     w = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0, posinf=0.0)
     w = np.minimum(w, np.quantile(w, clip)) if len(w) else w
+    return kpp(z, w, z_labeled, k, rng)
+
+
+def kpp(z: np.ndarray, weights: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ seeding: draw k rows ∝ weight · D², D the distance to the labeled and already drawn rows.
+
+    Returns (indices in order drawn, the probability each had given the earlier draws: what importance
+    weighting needs). With nothing labeled the first draw follows the weights alone.
+    """
+    w = np.asarray(weights, np.float64)
     d2 = min_sq_distance(z, z_labeled)  # +inf everywhere while nothing is labeled or chosen
     chosen, probs = [], []
     for _ in range(min(k, len(z))):
-        p = w * d2 if np.isfinite(d2).all() else w.copy()  # the very first draw follows the scores alone
+        p = w * d2 if np.isfinite(d2).all() else w.copy()
         p[chosen] = 0.0
         if not np.any(p > 0):  # every weight zero: D² alone, then uniform
             p = d2.copy() if np.any(d2[np.setdiff1d(np.arange(len(z)), chosen)] > 0) else np.ones(len(z))
