@@ -73,6 +73,18 @@ def test_directory_pool_is_recursive_sorted_and_skips_hidden(tmp_path):
     assert scan_ids(info).tolist() == list(range(5)) + list(range(10, 15)) + list(range(20, 25))
 
 
+def test_hive_partitioned_directory_streams_and_names_a_partition_key_it_cannot_read(tmp_path):
+    write(tmp_path / "region=1" / "part-0.parquet", small(5, 0))
+    write(tmp_path / "region=2" / "part-0.parquet", small(5, 10))
+    info = open_pool(tmp_path, features=["x1", "x2"], targets=("y",))
+    assert info.n_rows == 10 and sorted(scan_ids(info).tolist()) == list(range(5)) + list(range(10, 15))
+    for kwargs in ({"features": ["x1", "region"]}, {"targets": ("region",)}, {"id_col": "region"}):
+        with pytest.raises(UserError, match=r"'region' .* is a directory partition key .* write 'region' into the Parquet files"):
+            open_pool(tmp_path, **kwargs)
+    with pytest.raises(UserError, match="has no feature column 'nope'"):  # other missing columns keep their message
+        open_pool(tmp_path, features=["x1", "nope"])
+
+
 def test_fingerprint_ignores_rows_but_not_schema(tmp_path):
     write(tmp_path / "a.parquet", small(5))
     fp = open_pool(tmp_path).fingerprint

@@ -69,6 +69,7 @@ def open_pool(path, id_col: str = "id", features=None, targets=()) -> PoolInfo:
     files = _pool_files(root, shown)
     schema, n_rows = _read_schemas(files, root)
     targets = tuple(targets)
+    _check_partition_keys(files, root, schema, [id_col, *targets, *(features or ())], shown)
     id_kind = _id_kind(schema, id_col, shown)
     _check_targets(schema, targets, id_col, shown)
     feats = _choose_features(schema, id_col, targets, features, shown)
@@ -99,6 +100,18 @@ def _pool_files(root: Path, shown: str) -> list[Path]:
     if not files:
         raise UserError(f"pool directory '{shown}' has no .parquet files: pass --pool with a Parquet file or a directory of them")
     return files
+
+
+def _check_partition_keys(files: list[Path], root: Path, schema: dict, wanted, shown: str) -> None:
+    """A column asked for that exists only as a directory partition key (``key=value`` in the files'
+    paths, Hive style) gets its own message: alloop reads the columns stored in the files only."""
+    keys = {part.split("=", 1)[0] for f in files if f != root for part in f.relative_to(root).parts[:-1] if "=" in part}
+    for c in wanted:
+        if c not in schema and c in keys:
+            raise UserError(
+                f"column '{c}' of pool '{shown}' is a directory partition key ({c}=...), not stored in the files, and alloop "
+                f"reads only stored columns: write '{c}' into the Parquet files, or leave it out"
+            )
 
 
 def _read_schemas(files: list[Path], root: Path) -> tuple[dict[str, pa.DataType], int]:
