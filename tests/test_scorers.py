@@ -39,6 +39,30 @@ def test_unlabeled_sld_is_mc_mean_of_labeled_sld(loss, k, noise):
     assert np.all(expected > 0)
 
 
+def test_softmax_sld_is_a_variance_without_cancellation():
+    """u large and nearly equal across classes: E[u²] - mean² loses everything in float32; Σ p (u - mean)² does not."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 4))
+    u = 1e4 + 1e-1 * rng.normal(size=(500, 4))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = np.sum(p * (u - np.sum(p * u, 1, keepdims=True)) ** 2, 1)  # float64
+    got = np.asarray(losses.softmax_cross_entropy.expected_sld(jnp.asarray(logits, jnp.float32), jnp.asarray(u, jnp.float32), None))
+    assert np.all(got >= 0)
+    np.testing.assert_allclose(got, truth, rtol=0.05, atol=1e-4)
+
+
+def test_kpp_draws_with_scores_a_hair_below_zero():
+    from alloop.core import batch
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 3))
+    scores = np.abs(rng.normal(size=50))
+    scores[:10] = -1e-9
+    scores[10] = -np.inf
+    drawn, probs = batch.kpp_clip(z, scores, z[:0], 8, np.random.default_rng(1))
+    assert len(set(drawn.tolist())) == 8 and np.all(probs > 0) and not set(drawn.tolist()) & set(range(11))
+
+
 def test_sld_is_zero_without_tangent():
     rng = np.random.default_rng(0)
     prob, params, tangent = _problem(losses.squared, 1, rng)

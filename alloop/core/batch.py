@@ -29,7 +29,7 @@ def min_sq_distance(z: np.ndarray, to: np.ndarray, chunk: int = 4096) -> np.ndar
 def kpp_clip(z: np.ndarray, scores: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator,
              clip: float = CLIP_QUANTILE) -> tuple[np.ndarray, np.ndarray]:
     """Draw k rows ∝ min(score, quantile_clip(score)) · D²; returns (indices in order drawn, their probabilities)."""
-    w = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0, posinf=0.0)
+    w = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     w = np.minimum(w, np.quantile(w, clip)) if len(w) else w
     return kpp(z, w, z_labeled, k, rng)
 
@@ -40,7 +40,7 @@ def kpp(z: np.ndarray, weights: np.ndarray, z_labeled: np.ndarray, k: int, rng: 
     Returns (indices in order drawn, the probability each had given the earlier draws: what importance
     weighting needs). With nothing labeled the first draw follows the weights alone.
     """
-    w = np.asarray(weights, np.float64)
+    w = np.maximum(np.asarray(weights, np.float64), 0.0)  # a score a hair below 0 (float rounding) is no weight
     d2 = min_sq_distance(z, z_labeled)  # +inf everywhere while nothing is labeled or chosen
     chosen, probs = [], []
     for _ in range(min(k, len(z))):

@@ -50,11 +50,13 @@ def _softmax_per_example(logits, y):
 
 
 def _softmax_expected_sld(logits, u, noise):
-    # dL/ds = (p - e_y)·u; over y ~ p this is the variance of u under p
+    # dL/ds = (p - e_y)·u; over y ~ p this is the variance of u under p, summed as Σ p (u - mean)²:
+    # E[u²] - mean² cancels catastrophically in float32 when u is large and nearly equal across classes
+    # (it came out negative on real data, which broke the weighted batch draw)
     del noise
     p = jax.nn.softmax(logits, axis=-1)
-    mean = jnp.sum(p * u, axis=-1)
-    return jnp.sum(p * u**2, axis=-1) - mean**2
+    mean = jnp.sum(p * u, axis=-1, keepdims=True)
+    return jnp.sum(p * (u - mean) ** 2, axis=-1)
 
 
 def _softmax_sample(key, logits, noise):
