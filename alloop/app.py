@@ -26,6 +26,7 @@ from alloop.io import atomic, labels as labelio, pool as poolio, rundir, tables
 from alloop.io.checkpoint import load_meta, load_tree
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
+from alloop.runstatus import needs_training, status  # noqa: F401 - part of this module's use cases
 
 TEST_FILE = "test.parquet"
 QUERY_FORMATS = ("csv", "parquet", "jsonl")
@@ -273,10 +274,6 @@ def _test_arrays(run: rundir.Run):
 def _checkpoint(run: rundir.Run):
     loaded = rundir.load_checkpoint(run, fitting.checkpoint_like(run.config))
     return loaded if loaded is not None else (None, None)
-
-
-def needs_training(run: rundir.Run) -> bool:
-    return run.n_labels > 0 and (run.state.get("checkpoint") is None or run.state.get("labels_at_checkpoint") != run.n_labels)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -615,44 +612,6 @@ def _grow_classes(run, added: list[str]):
     state["labels_at_checkpoint"] = run.state.get("labels_at_checkpoint")  # still stale: it has not seen the new labels
     tree = classmap.grow_tree(tree, fitting.checkpoint_like({**run.config, "classes": grown}))
     return (tree, {**meta, "classes": grown}), state
-
-
-# --- status ------------------------------------------------------------------------------------
-
-
-def status(name: str) -> dict:
-    """What a user wants to see at a glance: counts, round, s, tangent health, latest metrics."""
-    run = rundir.open_run(name)
-    meta = load_meta(run.checkpoint_path) if run.checkpoint_path else {}
-    from alloop.inherit import base_status  # noqa: PLC0415 (inherit builds on this module)
-
-    return {
-        "base": base_status(run),
-        "run": str(run.path),
-        "task": run.task,
-        "classes": run.config.get("classes"),
-        "model": run.config["model"]["kind"],
-        "pool": run.config["pool"]["path"],
-        "pool_rows": run.config["pool"]["rows_at_init"],
-        "features": len(run.config["pool"]["features"]),
-        "labels": run.n_labels,
-        "outstanding": len(run.outstanding),
-        "round": run.round,
-        "s": run.config["s"],
-        "s_model": meta.get("s"),  # the s the current model was trained with (chosen per round for auto/loocv)
-        "s_by_round": _s_by_round(run),
-        "trained_on": run.state.get("labels_at_checkpoint") if run.checkpoint_path else None,
-        "stale": needs_training(run),
-        "residual": meta.get("figures", {}).get("residual"),
-        "figures": meta.get("figures", {}),
-        "warnings": meta.get("warnings", []),
-        "queries": [q["file"] for q in run.state.get("queries", [])],
-    }
-
-
-def _s_by_round(run) -> list[dict]:
-    """The s of every training, from the history: round, labels, s."""
-    return [{"round": r.get("round"), "labels": r.get("labels"), "s": r["s"]} for r in rundir.read_history(run) if r.get("command") == "train" and "s" in r]
 
 
 # --- tune-s ------------------------------------------------------------------------------------

@@ -299,9 +299,9 @@ def status(name: str = RUN_ARG, as_json: bool = JSON_OPT) -> None:
 
     Example: alloop status houses --json
     """
-    from alloop import app as use
+    from alloop.runstatus import status as run_status
 
-    st = use.status(name)
+    st = run_status(name)
     if as_json:
         _emit(st, True, "")
         return

@@ -113,20 +113,6 @@ def _initial_checkpoint(config: dict, tree: dict, meta: dict):
     return fitting.checkpoint_tree(state, params, tree["tangent"]), atomic.to_json_value(user_meta)
 
 
-def base_status(run: rundir.Run) -> dict | None:
-    """Which base a user run inherits, and whether that base has been retrained since."""
-    base = run.config.get("base")
-    if not base:
-        return None
-    current = None
-    if Path(base["run"]).exists():
-        try:
-            current = rundir.open_run(base["run"]).state.get("checkpoint_sha256") == base["checkpoint_sha256"]
-        except UserError:
-            current = None
-    return {"run": base["run"], "version": base["checkpoint_sha256"][:12], "base_unchanged": current}
-
-
 def base_update(base_name: str, users: list[str], *, wait: float = 5.0, reporter: Reporter | None = None) -> dict:
     """Fold the users' labels into the base run and retrain it (SGDF, warm start)."""
     reporter = reporter or Reporter()

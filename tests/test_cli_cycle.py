@@ -225,3 +225,16 @@ def test_a_refused_command_in_a_real_process_leaves_the_run_alone(run, runs):
     before = digest(run)
     assert_user_error(run_alloop(["train", "r", "--epochs", "0"], runs.parent, runs), "--epochs must be at least 1")
     assert digest(run) == before
+
+
+def test_status_reads_the_run_without_starting_jax(run, runs):
+    """Looking at a run reads JSON: it must not pay JAX's import (about a second)."""
+    import os
+    import subprocess
+
+    code = ("import sys; from typer.testing import CliRunner; from alloop.cli import app; "
+            "r = CliRunner().invoke(app, ['status', 'r', '--json']); assert r.exit_code == 0, r.output; "
+            "import json; json.loads(r.stdout); print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "ALLOOP_RUNS": str(runs)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
