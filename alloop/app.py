@@ -406,7 +406,7 @@ def query(
     name: str,
     *,
     k: int = 20,
-    strategy: str = "sld",
+    strategy: str | None = None,
     fmt: str = "csv",
     seed: int | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -416,10 +416,11 @@ def query(
 ) -> dict:
     """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
 
-    ``devices``: split every batch's rows over that many local devices (data-parallel scoring).
+    ``strategy``: None takes the task's default (``querying.default_strategy``). ``devices``: split every
+    batch's rows over that many local devices (data-parallel scoring).
     """
     reporter = reporter or Reporter()
-    if strategy not in querying.STRATEGIES:
+    if strategy is not None and strategy not in querying.STRATEGIES:
         raise UserError(f"unknown --strategy {strategy!r}: choose one of {', '.join(querying.STRATEGIES)}")
     if fmt not in QUERY_FORMATS:
         raise UserError(f"unknown --format {fmt!r}: choose csv, parquet or jsonl")
@@ -427,6 +428,7 @@ def query(
         raise UserError("-k must be at least 1")
     streaming.check_devices(devices)
     run = rundir.open_run(name)
+    strategy = strategy or querying.default_strategy(run.task)
     querying.check_strategy(strategy, run.task)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))

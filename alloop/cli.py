@@ -68,6 +68,11 @@ app = typer.Typer(
 RUN_ARG = typer.Argument(..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory.")
 WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop command on the same run.")
 TRAIN_DEVICES_OPT = typer.Option(1, "--devices", help="Split every training minibatch over this many local devices (data-parallel SGDF).")
+STRATEGY_OPT = typer.Option(
+    None, "--strategy",
+    help="sld (SLD-weighted k-means++ batch: the regression default), sld-topk (plain top-k SLD), random, committee or greedy; "
+    "classification also margin (its default), entropy, least-confident.",
+)
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 
 
@@ -217,7 +222,7 @@ def _figures_line(rec: dict) -> str:
 def query(
     name: str = RUN_ARG,
     k: int = typer.Option(20, "-k", "--k", help="How many rows to ask about."),
-    strategy: str = typer.Option("sld", "--strategy", help="sld (SLD-weighted k-means++ batch, the default), sld-topk (plain top-k SLD), random, committee or greedy; classification also entropy, margin, least-confident."),
+    strategy: Optional[str] = STRATEGY_OPT,
     fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: score only slice i (0..N-1) of the pool and write its candidates under runs/NAME/shards/ without committing; then `alloop merge-queries NAME`."),
@@ -430,7 +435,7 @@ def demo(
     rounds: int = typer.Option(5, "--rounds", help="Label-query rounds."),
     k: int = typer.Option(10, "-k", "--k", help="Rows labeled per round."),
     initial: int = typer.Option(10, "--initial", help="Random seed labels (unless the dataset ships its own)."),
-    strategy: str = typer.Option("sld", "--strategy", help="sld (SLD-weighted k-means++ batch, the default), sld-topk (plain top-k SLD), random, committee or greedy; classification also entropy, margin, least-confident."),
+    strategy: Optional[str] = STRATEGY_OPT,
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default demo-DATASET, numbered if taken)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     as_json: bool = JSON_OPT,

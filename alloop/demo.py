@@ -82,7 +82,7 @@ def run_demo(
     rounds: int = 5,
     k: int = 10,
     initial: int = 10,
-    strategy: str = "sld",
+    strategy: str | None = None,
     model: dict | None = None,
     s: float | None = None,
     name: str | None = None,

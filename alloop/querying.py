@@ -28,6 +28,7 @@ from alloop.io import pool as poolio
 
 STRATEGIES = ("sld", "sld-topk", "random", "committee", "greedy", "entropy", "margin", "least-confident")
 CLASSIFICATION_STRATEGIES = ("sld", "sld-topk", "random", "committee", "greedy", "entropy", "margin", "least-confident")
+DEFAULT_STRATEGY = {"regression": "sld", "classification": "margin"}  # measured: README "Does SLD save labels?"
 SLD_CANDIDATES = 20000  # sld draws its batch from a uniform sample of this many unlabeled rows
 CLASSIFICATION_ONLY = ("entropy", "margin", "least-confident")  # every other strategy not listed above is regression only
 UNCERTAINTY = {"entropy": scorers.entropy, "margin": scorers.margin, "least-confident": scorers.least_confident}
@@ -47,6 +48,12 @@ class Selection:
 def picked(top: streaming.Kept, strategy: str) -> Selection:
     """The Selection of a top-k strategy: the kept rows themselves."""
     return Selection(top.ids, top.scores, strategy, rows=top.rows, kept=top)
+
+
+def default_strategy(task: str) -> str:
+    """What a query uses unless told: the SLD batch for regression; margin for classification, where the
+    SLD batch did no better than random on the bundled data and margin beat it (benchmarks/bench_classification_al.py)."""
+    return DEFAULT_STRATEGY.get(task, "sld")
 
 
 def check_strategy(strategy: str, task: str) -> None:

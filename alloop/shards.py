@@ -64,7 +64,7 @@ def shard_file(run: rundir.Run, round_: int, i: int, n: int) -> Path:
 
 
 def query_shard(
-    name: str, shard: str, *, k: int = 20, strategy: str = "sld", seed: int | None = None,
+    name: str, shard: str, *, k: int = 20, strategy: str | None = None, seed: int | None = None,
     batch_rows: int = app.DEFAULT_BATCH_ROWS, devices: int = 1, reporter: Reporter | None = None,
 ) -> dict:
     """Score slice i of N of the pool and write its candidates for the next round (no commit)."""
@@ -74,6 +74,7 @@ def query_shard(
         raise UserError("-k must be at least 1")
     streaming.check_devices(devices)
     run = rundir.open_run(name)
+    strategy = strategy or querying.default_strategy(run.task)
     querying.check_strategy(strategy, run.task)
     if app.needs_training(run):
         raise UserError(f"the model of run '{run.name}' is older than its labels: run `alloop train {run.name}` once, "

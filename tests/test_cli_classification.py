@@ -46,7 +46,7 @@ def wine_run(tmp_path_factory, wine_truth):
                       "--labels", runs / "seed.csv", *FAST, "--json"], runs), "init").json()
     assert init["labels"] == 6
     q = ok(invoke(["query", "wine", "-k", "6", "--json"], runs), "query").json()
-    assert q["strategy"] == "sld" and q["rows"] == 6
+    assert q["strategy"] == "margin" and q["rows"] == 6  # classification's default
     filled = answer(q["path"], wine_truth, runs / "answers-1.csv")
     ing = ok(invoke(["ingest", "wine", filled, "--json"], runs), "ingest").json()
     return runs / "wine", q, ing
@@ -96,7 +96,7 @@ def test_committee_of_a_classifier_scores_disagreement(wine_run, runs, monkeypat
     np.testing.assert_allclose(q["score"], kl, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["entropy", "margin", "least-confident", "committee", "random", "greedy"])
+@pytest.mark.parametrize("strategy", ["sld", "sld-topk", "entropy", "margin", "least-confident", "committee", "random", "greedy"])
 def test_classification_strategies_pick_new_rows(wine_run, runs, strategy, monkeypatch):
     run = copy_run(wine_run[0], runs, "w")
     monkeypatch.setattr(app, "COMMITTEE_SIZE", 2)  # two bootstrap models are a committee too, and train in half the time
