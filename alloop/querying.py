@@ -2,14 +2,17 @@
 
 Memory is bounded by one pool batch plus the kept candidates, never by the pool. Strategies:
 
-- ``sld``: the squared loss derivative along the regularity tangent (the method), top-k;
+- ``sld`` (the regression default): a batch drawn ∝ min(SLD, q90) · D² (SLD-weighted k-means++, core/batch.py)
+  over a uniform sample of up to SLD_CANDIDATES unlabeled rows, SLD being the squared loss derivative
+  along the regularity tangent (the method);
+- ``sld-topk``: the k highest SLD scores over the whole pool;
 - ``random``: uniform, from a hash of (seed, id);
 - ``committee``: predictive variance across bootstrap models (classification: their mean KL divergence
   from the consensus);
 - ``greedy``: farthest-point sampling in standardized feature space (GSx), over a candidate buffer of
   the rows farthest from the labeled set;
-- ``entropy``, ``margin``, ``least-confident`` (classification only): uncertainty of the predicted
-  class distribution.
+- ``entropy``, ``margin`` (the classification default), ``least-confident`` (classification only):
+  uncertainty of the predicted class distribution.
 """
 
 from __future__ import annotations
