@@ -11,7 +11,8 @@ area under the test *error* curve (1 - accuracy over the rounds) relative to ran
 over repetitions of the per-repetition ratio with its standard error: below 1 saves labels.
 
 Usage: python benchmarks/bench_classification_al.py [--datasets breast_cancer,wine,digits]
-       [--strategies sld,sld-topk,random,entropy,margin] [--reps 5] [--rounds 8] [--k 10] [--jobs 2]
+       [--strategies sld,sld-topk,random,entropy,margin] [--reps 6] [--first-rep 0] [--rounds 10] [--k 10]
+       [--jobs 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--first-rep", type=int, default=0, help="seed of the first repetition (to add repetitions to an earlier run)")
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--initial", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -91,7 +93,8 @@ def main() -> None:
     datasets, strategies = args.datasets.split(","), args.strategies.split(",")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as runs:
-        jobs = [(d, s, r, args.rounds, args.k, args.initial, runs) for d in datasets for r in range(args.reps) for s in strategies]
+        jobs = [(d, s, r, args.rounds, args.k, args.initial, runs) for d in datasets for r in range(args.first_rep, args.first_rep + args.reps)
+                for s in strategies]
         ctx = __import__("multiprocessing").get_context("spawn")  # JAX does not survive fork
         with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             curves = []
