@@ -420,16 +420,9 @@ def query(
     batch's rows over that many local devices (data-parallel scoring).
     """
     reporter = reporter or Reporter()
-    if strategy is not None and strategy not in querying.STRATEGIES:
-        raise UserError(f"unknown --strategy {strategy!r}: choose one of {', '.join(querying.STRATEGIES)}")
     if fmt not in QUERY_FORMATS:
         raise UserError(f"unknown --format {fmt!r}: choose csv, parquet or jsonl")
-    if k < 1:
-        raise UserError("-k must be at least 1")
-    streaming.check_devices(devices)
-    run = rundir.open_run(name)
-    strategy = strategy or querying.default_strategy(run.task)
-    querying.check_strategy(strategy, run.task)
+    run, strategy = open_for_query(name, k, strategy, devices)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
@@ -440,6 +433,19 @@ def query(
         sel = _select(run, info, k, strategy, seed, batch_rows, reporter, devices)
         record, path = _commit_query(run, info, sel, strategy, fmt, reporter)
     return {**record, "path": str(path), "note": sel.note}
+
+
+def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tuple[rundir.Run, str]:
+    """The run a query will score and its strategy (None: the task's default), after checking the options."""
+    if strategy is not None and strategy not in querying.STRATEGIES:
+        raise UserError(f"unknown --strategy {strategy!r}: choose one of {', '.join(querying.STRATEGIES)}")
+    if k < 1:
+        raise UserError("-k must be at least 1")
+    streaming.check_devices(devices)
+    run = rundir.open_run(name)
+    strategy = strategy or querying.default_strategy(run.task)
+    querying.check_strategy(strategy, run.task)
+    return run, strategy
 
 
 def _commit_query(run, info, sel: querying.Selection, strategy: str, fmt: str, reporter: Reporter, extra: dict | None = None):

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import alloop
-from alloop import app, querying, streaming
+from alloop import app, querying
 from alloop.errors import UserError
 from alloop.io import atomic, pool as poolio, rundir
 from alloop.io.lock import run_lock
@@ -70,12 +70,7 @@ def query_shard(
     """Score slice i of N of the pool and write its candidates for the next round (no commit)."""
     reporter = reporter or Reporter()
     i, n = parse_shard(shard)
-    if k < 1:
-        raise UserError("-k must be at least 1")
-    streaming.check_devices(devices)
-    run = rundir.open_run(name)
-    strategy = strategy or querying.default_strategy(run.task)
-    querying.check_strategy(strategy, run.task)
+    run, strategy = app.open_for_query(name, k, strategy, devices)
     if app.needs_training(run):
         raise UserError(f"the model of run '{run.name}' is older than its labels: run `alloop train {run.name}` once, "
                         "then the shards, so that every shard scores with the same model")

@@ -28,19 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROW_GROUP = 65536
+from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 
-# Peak RSS of this process. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec,
-# so a child would report at least its parent's peak.
-PEAK = r"""
-import resource
-def peak_mb():
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-"""
+ROW_GROUP = 65536
 
 BASELINE = PEAK + r"""
 import sys, time, numpy as np, pyarrow.parquet as pq

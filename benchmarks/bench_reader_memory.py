@@ -27,11 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-READ = r"""
+from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
+
+READ = PEAK + r"""
 import json, sys, time, numpy as np, pyarrow.parquet as pq
-def peak_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
 mode, path, d = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cols = [f"f{j}" for j in range(d)]
 t = time.perf_counter(); n = 0

@@ -37,21 +37,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
+
 D = 64
 WRITE_ROWS = 1 << 20  # rows per write (and per row group: pyarrow's default size)
 MODELS = ("linear", "mlp")  # the MLP is 64 -> 256 -> 256 -> 1, tanh
-
-# Peak RSS of this process. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec,
-# so a child would report at least its parent's peak.
-PEAK = r"""
-import resource
-def peak_mb():
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-"""
 
 READ = PEAK + r"""
 import json, sys, time, numpy as np, pyarrow.parquet as pq
