@@ -141,7 +141,7 @@ def init(
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
     activation: str = typer.Option("tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."),
     curvature: Optional[str] = typer.Option(None, "--curvature", help="Curvature for the tangent: hessian or gauss-newton (default by model)."),
-    s: Optional[str] = typer.Option(None, "--s", help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for regression, 1 for classification."),
+    s: Optional[str] = typer.Option(None, "--s", help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for linear/poly regression, 1 for MLPs and classification."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (default 5; LOOCV at 30 labels or fewer)."),
     tangent: str = typer.Option("sgdf", "--tangent", help="How the tangent is computed: sgdf (during training), cg or exact (after)."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd."),

@@ -7,6 +7,7 @@ and on a generated one (30 features, 5 of them informative, noisy labels: few la
     python benchmarks/bench_choose_s.py                       # every dataset, 3 repetitions
     python benchmarks/bench_choose_s.py --datasets diabetes --reps 2 --rounds 4
     python benchmarks/bench_choose_s.py --strategy random   # same labeled rows in both arms: the fit alone
+    python benchmarks/bench_choose_s.py --model mlp --hidden 32 --datasets concrete,powerplant
 
 Prints one table per dataset (mean test RMSE by round, and the s auto chose) and a summary line;
 ``--json FILE`` keeps every number.
@@ -61,11 +62,12 @@ def datasets_root(tmp: Path, names) -> Path:
     return root
 
 
-def one_run(dataset: str, s, seed: int, rounds: int, k: int, initial: int, strategy: str = "sld") -> dict:
+def one_run(dataset: str, s, seed: int, rounds: int, k: int, initial: int, strategy: str = "sld", model: dict | None = None) -> dict:
     from alloop import demo
 
     t0 = time.perf_counter()
-    res = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, s=s, seed=seed, name=f"{dataset}-{s}-{seed}-{strategy}")
+    res = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, s=s, seed=seed, model=model,
+                        name=f"{dataset}-{s}-{seed}-{strategy}")
     from alloop.io import rundir
 
     history = rundir.read_history(rundir.open_run(res["run"]))
@@ -108,9 +110,13 @@ def main(argv=None) -> None:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--initial", type=int, default=10)
     ap.add_argument("--strategy", default="sld", help="sld, or random: then both arms label the same rows and only the fit differs")
+    ap.add_argument("--model", default=None, help="linear, or mlp (tanh) with --hidden; default: each dataset's demo model")
+    ap.add_argument("--hidden", default="32", help="hidden layer sizes of --model mlp, comma-separated")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    model = None if args.model is None else {"kind": args.model, **({"hidden": [int(h) for h in args.hidden.split(",")], "activation": "tanh"}
+                                                                    if args.model == "mlp" else {})}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -119,7 +125,7 @@ def main(argv=None) -> None:
         for ds in names:
             for seed in range(args.reps):
                 for s in (1.0, "auto"):
-                    row = one_run(ds, s, seed, args.rounds, args.k, args.initial, args.strategy)
+                    row = one_run(ds, s, seed, args.rounds, args.k, args.initial, args.strategy, model)
                     rows.append(row)
                     print(f"{ds} s={s} seed={seed}: rmse {' '.join(f'{v:.4g}' for v in row['rmse'])}  s {' '.join(f'{v:.3g}' for v in row['s_used'])}  ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
                     if args.json:

@@ -173,6 +173,8 @@ def test_auto_is_the_default_for_regression(alloop_data, runs):
     assert json.loads((runs / "d" / "config.json").read_text())["s"] == "auto"
     app.init_run("c", str(alloop_data.pool), features=["x0", "x1", "x2"], task="classification", classes=["a", "b"])
     assert json.loads((runs / "c" / "config.json").read_text())["s"] == 1.0  # not measured on classification: s = 1
+    assert invoke(["init", "m", "--pool", alloop_data.pool, "--model", "mlp", *FAST], runs).code == 0
+    assert json.loads((runs / "m" / "config.json").read_text())["s"] == 1.0  # auto raised the MLPs' test RMSE: s = 1
 
 
 def test_bad_s_values_are_user_errors(alloop_data, runs):
