@@ -12,7 +12,7 @@ over repetitions of the per-repetition ratio with its standard error: below 1 sa
 
 Usage: python benchmarks/bench_classification_al.py [--datasets breast_cancer,wine,digits]
        [--strategies sld,sld-topk,random,entropy,margin] [--reps 6] [--first-rep 0] [--rounds 10] [--k 10]
-       [--jobs 2] [--json FILE]
+       [--s auto|NUMBER] [--jobs 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ STRATEGIES = ("sld", "sld-topk", "random", "entropy", "margin")
 
 def one_curve(job: tuple) -> dict:
     """(dataset, strategy, rep, rounds, k, initial, runs) -> the per-round test accuracy of one loop."""
-    dataset, strategy, rep, rounds, k, initial, runs = job
+    dataset, strategy, rep, rounds, k, initial, runs, s = job
     os.environ["ALLOOP_RUNS"] = runs
     from alloop import demo  # noqa: PLC0415 - after ALLOOP_RUNS is set
 
     t = time.perf_counter()
-    out = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, seed=rep,
+    out = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, seed=rep, s=s,
                         name=f"{dataset}-{strategy}-{rep}")
     acc = [r["test_accuracy"] for r in out["rounds"]]
     return {"dataset": dataset, "strategy": strategy, "rep": rep, "accuracy": acc, "seconds": time.perf_counter() - t}
@@ -87,14 +87,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--initial", type=int, default=10)
+    ap.add_argument("--s", default=None, help="the runs' s: a number or auto (default: the dataset's demo s, 1)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None, help="also write the curves and the summary here")
     args = ap.parse_args()
     datasets, strategies = args.datasets.split(","), args.strategies.split(",")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as runs:
-        jobs = [(d, s, r, args.rounds, args.k, args.initial, runs) for d in datasets for r in range(args.first_rep, args.first_rep + args.reps)
-                for s in strategies]
+        s_arg = None if args.s is None else (args.s if args.s == "auto" else float(args.s))
+        jobs = [(d, s, r, args.rounds, args.k, args.initial, runs, s_arg) for d in datasets
+                for r in range(args.first_rep, args.first_rep + args.reps) for s in strategies]
         ctx = __import__("multiprocessing").get_context("spawn")  # JAX does not survive fork
         with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             curves = []
