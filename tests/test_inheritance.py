@@ -7,6 +7,8 @@ base at s±δ, then the user at s±δ), with float64 L-BFGS retraining that know
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,11 +42,29 @@ def _user_problem(model, stats, theta0, theta0_dot, s0):
     return objective.Problem(model, losses.squared, regularizers.inherited_anchor(theta0, theta0_dot, s0), stats)
 
 
-def test_no_user_labels_inherits_the_base_tangent_exactly():
-    model, p0, stats, base_data, _, base = _setup()
+class Inherited(NamedTuple):
+    model: object
+    p0: object
+    stats: object
+    base_data: objective.Data
+    user_data: objective.Data
+    base: objective.Problem
+    theta0: object  # the base trained at S (float64 L-BFGS)
+    theta0_dot: object  # its exact tangent
+    user: objective.Problem  # the user problem anchored to θ0(s) = θ0 + (s − S) θ̇0
+
+
+@pytest.fixture(scope="module")
+def inherited() -> Inherited:
+    """The base trained once for every test here, and the user problem inheriting from it."""
+    model, p0, stats, base_data, user_data, base = _setup()
     theta0, _ = minimize64(base, base_data, S, p0)
     theta0_dot = tangents.exact(base, theta0, S, base_data).tangent
-    user = _user_problem(model, stats, theta0, theta0_dot, S)
+    return Inherited(model, p0, stats, base_data, user_data, base, theta0, theta0_dot, _user_problem(model, stats, theta0, theta0_dot, S))
+
+
+def test_no_user_labels_inherits_the_base_tangent_exactly(inherited):
+    user, theta0, theta0_dot = inherited.user, inherited.theta0, inherited.theta0_dot
     empty = objective.Data(jnp.zeros((0, 2)), jnp.zeros((0, 1)), jnp.zeros((0,)))
     # f = s||θ − θ0(s)||²: θ* = θ0, and its tangent is θ̇0 exactly
     one = objective.make_data(np.zeros((1, 2)), np.zeros((1, 1)), w=np.zeros(1))
@@ -53,11 +73,8 @@ def test_no_user_labels_inherits_the_base_tangent_exactly():
     assert empty.x.shape[0] == 0
 
 
-def test_inherited_tangent_matches_finite_differences_of_the_pipeline():
-    model, p0, stats, base_data, user_data, base = _setup()
-    theta0, _ = minimize64(base, base_data, S, p0)
-    theta0_dot = tangents.exact(base, theta0, S, base_data).tangent
-    user = _user_problem(model, stats, theta0, theta0_dot, S)
+def test_inherited_tangent_matches_finite_differences_of_the_pipeline(inherited):
+    model, p0, stats, base_data, user_data, base, theta0, _, user = inherited
     res = second_order.fit(user, user_data, S, theta0, method="newton")
     assert res.grad_norm < 1e-8
 
@@ -77,11 +94,8 @@ def test_inherited_tangent_matches_finite_differences_of_the_pipeline():
     assert rel_err(_flat(wrong), fd) > 0.1
 
 
-def test_sgdf_carries_the_inherited_tangent():
-    model, p0, stats, base_data, user_data, base = _setup()
-    theta0, _ = minimize64(base, base_data, S, p0)
-    theta0_dot = tangents.exact(base, theta0, S, base_data).tangent
-    user = _user_problem(model, stats, theta0, theta0_dot, S)
+def test_sgdf_carries_the_inherited_tangent(inherited):
+    user, user_data, theta0, theta0_dot = inherited.user, inherited.user_data, inherited.theta0, inherited.theta0_dot
     ref = second_order.fit(user, user_data, S, theta0, method="newton")
     cfg = sgdf.TrainConfig(optimizer="adam", lr=0.02, epochs=2000, batch_size=6)
     state, _ = sgdf.fit(user, user_data, S, cfg, params=theta0, tangent=theta0_dot)
