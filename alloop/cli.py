@@ -23,6 +23,7 @@ try:  # recent typer vendors click; older ones use click itself
 except ImportError:  # pragma: no cover
     from click.exceptions import UsageError
 
+from alloop.config import parse_s
 from alloop.errors import UserError
 from alloop.io.atomic import to_json_value
 from alloop.reporting import Reporter
@@ -126,22 +127,41 @@ def _fmt(v) -> str:
 @app.command()
 def init(
     name: str = typer.Argument(..., help="Name of the new run (created under runs/) or a directory path."),
-    pool: Optional[str] = typer.Option(None, "--pool", help="Unlabeled pool: a Parquet file or a directory of Parquet files (default with --base: the base's)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Inherit this trained run's model, features and parameters θ0, regularized towards θ0 (a user run)."),
-    trainer: Optional[str] = typer.Option(None, "--trainer", help="sgdf, or full-batch newton, lbfgs or cg (Newton-CG) for small labeled sets (default: sgdf; newton with --base)."),
+    pool: Optional[str] = typer.Option(
+        None, "--pool",
+        help="Unlabeled pool: a Parquet file or a directory of Parquet files (default with --base: the base's).",
+    ),
+    base: Optional[str] = typer.Option(
+        None, "--base",
+        help="Inherit this trained run's model, features and parameters θ0, regularized towards θ0 (a user run).",
+    ),
+    trainer: Optional[str] = typer.Option(
+        None, "--trainer",
+        help="sgdf, or full-batch newton, lbfgs or cg (Newton-CG) for small labeled sets (default: sgdf; newton with "
+        "--base).",
+    ),
     id_col: str = typer.Option("id", "--id-col", help="Column holding each row's unique id."),
     features: Optional[str] = typer.Option(None, "--features", help="Comma-separated feature columns (default: every numeric column but id and target)."),
     target: str = typer.Option("target", "--target", help="Target column name(s), comma-separated for several outputs."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Seed labels: CSV/Parquet/JSONL with the id and target columns."),
     test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set (features + target) used for metrics only."),
     task: str = typer.Option("regression", "--task", help="regression or classification."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Classification: the class labels, comma-separated, in output order (default: those of the seed labels and test set)."),
+    classes: Optional[str] = typer.Option(
+        None, "--classes",
+        help="Classification: the class labels, comma-separated, in output order (default: those of the seed labels and test"
+        " set).",
+    ),
     model: str = typer.Option("linear", "--model", help="linear, poly or mlp."),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
     activation: str = typer.Option("tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."),
     curvature: Optional[str] = typer.Option(None, "--curvature", help="Curvature for the tangent: hessian or gauss-newton (default by model)."),
-    s: Optional[str] = typer.Option(None, "--s", help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for linear/poly regression, 1 for MLPs and classification."),
+    s: Optional[str] = typer.Option(
+        None, "--s",
+        help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV "
+        "and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for linear/poly "
+        "regression, 1 for MLPs and classification.",
+    ),
     folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (default 5; LOOCV at 30 labels or fewer)."),
     tangent: str = typer.Option("sgdf", "--tangent", help="How the tangent is computed: sgdf (during training), cg or exact (after)."),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd."),
@@ -157,30 +177,22 @@ def init(
 
     Example: alloop init houses --pool data/pool.parquet --target price --test data/test.parquet
     """
-    from alloop import app as use
+    from alloop.commands import inherit
+    from alloop.commands import init as init_cmd
 
     if base:
-        from alloop import inherit
-
         res = inherit.init_user_run(name, base, pool=pool, labels=labels, test=test, trainer=trainer or "newton", reporter=RichReporter())
         _emit(res, as_json, f"created {res['run']} inheriting {res['base']}: {res['labels']} labels\nnext: alloop query {name}")
         return
     if pool is None:
         raise UserError("alloop init needs --pool PATH (or --base RUN to inherit a trained run)")
-    model_spec: dict = {"kind": model}
-    if model == "poly":
-        model_spec["degree"] = degree
-    if model == "mlp":
-        model_spec.update(hidden=_sizes(hidden, "--hidden"), activation=activation)
-    if curvature:
-        model_spec["curvature"] = curvature
-    train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed}
-    if min_steps is not None:
-        train["min_steps"] = min_steps
-    res = use.init_run(
+    spec = init_cmd.model_spec(model, degree=degree, hidden=_sizes(hidden, "--hidden"), activation=activation, curvature=curvature)
+    train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+             **({} if min_steps is None else {"min_steps": min_steps})}
+    res = init_cmd.init_run(
         name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
-        model=model_spec, s=None if s is None else _parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent, task=task, classes=_split(classes),
-        trainer=trainer or "sgdf", reporter=RichReporter(),
+        model=spec, s=None if s is None else parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent,
+        task=task, classes=_split(classes), trainer=trainer or "sgdf", reporter=RichReporter(),
     )
     text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"
     _emit(res, as_json, text)
@@ -201,16 +213,10 @@ def train(
 
     Example: alloop train houses --s auto --folds 5
     """
-    from alloop import app as use
+    from alloop.commands.train import train as train_run
 
-    rec = use.train(name, fresh=fresh, epochs=epochs, s=None if s is None else _parse_s(s), folds=folds, devices=devices, wait=wait, reporter=RichReporter())
+    rec = train_run(name, fresh=fresh, epochs=epochs, s=None if s is None else parse_s(s), folds=folds, devices=devices, wait=wait, reporter=RichReporter())
     _emit(rec, as_json, _figures_line(rec))
-
-
-def _parse_s(value: str):
-    from alloop.tuning import parse_s
-
-    return parse_s(value)
 
 
 def _figures_line(rec: dict) -> str:
@@ -225,8 +231,16 @@ def query(
     strategy: Optional[str] = STRATEGY_OPT,
     fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/N: score only slice i (0..N-1) of the pool and write its candidates under runs/NAME/shards/ without committing; then `alloop merge-queries NAME`."),
-    devices: int = typer.Option(1, "--devices", help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be retrained first)."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard",
+        help="i/N: score only slice i (0..N-1) of the pool and write its candidates under runs/NAME/shards/ without "
+        "committing; then `alloop merge-queries NAME`.",
+    ),
+    devices: int = typer.Option(
+        1, "--devices",
+        help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be "
+        "retrained first).",
+    ),
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -235,20 +249,20 @@ def query(
     Fill in the target column of that file, then `alloop ingest NAME FILE`.
     Example: alloop query houses -k 20   (on 4 machines: alloop query houses --shard 0/4 ... 3/4, then alloop merge-queries houses)
     """
-    from alloop import app as use
+    from alloop.commands import shards
+    from alloop.commands.query import query as query_run
 
     if shard is not None:
-        from alloop import shards
-
         rec = shards.query_shard(name, shard, k=k, strategy=strategy, seed=seed, devices=devices, reporter=RichReporter())
         if not as_json:
             err.print(f"shard {rec['shard']} of round {rec['round']}: kept {rec['rows']} of {rec['rows_scored']} rows; "
                       f"once every shard is written: alloop merge-queries {name}", highlight=False)
         _emit(rec, as_json, rec["path"])
         return
-    rec = use.query(name, k=k, strategy=strategy, fmt=fmt, seed=seed, devices=devices, wait=wait, reporter=RichReporter())
+    rec = query_run(name, k=k, strategy=strategy, fmt=fmt, seed=seed, devices=devices, wait=wait, reporter=RichReporter())
     if not as_json:
-        err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, then `alloop ingest {name} FILE`", highlight=False)
+        err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, "
+                  f"then `alloop ingest {name} FILE`", highlight=False)
     _emit(rec, as_json, rec["path"])
 
 
@@ -263,7 +277,7 @@ def merge_queries(
 
     Refuses missing, duplicated or stale shards. Example: alloop merge-queries houses
     """
-    from alloop import shards
+    from alloop.commands import shards
 
     rec = shards.merge_queries(name, fmt=fmt, wait=wait, reporter=RichReporter())
     if not as_json:
@@ -289,9 +303,10 @@ def ingest(
     Rows whose target is left blank stay outstanding.
     Example: alloop ingest houses runs/houses/queries/round-0001.csv
     """
-    from alloop import app as use
+    from alloop.commands.ingest import ingest as ingest_run
 
-    rec = use.ingest(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class, devices=devices, wait=wait, reporter=RichReporter())
+    rec = ingest_run(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class,
+                     devices=devices, wait=wait, reporter=RichReporter())
     text = f"added {rec['added']} labels ({rec['labels']} in all, {rec['outstanding']} outstanding)"
     if "trained" in rec:
         text += "\n" + _figures_line(rec["trained"])
@@ -304,7 +319,7 @@ def status(name: str = RUN_ARG, as_json: bool = JSON_OPT) -> None:
 
     Example: alloop status houses --json
     """
-    from alloop.runstatus import status as run_status
+    from alloop.commands.status import status as run_status
 
     st = run_status(name)
     if as_json:
@@ -341,9 +356,9 @@ def tune_s(
 
     Trains fold models only (the run's model is not changed). Example: alloop tune-s houses --plot
     """
-    from alloop import app as use
+    from alloop.commands.tune import tune_s as tune_run
 
-    rec = use.tune_s(name, plot=plot, out=out_png, s_min=s_min, s_max=s_max, per_decade=per_decade, folds=folds, wait=wait, reporter=RichReporter())
+    rec = tune_run(name, plot=plot, out=out_png, s_min=s_min, s_max=s_max, per_decade=per_decade, folds=folds, wait=wait, reporter=RichReporter())
     curve = rec["curve"]
     lines = [f"{'s':>10}  {curve['cv_label']}"] + [f"{s:>10.4g}  {v:.5g}" for s, v in zip(curve["s"], curve["cv"])]
     lines.append(f"chosen s = {rec['s']:.4g} ({rec['mode']}, CV loss {rec['cv_loss']:.5g}); grid best s = {rec['grid_best_s']:.4g}; "
@@ -365,7 +380,7 @@ def base_update(
     User runs keep the θ0 they were made with; `alloop status USER` says when the base changed.
     Example: alloop base-update shared --from alice --from bob
     """
-    from alloop import inherit
+    from alloop.commands import inherit
 
     rec = inherit.base_update(base, users, wait=wait, reporter=RichReporter())
     text = f"added {rec['added']} labels to {base} ({rec['labels']} in all)"
@@ -392,33 +407,24 @@ def simulate_users(
 
     Example: alloop simulate-users --dataset powerplant --rounds 4 -k 5
     """
-    from alloop import demo as demo_mod, sim_users
-    from alloop.io import tables
+    from alloop.sim import users as sim_users
 
-    meta = demo_mod.dataset_meta(dataset)
-    if meta.get("task", "regression") != "regression":
-        raise UserError(f"simulate-users takes a regression dataset; '{dataset}' is {meta['task']}")
-    folder = demo_mod.datasets_dir() / dataset
-    if min(groups, rounds, k, reps, base_labels) < 1:
-        raise UserError("--groups, --rounds, -k, --reps and --base-labels must be at least 1")
-    if by is not None and by not in meta["features"]:
-        raise UserError(f"--by {by!r} is not a feature of {dataset} ({', '.join(meta['features'])})")
     cfg = sim_users.UsersConfig(groups=groups, by=by, base_labels=base_labels, rounds=rounds, k=k, s=s, reps=reps, seed=seed)
-    curves = sim_users.run_users(tables.read_table(folder / "pool.parquet"), tables.read_table(folder / "test.parquet"), meta["features"], meta["target"], cfg)
-    if out:
-        curves.to_csv(out, index=False)
-    table = sim_users.summarize(curves)
-    res = {"dataset": dataset, "mean_test_rmse": {v: {int(n): float(e) for n, e in row.items()} for v, row in table.iterrows()}}
-    _emit(res, as_json, f"mean test RMSE of the users' models by labels per user ({dataset}, {reps} reps):\n{table.round(4).to_string()}")
+    res, table = sim_users.on_dataset(dataset, cfg, out)
+    _emit(res, as_json, f"mean test RMSE of the users' models by labels per user ({dataset}, {reps} reps):\n{table}")
 
 
 @app.command()
-def verify(name: str = RUN_ARG, repair: bool = typer.Option(False, "--repair", help="Remove leftovers of interrupted commands."), as_json: bool = JSON_OPT) -> None:
+def verify(
+    name: str = RUN_ARG,
+    repair: bool = typer.Option(False, "--repair", help="Remove leftovers of interrupted commands."),
+    as_json: bool = JSON_OPT,
+) -> None:
     """Check that the run's files agree with its last commit (hashes, counts, checkpoint shape).
 
     Exits 1 when something is wrong. Example: alloop verify houses
     """
-    from alloop.verify import verify_run
+    from alloop.commands.verify import verify_run
 
     res = verify_run(name, repair=repair)
     for n in res["notes"]:
@@ -444,7 +450,7 @@ def demo(
 
     Example: alloop demo --dataset diabetes --rounds 5
     """
-    from alloop import demo as demo_mod
+    from alloop.commands import demo as demo_mod
 
     def show(row: dict) -> None:
         if not as_json:
@@ -462,7 +468,12 @@ def simulate(
     test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set for the test RMSE."),
     target: str = typer.Option("target", "--target", help="Target column."),
     id_col: str = typer.Option("id", "--id-col", help="Id column."),
-    strategies: str = typer.Option("sld,sld-topk,random,greedy,igs,committee,emcm", "--strategies", help="Comma-separated strategies; sld is sld-kpp-clip. Also sld-topk, sld-seq, sld-lookahead, sld-power, sld-power-iw, sld-density, sld-kpp, kpp."),
+    strategies: str = typer.Option(
+        "sld,sld-topk,random,greedy,igs,committee,emcm", "--strategies",
+        help="Comma-separated strategies, the same that `alloop query --strategy` runs: sld, sld-topk, random, greedy, "
+        "committee, igs, emcm, sld-seq, sld-lookahead, sld-power, sld-power-iw (simulation only), sld-density, sld-kpp,"
+        " kpp.",
+    ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),
     initial: int = typer.Option(10, "--initial", help="Random initial labels (the same for every strategy within a repetition)."),
@@ -481,22 +492,19 @@ def simulate(
     Writes curves.csv, summary.md, summary.json and curves.png to --out.
     Example: alloop simulate --dataset diabetes --strategies sld,sld-topk,random --reps 5
     """
-    from alloop import simulate as sim
+    from alloop.sim import simulate as sim
 
-    spec = None if model is None else {"kind": model, **({"degree": degree} if model == "poly" else {}), **({"hidden": _sizes(hidden, "--hidden")} if model == "mlp" else {})}
-    try:
-        reg = None if s is None else (s if s == "loocv" else float(s))
-    except ValueError:
-        raise UserError(f"--s must be a number or 'loocv', got {s!r}") from None
+    spec = None if model is None else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
     try:
         res = sim.run_simulation(
             dataset=dataset, pool=pool, test=test, target=target, id_col=id_col, strategy_list=_split(strategies), reps=reps, out=out,
-            jobs=jobs, model=spec, s=reg, reporter=RichReporter(), budget=budget, batch=batch, initial=initial, seed=seed,
+            jobs=jobs, model=spec, s=s, reporter=RichReporter(), budget=budget, batch=batch, initial=initial, seed=seed,
         )
     except KeyboardInterrupt:
         err.print("interrupted: finished curves are kept in curves.csv; run the same command again to resume", highlight=False)
-        raise typer.Exit(130)
-    _emit({k: v for k, v in res.items() if k != "markdown"}, as_json, res["markdown"] + f"\nfiles: {res['out']}/{{curves.csv,summary.md,summary.json,curves.png}}")
+        raise typer.Exit(130) from None
+    files = f"\nfiles: {res['out']}/{{curves.csv,summary.md,summary.json,curves.png}}"
+    _emit({k: v for k, v in res.items() if k != "markdown"}, as_json, res["markdown"] + files)
 
 
 @app.command()
@@ -512,12 +520,11 @@ def figure(
     """
     from pathlib import Path
 
-    from alloop import demo as demo_mod, sim_figure
+    from alloop.sim import figure as sim_figure
 
-    if name != "paper-1d":
-        raise UserError(f"unknown figure {name!r}: choose paper-1d")
-    res = sim_figure.paper_1d(demo_mod.datasets_dir() / "paper1d", Path(out), delta)
-    _emit(res, as_json, f"s = {res['s']:.4g} (LOOCV), SLD largest at x = {res['sld_argmax_x']:.3f}, finite difference within {res['fd_rel_error']:.1%}\n{res['png']}")
+    res = sim_figure.draw_named(name, Path(out), delta)
+    _emit(res, as_json, f"s = {res['s']:.4g} (LOOCV), SLD largest at x = {res['sld_argmax_x']:.3f}, "
+                        f"finite difference within {res['fd_rel_error']:.1%}\n{res['png']}")
 
 
 def main() -> None:

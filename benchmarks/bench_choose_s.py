@@ -1,6 +1,6 @@
 """Does ``--s auto`` help? Test RMSE after a few active-learning rounds, fixed s = 1 against s chosen per round.
 
-Each run is the real cycle through ``alloop.app`` (``demo.run_demo``: init → train → (query → simulated
+Each run is the real cycle through ``alloop.commands`` (``demo.run_demo``: init → train → (query → simulated
 labeler → ingest → retrain) × rounds, SLD queries, SGDF training), on the bundled regression datasets
 and on a generated one (30 features, 5 of them informative, noisy labels: few labels, many weights).
 
@@ -49,11 +49,11 @@ def make_generated(folder: Path, seed: int = 7, n_pool: int = 600, n_test: int =
 
 def datasets_root(tmp: Path, names) -> Path:
     """A datasets folder for ALLOOP_DATASETS: the bundled ones linked, the generated one built."""
-    from alloop import demo
+    from alloop.io import datasets
 
     root = tmp / "datasets"
     root.mkdir()
-    bundled = demo.datasets_dir()
+    bundled = datasets.datasets_dir()
     for name in names:
         if name == GENERATED:
             make_generated(root / name)
@@ -63,7 +63,7 @@ def datasets_root(tmp: Path, names) -> Path:
 
 
 def one_run(dataset: str, s, seed: int, rounds: int, k: int, initial: int, strategy: str = "sld", model: dict | None = None) -> dict:
-    from alloop import demo
+    from alloop.commands import demo
 
     t0 = time.perf_counter()
     res = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, s=s, seed=seed, model=model,
@@ -127,7 +127,8 @@ def main(argv=None) -> None:
                 for s in (1.0, "auto"):
                     row = one_run(ds, s, seed, args.rounds, args.k, args.initial, args.strategy, model)
                     rows.append(row)
-                    print(f"{ds} s={s} seed={seed}: rmse {' '.join(f'{v:.4g}' for v in row['rmse'])}  s {' '.join(f'{v:.3g}' for v in row['s_used'])}  ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+                    rmse, used = " ".join(f"{v:.4g}" for v in row["rmse"]), " ".join(f"{v:.3g}" for v in row["s_used"])
+                    print(f"{ds} s={s} seed={seed}: rmse {rmse}  s {used}  ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
                     if args.json:
                         Path(args.json).write_text(json.dumps(rows, indent=1))
         shutil.rmtree(tmp / "runs", ignore_errors=True)

@@ -35,7 +35,7 @@ def one_curve(job: tuple) -> dict:
     """(dataset, strategy, rep, rounds, k, initial, runs) -> the per-round test accuracy of one loop."""
     dataset, strategy, rep, rounds, k, initial, runs, s = job
     os.environ["ALLOOP_RUNS"] = runs
-    from alloop import demo  # noqa: PLC0415 - after ALLOOP_RUNS is set
+    from alloop.commands import demo  # noqa: PLC0415 - after ALLOOP_RUNS is set
 
     t = time.perf_counter()
     out = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, seed=rep, s=s,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -301,9 +302,10 @@ def main(argv=None) -> None:
     print("\nTargets (Adam; time target met in wall-clock and CPU time, and cosine ≥ 0.999 at the end):\n")
     for kind, name in (("linear", cases["linear"].name), ("mlp", cases["mlp"].name)):
         target = TARGETS[f"sgdf_{kind}"]
-        for _, opt, _, k, _, rw, rc, acc, _ in (r for r in rows if r[0] == name and r[1] == "adam"):
+        for _, opt, _, k, _, rw, rc, acc, _ in (r for r in rows if r[0] == name and r[1] == "adam"):  # noqa: B007
             both = max(rw, rc) <= target and acc is not None and acc >= TARGETS["cosine"]
-            print(f"- {name}, tangent_every={k.rstrip('s')}{' scaled' if k.endswith('s') else ''}: SGDF/plain {rw:.2f} / {rc:.2f} (≤ {target}), cosine {acc:.5f}: {'met' if both else 'not met'}")
+            every = f"{k.rstrip('s')}{' scaled' if k.endswith('s') else ''}"
+            print(f"- {name}, tangent_every={every}: SGDF/plain {rw:.2f} / {rc:.2f} (≤ {target}), cosine {acc:.5f}: {'met' if both else 'not met'}")
     if args.quick:
         print("\n(--quick: sizes and epochs too small for the targets to mean anything; a smoke run)")
     print(f"\nSLD scoring time / prediction time ({sz.pool} rows in batches of {sz.pool_batch}, both jitted):\n")
@@ -311,7 +313,8 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|")
     for kind, sc in scoring.items():
         target = TARGETS[f"sld_{kind}"]
-        print(f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sc['sld'][0]:.2f} | {sc['sld'][1]:.2f} | {sc['sld'][2]:.2f} | ≤ {target} | {_ok(sc['sld'][1], target)} |")
+        sld = sc["sld"]
+        print(f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sld[0]:.2f} | {sld[1]:.2f} | {sld[2]:.2f} | ≤ {target} | {_ok(sld[1], target)} |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 
 ROW_GROUP = 65536
@@ -45,15 +44,15 @@ print(n / dt, peak_mb())
 
 QUERY = PEAK + r"""
 import sys, time
-from alloop import app
+from alloop.commands.query import query as query_cmd
 t = time.perf_counter()
-app.query(sys.argv[1], k=20, strategy=sys.argv[2])
+query_cmd(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
 print(dt, peak_mb())
 """
 
 IDLE = PEAK + r"""
-from alloop import app
+import alloop.commands.query  # everything a query loads (JAX, pyarrow), nothing run
 print(0, peak_mb())
 """
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 
 READ = PEAK + r"""

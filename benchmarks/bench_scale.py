@@ -8,7 +8,7 @@ measurement runs in a fresh process (peak RSS: VmHWM, see PEAK):
   (m, d) matrix: what any streaming scorer pays, with the reader settings alloop uses;
 - score: the run's own SLD scorer on rows already in memory (a 256k-row buffer, cycled), in alloop's
   chunk size, after compilation, as many rows as the pool (at most --score-rows);
-- query: ``alloop query NAME -k 20 --strategy S`` end to end (``app.query`` timed after imports, on a
+- query: ``alloop query NAME -k 20 --strategy S`` end to end (``commands.query`` timed after imports, on a
   fresh copy of the trained run): reading, scoring, merging, fixed costs (opening, checkpoint,
   compilation, commit). S is the strategy that scores every pool row with the model (``sld-topk``
   where it exists), and the default ``sld`` (which streams a hash and scores only its candidates).
@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 
 D = 64
@@ -60,11 +59,13 @@ print(json.dumps({"rows": n, "seconds": dt, "cpu": time.process_time() - c0, "rs
 
 SCORE = PEAK + r"""
 import json, sys, time, numpy as np
-from alloop import app, fitting, streaming
+from alloop.commands import common
+from alloop.strategies import stream as streaming
+from alloop.training import fit as fitting
 from alloop.core import scorers
 from alloop.io import rundir
 run = rundir.open_run(sys.argv[1]); n = int(sys.argv[2])
-tree, meta = app._checkpoint(run)
+tree, meta = common.load_checkpoint(run)
 fn = scorers.sld(fitting.build_problem(run.config, tree["params"]), tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
 chunk = streaming.SCORE_ROWS
 n = max(chunk, n // chunk * chunk)
@@ -81,9 +82,9 @@ print(json.dumps({"rows": n, "seconds": dt, "cpu": time.process_time() - c0, "rs
 
 QUERY = PEAK + r"""
 import json, sys, time
-from alloop import app
+from alloop.commands.query import query as query_cmd
 t, c0 = time.perf_counter(), time.process_time()
-rec = app.query(sys.argv[1], k=20, strategy=sys.argv[2])
+rec = query_cmd(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb(), "strategy": rec["strategy"]}))
 """
@@ -97,26 +98,28 @@ make_pool(sys.argv[1], int(sys.argv[2]))
 
 PREPARE = r"""
 import sys
-from alloop import app
+from alloop.commands.init import init_run
+from alloop.commands.train import train as train_cmd
 name, pool, seed_csv, kind = sys.argv[1:5]
 model = {"kind": kind, **({"hidden": [256, 256], "activation": "tanh"} if kind == "mlp" else {})}
-app.init_run(name, pool, labels=seed_csv, model=model, train={"epochs": 1, "min_steps": 200})
-app.train(name)
+init_run(name, pool, labels=seed_csv, model=model, train={"epochs": 1, "min_steps": 200})
+train_cmd(name)
 """
 
 INFLUENCE = r"""
 import json, sys, time, numpy as np, jax, jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from alloop import app, fitting, tuning
+from alloop.commands import common
+from alloop.training import choose_s as tuning, fit as fitting
 from alloop.core import objective, scorers, tangents
 from alloop.io import pool as poolio, rundir
 run = rundir.open_run(sys.argv[1]); n_points = int(sys.argv[2])
-info = app.open_pool_of(run)
-tree, meta = app._checkpoint(run)
+info = common.open_pool_of(run)
+tree, meta = common.load_checkpoint(run)
 params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
 problem = fitting.build_problem(run.config, tree["params"])
 s = tuning.trained_s(run.config, meta)
-_, lx, ly = app.labeled_arrays(run, info)
+_, lx, ly = common.labeled_arrays(run, info)
 data = objective.make_data(lx, fitting.make_targets(run.config, ly, meta.get("target")))
 batch = next(poolio.iter_batches(info, batch_rows=1000, with_targets=True))
 x, y = batch.X[:1000], fitting.make_targets(run.config, batch.Y[:1000, :1], meta.get("target"))
@@ -187,9 +190,9 @@ def prepare_run(name: str, pool: Path, model: str, seed_csv: Path, env) -> None:
 
 def whole_pool_strategy() -> str:
     """The strategy that scores every pool row with the model (SLD top-k): the path the throughput target is about."""
-    from alloop import querying
+    from alloop import strategies
 
-    return "sld-topk" if "sld-topk" in querying.STRATEGIES else "sld"
+    return "sld-topk" if "sld-topk" in strategies.REGISTRY else "sld"
 
 
 def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows: int, env) -> list[dict]:

@@ -98,7 +98,7 @@ def block(act: str, reg: str, n: int, s: float, cfg: sgdf.TrainConfig, extra_epo
                                        "epochs": cfg.epochs + extra_epochs})
         st2, reps2 = sgdf.fit(pr, data, s, cont_cfg, state=st, start_epoch=cfg.epochs)
         _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), st.params))
-        sld = lambda t: np.asarray(scorers.sld(prob, st.params, t, [1.0])(jnp.asarray(pool)))  # noqa: E731
+        sld = lambda t: np.asarray(scorers.sld(prob, st.params, t, [1.0])(jnp.asarray(pool)))  # noqa: E731, B023
         rows.append(dict(
             act=act, reg=reg, curvature=curv, damping=damp,
             eig_h_min=eig_h[0], eig_h_max=eig_h[-1], n_neg=int((eig_h < 0).sum()),
@@ -128,7 +128,8 @@ def cg_text(r) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| model, L2 on | curvature | λ | min eig H (max) | min eig C | CG converges | SGDF residual: end / max during / after drift check (norm ×) | cos(SGDF, exact) | Spearman SLD: SGDF vs exact | vs undamped GN (exact / SGDF) |")
+    print("| model, L2 on | curvature | λ | min eig H (max) | min eig C | CG converges | SGDF residual: end / max during / after drift check (norm ×) "
+          "| cos(SGDF, exact) | Spearman SLD: SGDF vs exact | vs undamped GN (exact / SGDF) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         undamped_ok = r["reg"] == "all"
@@ -153,7 +154,8 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         rows += block(act, reg, args.n, args.s, cfg, extra_epochs=args.extra)
         print(f"# {act}/{reg}: {time.perf_counter() - t0:.0f}s", flush=True)
-    print(f"\nn={args.n}, s={args.s}, Adam lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size}, cosine schedule; drift check {args.extra} full-batch steps\n")
+    print(f"\nn={args.n}, s={args.s}, Adam lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size}, cosine schedule; "
+          f"drift check {args.extra} full-batch steps\n")
     print_table(rows)
     for r in rows:
         if r["warnings"]:

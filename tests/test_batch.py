@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alloop.core.batch import kpp_clip
+from alloop.core.diversity import kpp_clip
 
 
 def test_batches_are_distinct_and_reproducible():

@@ -13,12 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_helpers import cosine, rel_err
 from jax.flatten_util import ravel_pytree
 
-from alloop import classes, fitting, querying
+from alloop import strategies
 from alloop.core import losses, models, objective, regularizers, scorers, sgdf, tangents
 from alloop.errors import UserError
-from core_helpers import cosine, rel_err
+from alloop.training import classmap as classes
+from alloop.training import fit as fitting
 
 S = 2.0
 
@@ -253,17 +255,20 @@ def test_committee_scores_by_hand():
 
 def test_strategies_refuse_the_other_task(monkeypatch):
     for s in ("entropy", "margin", "least-confident"):
-        querying.check_strategy(s, "classification")
+        strategies.for_query(s, "classification")
         with pytest.raises(UserError, match=f"--strategy {s} is for classification runs"):
-            querying.check_strategy(s, "regression")
+            strategies.for_query(s, "regression")
     for s in ("sld", "random", "committee", "greedy"):
-        querying.check_strategy(s, "classification")
-        querying.check_strategy(s, "regression")
-    # a strategy added for regression only is refused on a classification run without further code
-    monkeypatch.setattr(querying, "STRATEGIES", (*querying.STRATEGIES, "emcm"))
-    querying.check_strategy("emcm", "regression")
-    with pytest.raises(UserError, match="is for regression runs"):
-        querying.check_strategy("emcm", "classification")
+        strategies.for_query(s, "classification")
+        strategies.for_query(s, "regression")
+    # a strategy declared for regression only is refused on a classification run without further code
+    for s in ("emcm", "sld-seq"):
+        strategies.for_query(s, "regression")
+        with pytest.raises(UserError, match="is for regression runs"):
+            strategies.for_query(s, "classification")
+    monkeypatch.setitem(strategies.REGISTRY, "new", strategies.Strategy("new", "a test", keep=lambda r, k: (None, k), tasks=("regression",)))
+    with pytest.raises(UserError, match="--strategy new is for regression runs"):
+        strategies.for_query("new", "classification")
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from alloop import app, fitting
-from alloop.io import rundir
 from cli_helpers import FAST, assert_user_error, copy_run, digest, invoke
+
+from alloop import strategies
+from alloop.io import rundir
+from alloop.training import fit as fitting
 
 WINE = Path(__file__).resolve().parents[1] / "datasets" / "wine"
 WINE_CLASSES = ["class_0", "class_1", "class_2"]
@@ -99,7 +100,7 @@ def test_committee_of_a_classifier_scores_disagreement(wine_run, runs, monkeypat
 @pytest.mark.parametrize("strategy", ["sld", "sld-topk", "entropy", "margin", "least-confident", "committee", "random", "greedy"])
 def test_classification_strategies_pick_new_rows(wine_run, runs, strategy, monkeypatch):
     run = copy_run(wine_run[0], runs, "w")
-    monkeypatch.setattr(app, "COMMITTEE_SIZE", 2)  # two bootstrap models are a committee too, and train in half the time
+    monkeypatch.setattr(strategies.builtin, "COMMITTEE_SIZE", 2)  # two bootstrap models are a committee too, and train in half the time
     rec = ok(invoke(["query", "w", "-k", "4", "--strategy", strategy, "--json"], runs)).json()
     assert (rec["strategy"], rec["rows"]) == (strategy, 4)
     picked = pd.read_csv(rec["path"])
@@ -116,7 +117,8 @@ def test_strategies_of_the_other_task_are_refused(runs, alloop_data):
     ok(invoke(["init", "r", "--pool", alloop_data.pool, "--labels", alloop_data.seed, *FAST], runs))
     run = runs / "r"
     before = digest(run)
-    assert_user_error(invoke(["query", "r", "--strategy", "entropy"], runs), "--strategy entropy is for classification runs", "choose one of sld", "committee, greedy")
+    assert_user_error(invoke(["query", "r", "--strategy", "entropy"], runs), "--strategy entropy is for classification runs",
+                      "choose one of sld", "committee, greedy")
     assert digest(run) == before
     assert_user_error(invoke(["query", "r", "--strategy", "nope"], runs), "unknown --strategy 'nope'")
 

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import FAST, FEATURES, assert_user_error, digest, fill, invoke, read_any, run_alloop
 
 from alloop.cli import app
-from cli_helpers import FAST, FEATURES, assert_user_error, digest, fill, invoke, read_any, run_alloop
 
 STATUS_FIELDS = {"run", "task", "model", "pool", "pool_rows", "features", "labels", "outstanding", "round", "s",
                  "trained_on", "stale", "residual", "figures", "warnings", "queries"}

@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from cli_helpers import FAST, assert_user_error, digest, invoke, run_alloop
 
 
@@ -327,12 +326,12 @@ def test_lost_checkpoint_is_recovered_by_fresh_training(run, runs):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(run, runs, monkeypatch):
-    from alloop import app as use
+    from alloop.commands import query as query_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(use, "query", interrupted)
+    monkeypatch.setattr(query_module, "query", interrupted)
     before = digest(run)
     res = invoke(["query", "r"], runs)
     assert res.code == 130 and res.stderr.strip() == "interrupted: the run is at its last committed state"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
+from cli_helpers import FAST, assert_user_error, digest, fill, invoke, read_any
 
-from alloop import app, fitting
+from alloop.commands import common
 from alloop.core import scorers
 from alloop.io import rundir
-from cli_helpers import FAST, assert_user_error, digest, fill, invoke, read_any
+from alloop.training import fit as fitting
 
 
 def _query(runs, name, k=6):
@@ -29,8 +28,8 @@ def test_base_users_and_fold_back(alloop_data, runs):
         assert res.code == 0, res.stderr
     # before any user label, θ = θ0 and θ̇ = θ̇0: the first query ranks by the base's SLD
     base = rundir.open_run(str(runs / "base"))
-    tree, meta = app._checkpoint(base)
-    info = app.open_pool_of(base)
+    tree, meta = common.load_checkpoint(base)
+    info = common.open_pool_of(base)
     pool = pd.read_parquet(d.pool)
     labeled = set(rundir.read_labels(base)["id"]) | set(int(i) for i in base.outstanding)
     cand = pool[~pool["id"].isin(labeled)]

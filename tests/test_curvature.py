@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_helpers import rel_err, ridge_problem
 from jax.flatten_util import ravel_pytree
 
 from alloop.core import losses, models, objective, regularizers, sgdf, tangents
-from core_helpers import rel_err, ridge_problem
 
 S = 0.1
 

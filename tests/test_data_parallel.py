@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import copy_run, run_alloop
 
-from cli_helpers import FAST, copy_run, run_alloop
 from alloop.io import rundir
 
 TESTS = Path(__file__).parent
@@ -28,7 +28,7 @@ CORE = textwrap.dedent("""
     import sys
     sys.path.insert(0, TESTS)
     import numpy as np, jax, jax.numpy as jnp
-    from alloop import fitting
+    from alloop.training import fit as fitting
     from alloop.core import parallel, sgdf
     from alloop.core.objective import make_data
     from core_helpers import cosine, flat_linear, rel_err, ridge_closed_form, ridge_problem

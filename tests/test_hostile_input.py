@@ -17,10 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import FIRST_ID, digest, invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cli_helpers import FIRST_ID, digest, invoke
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

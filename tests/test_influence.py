@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_helpers import minimize64, ridge_problem
 from jax.flatten_util import ravel_pytree
 
 from alloop.core import losses, models, objective, regularizers, scorers, tangents
-from core_helpers import minimize64, ridge_problem
 
 
 def _poly_problem(rng, n=30):

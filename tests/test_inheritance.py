@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_helpers import cosine, minimize64, rel_err
 
 from alloop.core import losses, models, objective, regularizers, second_order, sgdf, tangents
-from core_helpers import cosine, minimize64, rel_err
 
 S = 2.0
 
@@ -106,7 +106,7 @@ def test_users_simulation_closed_forms_agree_with_the_trainer():
     """sim_users solves linear models in closed form: the same θ and θ̇ as second_order + inherited_anchor."""
     import jax.numpy as jnp
 
-    from alloop import sim_users
+    from alloop.sim import users as sim_users
 
     rng = np.random.default_rng(3)
     xb, yb = rng.normal(size=(40, 2)), rng.normal(size=40)
@@ -125,7 +125,7 @@ def test_users_simulation_closed_forms_agree_with_the_trainer():
 def test_users_simulation_shape(tmp_path):
     import pandas as pd
 
-    from alloop import sim_users
+    from alloop.sim import users as sim_users
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 2))

@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from alloop.io import atomic
-from alloop.io.atomic import (encode_table, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic,
-                              write_table_atomic, write_text_atomic)
+from alloop.io.atomic import encode_table, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic, write_table_atomic, write_text_atomic
 
 
 def frame():

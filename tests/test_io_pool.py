@@ -8,8 +8,7 @@ import pytest
 
 from alloop.errors import UserError
 from alloop.io import pool as pool_mod
-from alloop.io.pool import (check_fingerprint, check_unique_ids, feature_moments, iter_batches, missing_ids,
-                            open_pool, require_ids, scan_ids, take_rows)
+from alloop.io.pool import check_fingerprint, check_unique_ids, feature_moments, iter_batches, missing_ids, open_pool, require_ids, scan_ids, take_rows
 
 
 def write(path, df, row_group_size=None):

@@ -16,8 +16,19 @@ import pytest
 from alloop.errors import UserError
 from alloop.io import atomic, rundir
 from alloop.io.lock import run_lock
-from alloop.io.rundir import (RUNS_ENV, append_history, commit, create_run, load_checkpoint, open_run,
-                              read_history, read_labels, resolve_run_path, run_files_digest, runs_root)
+from alloop.io.rundir import (
+    RUNS_ENV,
+    append_history,
+    commit,
+    create_run,
+    load_checkpoint,
+    open_run,
+    read_history,
+    read_labels,
+    resolve_run_path,
+    run_files_digest,
+    runs_root,
+)
 
 CONFIG = {"targets": ["y"], "id_kind": "int", "task": "regression", "pool": "/data/pool.parquet"}
 

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alloop import app
+from alloop.commands.query import query as query_cmd
+from alloop.commands.train import train as train_cmd
+from alloop.commands.verify import verify_run
 from alloop.io import rundir
-from alloop.verify import verify_run
 
 N_POOL = 400
 
@@ -95,7 +96,7 @@ def test_sigkill_leaves_a_complete_state(template, tmp_path, verb, i):
     if rc == 0 and verb == "ingest":
         assert len(after) == len(before) + 8
     # the next command succeeds
-    nxt = app.query(str(run_path), k=3)
+    nxt = query_cmd(str(run_path), k=3)
     assert Path(nxt["path"]).exists()
     assert verify_run(str(run_path))["ok"]
 
@@ -135,7 +136,7 @@ def test_lock_wait_times_out_with_a_clear_message(template, tmp_path):
 
 def _final_params(run_path: Path):
     run = rundir.open_run(str(run_path))
-    from alloop import fitting
+    from alloop.training import fit as fitting
 
     tree, meta = rundir.load_checkpoint(run, fitting.checkpoint_like(run.config))
     assert not meta.get("partial")
@@ -144,7 +145,7 @@ def _final_params(run_path: Path):
 
 def test_killed_training_resumes_to_the_uninterrupted_result(template, tmp_path):
     straight = _copy(template, tmp_path / "straight")
-    app.train(str(straight), fresh=True, epochs=6000)
+    train_cmd(str(straight), fresh=True, epochs=6000)
     killed = _copy(template, tmp_path / "killed")
     proc = subprocess.Popen([sys.executable, "-m", "alloop", "train", str(killed), "--fresh", "--epochs", "6000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -158,7 +159,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(template, tmp_path)
     proc.wait()
     st = rundir.open_run(str(killed)).state
     assert st.get("training"), "the kill came too late to test resuming"
-    app.train(str(killed), epochs=6000)
+    train_cmd(str(killed), epochs=6000)
     a, b = _final_params(straight), _final_params(killed)
     for key in ("params", "tangent"):
         for la, lb in zip(_leaves(a[key]), _leaves(b[key])):
@@ -175,8 +176,8 @@ def test_same_inputs_give_byte_identical_files(template, tmp_path):
     digests = []
     for name in ("one", "two"):
         run_path = _copy(template, tmp_path / name)
-        app.train(str(run_path), fresh=True)
-        app.query(str(run_path), k=6)
+        train_cmd(str(run_path), fresh=True)
+        query_cmd(str(run_path), k=6)
         run = rundir.open_run(str(run_path))
         files = {q["file"] for q in run.state["queries"]} | {run.state["checkpoint"]}
         digests.append({f: rundir.run_files_digest(run_path)[f] for f in files})

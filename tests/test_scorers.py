@@ -52,7 +52,7 @@ def test_softmax_sld_is_a_variance_without_cancellation():
 
 
 def test_kpp_draws_with_scores_a_hair_below_zero():
-    from alloop.core import batch
+    from alloop.core import diversity as batch
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(50, 3))

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alloop.core import selection
+from alloop.core import ranking as selection
 
 
 @settings(max_examples=60, deadline=None)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from core_helpers import cosine, flat_linear, ridge_closed_form, ridge_problem
 from jax.flatten_util import ravel_pytree
 
 from alloop.core import losses, models, objective, regularizers, sgdf
-from core_helpers import cosine, flat_linear, ridge_closed_form, ridge_problem
 
 S = 30.0
 RIDGE_CFG = sgdf.TrainConfig(optimizer="adam", lr=0.05, epochs=60, batch_size=32)

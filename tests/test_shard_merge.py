@@ -8,9 +8,9 @@ import json
 import shutil
 
 import pytest
-
-from alloop.querying import STRATEGIES
 from cli_helpers import FAST, assert_user_error, digest, invoke
+
+from alloop import strategies
 
 
 def ok(res, what=""):
@@ -37,7 +37,7 @@ def assert_same_round(one, merged):
 
 @pytest.mark.parametrize("strategy,n", [
     ("sld", 1), ("sld", 3), ("sld", 7), ("random", 4), ("greedy", 3),
-    pytest.param("sld-topk", 3, marks=pytest.mark.skipif("sld-topk" not in STRATEGIES, reason="no sld-topk strategy")),
+    pytest.param("sld-topk", 3, marks=pytest.mark.skipif("sld-topk" not in strategies.REGISTRY, reason="no sld-topk strategy")),
 ])
 def test_shards_then_merge_equal_one_query(run, runs, strategy, n):
     """The prepared run has labels and outstanding rows, so both are left out on every shard."""
@@ -75,7 +75,7 @@ def test_parquet_format(run, runs):
 
 def test_an_empty_slice_writes_an_empty_shard(run, runs):
     """More shards than pool rows: some slices are empty, and their files still say so."""
-    from alloop import shards
+    from alloop.commands import shards
 
     res = ok(invoke(["query", "r", "--shard", "0/1000", "--json"], runs)).json()
     assert (res["rows_scored"], res["rows"]) == (0, 0)

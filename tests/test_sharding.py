@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alloop import querying, streaming
 from alloop.core import parallel
 from alloop.io import pool as poolio
 from alloop.io.prefetch import prefetch
+from alloop.strategies import stream as streaming
 
 FEATURES = ["a", "b", "c"]
 FILES = [(0, 700, 300), (700, 701, 10), (701, 1999, 256), (1999, 2400, 1000)]  # rows [start, stop), row group size
@@ -80,7 +80,7 @@ def test_streaming_topk_equals_full_sort(pool_dir, batch_rows, k, buffer_rows, m
     folder, df = pool_dir
     info = poolio.open_pool(folder, features=FEATURES)
     exclude = df["id"].to_numpy()[::97]
-    kept = querying.stream_top(info, numpy_scorer, exclude, k, batch_rows)
+    kept = streaming.stream_top(info, numpy_scorer, exclude, k, batch_rows)
     want = full_sort(df, numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))), exclude, k)
     check_kept(kept, want)
 
@@ -91,7 +91,7 @@ def test_device_scorer_topk_equals_full_sort(pool_dir, batch_rows):
     folder, df = pool_dir
     info = poolio.open_pool(folder, features=FEATURES)
     x = df[FEATURES].to_numpy(np.float32)
-    kept = querying.stream_top(info, querying.model_scorer(_jax_score, batch_rows), np.array([], np.int64), 40, batch_rows)
+    kept = streaming.stream_top(info, streaming.device_scorer(_jax_score, batch_rows), np.array([], np.int64), 40, batch_rows)
     check_kept(kept, full_sort(df, np.asarray(_jax_score(x), np.float64), [], 40))
 
 
@@ -99,7 +99,7 @@ def test_progress_counts_every_row(pool_dir):
     folder, df = pool_dir
     info = poolio.open_pool(folder, features=FEATURES)
     seen = []
-    querying.stream_top(info, numpy_scorer, df["id"].to_numpy()[:50], 5, 128, seen.append)
+    streaming.stream_top(info, numpy_scorer, df["id"].to_numpy()[:50], 5, 128, seen.append)
     assert sum(seen) == len(df)
 
 
@@ -123,11 +123,11 @@ def test_streaming_the_slices_kept_rows_equals_the_whole(pool_dir, tmp_path):
     exclude = df["id"].to_numpy()[5::50]
     files = []
     for i in range(3):
-        part = querying.stream_top(dataclasses.replace(info, rows=poolio.shard_rows(info.n_rows, i, 3)), numpy_scorer, exclude, 30, 64)
+        part = streaming.stream_top(dataclasses.replace(info, rows=poolio.shard_rows(info.n_rows, i, 3)), numpy_scorer, exclude, 30, 64)
         files.append(str(tmp_path / f"kept-{i}.parquet"))
         pq.write_table(part.rows, files[-1])
-    merged = querying.stream_top(dataclasses.replace(info, scan=tuple(files)), numpy_scorer, exclude, 30, 64)
-    whole = querying.stream_top(info, numpy_scorer, exclude, 30, 64)
+    merged = streaming.stream_top(dataclasses.replace(info, scan=tuple(files)), numpy_scorer, exclude, 30, 64)
+    whole = streaming.stream_top(info, numpy_scorer, exclude, 30, 64)
     check_kept(merged, full_sort(df, numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))), exclude, 30))
     np.testing.assert_array_equal(merged.ids, whole.ids)
 
@@ -180,7 +180,7 @@ MULTI = textwrap.dedent("""
     import numpy as np, jax, jax.numpy as jnp
     from alloop.core import models, parallel, scorers
     from alloop.core.objective import Problem
-    from alloop import fitting
+    from alloop.training import fit as fitting
     assert jax.local_device_count() == 4, jax.devices()
     config = {"model": {"kind": "mlp", "hidden": [32, 16], "activation": "tanh"}, "task": "regression", "targets": ["y"],
               "pool": {"features": ["f0", "f1", "f2", "f3", "f4"]},
@@ -199,20 +199,22 @@ MULTI = textwrap.dedent("""
     np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-7)
 
     import pandas as pd, tempfile, pathlib
-    from alloop import querying
     from alloop.io import pool as poolio
+    from alloop.strategies import Round, TrainedModel, builtin, stream as streaming
     d = pathlib.Path(tempfile.mkdtemp())
     pd.DataFrame({"id": np.arange(1000), **{f"f{j}": x[:, j] for j in range(5)}}).to_parquet(d / "p.parquet", row_group_size=300)
     info = poolio.open_pool(d / "p.parquet")
-    tops = [querying.stream_top(info, querying.model_scorer(fn, 200, n), np.array([7, 8]), 50, 200) for n in (1, 2, 4)]
+    tops = [streaming.stream_top(info, streaming.device_scorer(fn, 200, n), np.array([7, 8]), 50, 200) for n in (1, 2, 4)]
     for t in tops[1:]:
         np.testing.assert_array_equal(t.ids, tops[0].ids)
         np.testing.assert_allclose(t.scores, tops[0].scores, rtol=1e-5)
 
     from alloop.core.models import Standardizer
     stats = Standardizer(np.zeros(5, np.float32), np.ones(5, np.float32))
-    picks = [querying.sld_diverse_pick(tops[0], fn, stats, x[:3], 10, 0, 96, n) for n in (1, 4)]  # 50 candidates, uneven over 4
-    np.testing.assert_array_equal(picks[1].ids, picks[0].ids)
+    model = TrainedModel(problem, params, tangent, np.ones(1, np.float32), 1.0)
+    rounds = [Round("regression", stats, x[:3], np.zeros((3, 1)), 0, model, 96, n) for n in (1, 4)]
+    picks = [builtin.sld_pick(tops[0], rnd, 10) for rnd in rounds]  # 50 candidates, uneven over 4
+    np.testing.assert_array_equal(tops[0].ids[picks[1].idx], tops[0].ids[picks[0].idx])
     np.testing.assert_allclose(picks[1].scores, picks[0].scores, rtol=1e-5)
     print("ok")
 """)

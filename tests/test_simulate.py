@@ -12,8 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from alloop import sim_figure, sim_learners, sim_summary, simulate as sim, strategies
+from alloop import strategies
 from alloop.errors import UserError
+from alloop.sim import figure as sim_figure
+from alloop.sim import ridge as sim_learners
+from alloop.sim import simulate as sim
+from alloop.sim import summary as sim_summary
+from alloop.strategies import research
 
 TINY = sim.SimSettings(initial=5, budget=25, batch=5, seed=3)
 EXPECTED_N = [5, 10, 15, 20, 25]
@@ -54,9 +59,6 @@ def test_tiny_simulation_end_to_end(tiny, tmp_path):
     # every strategy starts a repetition from the same initial labels, so from the same model
     first = df[df["n_labels"] == 5].groupby("rep")["metric"].nunique()
     assert (first == 1).all()
-    # `sld` is an alias: it draws exactly what the strategy it names draws
-    alias = df[df.strategy == "sld"]["metric"].to_numpy()
-    np.testing.assert_array_equal(alias, df[df.strategy == sim.DEFAULT_SLD]["metric"].to_numpy())
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["strategies"]["random"]["relative_area"] == 1.0
     assert set(on_disk["strategies"]) == set(ALL) and summary["strategies"].keys() == on_disk["strategies"].keys()
@@ -213,7 +215,8 @@ def test_closed_form_ridge_matches_the_core_tangent_and_sld(rng):
     np.testing.assert_allclose(flat, fit.tangent, rtol=2e-3, atol=1e-5)
 
     noise = np.float32(fit.noise)
-    core_sld = np.asarray(scorers.sld(problem, sim_learners.core_params(fit.theta), sim_learners.core_params(fit.tangent), [noise])(jnp.asarray(x, jnp.float32)))
+    sld = scorers.sld(problem, sim_learners.core_params(fit.theta), sim_learners.core_params(fit.tangent), [noise])
+    core_sld = np.asarray(sld(jnp.asarray(x, jnp.float32)))
     np.testing.assert_allclose(core_sld, 4 * fit.noise * (a @ fit.tangent) ** 2, rtol=1e-3, atol=1e-6)
 
 
@@ -230,10 +233,11 @@ def test_paper_figure_finite_difference_converges_to_the_tangent():
 # --- strategies ---------------------------------------------------------------------------------
 
 
-def _view(rng, n=60, labeled=8):
-    learner = sim_learners.RidgeLearner(_data(rng, n), sim.SimSettings(model={"kind": "poly", "degree": 2}))
-    idx = rng.choice(n, labeled, replace=False)
-    return learner, learner.view(learner.fit(idx, None), idx)
+def _fitted(data, labeled=8, seed=5, model=None):
+    """A ridge learner's round over ``data``: (learner, labeled rows, round)."""
+    learner = sim_learners.RidgeLearner(data, sim.SimSettings(model=model or {"kind": "poly", "degree": 2}))
+    idx = np.random.default_rng(seed).choice(len(data.y_pool), labeled, replace=False)
+    return learner, idx, sim.round_of(learner, learner.fit(idx, None), idx, seed)
 
 
 def _data(rng, n):
@@ -241,25 +245,52 @@ def _data(rng, n):
     return sim.SimData("v", ("p", "q"), x, x @ [1.0, -1.0] + x[:, 0] ** 2 + 0.1 * rng.normal(size=n), x[:5], x[:5, 0])
 
 
-@pytest.mark.parametrize("name", list(strategies.STRATEGIES))
-def test_every_strategy_picks_k_distinct_unlabeled_rows_reproducibly(rng, name):
-    _, view = _view(rng)
-    strat = strategies.STRATEGIES[name]
-    picks = [strat.select(view, 7, np.random.default_rng(5)) for _ in range(2)]
-    idx = picks[0].idx
-    assert len(idx) == 7 and len(set(idx)) == 7 and not set(idx) & set(view.labeled)
-    np.testing.assert_array_equal(idx, picks[1].idx)
-    assert len(picks[0].prob) == 7
+@pytest.mark.parametrize("name", strategies.names("regression"))
+def test_every_strategy_picks_k_distinct_unlabeled_rows_reproducibly(tiny, name):
+    learner, idx, rnd = _fitted(tiny)
+    strat = strategies.get(name)
+    picks = [strategies.select(strat, tiny.open_pool(), rnd, tiny.ids[idx], 7) for _ in range(2)]
+    ids = picks[0].ids
+    assert picks[0].strategy == name and picks[0].note is None
+    assert len(ids) == 7 and len(set(ids)) == 7 and not set(ids) & set(tiny.ids[idx])
+    np.testing.assert_array_equal(ids, picks[1].ids)
+    assert len(picks[0].prob) == 7 and len(picks[0].scores) == 7
 
 
-def test_rank_one_update_equals_refitting_with_the_predicted_label(rng):
-    learner, view = _view(rng)
-    j = int(strategies.candidates(view)[3])
-    u_new, _ = strategies._rank_one(view.a, view.hinv, view.u, j)
-    idx = np.r_[view.labeled, j]
-    y = np.r_[learner.data.y_pool[view.labeled], view.pred[j]]
-    refit = sim_learners.fit_ridge(learner.a_pool[idx], y, 1.0, learner.d)
-    np.testing.assert_allclose(u_new, learner.a_pool @ refit.tangent, rtol=1e-8, atol=1e-10)
+def test_the_simulation_runs_the_very_strategy_objects_of_alloop_query(tiny, monkeypatch):
+    """One registry: every strategy a live query runs is the object the simulation selects with."""
+    seen = []
+    real = strategies.select
+    monkeypatch.setattr(strategies, "select", lambda strat, *a, **kw: seen.append(strat) or real(strat, *a, **kw))
+    settings = sim.SimSettings(initial=5, budget=10, batch=5, seed=1)
+    learner = sim.make_learner(tiny, settings)
+    for name in strategies.names("regression", live=True):
+        seen.clear()
+        sim.run_curve(learner, settings, name, 0)
+        assert seen and all(s is strategies.for_query(name, "regression") for s in seen), name
+
+
+def test_rank_one_update_equals_refitting_with_the_predicted_label(tiny):
+    learner, idx, rnd = _fitted(tiny)
+    x = tiny.x_pool
+    a, hinv = rnd.model.gradient_features(x), rnd.model.curvature_inverse(rnd.labeled_x)
+    u = rnd.model.outputs(x)[1]
+    j = int(np.setdiff1d(np.arange(len(x)), idx)[3])
+    u_new, _ = research.rank_one(a, hinv, u, j)
+    rows = np.r_[idx, j]
+    y = np.r_[tiny.y_pool[idx], rnd.model.predict(x[j : j + 1])[0]]
+    refit = sim_learners.fit_ridge(learner.a_pool[rows], y, 1.0, learner.d)
+    np.testing.assert_allclose(u_new, learner.a_pool @ refit.tangent, rtol=2e-3, atol=1e-5)  # float32 model outputs
+
+
+def test_gradient_features_of_a_linear_model_are_its_design_rows(tiny):
+    learner, idx, rnd = _fitted(tiny, model={"kind": "linear"})
+    a = rnd.model.gradient_features(tiny.x_pool)  # θ flattened as (b, w): a(x) = [1, z]
+    np.testing.assert_allclose(a, np.c_[learner.a_pool[:, -1:], learner.a_pool[:, :-1]], rtol=1e-5, atol=1e-5)
+    hinv = rnd.model.curvature_inverse(rnd.labeled_x)
+    m = learner.a_pool[idx].T @ learner.a_pool[idx] + np.diag(learner.d)
+    perm = np.r_[len(m) - 1, np.arange(len(m) - 1)]
+    np.testing.assert_allclose(hinv, np.linalg.inv(m)[np.ix_(perm, perm)], rtol=1e-3, atol=1e-5)
 
 
 def test_lure_weights_make_power_sampling_unbiased():
@@ -267,15 +298,14 @@ def test_lure_weights_make_power_sampling_unbiased():
     n, m, sims = 12, 4, 20000
     loss = np.linspace(0.0, 3.0, n) ** 2
     weights = np.linspace(0.2, 2.0, n)
-    view = strategies.PoolView(None, None, np.zeros(0, np.int64), None, np.zeros(n), None, None, None, None)
     weighted, plain = [], []
     for _ in range(sims):
-        pick = strategies.power_sample(weights, strategies.candidates(view), m, rng)
-        weighted.append(np.mean(strategies.lure_weights(pick.prob, n) * loss[pick.idx]))
-        plain.append(np.mean(loss[pick.idx]))
+        idx, prob = research.power_sample(weights, m, rng)
+        weighted.append(np.mean(research.lure_weights(prob, n) * loss[idx]))
+        plain.append(np.mean(loss[idx]))
     assert np.mean(weighted) == pytest.approx(loss.mean(), rel=0.02)
     assert np.mean(plain) > 1.1 * loss.mean()  # without the weights the heavy rows bias the estimate
-    np.testing.assert_array_equal(strategies.lure_weights(1.0 / (n - np.arange(m)), n), np.ones(m))
+    np.testing.assert_array_equal(research.lure_weights(1.0 / (n - np.arange(m)), n), np.ones(m))
 
 
 def test_mlp_learner_runs_the_loop_with_a_live_tangent(tiny):
@@ -284,5 +314,6 @@ def test_mlp_learner_runs_the_loop_with_a_live_tangent(tiny):
     rows = sim.run_curve(learner, settings, "sld", 0)
     assert [r["n_labels"] for r in rows] == [6, 10, 14] and all(np.isfinite(r["metric"]) for r in rows)
     labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
-    view = learner.view(learner.fit(labeled, None), labeled)
-    assert np.any(view.u != 0) and view.a.shape == (len(tiny.y_pool), view.hinv.shape[0])
+    rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
+    assert rnd.model.tangent_health() == "ok"
+    assert rnd.model.gradient_features(tiny.x_pool[:9]).shape == (9, rnd.model.n_params)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from core_helpers import cosine, minimize64, rel_err
 from jax.flatten_util import ravel_pytree
 
 from alloop.core import losses, models, objective, regularizers, sgdf, tangents
-from core_helpers import cosine, minimize64, rel_err
 
 
 def _flat(tree):

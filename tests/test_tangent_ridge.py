@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_helpers import cosine, flat_linear, rel_err, ridge_closed_form, ridge_problem
 
 from alloop.core import sgdf, tangents
-from core_helpers import cosine, flat_linear, rel_err, ridge_closed_form, ridge_problem
 
 S = 30.0
 CONFIGS = {

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from alloop import tuning
 from alloop.core import hyper
+from alloop.training import choose_s as tuning
 
 
 def _config(x, model=None, s="auto", **tune):
@@ -166,12 +166,13 @@ def test_train_auto_records_s_per_round_and_tune_s_plots(alloop_data, runs):
 
 
 def test_auto_is_the_default_for_regression(alloop_data, runs):
-    from alloop import app
     from cli_helpers import FAST, invoke
+
+    from alloop.commands.init import init_run
 
     assert invoke(["init", "d", "--pool", alloop_data.pool, *FAST], runs).code == 0
     assert json.loads((runs / "d" / "config.json").read_text())["s"] == "auto"
-    app.init_run("c", str(alloop_data.pool), features=["x0", "x1", "x2"], task="classification", classes=["a", "b"])
+    init_run("c", str(alloop_data.pool), features=["x0", "x1", "x2"], task="classification", classes=["a", "b"])
     assert json.loads((runs / "c" / "config.json").read_text())["s"] == 1.0  # not measured on classification: s = 1
     assert invoke(["init", "m", "--pool", alloop_data.pool, "--model", "mlp", *FAST], runs).code == 0
     assert json.loads((runs / "m" / "config.json").read_text())["s"] == 1.0  # auto raised the MLPs' test RMSE: s = 1

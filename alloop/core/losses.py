@@ -12,7 +12,8 @@ Each loss knows three things about a model output ``F`` (shape (n, k)):
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

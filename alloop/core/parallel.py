@@ -12,7 +12,7 @@ the plain path in both.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

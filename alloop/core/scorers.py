@@ -17,7 +17,7 @@ Every scorer is built once from the trained state and then applied to fixed-shap
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -50,7 +50,7 @@ def _newton(fun, x, tol, maxiter):
     grad = jax.jit(jax.grad(fun))
     hess = jax.jit(jax.hessian(fun))
     it = 0
-    for it in range(1, maxiter + 1):
+    for it in range(1, maxiter + 1):  # noqa: B007
         g = grad(x)
         if float(jnp.linalg.norm(g)) < tol:
             break
@@ -83,12 +83,12 @@ def _newton_cg(fun, x, tol, maxiter):
     grad = jax.jit(jax.grad(fun))
     hvp = jax.jit(lambda x_, v: jax.jvp(jax.grad(fun), (x_,), (v,))[1])
     it = 0
-    for it in range(1, maxiter + 1):
+    for it in range(1, maxiter + 1):  # noqa: B007
         g = grad(x)
         gn = float(jnp.linalg.norm(g))
         if gn < tol:
             break
-        step = _truncated_cg(lambda v: hvp(x, v), g, min(0.5, np.sqrt(gn)) * gn, 10 * len(x))
+        step = _truncated_cg(lambda v: hvp(x, v), g, min(0.5, np.sqrt(gn)) * gn, 10 * len(x))  # noqa: B023
         x = _line_search(fun, x, step, g)
     return x, it
 
@@ -126,7 +126,7 @@ def _lbfgs(fun, x, tol, maxiter):
         return optax.apply_updates(x, u), state, jnp.linalg.norm(g)
 
     it = 0
-    for it in range(1, maxiter + 1):
+    for it in range(1, maxiter + 1):  # noqa: B007
         x, state, gn = step(x, state)
         if float(gn) < tol:
             break

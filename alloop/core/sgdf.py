@@ -23,8 +23,9 @@ folded into the seed, so training from a checkpoint at epoch e repeats an uninte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 
@@ -143,7 +144,7 @@ def _s_direction(s):
     return jnp.ones_like(s)
 
 
-def _sgdf_step(problem, opt, n, state: TrainState, batch: Data, s, scale=1.0):
+def sgdf_step(problem, opt, n, state: TrainState, batch: Data, s, scale=1.0):
     """One optimizer step and its forward derivative along (θ̇, state tangent, ds = 1).
 
     By the chain rule this is the jvp of the whole step: the gradient and its tangent ġ = C θ̇ + ρ_B
@@ -190,10 +191,10 @@ def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1
         if every == 0:
             return _plain_step(problem, opt, n, state, batch, s)
         if every == 1:
-            return _sgdf_step(problem, opt, n, state, batch, s)
+            return sgdf_step(problem, opt, n, state, batch, s)
         return jax.lax.cond(
             state.step % every == every - 1,
-            lambda st: _sgdf_step(problem, opt, n, st, batch, s, _tangent_scale(st.step) if cfg.tangent_scaled else 1.0),
+            lambda st: sgdf_step(problem, opt, n, st, batch, s, _tangent_scale(st.step) if cfg.tangent_scaled else 1.0),
             lambda st: _plain_step(problem, opt, n, st, batch, s),
             state,
         )

@@ -144,7 +144,7 @@ def lissa(problem: Problem, params, s, data: Data, batch_idx, lr: float, tangent
     opt = optax.sgd(lr)
     state = sgdf.init_state(params, opt, tangent)
     n = int(data.x.shape[0])
-    step = jax.jit(lambda st, b: sgdf._sgdf_step(problem, opt, n, st, Data(data.x[b], data.y[b], data.w[b]), s)[0])
+    step = jax.jit(lambda st, b: sgdf.sgdf_step(problem, opt, n, st, Data(data.x[b], data.y[b], data.w[b]), s)[0])
     out = []
     for b in np.asarray(batch_idx):
         state = step(state, jnp.asarray(b))._replace(params=state.params)

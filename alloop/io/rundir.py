@@ -34,8 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alloop.errors import UserError
-from alloop.io.atomic import (encode_json, encode_table, sha256_bytes, sha256_file, to_json_value,
-                              write_bytes_atomic, write_json_atomic)
+from alloop.io.atomic import encode_json, encode_table, sha256_bytes, sha256_file, to_json_value, write_bytes_atomic, write_json_atomic
 from alloop.io.checkpoint import decode_meta, decode_tree, encode_tree
 from alloop.io.lock import LOCK_NAME
 

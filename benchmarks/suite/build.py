@@ -542,8 +542,9 @@ def markdown_table() -> str:
         else:
             score = f"acc {e['linear_accuracy']:.3f} vs {e['nonlinear_accuracy']:.3f}"
             tgt = f"`{e['target']}` ({len(e['classes'])} classes)"
+        heavy, inadequate = "yes" if e["heavy_tailed"] else "no", "**yes**" if e["linear_inadequate"] else "no"
         rows.append(f"| `{e['name']}` | {e['task']} | {e['n_pool']} / {e['n_test']} | {e['n_features']} | {tgt} | "
-                    f"{'yes' if e['heavy_tailed'] else 'no'} | {score} | {'**yes**' if e['linear_inadequate'] else 'no'} | `{e['source_call']}` | {e['license']} |")
+                    f"{heavy} | {score} | {inadequate} | `{e['source_call']}` | {e['license']} |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,110 @@
+"""alloop from Python (a notebook, a script): the calls the CLI makes, returning plain data.
+
+    import alloop
+    run = alloop.init_run("houses", pool="pool.parquet", target="price", test="test.parquet")
+    batch = run.query(k=20)              # a QueryResult; batch.rows is the DataFrame people fill in
+    batch.rows["price"] = ...            # labels from wherever they come from
+    run.ingest(batch.rows)               # validates, stores, retrains: an IngestResult
+    run.status()["labels"]
+
+Every method is the use case its CLI command runs (``alloop.commands``), so the guarantees hold here
+too: a mistake raises ``alloop.UserError`` (what the CLI prints with exit code 2) and leaves the run's
+files as they were.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from alloop.errors import UserError
+from alloop.io import rundir, tables
+from alloop.reporting import Reporter
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    round: int
+    strategy: str  # what ran (a model strategy falls back to greedy at cold start)
+    path: Path  # the query file in the run directory
+    rows: pd.DataFrame  # its contents: id, rank, score, the features and empty target columns
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    added: int
+    labels: int
+    outstanding: int
+    notes: list = field(default_factory=list)
+    trained: dict | None = None  # the training's figures (test RMSE, s, residual, ...), unless train=False
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory, opened by name (under runs/ or $ALLOOP_RUNS) or path."""
+
+    name: str
+    reporter: Reporter = field(default_factory=Reporter, repr=False, compare=False)
+
+    @property
+    def path(self) -> Path:
+        return rundir.open_run(self.name).path
+
+    def query(self, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None) -> QueryResult:
+        """Choose the next ``k`` rows to label (``alloop query``)."""
+        from alloop.commands.query import query
+
+        rec = query(self.name, k=k, strategy=strategy, fmt=fmt, seed=seed, reporter=self.reporter)
+        return QueryResult(rec["round"], rec["strategy"], Path(rec["path"]), tables.read_table(rec["path"]), rec.get("note"))
+
+    def ingest(self, labels: pd.DataFrame | str | Path, *, train: bool = True, allow_unqueried: bool = False,
+               overwrite: bool = False, add_class: bool = False) -> IngestResult:
+        """Add labels (a DataFrame with the id and target columns, or a file) and retrain (``alloop ingest``)."""
+        from alloop.commands.ingest import ingest
+
+        opts = dict(no_train=not train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class, reporter=self.reporter)
+        if isinstance(labels, pd.DataFrame):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "labels.parquet"
+                labels.to_parquet(path, index=False)
+                rec = ingest(self.name, str(path), **opts)
+        elif isinstance(labels, (str, Path)):
+            rec = ingest(self.name, str(labels), **opts)
+        else:
+            raise UserError(f"ingest takes a DataFrame or a file path, got {type(labels).__name__}: pass the filled query rows")
+        return IngestResult(rec["added"], rec["labels"], rec["outstanding"], list(rec["notes"]), rec.get("trained"))
+
+    def train(self, *, fresh: bool = False, epochs: int | None = None, s: float | str | None = None) -> dict:
+        """Fit on every label so far (``alloop train``): the training's figures."""
+        from alloop.commands.train import train
+
+        return train(self.name, fresh=fresh, epochs=epochs, s=s, reporter=self.reporter)
+
+    def status(self) -> dict:
+        """Counts, round, s, tangent health and the latest metrics (``alloop status --json``)."""
+        from alloop.commands.status import status
+
+        return status(self.name)
+
+    def labels(self) -> pd.DataFrame:
+        """Every label so far: id, targets, the round and time each arrived."""
+        return rundir.read_labels(rundir.open_run(self.name))
+
+
+def open_run(name: str, reporter: Reporter | None = None) -> Run:
+    """An existing run; UserError if there is none by that name."""
+    rundir.open_run(name)
+    return Run(name, reporter or Reporter())
+
+
+def init_run(name: str, pool: str, *, target: str | list[str] = "target", reporter: Reporter | None = None, **options) -> Run:
+    """Create a run over ``pool`` (``alloop init``; options as ``commands.init.init_run`` takes them) and open it."""
+    from alloop.commands.init import init_run as create
+
+    targets = [target] if isinstance(target, str) else list(target)
+    create(name, pool, targets=targets, reporter=reporter, **options)
+    return open_run(name, reporter)

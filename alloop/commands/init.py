@@ -1,0 +1,118 @@
+"""``alloop init``: create a run over a pool (check it, compute input statistics, take seed labels and a test set)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+
+import numpy as np
+
+import alloop
+from alloop.commands.common import TEST_FILE, now, read_seed_labels
+from alloop.config import ModelSpec, PoolSpec, RunConfig, default_s
+from alloop.core import sgdf
+from alloop.core.objective import default_curvature
+from alloop.errors import UserError
+from alloop.io import atomic, rundir, tables
+from alloop.io import pool as poolio
+from alloop.reporting import Reporter
+from alloop.training import classmap
+
+
+def model_spec(kind: str = "linear", *, degree: int = 3, hidden=(64, 64), activation: str = "tanh", curvature: str | None = None,
+               damping: float | None = None, **extra) -> ModelSpec:
+    """A model as ``init`` options describe it, with the curvature (and damping) its kind needs unless told."""
+    default, default_damping = default_curvature(kind) if kind in ("linear", "poly", "mlp") else ("hessian", 0.0)
+    damping = default_damping if damping is None else damping
+    return ModelSpec(kind, int(degree), tuple(int(h) for h in hidden), activation, curvature or default, float(damping), extra)
+
+
+def init_run(
+    name: str,
+    pool: str,
+    *,
+    id_col: str = "id",
+    features: list[str] | None = None,
+    targets: list[str] = ("target",),
+    labels: str | None = None,
+    test: str | None = None,
+    model: ModelSpec | Mapping | None = None,
+    s: float | str | None = None,
+    train: dict | None = None,
+    tune: dict | None = None,
+    tangent: str = "sgdf",
+    regularizer: str = "l2",
+    task: str = "regression",
+    classes: list[str] | None = None,
+    trainer: str = "sgdf",
+    reporter: Reporter | None = None,
+) -> dict:
+    """Create the run ``name`` over ``pool``; every option is checked (``RunConfig.validate``) before the pool is read.
+
+    ``model``: a ``ModelSpec`` or its JSON form (``{"kind": "mlp", "hidden": [64]}``). Classification:
+    ``classes`` (or, without it, the seed and test labels) fixes the class mapping.
+    """
+    reporter = reporter or Reporter()
+    path = rundir.resolve_run_path(name)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{str(path)!r} is a file, not a run directory: pick another run name")
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
+    spec = model if isinstance(model, ModelSpec) else model_spec(**dict(model or {}))
+    placeholder = PoolSpec(str(pool), str(pool), id_col, (), "", 0)
+    config = RunConfig(placeholder, {}, spec, task, tuple(targets), s=default_s(task, spec.kind) if s is None else s,
+                       regularizer=regularizer, tangent=tangent, trainer=trainer, train={**sgdf.TrainConfig().to_dict(), **(train or {})},
+                       tune=dict(tune) if tune else None, created=now(), alloop_version=alloop.__version__)
+    config.validate()
+    if task == "classification":
+        classmap.check_targets(list(targets))
+    elif classes:
+        raise UserError("--classes only applies to --task classification")
+    info, mean, std = _read_pool(pool, id_col, features, targets, reporter)
+    config = config.replace(
+        pool=PoolSpec(str(info.path), str(pool), info.id_col, tuple(info.features), info.fingerprint, info.n_rows,
+                      tuple(info.targets), os.path.relpath(info.path, path)),  # from_run: found again when run and pool move together
+        standardizer={"mean": [float(v) for v in mean], "std": [float(v) for v in std]}, id_kind=info.id_kind,
+    )
+    seed = read_seed_labels(labels, info, config) if labels else None
+    test_bytes = test_df = None
+    if test:
+        test_df = tables.read_test_set(test, list(info.features), list(targets), task)
+        test_bytes = atomic.encode_table(test_df, "parquet")
+        config = config.replace(test={"given": str(test), "rows": len(test_df), "sha256": atomic.sha256_bytes(test_bytes)})
+    if task == "classification":
+        target = targets[0]
+        found = (seed[target] if seed is not None else (), test_df[target] if test_df is not None else ())
+        config = config.replace(classes=tuple(classmap.initial_classes(list(targets), *found, classes)))
+    return _create(path, config, test_bytes, seed, info)
+
+
+def _read_pool(pool: str, id_col: str, features, targets, reporter: Reporter):
+    """The pool's schema, unique ids and feature moments (one streaming pass); targets found in it are never read."""
+    in_pool = [t for t in targets if t in poolio.pool_schema(pool)]
+    info = poolio.open_pool(pool, id_col=id_col, features=features, targets=in_pool)
+    with reporter.progress("checking pool ids", None):
+        poolio.check_unique_ids(info)
+    with reporter.progress("computing feature statistics", info.n_rows) as advance:
+        mean, std = poolio.feature_moments(info)
+        advance(info.n_rows)
+    for name, m, sd in zip(info.features, mean, std):  # features must fit float32 training after standardization
+        if not (np.isfinite(m) and np.isfinite(sd) and abs(m) < 1e30 and sd < 1e30):
+            raise UserError(f"feature '{name}' has values too large to train on (beyond ±1e30): rescale it, or leave it out with --features")
+    return info, mean, std
+
+
+def _create(path, config: RunConfig, test_bytes, seed, info) -> dict:
+    """Write the run directory; nothing of it is left behind if any step fails."""
+    run = rundir.create_run(path, config.to_json())
+    try:
+        if test_bytes is not None:
+            atomic.write_bytes_atomic(run.path / TEST_FILE, test_bytes)
+        if seed is not None:
+            run = rundir.commit(run, labels=seed, state={"n_labels": len(seed)})
+        rundir.append_history(run, {"command": "init", "pool_rows": info.n_rows, "labels": run.n_labels})
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return {"run": str(run.path), "pool_rows": info.n_rows, "features": list(info.features), "labels": run.n_labels}

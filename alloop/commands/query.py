@@ -1,0 +1,153 @@
+"""``alloop query``: score the pool with the run's model and write the rows most worth labeling to a file.
+
+The run's state becomes a ``strategies.Round`` (labeled rows, the trained model and its tangent, the
+seed) and the chosen strategy runs through ``strategies.select``, the same call the simulation makes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from alloop import strategies
+from alloop.commands.common import config_of, inheritance, labeled_arrays, load_checkpoint, open_pool_of
+from alloop.commands.status import needs_training
+from alloop.commands.train import train_locked
+from alloop.config import RunConfig
+from alloop.errors import UserError
+from alloop.io import pool as poolio
+from alloop.io import rundir
+from alloop.io.lock import run_lock
+from alloop.reporting import Reporter
+from alloop.strategies import Round, Selection, Strategy, TrainedModel
+from alloop.strategies.stream import check_devices
+from alloop.training import choose_s
+from alloop.training import fit as fitting
+
+QUERY_FORMATS = ("csv", "parquet", "jsonl")
+DEFAULT_BATCH_ROWS = strategies.DEFAULT_BATCH_ROWS
+OWN_COLUMNS = ("rank", "score")  # what a query file adds beside the pool's id, features and targets
+
+
+def query(
+    name: str, *, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1, wait: float = 5.0, reporter: Reporter | None = None,
+) -> dict:
+    """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
+
+    ``strategy``: None takes the task's default (``strategies.default_for``). ``devices``: split every
+    batch's rows over that many local devices (data-parallel scoring).
+    """
+    reporter = reporter or Reporter()
+    check_format(fmt)
+    run, strat = open_for_query(name, k, strategy, devices)
+    with run_lock(run.path, wait):
+        run = rundir.open_run(str(run.path))
+        info = open_pool_of(run)
+        if needs_training(run):
+            reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
+            run, _ = train_locked(run, info, reporter, devices=devices)
+        rnd = round_of(run, info, query_seed(run, seed), batch_rows, devices)
+        sel = select_rows(run, info, rnd, strat, k, reporter)
+        record, path = commit_query(run, info, sel, strat.name, fmt, reporter)
+    return {**record, "path": str(path), "note": sel.note}
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in QUERY_FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: choose csv, parquet or jsonl")
+
+
+def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tuple[rundir.Run, Strategy]:
+    """The run a query will score and its strategy (None: the task's default), after checking the options."""
+    if strategy is not None:
+        strategies.get(strategy, "--strategy")
+    if k < 1:
+        raise UserError("-k must be at least 1")
+    check_devices(devices)
+    run = rundir.open_run(name)
+    return run, strategies.for_query(strategy, run.task)
+
+
+def query_seed(run: rundir.Run, seed: int | None) -> int:
+    """The seed of this round's random choices: the run's seed plus the round, unless given."""
+    return config_of(run).seed + run.round if seed is None else seed
+
+
+def round_of(run: rundir.Run, info: poolio.PoolInfo, seed: int, batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1) -> Round:
+    """What the strategies may use this round: labeled rows, the trained model (None before training), the seed."""
+    config = config_of(run)
+    _, lx, ly = labeled_arrays(run, info)
+    tree, meta = load_checkpoint(run)
+    model = None if tree is None else trained_model(run, config, tree, meta, lx, ly, seed)
+    return Round(run.task, fitting.standardizer(config), lx, ly, seed, model, batch_rows, devices)
+
+
+def trained_model(run: rundir.Run, config: RunConfig, tree: dict, meta: dict, lx, ly, seed: int) -> TrainedModel:
+    """The checkpoint as strategies see it; committee members are trained only if a strategy asks for them."""
+    inherited = inheritance(run)
+    s = choose_s.trained_s(config, meta)
+    problem = fitting.build_problem(config, tree["params"], inherited.get("anchor"))
+
+    def members() -> list:
+        return fitting.bootstrap_members(config.with_s(s), lx, ly, strategies.builtin.COMMITTEE_SIZE, seed, **inherited)
+
+    return TrainedModel(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32), s, meta.get("target"), members)
+
+
+def select_rows(run: rundir.Run, info: poolio.PoolInfo, rnd: Round, strat: Strategy, k: int, reporter: Reporter) -> Selection:
+    """Run the strategy over the pool's rows that are neither labeled nor outstanding, with a progress bar."""
+    exclude = np.concatenate([rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]).astype(
+        np.int64 if run.id_kind == "int" else object
+    )
+    with reporter.progress(f"scoring the pool ({strat.name})", info.n_rows) as advance:
+        return strategies.select(strat, info, rnd, exclude, k, advance)
+
+
+def commit_query(run, info, sel: Selection, strategy: str, fmt: str, reporter: Reporter, extra: dict | None = None):
+    """Write the picks as the next round's query file, make them outstanding, commit, log: (record, path).
+
+    Shared by ``query`` and ``merge-queries`` (shards.py); the caller holds the run lock.
+    """
+    if len(sel.ids) == 0:
+        raise UserError(f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool")
+    if sel.note:
+        reporter.info(sel.note)
+    frame = query_frame(run, info, sel)
+    new_round = run.round + 1
+    outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
+    run = rundir.commit(run, query=(frame, fmt), state={"round": new_round, "outstanding": outstanding})
+    path = run.path / run.state["queries"][-1]["file"]
+    record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids),
+              "file": str(path.relative_to(run.path)), **(extra or {})}
+    rundir.append_history(run, record)
+    return record, path
+
+
+def own_column(name: str, taken) -> str:
+    """A name for a column alloop adds that no pool column has: ``rank``, else ``alloop_rank``, ``alloop_rank_2``, …"""
+    if name not in taken:
+        return name
+    candidate, i = f"alloop_{name}", 2
+    while candidate in taken:
+        candidate, i = f"alloop_{name}_{i}", i + 1
+    return candidate
+
+
+def query_frame(run, info, sel: Selection) -> pd.DataFrame:
+    """id, rank, score, the features as stored (kept while streaming; else read from the pool) and empty targets.
+
+    The rank and score columns are renamed (``alloop_rank``, …) when the pool has columns of those names,
+    so the user's values are never overwritten; ``ingest`` reads only the id and target columns.
+    """
+    config = config_of(run)
+    id_col, features = config.pool.id_col, list(config.pool.features)
+    rows = sel.rows.to_pandas() if sel.rows is not None else poolio.take_rows(info, sel.ids)
+    taken = {id_col, *features, *run.targets}
+    rank, score = (own_column(c, taken) for c in OWN_COLUMNS)
+    frame = pd.DataFrame({id_col: rows[id_col], rank: np.arange(1, len(sel.ids) + 1), score: sel.scores})
+    for c in features:
+        frame[c] = rows[c].to_numpy()
+    for t in run.targets:
+        frame[t] = pd.Series([None] * len(sel.ids), dtype=object if run.task == "classification" else "float64")
+    return frame

@@ -1,0 +1,67 @@
+"""``alloop status``: what a run holds, read from its files alone.
+
+It imports nothing that starts JAX (a second of import for a command that only reads JSON): the
+config, the run directory and the checkpoint's JSON metadata are all it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alloop.config import RunConfig
+from alloop.errors import UserError
+from alloop.io import rundir
+from alloop.io.checkpoint import load_meta
+
+
+def status(name: str) -> dict:
+    """What a user wants to see at a glance: counts, round, s, tangent health, latest metrics."""
+    run = rundir.open_run(name)
+    config = RunConfig.from_json(run.config)
+    meta = load_meta(run.checkpoint_path) if run.checkpoint_path else {}
+    return {
+        "base": base_status(run),
+        "run": str(run.path),
+        "task": run.task,
+        "classes": list(config.classes) if config.classes else None,
+        "model": config.model.kind,
+        "pool": config.pool.path,
+        "pool_rows": config.pool.rows_at_init,
+        "features": len(config.pool.features),
+        "labels": run.n_labels,
+        "outstanding": len(run.outstanding),
+        "round": run.round,
+        "s": config.s,
+        "s_model": meta.get("s"),  # the s the current model was trained with (chosen per round for auto/loocv)
+        "s_by_round": _s_by_round(run),
+        "trained_on": run.state.get("labels_at_checkpoint") if run.checkpoint_path else None,
+        "stale": needs_training(run),
+        "residual": meta.get("figures", {}).get("residual"),
+        "figures": meta.get("figures", {}),
+        "warnings": meta.get("warnings", []),
+        "queries": [q["file"] for q in run.state.get("queries", [])],
+    }
+
+
+def _s_by_round(run) -> list[dict]:
+    """The s of every training, from the history: round, labels, s."""
+    return [{"round": r.get("round"), "labels": r.get("labels"), "s": r["s"]} for r in rundir.read_history(run) if r.get("command") == "train" and "s" in r]
+
+
+def needs_training(run: rundir.Run) -> bool:
+    """Labels arrived since the checkpoint was trained (or there is none yet)."""
+    return run.n_labels > 0 and (run.state.get("checkpoint") is None or run.state.get("labels_at_checkpoint") != run.n_labels)
+
+
+def base_status(run: rundir.Run) -> dict | None:
+    """Which base a user run inherits, and whether that base has been retrained since."""
+    base = run.config.get("base")
+    if not base:
+        return None
+    current = None
+    if Path(base["run"]).exists():
+        try:
+            current = rundir.open_run(base["run"]).state.get("checkpoint_sha256") == base["checkpoint_sha256"]
+        except UserError:
+            current = None
+    return {"run": base["run"], "version": base["checkpoint_sha256"][:12], "base_unchanged": current}

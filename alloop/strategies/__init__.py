@@ -1,0 +1,59 @@
+"""Choosing the rows to label: one registry of strategies for ``alloop query`` and ``alloop simulate``.
+
+A strategy is one ``Strategy`` object (``base.py``): a per-row streaming score that decides which rows
+to keep, and a pick among the kept rows. ``select`` runs one over a pool; the live query, its shards
+and the simulation all call it, so what the simulation measures is what ``alloop query`` does.
+Adding a strategy is one entry in ``builtin.py`` or ``research.py`` (or a module of its own listed here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alloop.errors import UserError
+from alloop.io import pool as poolio
+from alloop.strategies import builtin, research
+from alloop.strategies.base import DEFAULT_BATCH_ROWS, Pick, Round, Selection, Strategy, cold_start_note  # noqa: F401
+from alloop.strategies.base import select as base_select
+from alloop.strategies.model import TrainedModel  # noqa: F401
+
+REGISTRY: dict[str, Strategy] = {s.name: s for s in (*builtin.ALL, *research.ALL)}
+ALIASES = {"sld-kpp-clip": "sld"}  # earlier name of the default SLD batch (docs/results.md)
+DEFAULT = {"regression": "sld", "classification": "margin"}  # measured: README "Does SLD save labels?"
+
+
+def get(name: str, what: str = "strategy") -> Strategy:
+    """The strategy called ``name`` (or an alias of it); UserError naming the choices otherwise."""
+    strategy = REGISTRY.get(ALIASES.get(name, name))
+    if strategy is None:
+        raise UserError(f"unknown {what} {name!r}: choose one of {', '.join(names())}")
+    return strategy
+
+
+def names(task: str | None = None, live: bool = False) -> list[str]:
+    """Strategy names in registry order; ``task``: those that apply to it; ``live``: those ``alloop query`` runs."""
+    return [n for n, s in REGISTRY.items() if (task is None or task in s.tasks) and not (live and s.weighted)]
+
+
+def default_for(task: str) -> str:
+    """What a query uses unless told: the SLD batch for regression; margin for classification, where it beat
+    random on all three bundled datasets and the SLD batch on one (docs/results.md, bench_classification_al.py)."""
+    return DEFAULT.get(task, "sld")
+
+
+def for_query(name: str | None, task: str) -> Strategy:
+    """The strategy a live query of a ``task`` run uses (None: the default), after checking it applies."""
+    strategy = get(name or default_for(task), "--strategy")
+    if strategy.weighted:
+        raise UserError(f"--strategy {strategy.name} refits with importance weights, which only `alloop simulate` does: "
+                        f"choose one of {', '.join(names(task, live=True))}")
+    if task not in strategy.tasks:
+        other = "regression" if task == "classification" else "classification"
+        raise UserError(f"--strategy {strategy.name} is for {other} runs and this is a {task} run: "
+                        f"choose one of {', '.join(names(task, live=True))}")
+    return strategy
+
+
+def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.ndarray, k: int, on_rows=None) -> Selection:
+    """Choose ``k`` rows of the pool not in ``exclude``; a model strategy at cold start runs greedy (and says so)."""
+    return base_select(strategy, info, rnd, exclude, k, REGISTRY["greedy"], on_rows)

@@ -1,0 +1,238 @@
+"""Research strategies, measured by ``alloop simulate`` (docs/results.md) and selectable in ``alloop query``.
+
+Each sees the kept rows (a uniform sample of up to SLD_CANDIDATES unlabeled rows, like ``sld``) and the
+trained model: its outputs F(x), tangent outputs u(x) = J_F(x)θ̇, the gradient features a(x) = ∂F/∂θ and
+H⁻¹ = (AᵀA + sD)⁻¹ over the labeled rows (``model.TrainedModel``). Regression, one output.
+
+SLD of a row is 4σ²u(x)² (method.md, 57–58); σ² is common to all rows, so rankings and sampling
+probabilities use u² alone.
+
+Labeling row j with the model's own prediction as its label leaves θ* where it is (its residual is
+zero) and changes the Hessian by a_j a_jᵀ, so the exact new tangent is a rank-one update
+(Sherman–Morrison): with g = H⁻¹a_j and c = 1 + a_jᵀg,
+
+    θ̇' = θ̇ − g (a_jᵀθ̇) / c,       u'(x) = u(x) − (a(x)ᵀg) u_j / c,       H'⁻¹ = H⁻¹ − g gᵀ / c.
+
+``sld-seq`` uses it to discount rows that resemble those already chosen in a batch; ``sld-lookahead``
+also uses it to score each row by how much labeling it would lower the kept rows' total SLD.
+
+Batch diversity without a model of the batch: ``sld-kpp`` draws rows one at a time with probability
+∝ SLD · D², D the distance to the labeled and already drawn rows (k-means++ seeding weighted by SLD, as
+BADGE does with gradient norms); ``sld`` (builtin) caps SLD first.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from alloop.core import diversity
+from alloop.core.diversity import sq_distances
+from alloop.strategies import stream
+from alloop.strategies.base import Pick, Round, Strategy, deterministic
+from alloop.strategies.builtin import labeled_z, uniform_sample
+
+POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
+MAX_FEATURE_FLOATS = 20_000_000  # a(x) of the kept rows stays below this many floats (160 MB): fewer candidates for big models
+
+
+class View(NamedTuple):
+    """The kept rows as a research strategy sees them (standardized inputs, predictions, tangent outputs)."""
+
+    z: np.ndarray  # (n, d) standardized inputs of the kept rows
+    z_labeled: np.ndarray  # (m, d) standardized inputs of the labeled rows
+    y_labeled: np.ndarray  # (m,) their labels
+    pred: np.ndarray  # (n,) F(x) in the labels' units
+    u: np.ndarray  # (n,) u(x) = J_F(x)θ̇
+
+
+def view(kept: stream.Kept, rnd: Round) -> View:
+    z = rnd.z(kept.x)
+    _, u = rnd.model.outputs(kept.x)
+    y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)[:, 0] if len(rnd.labeled_x) else np.zeros(0)
+    return View(z, labeled_z(rnd, z.shape[1]), y, rnd.model.predict(kept.x), u)
+
+
+def sample_keep(rnd: Round, k: int):
+    """A uniform sample like ``sld``'s, smaller when the model's gradient features would not fit in memory."""
+    score, n = uniform_sample(rnd, k)
+    return score, max(4 * k, min(n, MAX_FEATURE_FLOATS // max(rnd.model.n_params, 1)))
+
+
+def top(scores: np.ndarray, k: int, ids: np.ndarray) -> np.ndarray:
+    """The k highest scores, best first; ties go to the smaller id (as the streaming top-k)."""
+    s = np.where(np.isfinite(scores), scores, -np.inf)
+    return np.lexsort((ids, -s))[:k]
+
+
+# --- baselines that need a model -------------------------------------------------------------------
+
+
+def igs_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """iGS (Wu, Lin & Huang 2019): maximize min over labeled m of ||x − x_m|| · |F(x) − y_m|.
+
+    Within a batch a chosen row joins the labeled ones with its prediction as its label.
+    """
+    v = view(kept, rnd)
+    score = np.min(np.sqrt(sq_distances(v.z, v.z_labeled)) * np.abs(v.pred[:, None] - v.y_labeled[None, :]), axis=1)
+    chosen, at = [], []
+    for _ in range(min(k, len(v.z))):
+        score[chosen] = -np.inf
+        j = int(np.argmax(score))
+        chosen.append(j)
+        at.append(score[j])
+        score = np.minimum(score, np.sqrt(sq_distances(v.z, v.z[j : j + 1])[:, 0]) * np.abs(v.pred - v.pred[j]))
+    return deterministic(chosen, at)
+
+
+def emcm_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """EMCM (Cai, Zhang & Zhou 2013): expected gradient length, mean_k |F(x) − F_k(x)| · ||∂F/∂θ||, top-k."""
+    m = rnd.model
+    pred = m.predict(kept.x)
+    preds = np.stack([m.predict(kept.x, params=p) for p in m.member_params()])
+    change = np.mean(np.abs(preds - pred[None, :]), axis=0) * np.linalg.norm(m.gradient_features(kept.x), axis=1)
+    idx = top(change, k, kept.ids)
+    return deterministic(idx, change[idx])
+
+
+# --- SLD variants ----------------------------------------------------------------------------------
+
+
+def rank_one(a: np.ndarray, hinv: np.ndarray, u: np.ndarray, j: int):
+    """Tangent outputs and H⁻¹ after labeling row j with its own prediction (module docstring)."""
+    g = hinv @ a[j]
+    c = 1.0 + a[j] @ g
+    return u - (a @ g) * (u[j] / c), hinv - np.outer(g, g) / c
+
+
+def _sequential(kept: stream.Kept, rnd: Round, k: int, gain) -> Pick:
+    """Pick one row at a time by ``gain(a, hinv, u, rest)``, each fantasized as labeled (rank-one update)."""
+    m = rnd.model
+    a, hinv = m.gradient_features(kept.x), m.curvature_inverse(rnd.labeled_x)
+    u = m.outputs(kept.x)[1]
+    sld0, chosen = u**2, []
+    rest = np.ones(len(u), bool)
+    for _ in range(min(k, len(u))):
+        idx = np.flatnonzero(rest)
+        g = gain(a, hinv, u, idx)
+        j = int(idx[top(g[idx], 1, kept.ids[idx])[0]])
+        chosen.append(j)
+        rest[j] = False
+        u, hinv = rank_one(a, hinv, u, j)
+    return deterministic(chosen, sld0[chosen])
+
+
+def sld_seq_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Highest SLD one row at a time, each chosen row fantasized as labeled (rank-one tangent update)."""
+    return _sequential(kept, rnd, k, lambda a, hinv, u, rest: u**2)
+
+
+def lookahead_gain(a: np.ndarray, hinv: np.ndarray, u: np.ndarray, over: np.ndarray) -> np.ndarray:
+    """For every row x: Σ_{x' ∈ over} u(x')² minus the same sum after labeling x with its prediction.
+
+    With g = H⁻¹a(x), c = 1 + a(x)ᵀg, t = u(x)/c:  gain = 2t (A_overᵀ u_over)ᵀg − t² gᵀ(A_overᵀA_over)g.
+    """
+    ao = a[over]
+    v, m = ao.T @ u[over], ao.T @ ao
+    g = a @ hinv
+    t = u / (1.0 + np.sum(g * a, axis=1))
+    return 2.0 * t * (g @ v) - t**2 * np.sum((g @ m) * g, axis=1)
+
+
+def sld_lookahead_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """The row whose labeling would lower the kept rows' total SLD the most, one at a time."""
+    return _sequential(kept, rnd, k, lookahead_gain)
+
+
+def power_sample(weights: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw k rows without replacement with probability ∝ weights (Gumbel top-k).
+
+    Returns (rows, each pick's probability at the moment it was drawn, p_j / (1 − Σ earlier p)).
+    """
+    w = np.maximum(np.nan_to_num(weights, nan=0.0, posinf=0.0), 0.0)
+    if not np.any(w > 0):
+        w = np.ones(len(w))
+    k = min(k, len(w))
+    with np.errstate(divide="ignore"):
+        keys = np.log(w) + rng.gumbel(size=len(w))
+    order = np.argsort(-keys, kind="stable")[:k]
+    p = w / w.sum()
+    taken = np.concatenate([[0.0], np.cumsum(p[order])[:-1]])
+    return order.astype(np.int64), p[order] / np.maximum(1.0 - taken, 1e-300)
+
+
+def sld_power_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Stochastic acquisition: rows drawn with probability ∝ SLD^β (β = POWER_BETA)."""
+    u = rnd.model.outputs(kept.x)[1]
+    idx, prob = power_sample(np.abs(u) ** (2 * POWER_BETA), k, np.random.default_rng(rnd.seed))
+    return Pick(idx, u[idx] ** 2, prob)
+
+
+def rbf_density(z: np.ndarray, rng: np.random.Generator, anchors: int = 1000) -> np.ndarray:
+    """Mean RBF similarity of each row to a random sample of rows (bandwidth: their median distance)."""
+    idx = rng.choice(len(z), size=min(anchors, len(z)), replace=False)
+    d2 = np.concatenate([sq_distances(z[i : i + 4096], z[idx]) for i in range(0, len(z), 4096)])
+    h2 = float(np.median(sq_distances(z[idx], z[idx])))
+    return np.mean(np.exp(-d2 / (2.0 * max(h2, 1e-12))), axis=1)
+
+
+def sld_density_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Information density (Settles & Craven 2008): SLD times the row's representativeness among the kept rows, top-k."""
+    u = rnd.model.outputs(kept.x)[1]
+    score = u**2 * rbf_density(rnd.z(kept.x), np.random.default_rng(rnd.seed))
+    idx = top(score, k, kept.ids)
+    return deterministic(idx, score[idx])
+
+
+def kpp_pick_with(weights_of):
+    """k-means++ seeding over the kept rows: drawn ∝ weight · D², D the distance to the labeled and drawn rows."""
+    def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+        z = rnd.z(kept.x)
+        w = weights_of(kept, rnd)
+        drawn, probs = diversity.kpp(z, w, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed))
+        return Pick(drawn, w[drawn], probs)
+
+    return pick
+
+
+# --- importance weights ----------------------------------------------------------------------------
+
+
+def lure_weights(probs: np.ndarray, n_pool: int) -> np.ndarray:
+    """LURE weights (Farquhar, Gal & Rainforth 2021) for rows acquired in order with probabilities ``probs``.
+
+    v_m = 1 + (N − M)/(N − m) · (1 / ((N − m + 1) q_m) − 1): unbiased risk under pool-based sampling
+    without replacement. A uniform draw has weight 1; rows with NaN probability (chosen
+    deterministically) get weight 1.
+    """
+    q = np.asarray(probs, np.float64)
+    big_m, n = len(q), float(n_pool)
+    m = np.arange(1, big_m + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(m < n, (n - big_m) / (n - m), 0.0)
+        v = 1.0 + ratio * (1.0 / ((n - m + 1.0) * q) - 1.0)
+    return np.where(np.isfinite(v), v, 1.0)
+
+
+REGRESSION = ("regression",)
+SLD_NEEDS = frozenset({"model", "tangent", "gradients"})
+
+
+def _research(name, about, pick, needs=SLD_NEEDS, keep=sample_keep, weighted=False) -> Strategy:
+    return Strategy(name, about, keep=keep, pick=pick, tasks=REGRESSION, needs=needs, weighted=weighted)
+
+
+ALL = (
+    _research("igs", "iGS (Wu 2019): farthest in inputs times outputs", igs_pick, needs=frozenset({"model", "gradients"})),
+    _research("emcm", "EMCM (Cai 2013): expected model change over bootstrap models", emcm_pick, needs=frozenset({"model", "members", "gradients"})),
+    _research("sld-seq", "SLD, one at a time, discounting rows like those chosen (rank-one)", sld_seq_pick),
+    _research("sld-lookahead", "largest drop of the kept rows' total SLD, one at a time", sld_lookahead_pick),
+    _research("sld-power", f"rows drawn with probability ∝ SLD^{POWER_BETA}", sld_power_pick),
+    _research("sld-power-iw", "sld-power, fitted with LURE importance weights (simulation only)", sld_power_pick, weighted=True),
+    _research("sld-density", "SLD times representativeness (RBF density), top-k", sld_density_pick),
+    _research("sld-kpp", "rows drawn ∝ SLD · D² (SLD-weighted k-means++ seeding, standardized inputs)",
+              kpp_pick_with(lambda kept, rnd: rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices))),
+    _research("kpp", "rows drawn ∝ D² (k-means++ seeding): sld-kpp without SLD",
+              kpp_pick_with(lambda kept, rnd: np.ones(len(kept.ids))), needs=frozenset(), keep=uniform_sample),
+)
