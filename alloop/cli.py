@@ -465,14 +465,17 @@ def demo(
 def simulate(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled dataset under datasets/ (instead of --pool/--test)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Pool with its target column (Parquet file or directory)."),
-    test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set for the test RMSE."),
+    test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set for the test metric."),
     target: str = typer.Option("target", "--target", help="Target column."),
     id_col: str = typer.Option("id", "--id-col", help="Id column."),
-    strategies: str = typer.Option(
-        "sld,sld-topk,random,greedy,igs,committee,emcm", "--strategies",
-        help="Comma-separated strategies, the same that `alloop query --strategy` runs: sld, sld-topk, random, greedy, "
-        "committee, igs, emcm, sld-seq, sld-lookahead, sld-power, sld-power-iw (simulation only), sld-density, sld-kpp,"
-        " kpp.",
+    task: Optional[str] = typer.Option(
+        None, "--task", help="regression (test RMSE) or classification (test error rate); default: the dataset's, else regression.",
+    ),
+    strategies: Optional[str] = typer.Option(
+        None, "--strategies",
+        help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: sld,sld-topk,random,greedy,igs,"
+        "committee,emcm; classification: margin,sld,entropy,random,greedy). Also sld-seq, sld-lookahead, sld-power, "
+        "sld-power-iw (simulation only), sld-density, sld-kpp, kpp, least-confident.",
     ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),
@@ -482,8 +485,11 @@ def simulate(
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/simulate-NAME); rerun to resume."),
     model: Optional[str] = typer.Option(None, "--model", help="linear, poly or mlp (default: the dataset's demo model, else linear)."),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
-    hidden: str = typer.Option("32", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
-    s: Optional[str] = typer.Option(None, "--s", help="Regularity: a number, or 'loocv' to choose it every round (linear/poly). Default 1."),
+    hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated (init's default)."),
+    s: Optional[str] = typer.Option(
+        None, "--s", help="Regularity: a number, or auto/loocv (linear/poly regression: chosen every round as `alloop train` does). "
+        "Default: as `alloop init` sets it (auto for linear/poly regression, 1 otherwise).",
+    ),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes (default: one per CPU core)."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -498,7 +504,7 @@ def simulate(
     try:
         res = sim.run_simulation(
             dataset=dataset, pool=pool, test=test, target=target, id_col=id_col, strategy_list=_split(strategies), reps=reps, out=out,
-            jobs=jobs, model=spec, s=s, reporter=RichReporter(), budget=budget, batch=batch, initial=initial, seed=seed,
+            jobs=jobs, model=spec, s=s, task=task, reporter=RichReporter(), budget=budget, batch=batch, initial=initial, seed=seed,
         )
     except KeyboardInterrupt:
         err.print("interrupted: finished curves are kept in curves.csv; run the same command again to resume", highlight=False)

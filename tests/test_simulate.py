@@ -13,12 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from alloop import strategies
+from alloop.commands import common
 from alloop.errors import UserError
 from alloop.sim import figure as sim_figure
 from alloop.sim import ridge as sim_learners
 from alloop.sim import simulate as sim
 from alloop.sim import summary as sim_summary
-from alloop.strategies import research
+from alloop.strategies import TrainedModel, research
+from alloop.training import fit as fitting
 
 TINY = sim.SimSettings(initial=5, budget=25, batch=5, seed=3)
 EXPECTED_N = [5, 10, 15, 20, 25]
@@ -235,14 +237,10 @@ def test_paper_figure_finite_difference_converges_to_the_tangent():
 
 def _fitted(data, labeled=8, seed=5, model=None):
     """A ridge learner's round over ``data``: (learner, labeled rows, round)."""
-    learner = sim_learners.RidgeLearner(data, sim.SimSettings(model=model or {"kind": "poly", "degree": 2}))
+    learner = sim.make_learner(data, sim.SimSettings(model=model or {"kind": "poly", "degree": 2}))
+    assert isinstance(learner, sim_learners.RidgeLearner)
     idx = np.random.default_rng(seed).choice(len(data.y_pool), labeled, replace=False)
     return learner, idx, sim.round_of(learner, learner.fit(idx, None), idx, seed)
-
-
-def _data(rng, n):
-    x = rng.normal(size=(n, 2))
-    return sim.SimData("v", ("p", "q"), x, x @ [1.0, -1.0] + x[:, 0] ** 2 + 0.1 * rng.normal(size=n), x[:5], x[:5, 0])
 
 
 @pytest.mark.parametrize("name", strategies.names("regression"))
@@ -317,3 +315,69 @@ def test_mlp_learner_runs_the_loop_with_a_live_tangent(tiny):
     rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
     assert rnd.model.tangent_health() == "ok"
     assert rnd.model.gradient_features(tiny.x_pool[:9]).shape == (9, rnd.model.n_params)
+
+
+# --- the simulation replays the live loop -----------------------------------------------------------
+
+
+def test_the_closed_form_fast_path_is_what_sgdf_training_converges_to(tiny):
+    """simulate fits linear models in closed form; `alloop train` runs SGDF: same predictions and tangent."""
+    settings = sim.SimSettings(s=0.5, model={"kind": "poly", "degree": 2})
+    learner = sim.make_learner(tiny, settings)
+    idx = np.arange(40)
+    closed = learner.model(learner.fit(idx, None), 0)
+    config = learner.config.replace(train={**learner.config.train, "min_steps": 3000})
+    live = fitting.fit(config, tiny.x_pool[idx].astype(np.float32), tiny.y_pool[idx][:, None])
+    pred_live = fitting.predict(config, live.params, tiny.x_pool, live.target)[:, 0]
+    pred_closed = closed.predict(tiny.x_pool)
+    assert np.sqrt(np.mean((pred_live - pred_closed) ** 2)) < 0.01 * np.std(pred_closed)
+    u_live = TrainedModel(closed.problem, live.params, live.tangent, closed.noise, 0.5).outputs(tiny.x_pool)[1]
+    u_closed = closed.outputs(tiny.x_pool)[1]
+    assert u_live @ u_closed / (np.linalg.norm(u_live) * np.linalg.norm(u_closed)) > 0.999  # θ̇ differs by the target scale only
+
+
+@pytest.mark.parametrize("strategy", ["sld", "sld-topk", "greedy", "random", "committee", "sld-seq"])
+def test_a_simulated_round_picks_the_rows_alloop_query_picks(tiny, runs, strategy, monkeypatch):
+    """Same run state (labels, model, seed): the simulation's round chooses exactly the rows of `alloop query`."""
+    from alloop.commands.init import init_run
+    from alloop.commands.query import query, trained_model
+    from alloop.commands.train import train
+    from alloop.io import rundir
+
+    monkeypatch.setattr(strategies.builtin, "COMMITTEE_SIZE", 2)
+    labeled = sim.initial_rows(sim.SimSettings(initial=12, seed=4), 0, len(tiny.y_pool))
+    seed_file = runs.parent / "seed.csv"
+    pd.DataFrame({"id": tiny.ids[labeled], "target": tiny.y_pool[labeled]}).to_csv(seed_file, index=False)
+    init_run("r", tiny.pool, labels=str(seed_file), s=0.7, train={"epochs": 1, "min_steps": 300, "seed": 4})
+    train("r")
+    run = rundir.open_run("r")
+    config = common.config_of(run)
+    tree, meta = common.load_checkpoint(run)
+    _, lx, ly = common.labeled_arrays(run, common.open_pool_of(run))
+    got = pd.read_csv(query("r", k=6, strategy=strategy, seed=11)["path"])["id"].to_numpy()
+    model = trained_model(run, config, tree, meta, lx, ly, 11)
+    order = tiny.rows_of(run_ids := common.labeled_arrays(run, common.open_pool_of(run))[0])
+    rnd = sim.round_with(tiny, sim.config_for(tiny, sim.SimSettings(s=0.7, seed=4)), order, 11, model)
+    picked = strategies.select(strategies.get(strategy), tiny.open_pool(), rnd, run_ids, 6)
+    np.testing.assert_array_equal(picked.ids, got)
+
+
+def test_classification_is_simulated_with_the_live_softmax_model(tmp_path):
+    """Three blobs: the loop runs with SGDF's softmax model and records the test error rate."""
+    rng = np.random.default_rng(2)
+    centers = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    labels = rng.integers(0, 3, 150)
+    x = centers[labels] + rng.normal(size=(150, 2))
+    df = pd.DataFrame({"id": np.arange(150), "a": x[:, 0], "b": x[:, 1], "target": np.array(["red", "green", "blue"])[labels]})
+    df.iloc[:110].to_parquet(tmp_path / "pool.parquet", index=False)
+    df.iloc[110:].to_parquet(tmp_path / "test.parquet", index=False)
+    res = sim.run_simulation(pool=str(tmp_path / "pool.parquet"), test=str(tmp_path / "test.parquet"), task="classification",
+                             strategy_list=["margin", "sld", "random"], reps=1, out=str(tmp_path / "out"), jobs=1,
+                             model={"kind": "linear", "steps": 300}, initial=6, budget=18, batch=6)
+    assert res["metric"] == "error" and set(res["strategies"]) == {"margin", "sld", "random"}
+    df = curves(tmp_path / "out")
+    assert df["metric"].between(0, 1).all() and list(df[df.strategy == "margin"]["n_labels"]) == [6, 12, 18]
+    assert df[df.n_labels == 18]["metric"].max() < 0.35  # three separable blobs are learned from 18 labels
+    with pytest.raises(UserError, match="does not apply to classification"):
+        sim.run_simulation(pool=str(tmp_path / "pool.parquet"), test=str(tmp_path / "test.parquet"), task="classification",
+                           strategy_list=["igs"], reps=1, out=str(tmp_path / "o2"), jobs=1)

@@ -12,20 +12,12 @@ import alloop
 from alloop.commands.common import TEST_FILE, now, read_seed_labels
 from alloop.config import ModelSpec, PoolSpec, RunConfig, default_s
 from alloop.core import sgdf
-from alloop.core.objective import default_curvature
 from alloop.errors import UserError
 from alloop.io import atomic, rundir, tables
 from alloop.io import pool as poolio
 from alloop.reporting import Reporter
 from alloop.training import classmap
-
-
-def model_spec(kind: str = "linear", *, degree: int = 3, hidden=(64, 64), activation: str = "tanh", curvature: str | None = None,
-               damping: float | None = None, **extra) -> ModelSpec:
-    """A model as ``init`` options describe it, with the curvature (and damping) its kind needs unless told."""
-    default, default_damping = default_curvature(kind) if kind in ("linear", "poly", "mlp") else ("hessian", 0.0)
-    damping = default_damping if damping is None else damping
-    return ModelSpec(kind, int(degree), tuple(int(h) for h in hidden), activation, curvature or default, float(damping), extra)
+from alloop.training.fit import model_spec
 
 
 def init_run(

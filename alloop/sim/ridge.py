@@ -21,9 +21,10 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from alloop.core import losses, models, objective, regularizers
 from alloop.strategies import TrainedModel
 from alloop.strategies.builtin import COMMITTEE_SIZE
+from alloop.training import choose_s as choose_s_mod
+from alloop.training import fit as fitting
 
 S_GRID = np.logspace(-3, 4, 29)  # candidate regularities for s = "loocv"
 
@@ -116,32 +117,38 @@ def core_params(theta: np.ndarray) -> dict:
 
 
 class RidgeLearner:
-    """The simulation's learner for linear/poly models: ridge in closed form on the pool's features.
+    """The simulation's learner for linear/poly regression: ridge in closed form on the pool's features.
 
-    ``data`` holds the pool and test arrays, ``settings`` the model and s (``simulate.SimData``/``SimSettings``).
-    ``model(state)`` hands the fit to the strategies as the core's model with θ* and θ̇, exactly what
-    a live run's checkpoint gives them.
+    ``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the RunConfig ``alloop init`` would
+    write. Its s is chosen every round as ``alloop train`` chooses it (``choose_s.resolve_s``, warm-started
+    from the last round's s) when it is ``auto`` or ``loocv``. ``model(state)`` hands the fit to the
+    strategies as the core's model with θ* and θ̇, what a run's checkpoint gives them; SGDF converges to the
+    same θ* and θ̇ (tests/test_simulate.py checks it against ``fit.fit``).
     """
 
-    def __init__(self, data, settings):
-        self.data, self.settings = data, settings
-        mean, std = data.x_pool.mean(axis=0), data.x_pool.std(axis=0)
+    def __init__(self, data, settings, config):
+        self.data, self.settings, self.config = data, settings, config
+        mean, std = config.standardizer["mean"], config.standardizer["std"]  # the run's standardizer: θ maps onto the core's model
         self.features = make_features(settings.model, mean, std)
         self.a_pool = self.features(data.x_pool)
         self.a_test = self.features(data.x_test)
         self.d = penalty(self.a_pool.shape[1])
-        self.stats = models.fit_standardizer(mean, std)
-        spec = {"kind": settings.model.get("kind", "linear"), "degree": self.features.degree}
-        core = models.make_model(spec, data.x_pool.shape[1], 1)
-        init = core.init(jax.random.PRNGKey(0))
-        self.problem = objective.Problem(core, losses.squared, regularizers.l2_weights(init), self.stats, "hessian", 0.0)
+        init = fitting.build_model(config).init(jax.random.PRNGKey(0))
+        self.problem = fitting.build_problem(config, init)
+        self._s = None  # the last round's s: the next search starts there
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):
         a, y = self.a_pool[labeled], self.data.y_pool[labeled]
-        s = choose_s(a, y, self.d) if self.settings.s == "loocv" else float(self.settings.s)
+        if choose_s_mod.is_mode(self.config.s):
+            prev = self._s if len(labeled) > self.settings.initial else None
+            s, _ = choose_s_mod.resolve_s(self.config, self.data.x_pool[labeled].astype(np.float32), y[:, None], s_prev=prev)
+        else:
+            s = float(self.config.s)
+        self._s = s
         return fit_ridge(a, y, s, self.d, w), s, labeled
 
-    def test_rmse(self, state) -> float:
+    def test_metric(self, state) -> float:
+        """Test RMSE."""
         fit, _, _ = state
         return float(np.sqrt(np.mean((self.a_test @ fit.theta - self.data.y_test) ** 2)))
 

@@ -37,20 +37,27 @@ import numpy as np
 import pandas as pd
 
 from alloop import strategies
-from alloop.core import models
+from alloop.config import PoolSpec, RunConfig, default_s, parse_s
+from alloop.core import sgdf
 from alloop.errors import UserError
 from alloop.io import atomic, datasets, rundir, tables
 from alloop.io import pool as poolio
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 from alloop.sim import ridge
+from alloop.sim import sgdf as sim_sgdf
 from alloop.sim import summary as sim_summary
 from alloop.strategies import research
+from alloop.training import classmap
+from alloop.training import fit as fitting
 
 CURVE_COLUMNS = ("strategy", "rep", "n_labels", "metric", "seconds")
 CURVES_FILE = "curves.csv"
 CONFIG_FILE = "config.json"
-DEFAULT_STRATEGIES = ("sld", "sld-topk", "random", "greedy", "igs", "committee", "emcm")
+DEFAULT_STRATEGIES = {
+    "regression": ("sld", "sld-topk", "random", "greedy", "igs", "committee", "emcm"),
+    "classification": ("margin", "sld", "entropy", "random", "greedy"),
+}
 PROTOCOL = 2  # 2: strategies run through strategies.select over the pool file, as `alloop query` runs them
 DEFAULT_REPS = 20  # 5 repetitions cannot separate the 1–3% differences measured in docs/results.md
 MODEL_KINDS = ("linear", "poly", "mlp")
@@ -89,7 +96,7 @@ class SimData:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for arr in (self.x_pool, self.y_pool, self.x_test, self.y_test):
-            h.update(np.ascontiguousarray(arr, np.float64).tobytes())
+            h.update(json.dumps(list(arr)).encode() if arr.dtype == object else np.ascontiguousarray(arr, np.float64).tobytes())
         h.update(json.dumps(self.features).encode())
         return h.hexdigest()[:16]
 
@@ -103,13 +110,14 @@ class SimSettings:
     batch: int = 10
     seed: int = 0
     model: dict = field(default_factory=lambda: {"kind": "linear"})
-    s: float | str = 1.0  # a number, or "loocv": chosen every round by closed-form LOOCV (linear/poly)
+    s: float | str = 1.0  # a number, or "auto"/"loocv" (linear/poly regression): chosen every round as `alloop train` does
+    task: str = "regression"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def load_data(pool: str, test: str, target: str = "target", id_col: str = "id", name: str | None = None) -> SimData:
+def load_data(pool: str, test: str, target: str = "target", id_col: str = "id", name: str | None = None, task: str = "regression") -> SimData:
     """Read a pool (with its target column) and a test set whole."""
     info = poolio.open_pool(pool, id_col=id_col, targets=(target,))
     xs, ys, ids = [], [], []
@@ -118,16 +126,22 @@ def load_data(pool: str, test: str, target: str = "target", id_col: str = "id", 
         ys.append(batch.Y)
         ids.append(batch.ids)
     y_pool = np.concatenate(ys)[:, 0] if ys else np.zeros(0)
-    if y_pool.dtype == object or not np.all(np.isfinite(y_pool.astype(np.float64))):
-        raise UserError(f"pool '{pool}' has a missing or non-numeric value in target '{target}': simulate needs every row labeled (regression)")
-    df = tables.read_test_set(test, list(info.features), [target], "regression")
+    if task == "classification":
+        if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in y_pool):
+            raise UserError(f"pool '{pool}' has a missing value in target '{target}': simulate needs every row labeled")
+        y_pool = np.asarray(classmap.normalize(y_pool), dtype=object)
+    elif y_pool.dtype == object or not np.all(np.isfinite(y_pool.astype(np.float64))):
+        raise UserError(f"pool '{pool}' has a missing or non-numeric value in target '{target}': simulate needs every row labeled "
+                        "(a class label? pass --task classification)")
+    df = tables.read_test_set(test, list(info.features), [target], task)
+    y_test = np.asarray(classmap.normalize(df[target]), dtype=object) if task == "classification" else df[target].to_numpy(np.float64)
     return SimData(
         name or Path(pool).parent.name,
         tuple(info.features),
         np.concatenate(xs),
-        y_pool.astype(np.float64),
+        y_pool if task == "classification" else y_pool.astype(np.float64),
         df[list(info.features)].to_numpy(np.float64),
-        df[target].to_numpy(np.float64),
+        y_test,
         np.concatenate(ids) if ids else np.zeros(0, np.int64),
         str(pool),
         id_col,
@@ -138,8 +152,6 @@ def load_data(pool: str, test: str, target: str = "target", id_col: str = "id", 
 def dataset_files(name: str) -> tuple[str, str, dict]:
     """(pool, test, meta) of a bundled dataset under datasets/NAME."""
     meta = datasets.dataset_meta(name)
-    if meta.get("task", "regression") != "regression":
-        raise UserError(f"dataset '{name}' is a {meta['task']} set: simulate measures regression (RMSE) only")
     folder = datasets.datasets_dir() / name
     return str(folder / "pool.parquet"), str(folder / "test.parquet"), meta
 
@@ -157,35 +169,36 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
     kind = settings.model.get("kind", "linear")
     if kind not in MODEL_KINDS:
         raise UserError(f"unknown --model {kind!r}: choose linear, poly or mlp")
+    if settings.task not in ("regression", "classification"):
+        raise UserError(f"unknown --task {settings.task!r}: choose regression or classification")
     if isinstance(settings.s, str):
-        if settings.s != "loocv" or kind == "mlp":
-            raise UserError("--s must be a positive number, or 'loocv' with a linear or poly model")
+        if settings.s not in ("auto", "loocv") or kind == "mlp" or settings.task != "regression":
+            raise UserError("--s must be a positive number, or auto/loocv with a linear or poly regression model (an MLP or classifier "
+                            "takes a number: choosing s by SGDF cross-validation every round is too slow to simulate)")
     elif not (np.isfinite(settings.s) and settings.s > 0):
         raise UserError(f"--s must be a positive number, got {settings.s}")
     unknown = [s for s in strategies_ if s not in strategies.REGISTRY and s not in strategies.ALIASES]
     if unknown:
-        raise UserError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names())}")
+        raise UserError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names(settings.task))}")
+    other = [s for s in strategies_ if settings.task not in strategies.get(s).tasks]
+    if other:
+        raise UserError(f"strategy {other[0]!r} does not apply to {settings.task}: choose from {', '.join(strategy_names(settings.task))}")
     if not strategies_:
         raise UserError("--strategies is empty: name at least one, e.g. sld,random")
 
 
-def model_of(kind: str, *, degree: int = 3, hidden=(32,)) -> dict:
+def model_of(kind: str, *, degree: int = 3, hidden=(64, 64)) -> dict:
     """A simulation model spec from ``--model``, ``--degree`` and ``--hidden``."""
     return {"kind": kind, **({"degree": degree} if kind == "poly" else {}), **({"hidden": list(hidden)} if kind == "mlp" else {})}
 
 
-def parse_sim_s(value) -> float | str:
-    """``simulate --s``: a number, or ``loocv`` (chosen every round in closed form)."""
-    if isinstance(value, str) and value.strip().lower() == "loocv":
-        return "loocv"
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"--s must be a number or 'loocv', got {value!r}") from None
+def metric_name(task: str) -> str:
+    """What a curve records: test RMSE for regression, the test error rate for classification."""
+    return "rmse" if task == "regression" else "error"
 
 
-def strategy_names() -> list[str]:
-    return strategies.names("regression")
+def strategy_names(task: str = "regression") -> list[str]:
+    return strategies.names(task)
 
 
 def schedule(settings: SimSettings, n_pool: int) -> list[int]:
@@ -208,24 +221,37 @@ def round_seed(settings: SimSettings, rep: int, round_: int) -> int:
 # --- learners -----------------------------------------------------------------------------------
 
 
-def make_learner(data: SimData, settings: SimSettings):
-    """Closed-form ridge for linear/poly models, SGDF through the core for the mlp."""
-    if settings.model.get("kind", "linear") == "mlp":
-        from alloop.sim.mlp import MLPLearner  # SGDF training only when asked for
+def config_for(data: SimData, settings: SimSettings) -> RunConfig:
+    """The RunConfig ``alloop init`` would write for this pool and these options (what a run trains and scores with)."""
+    spec = fitting.model_spec(**settings.model)
+    s = settings.s if settings.s is not None else default_s(settings.task, spec.kind)
+    pool = PoolSpec(data.pool or "", data.pool or "", data.id_col, tuple(data.features), "", len(data.y_pool))
+    classes = tuple(sim_sgdf.classes_of(data)) if settings.task == "classification" else None
+    mean, std = poolio.feature_moments(data.open_pool()) if data.pool else (data.x_pool.mean(axis=0), data.x_pool.std(axis=0))
+    return RunConfig(pool, {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}, spec, settings.task, ("target",),
+                     s=s, train={**sgdf.TrainConfig().to_dict(), "seed": settings.seed}, classes=classes)
 
-        return MLPLearner(data, settings)
-    return ridge.RidgeLearner(data, settings)
+
+def make_learner(data: SimData, settings: SimSettings):
+    """Closed-form ridge for linear/poly regression (what SGDF converges to), SGDF through the core otherwise."""
+    config = config_for(data, settings)
+    if settings.task == "regression" and config.model.kind in ("linear", "poly"):
+        return ridge.RidgeLearner(data, settings, config)
+    return sim_sgdf.SGDFLearner(data, settings, config.with_s(config.s))
 
 
 # --- one curve ----------------------------------------------------------------------------------
 
 
 def round_of(learner, state, labeled: np.ndarray, seed: int) -> strategies.Round:
-    """The round as a strategy sees it: what ``alloop query`` builds from a run, here from the learner's fit."""
-    data = learner.data
-    stats = models.fit_standardizer(data.x_pool.mean(axis=0), data.x_pool.std(axis=0))
-    return strategies.Round("regression", stats, data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None],
-                            seed, learner.model(state, seed))
+    """The round as a strategy sees it, from the learner's fit: what ``alloop query`` builds from a run."""
+    return round_with(learner.data, learner.config, labeled, seed, learner.model(state, seed))
+
+
+def round_with(data: SimData, config: RunConfig, labeled: np.ndarray, seed: int, model: strategies.TrainedModel | None) -> strategies.Round:
+    """A Round over the simulation's pool with a given model (the standardizer is the config's, as in a run)."""
+    return strategies.Round(config.task, fitting.standardizer(config), data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None],
+                            seed, model)
 
 
 def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round: Callable[[], None] | None = None) -> list[dict]:
@@ -250,7 +276,7 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
             probs = np.concatenate([probs, sel.prob])
         w = research.lure_weights(probs, n_pool) if strat.weighted else None
         state = learner.fit(labeled, w)
-        metric = learner.test_rmse(state)
+        metric = learner.test_metric(state)
         rows.append({"strategy": strategy, "rep": rep, "n_labels": len(labeled), "metric": metric, "seconds": time.perf_counter() - t0})
         if on_round is not None:
             on_round()
@@ -354,7 +380,7 @@ def simulate(
 
 def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, reporter: Reporter) -> dict:
     config = {"data": {"name": data.name, "fingerprint": data.fingerprint(), "pool_rows": len(data.y_pool), "test_rows": len(data.y_test)},
-              "settings": settings.to_dict(), "metric": "rmse", "protocol": PROTOCOL}
+              "settings": settings.to_dict(), "metric": metric_name(settings.task), "protocol": PROTOCOL}
     check_config(out, config)
     expected = schedule(settings, len(data.y_pool))
     path = out / CURVES_FILE
@@ -369,7 +395,7 @@ def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, repor
             append_curve(path, rows)
             done[(rows[0]["strategy"], rows[0]["rep"])] = rows
     keep = [r for s in strategy_list for rep in range(reps) for r in done[(s, rep)]]
-    summary = sim_summary.summarize(keep, strategy_list, settings, data.name)
+    summary = sim_summary.summarize(keep, strategy_list, settings, data.name, metric_name(settings.task))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     sim_summary.write_outputs(out, keep, summary)
     return summary
@@ -388,12 +414,14 @@ def run_simulation(
     jobs: int | None = None,
     model: dict | None = None,
     s: float | str | None = None,
+    task: str | None = None,
     reporter: Reporter | None = None,
     **settings,
 ) -> dict:
     """The ``simulate`` use case: find the data (``dataset`` or ``pool`` + ``test``), then ``simulate``.
 
-    A bundled dataset's ``demo`` defaults (model, s) apply unless ``model``/``s`` are given.
+    A bundled dataset's ``demo`` defaults (model, s) and task apply unless given. Without them, s follows
+    ``alloop init``'s policy (``config.default_s``): auto for linear and poly regression, 1 otherwise.
     """
     if dataset:
         if pool or test:
@@ -401,16 +429,18 @@ def run_simulation(
         pool, test, meta = dataset_files(dataset)
         target, id_col, name = meta.get("target", target), meta.get("id", id_col), dataset
         defaults = meta.get("demo", {})
+        task = task or meta.get("task", "regression")
     else:
         if not (pool and test):
             raise UserError("simulate needs --dataset NAME, or --pool FILE and --test FILE (both with the target column)")
         name, defaults = Path(pool).stem if Path(pool).stem != "pool" else Path(pool).resolve().parent.name, {}
+    task = task or "regression"
     model = model or defaults.get("model") or {"kind": "linear"}
-    s = parse_sim_s(s) if s is not None else defaults.get("s", 1.0)
-    data = load_data(pool, test, target, id_col, name)
-    sim_settings = SimSettings(model=dict(model), s=s, **settings)
+    s = parse_s(s) if s is not None else defaults.get("s", default_s(task, model.get("kind", "linear")))
+    data = load_data(pool, test, target, id_col, name, task)
+    sim_settings = SimSettings(model=dict(model), s=s, task=task, **settings)
     where = Path(out) if out else rundir.runs_root() / f"simulate-{name}"
-    summary = simulate(data, sim_settings, list(strategy_list or DEFAULT_STRATEGIES), reps, where, jobs, reporter)
+    summary = simulate(data, sim_settings, list(strategy_list or DEFAULT_STRATEGIES[task]), reps, where, jobs, reporter)
     return {**summary, "out": str(where), "markdown": (where / "summary.md").read_text()}
 
 

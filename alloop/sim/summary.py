@@ -1,6 +1,6 @@
 """What a simulation's learning curves say: the summary figures, summary.md/json and the plot.
 
-Lower metric is better (RMSE). Per strategy, against ``random``:
+Lower metric is better (test RMSE, or the test error rate for classification). Per strategy, against ``random``:
 
 - ``relative_area``: the area under its mean learning curve (trapezoids over the label counts)
   divided by random's; below 1 is better. ``relative_area_se`` is the standard error of the same ratio
@@ -80,12 +80,15 @@ def strategy_summary(rows: list[dict], strategy: str, reference: tuple | None) -
     return out
 
 
-def summarize(rows: list[dict], strategy_list: list[str], settings, name: str) -> dict:
+METRIC_LABEL = {"rmse": "Test RMSE", "error": "Test error rate"}
+
+
+def summarize(rows: list[dict], strategy_list: list[str], settings, name: str, metric: str = "rmse") -> dict:
     """Figures for every strategy, relative to random when random was run."""
     ref = curve_table(rows, REFERENCE) if any(r["strategy"] == REFERENCE for r in rows) else None
     return {
         "dataset": name,
-        "metric": "rmse",
+        "metric": metric,
         "settings": settings.to_dict(),
         "reference": REFERENCE if ref is not None else None,
         "strategies": {s: strategy_summary(rows, s, ref) for s in strategy_list},
@@ -103,7 +106,8 @@ def markdown(summary: dict) -> str:
     lines = [
         f"# Simulation: {summary['dataset']}",
         "",
-        f"Test RMSE (mean ± s.e. over {first['reps']} repetitions) after n labels; model {st['model']}, s = {st['s']}, "
+        f"{METRIC_LABEL.get(summary.get('metric'), 'Test metric')} "
+        f"(mean ± s.e. over {first['reps']} repetitions) after n labels; model {st['model']}, s = {st['s']}, "
         f"{st['initial']} initial random labels, batches of {st['batch']}, seed {st['seed']}.",
         "",
     ]
@@ -148,7 +152,7 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
     if max(highs) > 2.5 * min(lows) > 0:  # a steep first drop would flatten the rest of the curves
         ax.set_yscale("log")
     ax.set_xlabel("labels")
-    ax.set_ylabel("test RMSE")
+    ax.set_ylabel(METRIC_LABEL.get(summary.get("metric"), "test metric"))
     st = summary["settings"]
     model = st["model"].get("kind", "linear") + (f" {st['model']['degree']}" if st["model"].get("kind") == "poly" else "")
     reps = next(iter(summary["strategies"].values()))["reps"]

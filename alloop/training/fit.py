@@ -17,14 +17,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alloop.config import RunConfig, as_config
+from alloop.config import ModelSpec, RunConfig, as_config
 from alloop.core import losses, models, objective, regularizers, second_order, sgdf, tangents
-from alloop.core.objective import Problem
+from alloop.core.objective import Problem, default_curvature
 from alloop.core.scorers import residual_noise
 from alloop.training import classmap
 
 MIN_STEPS = 2000  # at least this many optimizer steps per training, however few the labels
 BOOTSTRAP_STEPS = 600
+
+
+def model_spec(kind: str = "linear", *, degree: int = 3, hidden=(64, 64), activation: str = "tanh", curvature: str | None = None,
+               damping: float | None = None, **extra) -> ModelSpec:
+    """A model as ``init`` options describe it, with the curvature (and damping) its kind needs unless told."""
+    default, default_damping = default_curvature(kind) if kind in ("linear", "poly", "mlp") else ("hessian", 0.0)
+    damping = default_damping if damping is None else damping
+    return ModelSpec(kind, int(degree), tuple(int(h) for h in hidden), activation, curvature or default, float(damping), extra)
 
 
 def loss_for(config: RunConfig) -> losses.Loss:
