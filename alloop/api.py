@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from alloop.errors import UserError
-from alloop.io import rundir, tables
+from alloop.io import labelstudio, rundir, tables
 from alloop.reporting import Reporter
 
 
@@ -59,7 +59,8 @@ class Run:
         from alloop.commands.query import query
 
         rec = query(self.name, k=k, strategy=strategy, fmt=fmt, seed=seed, reporter=self.reporter)
-        return QueryResult(rec["round"], rec["strategy"], Path(rec["path"]), tables.read_table(rec["path"]), rec.get("note"))
+        rows = labelstudio.task_table(rec["path"]) if fmt == "labelstudio" else tables.read_table(rec["path"])
+        return QueryResult(rec["round"], rec["strategy"], Path(rec["path"]), rows, rec.get("note"))
 
     def ingest(self, labels: pd.DataFrame | str | Path, *, train: bool = True, allow_unqueried: bool = False,
                overwrite: bool = False, add_class: bool = False) -> IngestResult:

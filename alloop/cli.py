@@ -229,7 +229,9 @@ def query(
     name: str = RUN_ARG,
     k: int = typer.Option(20, "-k", "--k", help="How many rows to ask about."),
     strategy: Optional[str] = STRATEGY_OPT,
-    fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
+    fmt: str = typer.Option(
+        "csv", "--format", help="Query file format: csv, parquet, jsonl, or labelstudio (Label Studio tasks with predictions, and the labeling config)."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
     shard: Optional[str] = typer.Option(
         None, "--shard",
@@ -289,11 +291,16 @@ def merge_queries(
 @app.command()
 def ingest(
     name: str = RUN_ARG,
-    file: str = typer.Argument(..., help="CSV, Parquet or JSONL with the id and target columns (e.g. a filled-in query file)."),
+    file: str = typer.Argument(
+        ..., help="CSV, Parquet or JSONL with the id and target columns (e.g. a filled-in query file), or a Label Studio export (JSON, JSON-MIN, CSV)."
+    ),
     no_train: bool = typer.Option(False, "--no-train", help="Store the labels without retraining."),
     allow_unqueried: bool = typer.Option(False, "--allow-unqueried", help="Accept labels for rows that were never queried."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace labels that differ from stored ones."),
     add_class: bool = typer.Option(False, "--add-class", help="Classification: accept labels of new classes (the model gains an output for each)."),
+    resolve: str = typer.Option(
+        "latest", "--resolve", help="Label Studio exports: several annotations of a task give latest, mean (regression) or majority (classification)."
+    ),
     devices: int = TRAIN_DEVICES_OPT,
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
@@ -306,7 +313,7 @@ def ingest(
     from alloop.commands.ingest import ingest as ingest_run
 
     rec = ingest_run(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class,
-                     devices=devices, wait=wait, reporter=RichReporter())
+                     resolve=resolve, devices=devices, wait=wait, reporter=RichReporter())
     text = f"added {rec['added']} labels ({rec['labels']} in all, {rec['outstanding']} outstanding)"
     if "trained" in rec:
         text += "\n" + _figures_line(rec["trained"])
@@ -314,14 +321,21 @@ def ingest(
 
 
 @app.command()
-def status(name: str = RUN_ARG, as_json: bool = JSON_OPT) -> None:
-    """Show labels, pool size, outstanding queries, rounds, s, tangent health and the latest metrics.
+def status(
+    name: str = RUN_ARG,
+    as_json: bool = JSON_OPT,
+    stop: List[str] = typer.Option(
+        [], "--stop", help="Override a stopping threshold, NAME=NUMBER (change_threshold, change_rounds, kappa_threshold, kappa_window, "
+        "cv_tolerance, cv_window, sld_fraction); repeatable.",
+    ),
+) -> None:
+    """Show labels, pool size, outstanding queries, rounds, s, tangent health, the latest metrics and whether to stop labeling.
 
     Example: alloop status houses --json
     """
     from alloop.commands.status import status as run_status
 
-    st = run_status(name)
+    st = run_status(name, _stop_overrides(stop))
     if as_json:
         _emit(st, True, "")
         return
@@ -335,9 +349,27 @@ def status(name: str = RUN_ARG, as_json: bool = JSON_OPT) -> None:
     for key, v in st["figures"].items():
         if key != "residual":
             table.add_row(key, _fmt(v))
+    sp = st["stopping"]
+    table.add_row("stop", f"{'yes' if sp['stop'] else 'not yet'} (by {sp['rule']})")
+    for reason in sp["reasons"]:
+        table.add_row("", escape(reason))
     out.print(table)
     for w in st["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+def _stop_overrides(items: List[str]) -> dict:
+    """--stop NAME=NUMBER options as a dict of numbers (ints where the text is one)."""
+    outd = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError(item)
+            outd[key.strip()] = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            raise UserError(f"--stop {item!r} is not NAME=NUMBER: write e.g. --stop change_threshold=0.02") from None
+    return outd
 
 
 @app.command("tune-s")

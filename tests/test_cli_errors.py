@@ -116,7 +116,7 @@ def test_init_seed_labels_are_checked(runs, alloop_data, tmp_path):
 
 @pytest.mark.parametrize("args, needles", [
     (["--strategy", "best"], ["unknown --strategy 'best'", "sld, sld-topk, random, committee, greedy"]),
-    (["--format", "xlsx"], ["unknown --format 'xlsx'", "csv, parquet or jsonl"]),
+    (["--format", "xlsx"], ["unknown --format 'xlsx'", "csv, parquet, jsonl or labelstudio"]),
     (["-k", "0"], ["-k must be at least 1"]),
     (["-k", "-3"], ["-k must be at least 1"]),
     (["-k", "abc"], ["Invalid value for '-k'", "alloop query --help"]),

@@ -168,7 +168,7 @@ def test_jsonl_missing_key_is_blank_and_blank_lines_skipped(tmp_path):
     (lambda d: csv(d, "id,y\n5,1\n6,2\n5,3\n"), {}, r"has id 5 twice \(line 2 and line 4\): keep one row per id"),
     (lambda d: csv(d, "id,y\n5,1\n6,\n6,3\n"), {}, "has id 6 twice"),
     (lambda d: csv(d, "id,y\n5,abc\n"), {}, "non-numeric value 'abc' in 'y' for id 5: write a number"),
-    (lambda d: csv(d, "id,y\n5,\"3,2\"\n"), {}, "non-numeric value '3,2'"),
+    (lambda d: csv(d, "id,y\n5,\"3,2\"\n"), {}, "has '3,2' in 'y' for id 5, a decimal comma.*write 3.2, or save the CSV with ';'"),
     (lambda d: jsonl(d, [{"id": 5, "y": True}]), {}, "non-numeric value True"),
     (lambda d: jsonl(d, [{"id": 5, "y": [1]}]), {}, "non-numeric value"),
     (lambda d: csv(d, "id,y\n5,nan\n"), {}, "non-finite value 'nan' in 'y' for id 5"),

@@ -13,6 +13,7 @@ from alloop.commands.common import config_of, label_frame, load_checkpoint, open
 from alloop.commands.train import train_locked
 from alloop.errors import UserError
 from alloop.io import labels as labelio
+from alloop.io import labelstudio as lsexport
 from alloop.io import pool as poolio
 from alloop.io import rundir
 from alloop.io.lock import run_lock
@@ -30,6 +31,7 @@ def ingest(
     allow_unqueried: bool = False,
     overwrite: bool = False,
     add_class: bool = False,
+    resolve: str = "latest",
     devices: int = 1,
     wait: float = 5.0,
     reporter: Reporter | None = None,
@@ -37,7 +39,8 @@ def ingest(
     """Validate a file of labels, append them to the run, and retrain (unless ``no_train``).
 
     ``add_class``: labels of classes the run does not know yet extend its class mapping (and the
-    model's output layer) instead of being refused. ``devices``: as for ``train``.
+    model's output layer) instead of being refused. ``devices``: as for ``train``. ``resolve``: how
+    several annotations of one Label Studio task become one label (latest, mean or majority).
     """
     reporter = reporter or Reporter()
     check_devices(devices)
@@ -45,12 +48,13 @@ def ingest(
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
-        lf = labelio.read_label_file(file, info.id_col, run.targets, run.id_kind, run.task)
+        lf, read_notes = read_labels_of(run, info, file, resolve)
         current = rundir.read_labels(run)
         labeled = _labeled_dict(run, current)
         ids, values, notes = labelio.validate_ingest(
             lf, labeled, set(run.outstanding), lambda ids: poolio.require_ids(info, ids), allow_unqueried, overwrite
         )
+        notes = [*read_notes, *notes]
         added = _check_classes(run, values, add_class)
         grown, grown_state = _grow_classes(run, added)
         new_rows = label_frame(config_of(run), ids, values, run.round)
@@ -74,6 +78,15 @@ def ingest(
             run, trained = train_locked(run, info, reporter, devices=devices)
             record = {**record, "trained": trained}
     return record
+
+
+def read_labels_of(run, info, file: str, resolve: str = "latest") -> tuple[labelio.LabelFile, list[str]]:
+    """The labels of a file: a Label Studio export (.json, or a CSV with alloop's task columns), else a label table."""
+    if lsexport.is_export(file):
+        return lsexport.read_export(file, run_name=run.name, targets=run.targets, id_kind=run.id_kind, task=run.task, resolve=resolve)
+    if resolve != "latest":
+        lsexport.check_resolve(resolve, run.task)
+    return labelio.read_label_file(file, info.id_col, run.targets, run.id_kind, run.task), []
 
 
 def _labeled_dict(run, current: pd.DataFrame) -> dict:

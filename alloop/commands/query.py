@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from alloop import strategies
+from alloop.commands import labelstudio
 from alloop.commands.common import config_of, inheritance, labeled_arrays, load_checkpoint, open_pool_of
 from alloop.commands.status import needs_training
 from alloop.commands.train import train_locked
@@ -24,7 +25,7 @@ from alloop.strategies.stream import check_devices
 from alloop.training import choose_s
 from alloop.training import fit as fitting
 
-QUERY_FORMATS = ("csv", "parquet", "jsonl")
+QUERY_FORMATS = ("csv", "parquet", "jsonl", "labelstudio")
 DEFAULT_BATCH_ROWS = strategies.DEFAULT_BATCH_ROWS
 OWN_COLUMNS = ("rank", "score")  # what a query file adds beside the pool's id, features and targets
 
@@ -55,7 +56,7 @@ def query(
 
 def check_format(fmt: str) -> None:
     if fmt not in QUERY_FORMATS:
-        raise UserError(f"unknown --format {fmt!r}: choose csv, parquet or jsonl")
+        raise UserError(f"unknown --format {fmt!r}: choose csv, parquet, jsonl or labelstudio")
 
 
 def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tuple[rundir.Run, Strategy]:
@@ -116,10 +117,12 @@ def commit_query(run, info, sel: Selection, strategy: str, fmt: str, reporter: R
     frame = query_frame(run, info, sel)
     new_round = run.round + 1
     outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
-    run = rundir.commit(run, query=(frame, fmt), state={"round": new_round, "outstanding": outstanding})
-    path = run.path / run.state["queries"][-1]["file"]
+    payload = (frame, fmt) if fmt != "labelstudio" else labelstudio.query_payload(run, frame, new_round, frame.columns[2])
+    run = rundir.commit(run, query=payload, state={"round": new_round, "outstanding": outstanding})
+    entry = run.state["queries"][-1]
+    path = run.path / entry["file"]
     record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids),
-              "file": str(path.relative_to(run.path)), **(extra or {})}
+              "file": str(path.relative_to(run.path)), **({"labeling_config": entry["config"]} if "config" in entry else {}), **(extra or {})}
     rundir.append_history(run, record)
     return record, path
 

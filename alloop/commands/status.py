@@ -12,11 +12,19 @@ from alloop.config import RunConfig
 from alloop.errors import UserError
 from alloop.io import rundir
 from alloop.io.checkpoint import load_meta
+from alloop.training import stopping
 
 
-def status(name: str) -> dict:
-    """What a user wants to see at a glance: counts, round, s, tangent health, latest metrics."""
+def status(name: str, stop_rules: dict | None = None) -> dict:
+    """What a user wants to see at a glance: counts, round, s, tangent health, latest metrics, whether to stop.
+
+    ``stop_rules``: thresholds of the stopping rules to override (``training.stopping.StopRules`` fields).
+    """
     run = rundir.open_run(name)
+    try:
+        rules = stopping.StopRules.from_dict(stop_rules)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{e}: pass --stop NAME=NUMBER with one of those names") from None
     config = RunConfig.from_json(run.config)
     meta = load_meta(run.checkpoint_path) if run.checkpoint_path else {}
     return {
@@ -40,6 +48,7 @@ def status(name: str) -> dict:
         "figures": meta.get("figures", {}),
         "warnings": meta.get("warnings", []),
         "queries": [q["file"] for q in run.state.get("queries", [])],
+        "stopping": stopping.decide(stopping.rounds_from_history(rundir.read_history(run)), run.task, rules),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alloop.commands import stopset
 from alloop.commands.common import config_of, held_out_arrays, inheritance, labeled_arrays, last_s, load_checkpoint, open_pool_of
 from alloop.config import RunConfig, parse_s
 from alloop.core import sgdf
@@ -45,6 +46,7 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
     if epochs is not None and epochs < 1:
         raise UserError("--epochs must be at least 1")
     _, x, y = labeled_arrays(run, info, labels)
+    prev_meta = stopset.current_meta(run)  # the stop-set predictions of the model being replaced
     test = held_out_arrays(run)  # before training: a damaged test set is refused before anything is committed
     tree, meta = (None, None) if fresh else load_checkpoint(run)  # --fresh also recovers from a lost checkpoint
     progress = run.state.get("training")
@@ -85,10 +87,14 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
         "noise": [float(v) for v in np.ravel(result.noise)], "warnings": result.warnings, "figures": figures,
         "tangent_norm": sgdf.tree_norm(result.tangent), "target": result.target, "classes": run.config.get("classes"),
     }
+    stop_meta, stop_record = stopset.stop_signals(run, info, config, result, choice, prev_meta, reporter)
+    meta["stop"] = stop_meta
     tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
     run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None})
     record = {"command": "train", "labels": run.n_labels, "round": run.round, "s": config.s, **figures,
               "seconds": round(result.seconds, 3), "warnings": result.warnings}
+    if stop_record:
+        record["stop"] = stop_record
     if choice:
         record["s_choice"] = {**choice.record(), "seconds": round(choice.seconds, 3)}
     rundir.append_history(run, record)

@@ -7,9 +7,11 @@ an error: those ids simply stay outstanding. Extra columns (rank, score, feature
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ class _Raw:
     ids: list
     targets: list[list]
     where: Callable[[int], str]
+    decimal_comma: bool = False  # a ';'-separated CSV (a spreadsheet's in a locale that writes 3,5 for 3.5)
 
 
 def read_label_file(path, id_col: str, targets: tuple[str, ...], id_kind: str,
@@ -82,19 +85,61 @@ def _require(columns, path: Path, id_col: str, targets: tuple) -> None:
 
 
 def _read_csv(path: Path, id_col: str, targets: tuple) -> _Raw:
-    """CSV read as text (no type guessing), formula guards undone, fully blank rows dropped."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise UserError(f"label file '{path}' is empty: fill in some labels, or check you sent the right file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise _corrupt(path, "CSV", e) from None
-    df = df.fillna("")
+    """CSV read as text (no type guessing), formula guards undone, fully blank rows dropped.
+
+    A file whose header splits on ';' (not ',') into the id column is read with ';' separators and
+    decimal commas, as spreadsheets in locales that write 3,5 for 3.5 save it.
+    """
+    semicolon = _semicolon_header(path, id_col)
+    df = _csv_frame(path, ";" if semicolon else ",").fillna("")
     _require(list(df.columns), path, id_col, targets)
     keep = (df != "").any(axis=1).to_numpy()
     lines = np.flatnonzero(keep) + 2  # line 1 is the header
     cols = [[_csv_cell(v) for v in df[c].to_numpy()[keep]] for c in (id_col, *targets)]
-    return _Raw(cols[0], cols[1:], lambda i: f"line {lines[i]}")
+    return _Raw(cols[0], cols[1:], lambda i: f"line {lines[i]}", decimal_comma=semicolon)
+
+
+def _semicolon_header(path: Path, id_col: str) -> bool:
+    """Whether the header names the id column only when split on ';'."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    cells = lambda sep: [c.strip().strip('"') for c in next(csv.reader([line], delimiter=sep), [])]
+    return id_col not in cells(",") and id_col in cells(";")
+
+
+def _csv_frame(path: Path, sep: str) -> pd.DataFrame:
+    """The CSV as text cells; a row with more cells than the header is an error (pandas would silently
+    take its first cell as an index: '1,3,5' under 'id,price' would read as id 3, price 5)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", index_col=False)
+    except pd.errors.ParserWarning:
+        raise UserError(f"label file '{path}' is not a readable CSV file (a row has more cells than the header): if its numbers have "
+                        "decimal commas (3,5), save it with ';' as the separator; else fix those rows or re-export it as CSV") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"label file '{path}' is empty: fill in some labels, or check you sent the right file") from None
+    except pd.errors.ParserError as e:
+        if "Expected" in str(e) and sep == ",":
+            reason = (str(e).strip().splitlines() or ["ParserError"])[-1]
+            raise UserError(f"label file '{path}' is not a readable CSV file ({reason}; a row has more cells than the header): if its numbers "
+                            "have decimal commas, save it with ';' as the separator; else fix those rows or re-export it as CSV") from None
+        raise _corrupt(path, "CSV", e) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _corrupt(path, "CSV", e) from None
+
+
+_DECIMAL_COMMA = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+),\d+")
+
+
+def _from_decimal_comma(v):
+    """'3,5' -> '3.5' and '1.234,5' -> '1234.5' (a ';'-separated file's numbers); other cells as they are."""
+    if isinstance(v, str) and _DECIMAL_COMMA.fullmatch(v.strip()):
+        return v.strip().replace(".", "").replace(",", ".")
+    return v
 
 
 def _csv_cell(v: str) -> str:
@@ -148,8 +193,15 @@ def _corrupt(path: Path, kind: str, err: Exception) -> UserError:
     return UserError(f"label file '{path}' is not a readable {kind} file ({reason}): re-export it as {kind}")
 
 
+def build_label_file(ids: list, target_cells: list[list], where: Callable[[int], str], path, targets, id_kind: str, task: str) -> LabelFile:
+    """A LabelFile from cells read by another reader (Label Studio exports): the same parsing and checks."""
+    return _build(_Raw(list(ids), [list(c) for c in target_cells], where), Path(path), tuple(targets), id_kind, task)
+
+
 def _build(raw: _Raw, path: Path, targets: tuple, id_kind: str, task: str) -> LabelFile:
     """Turn raw cells into a LabelFile: ids parsed and unique, targets parsed or blank."""
+    if raw.decimal_comma and task != "classification":
+        raw.targets = [[_from_decimal_comma(v) for v in col] for col in raw.targets]
     ids = [_parse_id(v, id_kind, path, raw.where(i)) for i, v in enumerate(raw.ids)]
     _check_unique(ids, raw, path)
     kept, values, blank = [], [], []
@@ -173,6 +225,11 @@ def _is_blank(v, task: str) -> bool:
     if v is None or (isinstance(v, str) and not v.strip()):
         return True
     return task == "classification" and isinstance(v, float) and math.isnan(v)
+
+
+def parse_id(v, id_kind: str, path, where: str):
+    """An id of the pool's kind (as label files are read), or a UserError naming the fix."""
+    return _parse_id(v, id_kind, Path(path), where)
 
 
 def _parse_id(v, id_kind: str, path: Path, where: str):
@@ -239,6 +296,11 @@ def _parse_row(cells: list, targets: tuple, id_, path: Path, task: str):
 MAX_TARGET = 1e30  # training runs in float32; squares of larger values overflow
 
 
+def parse_number(v, target: str, id_, path) -> float:
+    """A finite target value within ±1e30, or a UserError naming the fix."""
+    return _parse_number(v, target, id_, Path(path))
+
+
 def _parse_number(v, target: str, id_, path: Path) -> float:
     x = None
     if isinstance(v, str):
@@ -248,6 +310,9 @@ def _parse_number(v, target: str, id_, path: Path) -> float:
             pass
     elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
         x = float(v)
+    if x is None and isinstance(v, str) and _DECIMAL_COMMA.fullmatch(v.strip()) and "," in v:
+        raise UserError(f"label file '{path}' has {v!r} in '{target}' for id {id_}, a decimal comma in a ','-separated file: "
+                        f"write {_from_decimal_comma(v)}, or save the CSV with ';' as the separator")
     if x is None:
         raise UserError(f"label file '{path}' has a non-numeric value {v!r} in '{target}' for id {id_}: write a number or leave the cell blank")
     if not math.isfinite(x):

@@ -365,16 +365,25 @@ def _remember_previous(old: dict, new: dict, file_key: str, sha_key: str) -> Non
 
 
 def _write_query(run: Run, new: dict, query, written: list) -> None:
-    """Save the query file for the merged state's round; refuses to replace a committed one."""
+    """Save the query file for the merged state's round; refuses to replace a committed one.
+
+    ``query`` is ``(frame, fmt)``, or ``(bytes, extension, {key: (extension, bytes)})`` for a file
+    encoded by the caller with companion files (Label Studio's tasks and labeling configuration),
+    each saved as queries/round-RRRR.<extension> and named in the query's entry under its key.
+    """
     if query is None:
         return
-    df, fmt = query
+    data, fmt, *rest = query
     rnd = int(new["round"])
     rel = f"queries/round-{rnd:04d}.{fmt}"
     if any(q.get("file") == rel for q in run.state.get("queries", [])):
         raise ValueError(f"{rel} is already committed; set state['round'] to a new round")
-    sha = _write_new(run, rel, encode_table(df, fmt), written)
-    new["queries"] = [*new.get("queries", []), {"round": rnd, "file": rel, "sha256": sha}]
+    sha = _write_new(run, rel, data if isinstance(data, bytes) else encode_table(data, fmt), written)
+    entry = {"round": rnd, "file": rel, "sha256": sha}
+    for key, (ext, blob) in (rest[0] if rest else {}).items():
+        entry[key] = f"queries/round-{rnd:04d}.{ext}"
+        entry[f"{key}_sha256"] = _write_new(run, entry[key], blob, written)
+    new["queries"] = [*new.get("queries", []), entry]
 
 
 def _collect_garbage(run_path: Path, new: dict, old: dict) -> None:
@@ -382,7 +391,7 @@ def _collect_garbage(run_path: Path, new: dict, old: dict) -> None:
     prev = new.get("previous", {})
     keep = {new.get("labels_file"), new.get("checkpoint"), old.get("labels_file"), old.get("checkpoint"),
             prev.get("labels_file"), prev.get("checkpoint")}
-    keep |= {q.get("file") for q in new.get("queries", [])}
+    keep |= {q.get("file") for q in new.get("queries", [])} | {q.get("config") for q in new.get("queries", [])}
     for sub, pattern in (("labels", _LABEL_FILE), ("checkpoints", _CKPT_FILE), ("queries", None)):
         for f in (run_path / sub).glob("*"):
             rel = f"{sub}/{f.name}"
