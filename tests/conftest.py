@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# Tests never write into the user's compilation cache (alloop/core/compile_cache.py); test_round_trip.py
+# turns it on, in a temporary folder, where it is the subject. Subprocesses inherit this.
+os.environ["ALLOOP_NO_CACHE"] = "1"
 
 
 @pytest.fixture

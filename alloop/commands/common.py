@@ -10,17 +10,20 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import jax
 import numpy as np
 import pandas as pd
 
 from alloop.config import RunConfig
+from alloop.core import compile_cache
 from alloop.errors import UserError
-from alloop.io import atomic, rundir, tables
+from alloop.io import atomic, feature_cache, rundir, tables
 from alloop.io import labels as labelio
 from alloop.io import pool as poolio
 from alloop.io.checkpoint import load_tree
-from alloop.training import fit as fitting
+
+# Compile once per machine: every command that uses JAX goes through here (core/compile_cache.py). JAX
+# itself is imported only where it is used, so status, verify and ingest --no-train never start it.
+compile_cache.enable()
 
 TEST_FILE = "test.parquet"
 BASE_FILE = "base.npz"
@@ -52,8 +55,10 @@ def labeled_arrays(run: rundir.Run, info: poolio.PoolInfo, labels: pd.DataFrame 
     ids = labels["id"].to_numpy()
     if len(ids) == 0:
         return ids, np.zeros((0, len(info.features)), np.float32), np.zeros((0, len(run.targets)))
-    rows = poolio.take_rows(info, ids)
-    return ids, rows[list(info.features)].to_numpy(np.float32), labels[list(run.targets)].to_numpy()
+    x = feature_cache.features(info, ids, compile_cache.cache_root())  # unchanged pool: no pass over it
+    if x is None:
+        x = poolio.take_rows(info, ids)[list(info.features)].to_numpy(np.float32)
+    return ids, x, labels[list(run.targets)].to_numpy()
 
 
 def held_out_arrays(run: rundir.Run):
@@ -71,6 +76,8 @@ def held_out_arrays(run: rundir.Run):
 
 def load_checkpoint(run: rundir.Run):
     """(tree, meta) of the run's current checkpoint, or (None, None) before the first training."""
+    from alloop.training import fit as fitting
+
     loaded = rundir.load_checkpoint(run, fitting.checkpoint_like(config_of(run)))
     return loaded if loaded is not None else (None, None)
 
@@ -80,6 +87,10 @@ def inheritance(run: rundir.Run) -> dict:
     base = run.config.get("base")
     if not base:
         return {}
+    import jax
+
+    from alloop.training import fit as fitting
+
     like = fitting.build_model(config_of(run)).init(jax.random.PRNGKey(0))
     tree = load_tree(run.path / BASE_FILE, {"theta0": like, "theta0_dot": like})
     return {"anchor": (tree["theta0"], tree["theta0_dot"], float(base["s"])), "target": base.get("target")}
@@ -118,6 +129,8 @@ def last_s(run: rundir.Run, meta) -> float | None:
 
 def predict_rows(run: rundir.Run, x: np.ndarray) -> np.ndarray:
     """The current model's outputs on raw feature rows (regression in the target's units, else logits)."""
+    from alloop.training import fit as fitting
+
     tree, meta = load_checkpoint(run)
     if tree is None:
         raise UserError(f"run '{run.name}' has no trained model yet: run `alloop train {run.name}`")

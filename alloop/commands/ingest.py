@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from alloop.commands.common import config_of, label_frame, load_checkpoint, open_pool_of
-from alloop.commands.train import train_locked
 from alloop.errors import UserError
 from alloop.io import labels as labelio
 from alloop.io import labelstudio as lsexport
@@ -18,9 +17,7 @@ from alloop.io import pool as poolio
 from alloop.io import rundir
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
-from alloop.strategies.stream import check_devices
 from alloop.training import classmap
-from alloop.training import fit as fitting
 
 
 def ingest(
@@ -43,7 +40,10 @@ def ingest(
     several annotations of one Label Studio task become one label (latest, mean or majority).
     """
     reporter = reporter or Reporter()
-    check_devices(devices)
+    if devices != 1:  # one device is always there: JAX is imported only to train (never with --no-train)
+        from alloop.strategies.stream import check_devices
+
+        check_devices(devices)
     run = rundir.open_run(name)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
@@ -75,6 +75,8 @@ def ingest(
         for n in notes:
             reporter.info(n)
         if not no_train and len(ids):
+            from alloop.commands.train import train_locked
+
             run, trained = train_locked(run, info, reporter, devices=devices)
             record = {**record, "trained": trained}
     return record
@@ -122,6 +124,8 @@ def _grow_classes(run, added: list[str]):
     if tree is None:
         return None, state
     state["labels_at_checkpoint"] = run.state.get("labels_at_checkpoint")  # still stale: it has not seen the new labels
+    from alloop.training import fit as fitting
+
     tree = classmap.grow_tree(tree, fitting.checkpoint_like(config_of(run).replace(classes=tuple(grown))))
     return (tree, {**meta, "classes": grown}), state
 

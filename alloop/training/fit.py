@@ -83,6 +83,26 @@ def train_config(config: RunConfig, n: int, **overrides) -> sgdf.TrainConfig:
     return sgdf.TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
 
 
+CHECK_STEPS = 100  # SGDF checks convergence about every this many steps (and at least every 10 epochs' worth)
+
+
+def convergence_rule(config: RunConfig, cfg: sgdf.TrainConfig, n: int, given_epochs: bool = False) -> tuple[int, sgdf.StopRule | None]:
+    """(epochs per chunk, stop rule) of a run's SGDF training: train as long as the data need, the epoch count the cap.
+
+    Training stops at the end of the first chunk where the gradient and the tangent's residual are
+    below ``sgdf.StopRule``'s tolerances (run config ``train``: ``grad_tol``, ``residual_tol``;
+    ``converge: false`` always trains the whole budget, and so does an epoch count given for this
+    training, ``alloop train --epochs N``). A check costs about one pass over the labels, so it runs
+    every max(CHECK_STEPS steps, 10 epochs).
+    """
+    train = as_config(config).train
+    chunk = max(math.ceil(CHECK_STEPS / sgdf.steps_per_epoch(n, cfg.batch_size)), 10)
+    if given_epochs or not train.get("converge", True):
+        return chunk, None
+    default = sgdf.StopRule()
+    return chunk, sgdf.StopRule(float(train.get("grad_tol", default.grad_tol)), float(train.get("residual_tol", default.residual_tol)))
+
+
 def target_stats(config: RunConfig, y) -> tuple[list, list] | None:
     """Mean and scale of each regression target over the labels (None for classification).
 
@@ -154,7 +174,9 @@ def fit(
     tstats = target_stats(config, y) if target is None else target
     data = objective.make_data(x, make_targets(config, y, tstats))
     cfg = train_config(config, len(x), epochs=epochs)
-    every = checkpoint_every or max(cfg.epochs // 10, 1)
+    chunk, stop = convergence_rule(config, cfg, len(x), given_epochs=epochs is not None)
+    every = checkpoint_every or max(math.ceil(cfg.epochs // 10 / chunk), 1) * chunk  # checkpoints fall on chunk ends
+    chunk = math.gcd(chunk, every)
 
     def callback(st, rep):
         if on_epoch is not None:
@@ -168,7 +190,7 @@ def fit(
     if trainer == "sgdf":
         state, reports = sgdf.fit(
             problem, data, float(config.s), cfg, params=params if params is not None else init, tangent=tangent,
-            state=state, start_epoch=start, on_epoch=callback, devices=devices,
+            state=state, start_epoch=start, on_epoch=callback, devices=devices, chunk=chunk, stop=stop,
         )
     else:
         so = second_order.fit(problem, data, float(config.s), params if params is not None else init, method=trainer)
@@ -191,7 +213,7 @@ def fit(
         residual,
         warn,
         loss,
-        cfg.epochs,
+        start + len(reports) if trainer == "sgdf" else cfg.epochs,
         time.perf_counter() - t0,
         noise,
         tstats,
