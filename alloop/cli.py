@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
 from alloop.config import parse_s
 from alloop.errors import UserError
 from alloop.io.atomic import to_json_value
+from alloop.io.pool import with_endpoint
 from alloop.reporting import Reporter
 
 err = Console(stderr=True, soft_wrap=True)
@@ -129,7 +130,11 @@ def init(
     name: str = typer.Argument(..., help="Name of the new run (created under runs/) or a directory path."),
     pool: Optional[str] = typer.Option(
         None, "--pool",
-        help="Unlabeled pool: a Parquet file or a directory of Parquet files (default with --base: the base's).",
+        help="Unlabeled pool: a Parquet file or a directory of Parquet files, local or s3://BUCKET/PREFIX, gs://... "
+        "(default with --base: the base's).",
+    ),
+    endpoint_url: Optional[str] = typer.Option(
+        None, "--endpoint-url", help="S3 endpoint for an s3:// pool (e.g. http://localhost:9000); default $AWS_ENDPOINT_URL, else AWS.",
     ),
     base: Optional[str] = typer.Option(
         None, "--base",
@@ -186,6 +191,7 @@ def init(
         return
     if pool is None:
         raise UserError("alloop init needs --pool PATH (or --base RUN to inherit a trained run)")
+    pool = with_endpoint(pool, endpoint_url)
     spec = init_cmd.model_spec(model, degree=degree, hidden=_sizes(hidden, "--hidden"), activation=activation, curvature=curvature)
     train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed,
              **({} if min_steps is None else {"min_steps": min_steps})}
@@ -233,11 +239,15 @@ def query(
         "csv", "--format", help="Query file format: csv, parquet, jsonl, or labelstudio (Label Studio tasks with predictions, and the labeling config)."
     ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
-    shard: Optional[str] = typer.Option(
-        None, "--shard",
-        help="i/N: score only slice i (0..N-1) of the pool and write its candidates under runs/NAME/shards/ without "
-        "committing; then `alloop merge-queries NAME`.",
+    engine: str = typer.Option(
+        "local", "--engine",
+        help="local (stream the pool in this process) or ray (score it on a Ray cluster with Ray Data; pip install 'alloop[ray]'): "
+        "the same query file.",
     ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="With --engine ray: the cluster, auto (the one this machine joined) or ray://HOST:10001 (default: a local one).",
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --engine ray: scoring actors (default: one per 4 CPUs of the cluster)."),
     devices: int = typer.Option(
         1, "--devices",
         help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be "
@@ -249,42 +259,18 @@ def query(
     """Score every unlabeled pool row and write the best k to runs/NAME/queries/round-NNNN.<fmt>.
 
     Fill in the target column of that file, then `alloop ingest NAME FILE`.
-    Example: alloop query houses -k 20   (on 4 machines: alloop query houses --shard 0/4 ... 3/4, then alloop merge-queries houses)
+    Example: alloop query houses -k 20   (on a Ray cluster: alloop query houses --engine ray --address auto)
     """
-    from alloop.commands import shards
-    from alloop.commands.query import query as query_run
+    from alloop.io.ray_cluster import cluster
 
-    if shard is not None:
-        rec = shards.query_shard(name, shard, k=k, strategy=strategy, seed=seed, devices=devices, reporter=RichReporter())
-        if not as_json:
-            err.print(f"shard {rec['shard']} of round {rec['round']}: kept {rec['rows']} of {rec['rows_scored']} rows; "
-                      f"once every shard is written: alloop merge-queries {name}", highlight=False)
-        _emit(rec, as_json, rec["path"])
-        return
-    rec = query_run(name, k=k, strategy=strategy, fmt=fmt, seed=seed, devices=devices, wait=wait, reporter=RichReporter())
+    with cluster(address) if engine == "ray" else contextlib.nullcontext():  # Ray first: started before JAX is loaded
+        from alloop.commands.query import query as query_run
+
+        rec = query_run(name, k=k, strategy=strategy, fmt=fmt, seed=seed, devices=devices, wait=wait, reporter=RichReporter(),
+                        engine=engine, address=address, workers=workers)
     if not as_json:
         err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, "
                   f"then `alloop ingest {name} FILE`", highlight=False)
-    _emit(rec, as_json, rec["path"])
-
-
-@app.command("merge-queries")
-def merge_queries(
-    name: str = RUN_ARG,
-    fmt: str = typer.Option("csv", "--format", help="Query file format: csv, parquet or jsonl."),
-    wait: float = WAIT_OPT,
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Combine the shards of `alloop query NAME --shard i/N` into the round's query file, as one query would choose.
-
-    Refuses missing, duplicated or stale shards. Example: alloop merge-queries houses
-    """
-    from alloop.commands import shards
-
-    rec = shards.merge_queries(name, fmt=fmt, wait=wait, reporter=RichReporter())
-    if not as_json:
-        err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']} from {rec['shards']} shards; "
-                  f"fill in the target column, then `alloop ingest {name} FILE`", highlight=False)
     _emit(rec, as_json, rec["path"])
 
 

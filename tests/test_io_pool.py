@@ -286,6 +286,6 @@ def test_take_rows_stops_reading_once_all_found(big_pool, monkeypatch):
     info = open_pool(big_pool[0])
     calls = []
     real = pool_mod._parquet_file
-    monkeypatch.setattr(pool_mod, "_parquet_file", lambda f: (calls.append(f), real(f))[1])
+    monkeypatch.setattr(pool_mod, "_parquet_file", lambda f, *a: (calls.append(f), real(f, *a))[1])
     take_rows(info, [1, 2])
     assert len(calls) == 1

@@ -1,10 +1,9 @@
 """Streaming scoring at scale: the pipelined top-k through the real pool reader equals one full sort;
-row slices of the pool partition it; the reader thread stops cleanly; rows split over several (forced
+the best rows of any split of the pool reduce to the whole's; the reader thread stops cleanly; rows split over several (forced
 host) devices score as on one."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -103,33 +102,27 @@ def test_progress_counts_every_row(pool_dir):
     assert sum(seen) == len(df)
 
 
-@pytest.mark.parametrize("n_shards", [1, 2, 3, 5, 2401])
-def test_row_slices_partition_the_pool(pool_dir, n_shards):
-    folder, df = pool_dir
-    info = poolio.open_pool(folder, features=FEATURES)
-    parts = []
-    for i in range(n_shards):
-        part = dataclasses.replace(info, rows=poolio.shard_rows(info.n_rows, i, n_shards))
-        parts += [b.ids for b in poolio.iter_batches(part, batch_rows=100)]
-    np.testing.assert_array_equal(np.concatenate(parts), df["id"].to_numpy())
+@pytest.mark.parametrize("parts", [1, 2, 3, 7, 2400])
+def test_partition_tops_reduce_to_the_whole_streams_top(pool_dir, parts):
+    """What the Ray engine relies on: the best rows of each part of the pool (any split, any order), reduced,
+    are the rows one stream over the whole pool keeps, with their scores, features and stored columns."""
+    import pyarrow as pa
 
-
-def test_streaming_the_slices_kept_rows_equals_the_whole(pool_dir, tmp_path):
-    """What merge-queries relies on: re-streaming the rows each slice kept gives the whole pool's top."""
-    import pyarrow.parquet as pq
+    from alloop.strategies import distributed
 
     folder, df = pool_dir
     info = poolio.open_pool(folder, features=FEATURES)
     exclude = df["id"].to_numpy()[5::50]
-    files = []
-    for i in range(3):
-        part = streaming.stream_top(dataclasses.replace(info, rows=poolio.shard_rows(info.n_rows, i, 3)), numpy_scorer, exclude, 30, 64)
-        files.append(str(tmp_path / f"kept-{i}.parquet"))
-        pq.write_table(part.rows, files[-1])
-    merged = streaming.stream_top(dataclasses.replace(info, scan=tuple(files)), numpy_scorer, exclude, 30, 64)
+    table = pa.Table.from_pandas(df[["id", *FEATURES]], preserve_index=False)
+    cuts = np.linspace(0, len(df), parts + 1).astype(int)
+    tops = [distributed.partition_top(table.slice(a, b - a), info, numpy_scorer, 30, streaming.excluder(exclude))
+            for a, b in zip(cuts[:-1], cuts[1:])]
+    seen = []
+    kept = distributed.reduce(reversed(tops), info, 30, seen.append)
+    check_kept(kept, full_sort(df, numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))), exclude, 30))
     whole = streaming.stream_top(info, numpy_scorer, exclude, 30, 64)
-    check_kept(merged, full_sort(df, numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))), exclude, 30))
-    np.testing.assert_array_equal(merged.ids, whole.ids)
+    np.testing.assert_array_equal(kept.ids, whole.ids)
+    assert sum(seen) == len(df)
 
 
 def test_batches_are_full_across_files_and_row_groups(pool_dir):

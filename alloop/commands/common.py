@@ -42,6 +42,8 @@ def config_of(run: rundir.Run) -> RunConfig:
 def open_pool_of(run: rundir.Run) -> poolio.PoolInfo:
     """The run's pool, found where init saw it (or beside the run when copied together), schema-checked."""
     p = config_of(run).pool
+    if poolio.is_uri(p.path):  # object storage: no local place to look for it
+        return poolio.open_recorded(p.path, p.id_col, list(p.features), list(p.targets_in_pool), p.fingerprint, run.name)
     places = [Path(p.path), run.path / (p.from_run or p.given), run.path / p.given]
     path = next((q for q in places if q.exists()), None)
     if path is None:

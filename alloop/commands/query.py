@@ -2,9 +2,13 @@
 
 The run's state becomes a ``strategies.Round`` (labeled rows, the trained model and its tangent, the
 seed) and the chosen strategy runs through ``strategies.select``, the same call the simulation makes.
+``engine="ray"`` keeps the same rows on a Ray cluster (``strategies.distributed``): the actors rebuild
+the round from a ``RoundRecipe`` (arrays only: the run directory stays on this machine).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,7 +21,7 @@ from alloop.commands.train import train_locked
 from alloop.config import RunConfig
 from alloop.errors import UserError
 from alloop.io import pool as poolio
-from alloop.io import rundir
+from alloop.io import ray_cluster, rundir
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 from alloop.strategies import Round, Selection, Strategy, TrainedModel
@@ -27,20 +31,25 @@ from alloop.training import fit as fitting
 
 QUERY_FORMATS = ("csv", "parquet", "jsonl", "labelstudio")
 DEFAULT_BATCH_ROWS = strategies.DEFAULT_BATCH_ROWS
+ENGINES = ("local", "ray")
 OWN_COLUMNS = ("rank", "score")  # what a query file adds beside the pool's id, features and targets
 
 
 def query(
     name: str, *, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1, wait: float = 5.0, reporter: Reporter | None = None,
+    engine: str = "local", address: str | None = None, workers: int | None = None,
 ) -> dict:
     """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
 
     ``strategy``: None takes the task's default (``strategies.default_for``). ``devices``: split every
-    batch's rows over that many local devices (data-parallel scoring).
+    batch's rows over that many local devices (data-parallel scoring). ``engine="ray"``: score on the Ray
+    cluster at ``address`` (None: a local one; "auto": the one this machine belongs to) with ``workers``
+    actors; the same query file as the local engine.
     """
     reporter = reporter or Reporter()
     check_format(fmt)
+    check_engine(engine, address, workers)
     run, strat = open_for_query(name, k, strategy, devices)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
@@ -49,14 +58,26 @@ def query(
             reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
             run, _ = train_locked(run, info, reporter, devices=devices)
         rnd = round_of(run, info, query_seed(run, seed), batch_rows, devices)
-        sel = select_rows(run, info, rnd, strat, k, reporter)
-        record, path = commit_query(run, info, sel, strat.name, fmt, reporter)
+        runner = None if engine == "local" else ray_engine(run, rnd, strat, address, workers)
+        sel = select_rows(run, info, rnd, strat, k, reporter, runner)
+        record, path = commit_query(run, info, sel, strat.name, fmt, reporter, extra=None if runner is None else {"engine": engine})
     return {**record, "path": str(path), "note": sel.note}
 
 
 def check_format(fmt: str) -> None:
     if fmt not in QUERY_FORMATS:
         raise UserError(f"unknown --format {fmt!r}: choose csv, parquet, jsonl or labelstudio")
+
+
+def check_engine(engine: str, address: str | None, workers: int | None) -> None:
+    if engine not in ENGINES:
+        raise UserError(f"unknown --engine {engine!r}: choose local or ray")
+    if engine != "ray" and (address is not None or workers is not None):
+        raise UserError("--address and --workers apply to --engine ray only: add --engine ray, or leave them out")
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    if engine == "ray":
+        ray_cluster.require_ray()
 
 
 def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tuple[rundir.Run, Strategy]:
@@ -96,19 +117,68 @@ def trained_model(run: rundir.Run, config: RunConfig, tree: dict, meta: dict, lx
     return TrainedModel(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32), s, meta.get("target"), members)
 
 
-def select_rows(run: rundir.Run, info: poolio.PoolInfo, rnd: Round, strat: Strategy, k: int, reporter: Reporter) -> Selection:
+def select_rows(run: rundir.Run, info: poolio.PoolInfo, rnd: Round, strat: Strategy, k: int, reporter: Reporter,
+                engine=None) -> Selection:
     """Run the strategy over the pool's rows that are neither labeled nor outstanding, with a progress bar."""
     exclude = np.concatenate([rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]).astype(
         np.int64 if run.id_kind == "int" else object
     )
-    with reporter.progress(f"scoring the pool ({strat.name})", info.n_rows) as advance:
-        return strategies.select(strat, info, rnd, exclude, k, advance)
+    where = "" if engine is None else " on Ray"
+    with reporter.progress(f"scoring the pool{where} ({strat.name})", info.n_rows) as advance:
+        return strategies.select(strat, info, rnd, exclude, k, advance, engine)
+
+
+@dataclass(frozen=True)
+class RoundRecipe:
+    """The round as arrays, picklable: what a Ray actor rebuilds the round (and its jitted scorers) from.
+
+    Everything comes from the run on the driver: config, checkpoint parameters and tangent, the base
+    model's anchor, the labeled rows, the committee's members when the strategy uses them.
+    """
+
+    config: dict
+    task: str
+    labeled_x: np.ndarray
+    labeled_y: np.ndarray
+    seed: int
+    batch_rows: int
+    model: dict | None = None  # params, tangent, noise, s, target, anchor, members
+
+    def __call__(self) -> Round:
+        config = RunConfig.from_json(self.config)
+        model = None
+        if self.model is not None:
+            m = self.model
+            members = m["members"]
+            problem = fitting.build_problem(config, m["params"], m["anchor"])
+            model = TrainedModel(problem, m["params"], m["tangent"], m["noise"], m["s"], m["target"],
+                                 None if members is None else (lambda: members))
+        return Round(self.task, fitting.standardizer(config), self.labeled_x, self.labeled_y, self.seed, model, self.batch_rows, 1)
+
+
+def ray_engine(run: rundir.Run, rnd: Round, strat: Strategy, address: str | None, workers: int | None):
+    """The Ray engine for this round: the recipe of ``rnd`` (committee members trained once, here) and where to run."""
+    import jax
+
+    from alloop.strategies import distributed
+
+    host = lambda tree: jax.tree.map(np.asarray, tree)
+    model = None
+    if rnd.model is not None:
+        m = rnd.model
+        anchor = inheritance(run).get("anchor")
+        cold = strategies.cold_start_note(strat, rnd) is not None
+        members = host(m.member_params()) if "members" in strat.needs and not cold else None
+        model = {"params": host(m.params), "tangent": host(m.tangent), "noise": np.asarray(m.noise), "s": m.s, "target": m.target,
+                 "anchor": None if anchor is None else (host(anchor[0]), host(anchor[1]), anchor[2]), "members": members}
+    recipe = RoundRecipe(dict(run.config), rnd.task, np.asarray(rnd.labeled_x), np.asarray(rnd.labeled_y), rnd.seed, rnd.batch_rows, model)
+    return distributed.RayEngine(recipe, address, workers)
 
 
 def commit_query(run, info, sel: Selection, strategy: str, fmt: str, reporter: Reporter, extra: dict | None = None):
     """Write the picks as the next round's query file, make them outstanding, commit, log: (record, path).
 
-    Shared by ``query`` and ``merge-queries`` (shards.py); the caller holds the run lock.
+    The caller holds the run lock.
     """
     if len(sel.ids) == 0:
         raise UserError(f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool")

@@ -1,4 +1,10 @@
-"""The unlabeled pool: a Parquet file or a directory of them, read in streamed batches.
+"""The unlabeled pool: a Parquet file or a directory of them, local or in object storage, read in streamed batches.
+
+A pool is a local path or a URI that pyarrow's filesystems understand (``s3://bucket/prefix``,
+``gs://bucket/prefix``, ``hdfs://...``), with credentials and endpoint from the standard environment
+variables and config files (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``~/.aws/credentials``, ...);
+``with_endpoint`` writes an endpoint override into an ``s3://`` URI. A missing bucket, a denied read or
+an unreachable endpoint is a UserError naming the pool.
 
 Nothing here loads a whole pool. Only the id, feature (and on request target) columns are
 read, one record batch at a time, file by file. What bounds memory: pyarrow's Parquet reader
@@ -11,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from alloop.errors import UserError
@@ -40,8 +49,7 @@ class PoolInfo:
     targets: tuple[str, ...]
     n_rows: int
     fingerprint: str
-    rows: tuple[int, int] | None = None  # [start, stop) in pool order that iter_batches streams (a query shard); None: all
-    scan: tuple[str, ...] | None = None  # files iter_batches streams instead of ``files`` (merging query shards); None: the pool's
+    filesystem: pafs.FileSystem | None = None  # where ``files`` are (object storage); None: the local disk
 
 
 @dataclass
@@ -65,9 +73,9 @@ def open_pool(path, id_col: str = "id", features=None, targets=()) -> PoolInfo:
     pandas index, in file order. Raises UserError for any problem a user can fix.
     """
     shown = str(path)
-    root = Path(path).expanduser().resolve()
-    files = _pool_files(root, shown)
-    schema, n_rows = _read_schemas(files, root)
+    fs, root = locate(path)
+    files = _pool_files(fs, root, shown)
+    schema, n_rows = _read_schemas(fs, files, root, shown)
     targets = tuple(targets)
     _check_partition_keys(files, root, schema, [id_col, *targets, *(features or ())], shown)
     id_kind = _id_kind(schema, id_col, shown)
@@ -76,36 +84,126 @@ def open_pool(path, id_col: str = "id", features=None, targets=()) -> PoolInfo:
     if n_rows == 0:
         raise UserError(f"pool '{shown}' has no rows: add data to it or pass another --pool")
     return PoolInfo(
-        path=str(root),
-        files=tuple(str(f) for f in files),
+        path=shown if fs is not None else root,
+        files=tuple(files),
         id_col=id_col,
         id_kind=id_kind,
         features=feats,
         targets=targets,
         n_rows=n_rows,
         fingerprint=schema_fingerprint(schema, (id_col, *feats)),
+        filesystem=fs,
     )
 
 
-def _pool_files(root: Path, shown: str) -> list[Path]:
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def is_uri(path) -> bool:
+    """True for a pool in object storage (``s3://``, ``gs://``, ...); local paths and ``file://`` are not."""
+    m = _URI.match(str(path))
+    return bool(m) and m.group(1).lower() != "file"
+
+
+def with_endpoint(uri: str, endpoint: str | None) -> str:
+    """An ``s3://`` URI with an endpoint override (``http://host:port`` or ``host:port``) as pyarrow reads it
+    from the URI's query; other URIs and local paths are returned as they are."""
+    if not endpoint or not str(uri).lower().startswith("s3://"):
+        if endpoint and is_uri(uri):
+            raise UserError(f"--endpoint-url applies to s3:// pools only, not {uri!r}: leave it out")
+        return str(uri)
+    parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if not parsed.netloc:
+        raise UserError(f"--endpoint-url {endpoint!r} is not an endpoint: pass http://HOST:PORT or https://HOST")
+    base, _, query = str(uri).partition("?")
+    params = [(k, v) for k, v in urllib.parse.parse_qsl(query) if k not in ("endpoint_override", "scheme")]
+    params += [("endpoint_override", parsed.netloc), ("scheme", parsed.scheme)]
+    return f"{base}?{urllib.parse.urlencode(params)}"
+
+
+def locate(path) -> tuple[pafs.FileSystem | None, str]:
+    """(filesystem, path in it) of a pool: (None, absolute local path) on this machine's disk."""
+    text = str(path)
+    if text.lower().startswith("file://"):
+        text = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
+    if not is_uri(text):
+        return None, str(Path(text).expanduser().resolve())
+    try:
+        fs, root = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise remote_error(text, e) from None
+    return fs, root.rstrip("/")
+
+
+def remote_error(shown: str, err: Exception) -> UserError:
+    """One line for a pool in object storage that cannot be reached or read, with what to do about it."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    low = text.lower().replace("_", "")
+    if any(w in low for w in ("accessdenied", "access denied", "forbidden", "invalidaccesskey", "signaturedoesnotmatch",
+                              "credential", "invalidtoken", "expiredtoken", "unauthorized", "403")):
+        hint = "access denied: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws) and the bucket's policy"
+    elif "nosuchbucket" in low or "bucket does not exist" in low or ("bucket" in low and "not found" in low):
+        hint = "the bucket does not exist: check the URI's bucket name (and the endpoint)"
+    elif any(w in low for w in ("network", "connect", "resolve", "timeout", "timed out", "unreachable")):
+        hint = "the endpoint is unreachable: check the network and the endpoint (--endpoint-url or AWS_ENDPOINT_URL)"
+    else:
+        hint = "check the URI, the credentials and the endpoint"
+    detail = text if len(text) <= 200 else text[:197] + "..."
+    return UserError(f"pool '{_display(shown)}' cannot be read: {hint} ({detail})")
+
+
+def _pool_files(fs, root: str, shown: str) -> list[str]:
     """The pool's Parquet files sorted by path; names starting with '.' or '_' are skipped."""
-    if not root.exists():
+    if fs is not None:
+        return _remote_files(fs, root, shown)
+    top = Path(root)
+    if not top.exists():
         raise UserError(f"pool '{shown}' not found: pass --pool with a Parquet file or a directory of Parquet files")
-    if root.is_file():
+    if top.is_file():
         return [root]
     files = sorted(
-        p for p in root.rglob("*.parquet")
-        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+        str(p) for p in top.rglob("*.parquet")
+        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(top).parts)
     )
     if not files:
         raise UserError(f"pool directory '{shown}' has no .parquet files: pass --pool with a Parquet file or a directory of them")
     return files
 
 
-def _check_partition_keys(files: list[Path], root: Path, schema: dict, wanted, shown: str) -> None:
+def _remote_files(fs, root: str, shown: str) -> list[str]:
+    try:
+        top = fs.get_file_info(root)
+        if top.type == pafs.FileType.File:
+            return [root]
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except FileNotFoundError:
+        found = []
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise remote_error(shown, e) from None
+    files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                   and not any(part.startswith((".", "_")) for part in _rel(f.path, root).split("/")))
+    if not files:
+        bucket = root.split("/", 1)[0]
+        try:
+            missing_bucket = bucket != root and fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise remote_error(shown, e) from None
+        if missing_bucket:
+            raise UserError(f"pool '{_display(shown)}' cannot be read: the bucket does not exist: check the URI's bucket name (and the endpoint)")
+        what = "not found" if top.type == pafs.FileType.NotFound and not found else "has no .parquet files"
+        raise UserError(f"pool '{_display(shown)}' {what}: pass --pool with a Parquet file or a prefix holding Parquet files")
+    return files
+
+
+def _display(uri: str) -> str:
+    """A pool URI as messages show it: without its query (the endpoint options)."""
+    return str(uri).partition("?")[0]
+
+
+def _check_partition_keys(files: list[str], root: str, schema: dict, wanted, shown: str) -> None:
     """A column asked for that exists only as a directory partition key (``key=value`` in the files'
     paths, Hive style) gets its own message: alloop reads the columns stored in the files only."""
-    keys = {part.split("=", 1)[0] for f in files if f != root for part in f.relative_to(root).parts[:-1] if "=" in part}
+    keys = {part.split("=", 1)[0] for f in files if f != root for part in _rel(f, root).split("/")[:-1] if "=" in part}
     for c in wanted:
         if c not in schema and c in keys:
             raise UserError(
@@ -114,11 +212,11 @@ def _check_partition_keys(files: list[Path], root: Path, schema: dict, wanted, s
             )
 
 
-def _read_schemas(files: list[Path], root: Path) -> tuple[dict[str, pa.DataType], int]:
+def _read_schemas(fs, files: list[str], root: str, shown: str) -> tuple[dict[str, pa.DataType], int]:
     """The shared {column: type} of all files and their total row count; differing schemas are an error."""
     first, n_rows = None, 0
     for f in files:
-        with _parquet_file(f) as pf:
+        with _parquet_file(f, fs, shown) as pf:
             cols = {field.name: field.type for field in pf.schema_arrow}
             n_rows += pf.metadata.num_rows
         if first is None:
@@ -128,8 +226,11 @@ def _read_schemas(files: list[Path], root: Path) -> tuple[dict[str, pa.DataType]
     return first[1], n_rows
 
 
-def _rel(f: Path, root: Path) -> str:
-    return f.name if f == root else f.relative_to(root).as_posix()
+def _rel(f: str, root: str) -> str:
+    """A pool file's name relative to the pool (its own name for a one-file pool)."""
+    if f == root:
+        return f.replace("\\", "/").rsplit("/", 1)[-1]
+    return Path(f).relative_to(root).as_posix() if Path(root).is_absolute() else f[len(root):].lstrip("/")
 
 
 def _schema_differs(fa: str, a: dict, fb: str, b: dict) -> UserError:
@@ -143,13 +244,15 @@ def _schema_differs(fa: str, a: dict, fb: str, b: dict) -> UserError:
 
 
 @contextlib.contextmanager
-def _parquet_file(f):
+def _parquet_file(f, fs=None, shown: str | None = None):
     """Open one Parquet file, turning pyarrow's errors for a bad file into a UserError."""
     try:
         # pre_buffer (pyarrow's default) caches every column chunk it has read until the file is
         # closed, so memory grew with the file; plain buffered reads keep it at one row group.
-        pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
+        pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20, filesystem=fs)
     except _READ_ERRORS as e:
+        if fs is not None and not isinstance(e, pa.ArrowInvalid):
+            raise remote_error(shown or f, e) from None
         raise _unreadable(f, e) from None
     with pf:
         yield pf
@@ -231,8 +334,8 @@ def check_fingerprint(info: PoolInfo, expected: str, run_name: str) -> None:
 
 def pool_schema(path) -> dict[str, pa.DataType]:
     """{column: arrow type} shared by the pool's files (metadata only); UserError if missing or unreadable."""
-    root = Path(path).expanduser().resolve()
-    return _read_schemas(_pool_files(root, str(path)), root)[0]
+    fs, root = locate(path)
+    return _read_schemas(fs, _pool_files(fs, root, str(path)), root, str(path))[0]
 
 
 def open_recorded(path, id_col: str, features, targets, fingerprint: str, run_name: str) -> PoolInfo:
@@ -262,22 +365,30 @@ def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: 
 
     ``columns="features"`` reads the id and feature columns; ``columns="ids"`` reads only the id
     (X then has 0 columns). Features must be finite: a null, NaN or inf raises UserError.
-    Only the rows ``info.rows`` (a query shard's slice, see ``shard_rows``) are read when it is set,
-    and the files ``info.scan`` instead of the pool's (the rows query shards kept) when that is.
     """
     if columns not in ("features", "ids"):
         raise ValueError(f"columns must be 'features' or 'ids', got {columns!r}")
-    return _batches(info, batch_rows, columns, with_targets, np.float32, info.rows, info.scan)
+    return _batches(info, batch_rows, columns, with_targets, np.float32)
 
 
-def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype, rows=None, files=None) -> Iterator[PoolBatch]:
+def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype) -> Iterator[PoolBatch]:
     feats = info.features if columns == "features" else ()
     targets = info.targets if with_targets else ()
-    for rb in _rebatched(_record_batches(info, [info.id_col, *feats, *targets], batch_rows, rows, files), batch_rows):
-        ids = _ids(rb.column(info.id_col), info)
-        X = _features(rb, feats, ids, dtype)
-        Y = _targets(rb, targets) if with_targets else None
-        yield PoolBatch(ids, X, Y, rb)
+    for rb in _rebatched(_record_batches(info, [info.id_col, *feats, *targets], batch_rows), batch_rows):
+        yield _pool_batch(rb, info, feats, targets, with_targets, dtype)
+
+
+def pool_batch(rb: pa.RecordBatch, info: PoolInfo) -> PoolBatch:
+    """A record batch of the pool's id and feature columns (as read by another engine, e.g. Ray Data) as a
+    PoolBatch, checked and converted exactly as ``iter_batches`` does."""
+    return _pool_batch(rb, info, info.features, (), False, np.float32)
+
+
+def _pool_batch(rb: pa.RecordBatch, info: PoolInfo, feats, targets, with_targets: bool, dtype) -> PoolBatch:
+    ids = _ids(rb.column(info.id_col), info)
+    X = _features(rb, feats, ids, dtype)
+    Y = _targets(rb, targets) if with_targets else None
+    return PoolBatch(ids, X, Y, rb)
 
 
 def _rebatched(batches: Iterator[pa.RecordBatch], n: int) -> Iterator[pa.RecordBatch]:
@@ -311,69 +422,25 @@ def _concat_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches([p.replace_schema_metadata(schema.metadata) for p in parts], schema).combine_chunks().to_batches()[0]
 
 
-def shard_rows(n_rows: int, shard: int, n_shards: int) -> tuple[int, int]:
-    """Shard ``shard`` of ``n_shards`` of a pool: the rows [⌊i·n/N⌋, ⌊(i+1)·n/N⌋) in pool order.
-
-    Pool order is files sorted by path, rows in file order, so a shard reads only its own slice (a
-    contiguous range of row groups) and the split stays the same as long as the pool's files do.
-    """
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
-    return n_rows * shard // n_shards, n_rows * (shard + 1) // n_shards
+def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``cols`` from every file of the pool, in order; read errors become UserError."""
+    for f in info.files:
+        with _parquet_file(f, info.filesystem, info.path) as pf:
+            yield from _file_batches(f, pf, cols, batch_rows, info)
 
 
-def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int, rows=None, files=None) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``cols`` from every file of the pool (or of ``files``), only rows [start, stop)
-    of them when ``rows``; read errors become UserError."""
-    start, stop = rows if rows is not None else (0, None)
-    offset = 0  # pool position of the file's first row
-    for f in info.files if files is None else files:
-        if stop is not None and offset >= stop:
-            return
-        with _parquet_file(f) as pf:
-            n = pf.metadata.num_rows
-            if offset + n > start:
-                groups, pos = _row_groups_from(pf, start - offset, None if stop is None else stop - offset)
-                yield from _sliced(_file_batches(f, pf, cols, batch_rows, groups), pos, start - offset,
-                                   None if stop is None else stop - offset)
-            offset += n
-
-
-def _row_groups_from(pf, start: int, stop) -> tuple[list[int] | None, int]:
-    """The row groups of a file that hold rows [start, stop) (None: all) and the file position of the first one."""
-    if start <= 0 and stop is None:
-        return None, 0
-    groups, pos, first = [], 0, None
-    for g in range(pf.metadata.num_row_groups):
-        m = pf.metadata.row_group(g).num_rows
-        if pos + m > start and (stop is None or pos < stop):
-            groups.append(g)
-            first = pos if first is None else first
-        pos += m
-    return groups, first or 0
-
-
-def _file_batches(f, pf, cols, batch_rows: int, groups) -> Iterator[pa.RecordBatch]:
-    it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False, row_groups=groups)
+def _file_batches(f, pf, cols, batch_rows: int, info: PoolInfo) -> Iterator[pa.RecordBatch]:
+    it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False)
     while True:
         try:
             rb = next(it)
         except StopIteration:
             return
         except _READ_ERRORS as e:
+            if info.filesystem is not None and not isinstance(e, pa.ArrowInvalid):
+                raise remote_error(info.path, e) from None
             raise _unreadable(f, e) from None
         yield rb
-
-
-def _sliced(batches, pos: int, start: int, stop) -> Iterator[pa.RecordBatch]:
-    """The parts of ``batches`` (the first one at file position ``pos``) inside [start, stop)."""
-    for rb in batches:
-        lo, hi = max(start - pos, 0), rb.num_rows if stop is None else min(stop - pos, rb.num_rows)
-        pos += rb.num_rows
-        if hi > lo:
-            yield rb if (lo, hi) == (0, rb.num_rows) else rb.slice(lo, hi - lo)
-        if stop is not None and pos >= stop:
-            return
 
 
 def _ids(col: pa.Array, info: PoolInfo) -> np.ndarray:
@@ -550,6 +617,6 @@ def empty_rows(info: PoolInfo) -> pa.Table:
 
 
 def _empty_table(info: PoolInfo, cols: list[str]) -> pa.Table:
-    with _parquet_file(info.files[0]) as pf:
+    with _parquet_file(info.files[0], info.filesystem, info.path) as pf:
         schema = pf.schema_arrow
     return pa.schema([schema.field(c) for c in cols]).empty_table()

@@ -1,8 +1,8 @@
 """Choosing the rows to label: one registry of strategies for ``alloop query`` and ``alloop simulate``.
 
 A strategy is one ``Strategy`` object (``base.py``): a per-row streaming score that decides which rows
-to keep, and a pick among the kept rows. ``select`` runs one over a pool; the live query, its shards
-and the simulation all call it, so what the simulation measures is what ``alloop query`` does.
+to keep, and a pick among the kept rows. ``select`` runs one over a pool; the live query (local or on Ray)
+and the simulation both call it, so what the simulation measures is what ``alloop query`` does.
 Adding a strategy is one entry in ``builtin.py`` or ``research.py`` (or a module of its own listed here).
 """
 
@@ -54,6 +54,7 @@ def for_query(name: str | None, task: str) -> Strategy:
     return strategy
 
 
-def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.ndarray, k: int, on_rows=None) -> Selection:
-    """Choose ``k`` rows of the pool not in ``exclude``; a model strategy at cold start runs greedy (and says so)."""
-    return base_select(strategy, info, rnd, exclude, k, REGISTRY["greedy"], on_rows)
+def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.ndarray, k: int, on_rows=None, engine=None) -> Selection:
+    """Choose ``k`` rows of the pool not in ``exclude``; a model strategy at cold start runs greedy (and says so).
+    ``engine``: None streams the pool in this process; ``distributed.RayEngine`` keeps the same rows on Ray."""
+    return base_select(strategy, info, rnd, exclude, k, REGISTRY["greedy"], on_rows, engine)

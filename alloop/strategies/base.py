@@ -8,8 +8,8 @@ small pieces with one signature, composed):
 - ``pick(kept, round, k) -> Pick``: the batch, chosen among the kept rows (None: the kept rows in
   order, i.e. top-k).
 
-``select`` runs a strategy over a pool: the live query calls it on the run's pool, query shards on a
-slice, ``merge-queries`` on the shards' kept rows, and the simulation on its labeled pool. So the
+``select`` runs a strategy over a pool: the live query calls it on the run's pool (streamed here, or
+kept on a Ray cluster by ``distributed.RayEngine``), and the simulation on its labeled pool. So the
 simulation measures exactly the code that ``alloop query`` runs, candidate sample included.
 """
 
@@ -83,7 +83,7 @@ class Selection:
     strategy: str  # what actually ran (a model strategy falls back to greedy at cold start)
     note: str | None = None
     rows: object = None  # the picks' pool columns as stored (Arrow table, pick order), so the pool is not read again
-    kept: stream.Kept | None = None  # what the picks were chosen from: query shards store it
+    kept: stream.Kept | None = None  # what the picks were chosen from
     prob: np.ndarray | None = None
 
 
@@ -94,12 +94,19 @@ def top_k(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 
 def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.ndarray, k: int,
-           fallback: Strategy, on_rows: Callable[[int], None] | None = None) -> Selection:
-    """Run ``strategy`` over the pool's rows not in ``exclude``; ``fallback`` (greedy) when it cannot run yet."""
+           fallback: Strategy, on_rows: Callable[[int], None] | None = None, engine=None) -> Selection:
+    """Run ``strategy`` over the pool's rows not in ``exclude``; ``fallback`` (greedy) when it cannot run yet.
+
+    ``engine``: None streams the pool here (``stream.stream_top``); else a callable
+    ``(info, ran, k, n_keep, exclude, on_rows) -> Kept`` that keeps the same rows elsewhere (``distributed.RayEngine``).
+    """
     note = cold_start_note(strategy, rnd)
     ran = fallback if note else strategy
     score, n_keep = ran.keep(rnd, k)
-    kept = stream.stream_top(info, score, exclude, n_keep, rnd.batch_rows, on_rows)
+    if engine is None:
+        kept = stream.stream_top(info, score, exclude, n_keep, rnd.batch_rows, on_rows)
+    else:
+        kept = engine(info, ran, k, n_keep, exclude, on_rows)
     pick = (ran.pick or top_k)(kept, rnd, k)
     rows = None if kept.rows is None else kept.rows.take(pick.idx)
     return Selection(kept.ids[pick.idx], pick.scores, ran.name, note, rows, kept, pick.prob)

@@ -1,0 +1,267 @@
+"""``alloop query --engine ray`` on a local Ray cluster (2 CPUs, started once for the session) over pools held as
+directories of Parquet files: the same query file as the local engine for every live strategy of both tasks, the
+same file when an actor is killed mid-query (Ray Data restarts it and retries its batch), the run unchanged when
+the query fails; and pools in object storage (an S3 endpoint on localhost: moto's server mode) read by ``init``,
+``query`` (local and Ray engines) and ``status``, with a missing bucket and bad credentials refused in one line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+from cli_helpers import FAST, assert_user_error, digest, fill, invoke
+from moto.server import ThreadedMotoServer
+
+from alloop import strategies
+from alloop.strategies import distributed
+
+WINE = Path(__file__).resolve().parents[1] / "datasets" / "wine"
+KEY, SECRET, REGION = "testing", "testing", "us-east-1"
+BUCKET = "pools"
+
+
+def ok(res, what=""):
+    assert res.code == 0, f"{what} exit {res.code}\nstderr:\n{res.stderr}\nstdout:\n{res.stdout}"
+    return res
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """Credentials for the local S3 endpoint, for this process and (through the cluster's runtime env) Ray's workers."""
+    mp = pytest.MonkeyPatch()
+    for k, v in {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}.items():
+        mp.setenv(k, v)
+    mp.delenv("AWS_ENDPOINT_URL", raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, aws_env):
+    """A local Ray cluster with 2 CPUs for the whole session; yields the path whose creation arms one actor kill."""
+    arm = tmp_path_factory.mktemp("ray-faults") / "kill-one-actor"
+    env = {distributed.KILL_ENV: str(arm), "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
+           "JAX_PLATFORMS": "cpu"}
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)  # fork-and-exec of Ray's processes
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"env_vars": env})
+    yield arm
+    ray.shutdown()
+
+
+def split_pool(df: pd.DataFrame, folder: Path, cuts=(0.4, 0.7)) -> Path:
+    """The pool as a directory of three Parquet files (with small row groups)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    edges = [0, *(int(c * len(df)) for c in cuts), len(df)]
+    for j, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        df.iloc[a:b].to_parquet(folder / f"part-{j}.parquet", index=False, row_group_size=37)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def regression_run(alloop_data, tmp_path_factory):
+    """A trained regression run over a pool directory, mid-cycle: labels and 2 outstanding rows (both left out)."""
+    runs = tmp_path_factory.mktemp("ray-runs")
+    pool = split_pool(pd.read_parquet(alloop_data.pool), runs / "pooldir")
+    ok(invoke(["init", "reg", "--pool", pool, "--test", alloop_data.test, "--labels", alloop_data.seed, *FAST], runs), "init")
+    q = ok(invoke(["query", "reg", "-k", "5", "--json"], runs), "query").json()
+    ok(invoke(["ingest", "reg", fill(q["path"], alloop_data.truth, out=runs / "r1.csv", leave_blank=2)], runs), "ingest")
+    return runs / "reg"
+
+
+@pytest.fixture(scope="session")
+def classification_run(tmp_path_factory):
+    """A trained wine run (linear softmax) over a pool directory, 2 seed labels per class."""
+    runs = tmp_path_factory.mktemp("ray-cls-runs")
+    df = pd.read_parquet(WINE / "pool.parquet")
+    pool = split_pool(df.drop(columns="target"), runs / "pooldir")
+    truth = df.set_index("id")["target"]
+    seed = pd.concat([truth[truth == c].iloc[:2] for c in sorted(truth.unique())]).reset_index()
+    seed.to_csv(runs / "seed.csv", index=False)
+    ok(invoke(["init", "wine", "--task", "classification", "--pool", pool, "--test", WINE / "test.parquet", "--labels", runs / "seed.csv",
+               *FAST], runs), "init")
+    ok(invoke(["train", "wine"], runs), "train")
+    return runs / "wine"
+
+
+def twins(src: Path, runs: Path) -> tuple[str, str]:
+    shutil.copytree(src, runs / "local")
+    shutil.copytree(src, runs / "onray")
+    return "local", "onray"
+
+
+def assert_same_query(runs: Path, a: dict, b: dict) -> None:
+    """The same query file byte for byte, and the same committed state."""
+    assert (a["round"], a["rows"], a["strategy"]) == (b["round"], b["rows"], b["strategy"])
+    assert Path(a["path"]).name == Path(b["path"]).name
+    assert Path(a["path"]).read_bytes() == Path(b["path"]).read_bytes()
+    sa, sb = (json.loads((runs / n / "state.json").read_text()) for n in ("local", "onray"))
+    assert {k: v for k, v in sa.items() if k != "queries"} == {k: v for k, v in sb.items() if k != "queries"}
+    assert [q["sha256"] for q in sa["queries"]] == [q["sha256"] for q in sb["queries"]]
+
+
+def query_both(runs: Path, *opts) -> tuple[dict, dict]:
+    a = ok(invoke(["query", "local", "--json", *opts], runs), "local query").json()
+    b = ok(invoke(["query", "onray", "--json", "--engine", "ray", "--workers", "1", *opts], runs), "ray query").json()
+    return a, b
+
+
+@pytest.mark.parametrize("strategy", strategies.names("regression", live=True))
+def test_ray_query_equals_local_regression(ray_cluster, regression_run, runs, strategy):
+    twins(regression_run, runs)
+    a, b = query_both(runs, "-k", "6", "--strategy", strategy)
+    assert a["strategy"] == strategy and b["engine"] == "ray"
+    assert_same_query(runs, a, b)
+
+
+@pytest.mark.parametrize("strategy", strategies.names("classification", live=True))
+def test_ray_query_equals_local_classification(ray_cluster, classification_run, runs, strategy):
+    twins(classification_run, runs)
+    assert_same_query(runs, *query_both(runs, "-k", "5", "--strategy", strategy))
+
+
+def test_ray_query_at_cold_start_falls_back_like_local(ray_cluster, alloop_data, runs, tmp_path):
+    pool = split_pool(pd.read_parquet(alloop_data.pool), tmp_path / "pooldir")
+    ok(invoke(["init", "cold", "--pool", pool, *FAST], runs))
+    twins(runs / "cold", runs)
+    a, b = query_both(runs, "-k", "5")
+    assert a["strategy"] == "greedy" and "cold start" in a["note"]
+    assert_same_query(runs, a, b)
+
+
+def test_a_failed_ray_query_leaves_the_run_unchanged(ray_cluster, alloop_data, runs, tmp_path):
+    """A pool file that went bad after init (a NaN feature) fails the query on an actor: one line, exit 2, run byte-identical."""
+    pool = split_pool(pd.read_parquet(alloop_data.pool), tmp_path / "pooldir")
+    ok(invoke(["init", "r", "--pool", pool, "--labels", alloop_data.seed, *FAST], runs))
+    ok(invoke(["train", "r"], runs))
+    bad = pd.read_parquet(pool / "part-2.parquet")
+    bad.loc[bad.index[5], "x1"] = np.nan
+    bad.to_parquet(pool / "part-2.parquet", index=False)
+    before = digest(runs / "r")
+    assert_user_error(invoke(["query", "r", "--engine", "ray", "--strategy", "sld-topk"], runs), "non-finite value in feature 'x1'")
+    assert digest(runs / "r") == before
+
+
+def test_ray_options_are_checked(runs, regression_run):
+    shutil.copytree(regression_run, runs / "r")
+    before = digest(runs / "r")
+    assert_user_error(invoke(["query", "r", "--engine", "spark"], runs), "--engine")
+    assert_user_error(invoke(["query", "r", "--address", "auto"], runs), "--engine ray")
+    assert digest(runs / "r") == before
+
+
+def test_without_ray_the_engine_says_how_to_install_it(runs, regression_run, monkeypatch):
+    shutil.copytree(regression_run, runs / "r")
+    before = digest(runs / "r")
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert_user_error(invoke(["query", "r", "--engine", "ray"], runs), "pip install 'alloop[ray]'")
+    assert digest(runs / "r") == before
+
+
+# --- pools in object storage -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3(aws_env):
+    """A local S3 endpoint (moto's server on a free port) with a bucket holding the test pool as three Parquet objects."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    server.stop()
+
+
+def put_pool(client, df: pd.DataFrame, prefix: str, parts: int = 3) -> None:
+    for j, part in enumerate(np.array_split(np.arange(len(df)), parts)):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False), buf, row_group_size=50)
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/part-{j}.parquet", Body=buf.getvalue())
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/_SUCCESS", Body=b"")  # skipped, as on disk
+
+
+def test_init_and_query_over_s3_with_both_engines(ray_cluster, s3, alloop_data, runs):
+    endpoint, client = s3
+    df = pd.read_parquet(alloop_data.pool)
+    put_pool(client, df, "houses")
+    uri = f"s3://{BUCKET}/houses"
+    init = ok(invoke(["init", "s3run", "--pool", uri, "--endpoint-url", endpoint, "--labels", alloop_data.seed, *FAST, "--json"], runs)).json()
+    assert init["pool_rows"] == len(df)
+    config = json.loads((runs / "s3run" / "config.json").read_text())
+    assert config["pool"]["path"].startswith(uri + "?")  # the endpoint goes with the URI; credentials never do
+    ok(invoke(["train", "s3run"], runs))
+    twins(runs / "s3run", runs)
+    a, b = query_both(runs, "-k", "6", "--strategy", "sld")
+    assert_same_query(runs, a, b)
+    assert set(pd.read_csv(a["path"])["id"]) <= set(df["id"])
+    status = ok(invoke(["status", "local", "--json"], runs)).json()
+    assert status["pool"].startswith(uri) and status["outstanding"] == 6
+
+
+def test_aws_endpoint_url_from_the_environment(s3, alloop_data, runs, monkeypatch):
+    endpoint, client = s3
+    put_pool(client, pd.read_parquet(alloop_data.pool), "env")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    ok(invoke(["init", "e", "--pool", f"s3://{BUCKET}/env", *FAST], runs))
+    ok(invoke(["query", "e", "-k", "3"], runs))
+
+
+def test_a_missing_bucket_is_one_line(s3, runs):
+    endpoint, _ = s3
+    assert_user_error(invoke(["init", "m", "--pool", "s3://no-such-bucket/pool", "--endpoint-url", endpoint], runs),
+                      "s3://no-such-bucket/pool", "bucket does not exist")
+    assert not (runs / "m").exists()
+
+
+def test_a_missing_prefix_is_one_line(s3, runs):
+    endpoint, _ = s3
+    assert_user_error(invoke(["init", "m", "--pool", f"s3://{BUCKET}/nothing-here", "--endpoint-url", endpoint], runs), "not found")
+
+
+def test_bad_credentials_are_one_line_and_leave_the_run_unchanged(s3, alloop_data, runs, monkeypatch):
+    from moto import settings
+    from moto.core import responses
+
+    endpoint, client = s3
+    put_pool(client, pd.read_parquet(alloop_data.pool), "creds")
+    ok(invoke(["init", "c", "--pool", f"s3://{BUCKET}/creds", "--endpoint-url", endpoint, *FAST], runs))
+    before = digest(runs / "c")
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the endpoint now checks access keys
+    monkeypatch.setattr(responses.ActionAuthenticatorMixin, "request_count", 0)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAKEY")
+    assert_user_error(invoke(["query", "c", "-k", "3"], runs), "access denied")
+    assert_user_error(invoke(["init", "c2", "--pool", f"s3://{BUCKET}/creds", "--endpoint-url", endpoint], runs), "access denied")
+    assert digest(runs / "c") == before and not (runs / "c2").exists()
+
+
+def test_an_unreachable_endpoint_is_one_line(runs):
+    assert_user_error(invoke(["init", "u", "--pool", "s3://pools/x", "--endpoint-url", "http://127.0.0.1:9"], runs), "unreachable")
+
+
+def test_endpoint_url_is_for_s3_only(runs, alloop_data):
+    assert_user_error(invoke(["init", "x", "--pool", "gs://b/p", "--endpoint-url", "http://127.0.0.1:9"], runs), "s3:// pools only")
+
+
+# last: Ray reports the dead worker asynchronously
+def test_a_killed_actor_still_gives_the_same_file(ray_cluster, regression_run, runs):
+    """One actor SIGKILLs itself at its first batch: Ray Data restarts it and retries; the file is the same."""
+    twins(regression_run, runs)
+    ray_cluster.write_text("armed")
+    a, b = query_both(runs, "-k", "6", "--strategy", "sld-topk")
+    assert not ray_cluster.exists() and ray_cluster.with_name(ray_cluster.name + ".fired").exists()  # the kill happened
+    ray_cluster.with_name(ray_cluster.name + ".fired").unlink()
+    assert_same_query(runs, a, b)
