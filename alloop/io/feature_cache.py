@@ -31,7 +31,7 @@ VERSION = 1
 
 def _key(info: poolio.PoolInfo) -> tuple[str, str] | None:
     """(pool key, data key): the first names the pool, the second its current contents; None if not cacheable."""
-    if info.filesystem is not None:
+    if getattr(info, "filesystem", None) is not None:  # object storage (a pool reader that knows it)
         return None
     files = []
     for f in info.files:
