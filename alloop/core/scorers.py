@@ -26,6 +26,21 @@ import numpy as np
 from alloop.core.models import standardize
 from alloop.core.objective import Problem
 
+_COMPILED: dict[int, tuple] = {}  # id(problem) -> (problem, {name: jitted function}), for the last few problems
+
+
+def jit_for(problem: Problem, name: str, make: Callable) -> Callable:
+    """``jax.jit(make())``, built once per problem and name: a scorer rebuilt every round around new θ
+    (a simulation, a long-lived process) reuses the compiled function for the same shapes."""
+    entry = _COMPILED.get(id(problem))
+    if entry is None or entry[0] is not problem:
+        if len(_COMPILED) >= 8:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        entry = _COMPILED[id(problem)] = (problem, {})
+    if name not in entry[1]:
+        entry[1][name] = jax.jit(make())
+    return entry[1][name]
+
 
 def tangent_outputs(problem: Problem, params, tangent, x):
     """(F(x), u(x) = J_F(x) θ̇): the model output and its derivative along the tangent."""
@@ -36,11 +51,14 @@ def sld(problem: Problem, params, tangent, noise) -> Callable:
     """Jitted x -> unlabeled SLD per row. ``noise`` is σ² per output (squared loss); ignored otherwise."""
     noise = jnp.asarray(noise, jnp.float32)
 
-    @jax.jit
-    def score(params, tangent, noise, x):
-        out, u = tangent_outputs(problem, params, tangent, x)
-        return problem.loss.expected_sld(out, u, noise)
+    def make():
+        def score(params, tangent, noise, x):
+            out, u = tangent_outputs(problem, params, tangent, x)
+            return problem.loss.expected_sld(out, u, noise)
 
+        return score
+
+    score = jit_for(problem, "sld", make)
     return lambda x: score(params, tangent, noise, x)
 
 
@@ -60,11 +78,14 @@ def committee(problem: Problem, members: Sequence) -> Callable:
     """Jitted x -> variance of the members' outputs, summed over outputs."""
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *members)
 
-    @jax.jit
-    def score(stacked, x):
-        outs = jax.vmap(lambda p: problem.model.apply(p, problem.stats, x))(stacked)
-        return jnp.sum(jnp.var(outs, axis=0), axis=-1)
+    def make():
+        def score(stacked, x):
+            outs = jax.vmap(lambda p: problem.model.apply(p, problem.stats, x))(stacked)
+            return jnp.sum(jnp.var(outs, axis=0), axis=-1)
 
+        return score
+
+    score = jit_for(problem, "committee", make)
     return lambda x: score(stacked, x)
 
 
@@ -72,8 +93,8 @@ def _probs(problem: Problem, params, x) -> jax.Array:
     return jax.nn.softmax(problem.model.apply(params, problem.stats, x), axis=-1)
 
 
-def _uncertainty(problem: Problem, params, measure: Callable) -> Callable:
-    score = jax.jit(lambda p, x: measure(_probs(problem, p, x)))
+def _uncertainty(problem: Problem, params, measure: Callable, name: str) -> Callable:
+    score = jit_for(problem, name, lambda: lambda p, x: measure(_probs(problem, p, x)))
     return lambda x: score(params, x)
 
 
@@ -83,7 +104,7 @@ def _entropy(p):
 
 def entropy(problem: Problem, params) -> Callable:
     """Jitted x -> entropy of the predicted class distribution, −Σ_k p_k log p_k."""
-    return _uncertainty(problem, params, _entropy)
+    return _uncertainty(problem, params, _entropy, "entropy")
 
 
 def margin(problem: Problem, params) -> Callable:
@@ -92,12 +113,12 @@ def margin(problem: Problem, params) -> Callable:
         top = jax.lax.top_k(p, 2)[0]
         return top[:, 1] - top[:, 0]
 
-    return _uncertainty(problem, params, neg_gap)
+    return _uncertainty(problem, params, neg_gap, "margin")
 
 
 def least_confident(problem: Problem, params) -> Callable:
     """Jitted x -> 1 − max_k p_k."""
-    return _uncertainty(problem, params, lambda p: 1.0 - jnp.max(p, axis=-1))
+    return _uncertainty(problem, params, lambda p: 1.0 - jnp.max(p, axis=-1), "least-confident")
 
 
 def _stack(members: Sequence):
@@ -111,11 +132,14 @@ def committee_kl(problem: Problem, members: Sequence) -> Callable:
     """
     stacked = _stack(members)
 
-    @jax.jit
-    def score(stacked, x):
-        probs = jax.vmap(lambda p: _probs(problem, p, x))(stacked)
-        return _entropy(jnp.mean(probs, axis=0)) - jnp.mean(jax.vmap(_entropy)(probs), axis=0)
+    def make():
+        def score(stacked, x):
+            probs = jax.vmap(lambda p: _probs(problem, p, x))(stacked)
+            return _entropy(jnp.mean(probs, axis=0)) - jnp.mean(jax.vmap(_entropy)(probs), axis=0)
 
+        return score
+
+    score = jit_for(problem, "committee-kl", make)
     return lambda x: score(stacked, x)
 
 
@@ -135,16 +159,17 @@ def vote_entropy(problem: Problem, members: Sequence) -> Callable:
 def min_distance(stats, labeled_x) -> Callable:
     """Jitted x -> Euclidean distance (standardized features) to the nearest labeled row; +inf if none."""
     lz = standardize(stats, jnp.asarray(labeled_x, jnp.float32))
-
-    @jax.jit
-    def score(lz, x):
-        z = standardize(stats, x)
-        d2 = jnp.sum(z**2, 1)[:, None] - 2 * z @ lz.T + jnp.sum(lz**2, 1)[None, :]
-        return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
-
     if lz.shape[0] == 0:
         return lambda x: jnp.full((x.shape[0],), jnp.inf, jnp.float32)
-    return lambda x: score(lz, x)
+    return lambda x: _min_distance(stats, lz, x)
+
+
+@jax.jit
+def _min_distance(stats, lz, x):
+    """One compiled function for every round (the statistics and labeled rows are arguments, not constants)."""
+    z = standardize(stats, x)
+    d2 = jnp.sum(z**2, 1)[:, None] - 2 * z @ lz.T + jnp.sum(lz**2, 1)[None, :]
+    return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
 
 
 def random_scores(seed: int, ids: np.ndarray) -> np.ndarray:

@@ -69,13 +69,13 @@ class TrainedModel:
 
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(F(x), u(x) = J_F(x)θ̇) of the first output, in training units, float64."""
-        fn = self._cached("outputs", lambda: jax.jit(lambda p, t, x: jnp.stack([o[:, 0] for o in scorers.tangent_outputs(self.problem, p, t, x)], 1)))
+        fn = scorers.jit_for(self.problem, "outputs", lambda: lambda p, t, x: jnp.stack([o[:, 0] for o in scorers.tangent_outputs(self.problem, p, t, x)], 1))
         both = _chunked(lambda c: fn(self.params, self.tangent, c), x, 2)
         return both[:, 0], both[:, 1]
 
     def predict(self, x: np.ndarray, params=None) -> np.ndarray:
         """The first output in the labels' units (regression)."""
-        fn = self._cached("apply", lambda: jax.jit(lambda p, x: self.problem.model.apply(p, self.problem.stats, x)[:, 0]))
+        fn = scorers.jit_for(self.problem, "apply", lambda: lambda p, x: self.problem.model.apply(p, self.problem.stats, x)[:, 0])
         out = _chunked(lambda c: fn(self.params if params is None else params, c), x, 0)
         return out if self.target is None else out * float(self.target[1][0]) + float(self.target[0][0])
 
@@ -84,7 +84,7 @@ class TrainedModel:
         def row(p, xi):
             return ravel_pytree(jax.grad(lambda q: self.problem.model.apply(q, self.problem.stats, xi[None])[0, 0])(p))[0]
 
-        fn = self._cached("jacobian", lambda: jax.jit(jax.vmap(row, (None, 0))))
+        fn = scorers.jit_for(self.problem, "jacobian", lambda: jax.vmap(row, (None, 0)))
         return _chunked(lambda c: fn(self.params, c), x, self.n_params)
 
     @property

@@ -16,6 +16,7 @@ No files here: ``plot_png`` returns the figure's bytes for the caller to write.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -86,6 +87,23 @@ def trained_s(config: RunConfig, meta: dict | None) -> float:
 # --- evaluators: s -> (CV(s), dCV/ds) ---------------------------------------------------------------
 
 
+_PROBLEMS: dict = {}  # one Problem (and its jitted evaluators) per model: XLA compiles them once per process and shape
+
+
+def _problem(config: RunConfig):
+    """(problem, initial parameters, jitted exact-CV functions) of the run's model, built once per process.
+
+    Rebuilding them every search made every call compile anew (seconds a round in a simulation)."""
+    key = json.dumps([config.model.to_json(), config.regularizer, config.task, config.classes, config.standardizer, config.seed],
+                     sort_keys=True, default=str)
+    if key not in _PROBLEMS:
+        if len(_PROBLEMS) > 16:
+            _PROBLEMS.clear()
+        init = fitting.build_model(config).init(jax.random.PRNGKey(config.seed))
+        _PROBLEMS[key] = (fitting.build_problem(config, init), init, {})
+    return _PROBLEMS[key]
+
+
 def _setup(config: RunConfig, x, y):
     """The run's problem, initial parameters and labeled data, targets standardized as training sees them.
 
@@ -94,9 +112,7 @@ def _setup(config: RunConfig, x, y):
     the chosen s nor any prediction: the free bias absorbs the mean and s is invariant to the scale.
     """
     config = as_config(config)
-    model = fitting.build_model(config)
-    init = model.init(jax.random.PRNGKey(config.seed))
-    problem = fitting.build_problem(config, init)
+    problem, init, _ = _problem(config)
     return problem, init, objective.make_data(x, fitting.make_targets(config, y, fitting.target_stats(config, y)))
 
 
@@ -111,7 +127,8 @@ def route_for(problem, tc: TuneConfig) -> str:
 class ExactCV:
     """CV(s) and its hypergradient for a linear model: every fold solved exactly (float64).
 
-    The linear form is rebuilt inside each jitted function (cheap to run, one compilation each).
+    The linear form is rebuilt inside each jitted function (cheap to run); the functions are built once per
+    problem (``_exact_functions``), so each shape compiles once per process.
     """
 
     def __init__(self, problem, init, data: Data, masks):
@@ -119,10 +136,7 @@ class ExactCV:
         with jax.enable_x64(True):
             self.data = hyper.cast(data, jnp.float64)
             self.masks = jnp.asarray(masks, jnp.float64)
-        form = lambda d: hyper.linear_form(problem, init, d.x)  # noqa: E731
-        self._cv = jax.jit(lambda d, m, s: hyper.exact_cv(problem, form(d), d, m, s))
-        self._loo = jax.jit(lambda d, s: hyper.loocv_and_derivative(form(d), d.y, d.w, s))
-        self._gp = jax.jit(lambda d, s: _g_pert_linear(problem, form(d), d, s))
+        self._cv, self._loo, self._gp = _exact_functions(problem, init)
 
     def __call__(self, s: float) -> tuple[float, float]:
         with jax.enable_x64(True):
@@ -139,6 +153,17 @@ class ExactCV:
         """G_pert / n (eq. 44) at θ*(s)."""
         with jax.enable_x64(True):
             return float(self._gp(self.data, jnp.float64(s)))
+
+
+def _exact_functions(problem, init):
+    """The jitted CV, LOOCV and G_pert functions of a linear problem, kept with it (one compilation per shape)."""
+    cache = next((fns for p, _, fns in _PROBLEMS.values() if p is problem), {})
+    if "exact" not in cache:
+        form = lambda d: hyper.linear_form(problem, init, d.x)  # noqa: E731
+        cache["exact"] = (jax.jit(lambda d, m, s: hyper.exact_cv(problem, form(d), d, m, s)),
+                          jax.jit(lambda d, s: hyper.loocv_and_derivative(form(d), d.y, d.w, s)),
+                          jax.jit(lambda d, s: _g_pert_linear(problem, form(d), d, s)))
+    return cache["exact"]
 
 
 def _g_pert_linear(problem, form, data, s):

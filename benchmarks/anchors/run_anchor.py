@@ -39,12 +39,12 @@ N_THREADS = _threads_from_argv()
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(N_THREADS)
 
-import numpy as np
+import numpy as np  # noqa: E402 - after the thread settings above
 
 if not hasattr(np, "Inf"):  # bmdal-reg 3.0.2 still uses np.Inf (removed in numpy 2)
     np.Inf = np.inf
 
-import pandas as pd
+import pandas as pd  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("anchor_protocol", HERE / "protocol.py")
