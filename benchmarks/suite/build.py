@@ -32,6 +32,7 @@ build hash and intact files is skipped without loading anything.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import sys
@@ -207,22 +208,15 @@ def snake(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
-def split_rows(n: int, seed: int, labels=None, frac: float = TEST_FRACTION):
-    """Random (optionally stratified) split of row indices 0..n-1 into (pool, test), as in datasets/build.py."""
-    rng = np.random.default_rng(seed)
-    test = np.zeros(n, dtype=bool)
-    if labels is None:
-        k = int(round(frac * n))
-        test[rng.permutation(n)[:k]] = True
-    else:
-        labels = np.asarray(labels)
-        for c in sorted(set(labels.tolist())):
-            idx = np.flatnonzero(labels == c)
-            k = int(round(frac * len(idx)))
-            test[rng.permutation(idx)[:k]] = True
-    pool_idx = rng.permutation(np.flatnonzero(~test))
-    test_idx = rng.permutation(np.flatnonzero(test))
-    return pool_idx, test_idx
+def _bundled_build():
+    """datasets/build.py, the bundled datasets' builder: the suite splits rows exactly as it does."""
+    spec = importlib.util.spec_from_file_location("alloop_datasets_build", ROOT.parents[1] / "datasets" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+split_rows = _bundled_build().split_rows  # random (stratified for classes) 80/20 split, rows shuffled
 
 
 def _frame(X: pd.DataFrame, y, ids: np.ndarray) -> pd.DataFrame:
