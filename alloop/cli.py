@@ -509,11 +509,16 @@ def simulate(
         "Default: as `alloop init` sets it (auto for linear/poly regression, 1 otherwise).",
     ),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes (default: one per CPU core)."),
+    stop: List[str] = typer.Option(
+        [], "--stop", help="Stopping threshold for the stop report, NAME=NUMBER as for `alloop status --stop`; repeatable "
+        "(replayed over the recorded signals: nothing is rerun).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Replay active learning on a fully labeled pool, strategy against strategy, and summarize.
 
-    Writes curves.csv, summary.md, summary.json and curves.png to --out.
+    Also reports, per strategy, where each stopping rule of `alloop status` would have stopped, the labels
+    that saved and the test error given up. Writes curves.csv, summary.md, summary.json and curves.png to --out.
     Example: alloop simulate --dataset diabetes --strategies sld,sld-topk,random --reps 5
     """
     from alloop.sim import simulate as sim
@@ -522,7 +527,7 @@ def simulate(
     try:
         res = sim.run_simulation(
             dataset=dataset, pool=pool, test=test, target=target, id_col=id_col, strategy_list=_split(strategies), reps=reps, out=out,
-            jobs=jobs, model=spec, s=s, task=task, reporter=RichReporter(), budget=budget, batch=batch, initial=initial, seed=seed,
+            jobs=jobs, model=spec, s=s, task=task, reporter=RichReporter(), stop=_stop_overrides(stop), budget=budget, batch=batch, initial=initial, seed=seed,
         )
     except KeyboardInterrupt:
         err.print("interrupted: finished curves are kept in curves.csv; run the same command again to resume", highlight=False)

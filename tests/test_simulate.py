@@ -53,7 +53,7 @@ def test_tiny_simulation_end_to_end(tiny, tmp_path):
     for name in ("curves.csv", "summary.md", "summary.json", "curves.png", "config.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     df = curves(tmp_path)
-    assert list(df.columns) == list(sim.CURVE_COLUMNS)
+    assert list(df.columns) == list(sim.CURVE_COLUMNS + sim.SIGNAL_COLUMNS)
     assert len(df) == len(ALL) * 2 * len(EXPECTED_N)
     for (strategy, rep), g in df.groupby(["strategy", "rep"]):
         assert list(g["n_labels"]) == EXPECTED_N, (strategy, rep)
@@ -378,6 +378,79 @@ def test_classification_is_simulated_with_the_live_softmax_model(tmp_path):
     df = curves(tmp_path / "out")
     assert df["metric"].between(0, 1).all() and list(df[df.strategy == "margin"]["n_labels"]) == [6, 12, 18]
     assert df[df.n_labels == 18]["metric"].max() < 0.35  # three separable blobs are learned from 18 labels
+    later = df[df.n_labels > 6]  # successive models compared by Cohen's kappa on the stop set, not by a change of values
+    assert later["kappa"].between(-1, 1).all() and df["change"].isna().all() and df[df.n_labels == 6]["kappa"].isna().all()
     with pytest.raises(UserError, match="does not apply to classification"):
         sim.run_simulation(pool=str(tmp_path / "pool.parquet"), test=str(tmp_path / "test.parquet"), task="classification",
                            strategy_list=["igs"], reps=1, out=str(tmp_path / "o2"), jobs=1)
+
+
+# --- stopping: the signals a simulated round records, and the report replayed from them ------------
+
+
+def _signal_rows(strategy, metrics, changes, n=(10, 20, 30, 40, 50)):
+    return [{"strategy": strategy, "rep": r, "n_labels": k, "metric": m, "seconds": 0.0, "change": c, "kappa": None, "cv_loss": None, "mean_sld": None}
+            for r, (ms, cs) in enumerate(zip(metrics, changes)) for k, m, c in zip(n, ms, cs)]
+
+
+def test_the_stop_report_replays_each_rule_over_every_repetition():
+    # rep 0: changes fall below 0.01 at n=30 and n=40 -> stable_predictions stops at n=40 (2 rounds in a row),
+    #        metric there 2.2 against 2.0 at the budget: 10% given up, 10 labels saved;
+    # rep 1: never two calm rounds in a row -> runs to the budget, nothing saved or given up.
+    rows = _signal_rows("sld", [[5, 3, 2.5, 2.2, 2.0], [6, 4, 3, 2.5, 2.5]],
+                        [[None, 0.2, 0.005, 0.004, 0.001], [None, 0.005, 0.3, 0.002, 0.5]])
+    st = sim_summary.summarize(rows, ["sld"], TINY, "hand")["stopping"]
+    f = st["strategies"]["sld"]["stable_predictions"]
+    assert (f["reps"], f["stopped"]) == (2, 1)
+    assert f["labels"] == pytest.approx((40 + 50) / 2) and f["labels_saved"] == pytest.approx((10 + 0) / 2)
+    assert f["error_given_up"] == pytest.approx((0.1 + 0.0) / 2) and f["error_given_up_max"] == pytest.approx(0.1)
+    assert st["primary"] == "stable_predictions" and st["thresholds"]["change_threshold"] == 0.01
+    # other thresholds are replayed from the same rows: a looser one stops both repetitions at n=30
+    loose = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.4))["stopping"]
+    g = loose["strategies"]["sld"]["stable_predictions"]
+    assert g["stopped"] == 2 and g["labels"] == pytest.approx((30 + 30) / 2)  # rep 0: 0.2, 0.005; rep 1: 0.005, 0.3
+    assert "| sld | stable_predictions | 1/2 | 45 | 5 | +5.0%, +10.0% |" in sim_summary.markdown(
+        sim_summary.summarize(rows, ["sld"], TINY, "hand"))
+    # curves without signals (written before they were recorded) give no stop report, not a wrong one
+    bare = [{k: v for k, v in r.items() if k in sim.CURVE_COLUMNS} for r in rows]
+    assert sim_summary.summarize(bare, ["sld"], TINY, "hand")["stopping"]["strategies"] == {}
+
+
+def test_simulated_rounds_record_the_stop_signals_a_run_records(tiny, tmp_path, monkeypatch):
+    """The change of the stop-set predictions between rounds, computed independently from closed-form ridge fits
+    on the labels each round trained on; the CV loss when s is searched; the mean SLD on the stop set."""
+    settings = sim.SimSettings(initial=5, budget=25, batch=5, seed=3, s=0.5)
+    seen = []
+    real_fit = sim_learners.RidgeLearner.fit
+    monkeypatch.setattr(sim_learners.RidgeLearner, "fit", lambda self, labeled, w: seen.append(labeled.copy()) or real_fit(self, labeled, w))
+    rows = sim.run_curve(sim.make_learner(tiny, settings), settings, "sld", 0)
+    x_stop = tiny.x_pool[sim.stop_rows(settings, len(tiny.y_pool))]
+    assert len(x_stop) == len(tiny.y_pool)  # the pool is smaller than a stop set: all of it
+    mean, std = tiny.x_pool.mean(axis=0), tiny.x_pool.std(axis=0)
+
+    def ridge_predictions(labeled):
+        a = np.c_[(tiny.x_pool[labeled] - mean) / std, np.ones(len(labeled))]
+        theta = np.linalg.solve(a.T @ a + 0.5 * np.diag([1.0, 1.0, 1.0, 0.0]), a.T @ tiny.y_pool[labeled])
+        return np.c_[(x_stop - mean) / std, np.ones(len(x_stop))] @ theta
+
+    preds = [ridge_predictions(lab) for lab in seen]
+    assert rows[0]["change"] is None and rows[0]["cv_loss"] is None  # nothing to compare with; s = 0.5 is not searched
+    for r, old, new in zip(rows[1:], preds, preds[1:]):
+        expected = np.sqrt(np.mean((new - old) ** 2)) / np.std(old)
+        assert r["change"] == pytest.approx(expected, rel=1e-3) and r["kappa"] is None
+    assert all(r["mean_sld"] > 0 for r in rows)
+    auto = sim.SimSettings(initial=5, budget=15, batch=5, seed=3, s="auto")
+    assert all(r["cv_loss"] > 0 for r in sim.run_curve(sim.make_learner(tiny, auto), auto, "random", 0))
+
+
+def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, monkeypatch):
+    sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
+    df = curves(tmp_path)
+    old = df[list(sim.CURVE_COLUMNS)]  # a curves.csv of the previous format: five columns
+    (tmp_path / "curves.csv").write_text(old.to_csv(index=False))
+    calls = []
+    monkeypatch.setattr(sim, "run_curve", lambda *a, **k: calls.append(a[2:4]))
+    summary = sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
+    assert calls == [] and summary["strategies"]["random"]["final"] == pytest.approx(old["metric"].iloc[-1])
+    again = curves(tmp_path)
+    assert list(again.columns) == list(sim.CURVE_COLUMNS + sim.SIGNAL_COLUMNS) and again["change"].isna().all()

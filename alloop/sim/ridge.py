@@ -136,12 +136,14 @@ class RidgeLearner:
         init = fitting.build_model(config).init(jax.random.PRNGKey(0))
         self.problem = fitting.build_problem(config, init)
         self._s = None  # the last round's s: the next search starts there
+        self.cv_loss = None  # the CV loss of the last round's s search (a stopping signal), None for a fixed s
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):
         a, y = self.a_pool[labeled], self.data.y_pool[labeled]
         if choose_s_mod.is_mode(self.config.s):
             prev = self._s if len(labeled) > self.settings.initial else None
-            s, _ = choose_s_mod.resolve_s(self.config, self.data.x_pool[labeled].astype(np.float32), y[:, None], s_prev=prev)
+            s, choice = choose_s_mod.resolve_s(self.config, self.data.x_pool[labeled].astype(np.float32), y[:, None], s_prev=prev)
+            self.cv_loss = None if choice is None else choice.cv_loss
         else:
             s = float(self.config.s)
         self._s = s

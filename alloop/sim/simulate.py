@@ -48,10 +48,12 @@ from alloop.sim import ridge
 from alloop.sim import sgdf as sim_sgdf
 from alloop.sim import summary as sim_summary
 from alloop.strategies import research
-from alloop.training import classmap
+from alloop.training import classmap, stopping
 from alloop.training import fit as fitting
 
 CURVE_COLUMNS = ("strategy", "rep", "n_labels", "metric", "seconds")
+SIGNAL_COLUMNS = ("change", "kappa", "cv_loss", "mean_sld")  # the stopping signals of each round (blank: none)
+STOP_SET_ROWS = 1000  # as many stop-set rows as a run draws (commands/stopset.py)
 CURVES_FILE = "curves.csv"
 CONFIG_FILE = "config.json"
 DEFAULT_STRATEGIES = {
@@ -258,6 +260,9 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
     """One learning curve: the test metric after every batch, from the repetition's initial labels.
 
     Every batch is chosen by ``strategies.select`` over the pool file, the call ``alloop query`` makes.
+    Each round also records the stopping signals a run's training records (``commands/stopset.py``):
+    the change (regression) or kappa (classification) of the predictions on a fixed stop set against the
+    last round's, the CV loss of an s search, and the mean SLD on the stop set.
     """
     data = learner.data
     strat = strategies.get(strategy)
@@ -265,7 +270,8 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
     info = data.open_pool()
     labeled = initial_rows(settings, rep, n_pool)
     probs = 1.0 / (n_pool - np.arange(len(labeled)))  # the initial draw was uniform
-    rows, state = [], None
+    x_stop = data.x_pool[stop_rows(settings, n_pool)]
+    rows, state, prev = [], None, None
     for r, target in enumerate(schedule(settings, n_pool)):
         t0 = time.perf_counter()
         if state is not None:
@@ -277,10 +283,34 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
         w = research.lure_weights(probs, n_pool) if strat.weighted else None
         state = learner.fit(labeled, w)
         metric = learner.test_metric(state)
-        rows.append({"strategy": strategy, "rep": rep, "n_labels": len(labeled), "metric": metric, "seconds": time.perf_counter() - t0})
+        sig, prev = stop_signal(learner, state, x_stop, prev, round_seed(settings, rep, r))
+        rows.append({"strategy": strategy, "rep": rep, "n_labels": len(labeled), "metric": metric, "seconds": time.perf_counter() - t0, **sig})
         if on_round is not None:
             on_round()
     return rows
+
+
+def stop_rows(settings: SimSettings, n_pool: int) -> np.ndarray:
+    """The stop set: a fixed uniform sample of the pool, the same for every strategy and repetition."""
+    rng = np.random.default_rng([settings.seed, 0x5709])
+    return np.sort(rng.choice(n_pool, size=min(STOP_SET_ROWS, n_pool), replace=False))
+
+
+def stop_signal(learner, state, x_stop: np.ndarray, prev, seed: int) -> tuple[dict, np.ndarray]:
+    """({change, kappa, cv_loss, mean_sld}, this round's stop-set predictions) for a fitted learner."""
+    model = learner.model(state, seed)
+    out = np.asarray(fitting.predict(learner.config, model.params, x_stop.astype(np.float32), model.target), np.float64)
+    classification = learner.config.task == "classification"
+    pred = np.argmax(out.reshape(len(x_stop), -1), axis=1) if classification else out.reshape(len(x_stop), -1)
+    change = kappa = None
+    if prev is not None:
+        if classification:
+            kappa = stopping.cohen_kappa(prev, pred)
+        else:
+            change = stopping.prediction_change(prev, pred)
+    sld = model.on_rows(model.sld(), x_stop)
+    mean_sld = float(np.mean(sld)) if len(sld) and np.all(np.isfinite(sld)) else None
+    return {"change": change, "kappa": kappa, "cv_loss": getattr(learner, "cv_loss", None), "mean_sld": mean_sld}, pred
 
 
 # --- curves.csv ---------------------------------------------------------------------------------
@@ -299,7 +329,7 @@ def read_curves(path: Path, expected_n: list[int]) -> dict[tuple[str, int], list
         if row is not None:
             groups.setdefault((row["strategy"], row["rep"]), []).append(row)
     done = {key: rows for key, rows in groups.items() if [r["n_labels"] for r in rows] == expected_n}
-    if not lines or lines[0].strip() != ",".join(CURVE_COLUMNS) or sum(map(len, done.values())) != len(lines) - 1:
+    if not lines or lines[0].strip() != ",".join(CURVE_COLUMNS + SIGNAL_COLUMNS) or sum(map(len, done.values())) != len(lines) - 1:
         atomic.write_text_atomic(path, _encode_rows([r for rows in done.values() for r in rows], header=True))
     return done
 
@@ -308,10 +338,13 @@ def _parse_row(line: str) -> dict | None:
     if not line.endswith("\n"):
         return None
     cells = next(csv.reader([line]), [])
-    if len(cells) != len(CURVE_COLUMNS):
+    if len(cells) not in (len(CURVE_COLUMNS), len(CURVE_COLUMNS) + len(SIGNAL_COLUMNS)):  # curves written before the signals lack them
         return None
     try:
-        return {"strategy": cells[0], "rep": int(cells[1]), "n_labels": int(cells[2]), "metric": float(cells[3]), "seconds": float(cells[4])}
+        row = {"strategy": cells[0], "rep": int(cells[1]), "n_labels": int(cells[2]), "metric": float(cells[3]), "seconds": float(cells[4])}
+        for k, v in zip(SIGNAL_COLUMNS, cells[len(CURVE_COLUMNS):]):
+            row[k] = float(v) if v else None
+        return row
     except ValueError:
         return None
 
@@ -320,9 +353,10 @@ def _encode_rows(rows: list[dict], header: bool = False) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if header:
-        w.writerow(CURVE_COLUMNS)
+        w.writerow(CURVE_COLUMNS + SIGNAL_COLUMNS)
     for r in rows:
-        w.writerow([r["strategy"], r["rep"], r["n_labels"], repr(float(r["metric"])), f"{r['seconds']:.4f}"])
+        signals = ["" if r.get(k) is None else repr(float(r[k])) for k in SIGNAL_COLUMNS]
+        w.writerow([r["strategy"], r["rep"], r["n_labels"], repr(float(r["metric"])), f"{r['seconds']:.4f}", *signals])
     return buf.getvalue()
 
 
@@ -362,9 +396,18 @@ def simulate(
     out: Path,
     jobs: int | None = None,
     reporter: Reporter | None = None,
+    stop: dict | None = None,
 ) -> dict:
-    """Run every missing (strategy, rep) curve, then write the summary and the plot; returns the summary."""
+    """Run every missing (strategy, rep) curve, then write the summary and the plot; returns the summary.
+
+    ``stop`` overrides stopping thresholds (``training.stopping.StopRules``) for the stop report only: the
+    curves record the signals, so other thresholds are replayed without running anything again.
+    """
     reporter = reporter or Reporter()
+    try:
+        rules = stopping.StopRules.from_dict(stop)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--stop: {e}") from None
     check_settings(settings, strategy_list, len(data.y_pool))
     if reps < 1:
         raise UserError("--reps must be at least 1")
@@ -375,10 +418,10 @@ def simulate(
             stack.enter_context(run_lock(out, wait=0.0))
         except UserError:
             raise UserError(f"{out} is in use by another alloop simulate: wait for it to finish, or pass another --out") from None
-        return _simulate_locked(data, settings, strategy_list, reps, out, jobs, reporter)
+        return _simulate_locked(data, settings, strategy_list, reps, out, jobs, reporter, rules)
 
 
-def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, reporter: Reporter) -> dict:
+def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, reporter: Reporter, rules: stopping.StopRules) -> dict:
     config = {"data": {"name": data.name, "fingerprint": data.fingerprint(), "pool_rows": len(data.y_pool), "test_rows": len(data.y_test)},
               "settings": settings.to_dict(), "metric": metric_name(settings.task), "protocol": PROTOCOL}
     check_config(out, config)
@@ -395,7 +438,7 @@ def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, repor
             append_curve(path, rows)
             done[(rows[0]["strategy"], rows[0]["rep"])] = rows
     keep = [r for s in strategy_list for rep in range(reps) for r in done[(s, rep)]]
-    summary = sim_summary.summarize(keep, strategy_list, settings, data.name, metric_name(settings.task))
+    summary = sim_summary.summarize(keep, strategy_list, settings, data.name, metric_name(settings.task), rules)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     sim_summary.write_outputs(out, keep, summary)
     return summary
@@ -416,6 +459,7 @@ def run_simulation(
     s: float | str | None = None,
     task: str | None = None,
     reporter: Reporter | None = None,
+    stop: dict | None = None,
     **settings,
 ) -> dict:
     """The ``simulate`` use case: find the data (``dataset`` or ``pool`` + ``test``), then ``simulate``.
@@ -440,7 +484,7 @@ def run_simulation(
     data = load_data(pool, test, target, id_col, name, task)
     sim_settings = SimSettings(model=dict(model), s=s, task=task, **settings)
     where = Path(out) if out else rundir.runs_root() / f"simulate-{name}"
-    summary = simulate(data, sim_settings, list(strategy_list or DEFAULT_STRATEGIES[task]), reps, where, jobs, reporter)
+    summary = simulate(data, sim_settings, list(strategy_list or DEFAULT_STRATEGIES[task]), reps, where, jobs, reporter, stop)
     return {**summary, "out": str(where), "markdown": (where / "summary.md").read_text()}
 
 

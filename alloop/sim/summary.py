@@ -8,6 +8,11 @@ Lower metric is better (test RMSE, or the test error rate for classification). P
 - ``labels_to_match_random``: the fewest labels at which its mean curve reaches random's final
   (mean) metric, or None if it never does within the budget.
 - ``wins``/``losses``: repetitions whose area is below/above random's in the same repetition.
+
+And per strategy and stopping rule (``training.stopping``, replayed over each repetition's recorded
+signals): in how many repetitions the rule stopped before the budget, the labels spent (the budget where
+it never stopped), the labels saved, and the error given up: the metric where it stopped relative to the
+same repetition's metric at the full budget.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from alloop.io import atomic
+from alloop.training import stopping
 
 REFERENCE = "random"
 
@@ -83,15 +89,44 @@ def strategy_summary(rows: list[dict], strategy: str, reference: tuple | None) -
 METRIC_LABEL = {"rmse": "Test RMSE", "error": "Test error rate"}
 
 
-def summarize(rows: list[dict], strategy_list: list[str], settings, name: str, metric: str = "rmse") -> dict:
-    """Figures for every strategy, relative to random when random was run."""
+def stop_summary(rows: list[dict], strategy: str, task: str, rules: stopping.StopRules) -> dict | None:
+    """Each stopping rule of the task replayed over every repetition of one strategy; None without signals."""
+    reps: dict[int, list[dict]] = {}
+    for r in sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: (r["rep"], r["n_labels"])):
+        reps.setdefault(r["rep"], []).append(r)
+    reps = {k: v for k, v in reps.items() if any(r.get(c) is not None for r in v for c in ("change", "kappa", "mean_sld", "cv_loss"))}
+    if not reps:
+        return None
+    out = {}
+    for rule in stopping.rules_for(task):
+        spent, saved, given_up, stopped = [], [], [], 0
+        for curve in reps.values():
+            history = [{"labels": r["n_labels"], **{k: r.get(k) for k in ("change", "kappa", "cv_loss", "mean_sld")}} for r in curve]
+            at = stopping.stop_rounds(history, task, rules)[rule]
+            i = len(curve) - 1 if at is None else at
+            stopped += at is not None and i < len(curve) - 1
+            spent.append(curve[i]["n_labels"])
+            saved.append(curve[-1]["n_labels"] - curve[i]["n_labels"])
+            final = curve[-1]["metric"]
+            given_up.append(curve[i]["metric"] / final - 1.0 if final > 0 else 0.0)
+        out[rule] = {"reps": len(reps), "stopped": int(stopped), "labels": float(np.mean(spent)), "labels_saved": float(np.mean(saved)),
+                     "error_given_up": float(np.mean(given_up)), "error_given_up_max": float(np.max(given_up))}
+    return out
+
+
+def summarize(rows: list[dict], strategy_list: list[str], settings, name: str, metric: str = "rmse", rules: stopping.StopRules | None = None) -> dict:
+    """Figures for every strategy, relative to random when random was run, and what each stopping rule would have done."""
     ref = curve_table(rows, REFERENCE) if any(r["strategy"] == REFERENCE for r in rows) else None
+    rules = rules or stopping.StopRules()
+    task = settings.to_dict().get("task", "regression")
+    stops = {s: stop_summary(rows, s, task, rules) for s in strategy_list}
     return {
         "dataset": name,
         "metric": metric,
         "settings": settings.to_dict(),
         "reference": REFERENCE if ref is not None else None,
         "strategies": {s: strategy_summary(rows, s, ref) for s in strategy_list},
+        "stopping": {"thresholds": rules.to_dict(), "primary": stopping.PRIMARY.get(task), "strategies": {s: v for s, v in stops.items() if v}},
     }
 
 
@@ -126,7 +161,24 @@ def markdown(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if not has_ref:
         lines += ["", "random was not run, so there are no figures relative to it."]
+    lines += stop_markdown(summary)
     return "\n".join(lines) + "\n"
+
+
+def stop_markdown(summary: dict) -> list[str]:
+    """The stopping table: per strategy and rule, where it stopped and what that cost."""
+    stop = summary.get("stopping") or {}
+    if not stop.get("strategies"):
+        return []
+    th = ", ".join(f"{k}={v:g}" for k, v in stop["thresholds"].items())
+    lines = ["", f"Stopping rules (alloop status's decision is {stop['primary']}; thresholds {th}): where each would have stopped, "
+             "the labels it saved, and the test metric there relative to the same repetition's at the full budget.", "",
+             "| strategy | rule | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |", "|---|---|---|---|---|---|"]
+    for s, rules in stop["strategies"].items():
+        for rule, f in rules.items():
+            lines.append(f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | "
+                         f"{f['error_given_up']:+.1%}, {f['error_given_up_max']:+.1%} |")
+    return lines
 
 
 def plot(rows: list[dict], summary: dict, path: Path) -> None:
