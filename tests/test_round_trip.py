@@ -90,7 +90,7 @@ print("JAX-IMPORTED" if any(m == "jax" or m.startswith(("jax.", "jaxlib", "optax
 """
 
 
-@pytest.mark.parametrize("args", [["status", "r"], ["status", "r", "--json"], ["ingest", "r", "LABELS", "--no-train"]])
+@pytest.mark.parametrize("args", [["status", "r"], ["status", "r", "--json"], ["ingest", "r", "LABELS", "--no-train"], ["verify", "r"]])
 def test_commands_that_need_no_model_never_import_jax(run, runs, tmp_path, args):
     labels = tmp_path / "late.csv"
     outstanding = next(iter(json.loads((run / "state.json").read_text())["outstanding"]))

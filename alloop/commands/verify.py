@@ -15,7 +15,7 @@ from alloop.io import rundir
 from alloop.io.atomic import sha256_file
 from alloop.io.checkpoint import load_tree
 from alloop.io.lock import run_lock
-from alloop.training import fit as fitting
+from alloop.training import layout
 
 TEMP_PREFIX = ".tmp-"
 
@@ -49,7 +49,7 @@ def _valid(run: rundir.Run, rel: str | None, sha: str | None) -> bool:
 
 def _loadable_checkpoint(run: rundir.Run, rel: str) -> bool:
     try:
-        load_tree(run.path / rel, fitting.checkpoint_like(run.config))
+        load_tree(run.path / rel, layout.checkpoint_like(run.config))
         return True
     except UserError:
         return False
@@ -134,7 +134,7 @@ def _check_checkpoint(run: rundir.Run) -> list[str]:
     if not run.checkpoint_path:
         return []
     try:
-        rundir.load_checkpoint(run, fitting.checkpoint_like(run.config))
+        rundir.load_checkpoint(run, layout.checkpoint_like(run.config))
     except UserError as e:
         return [str(e)]
     return []
