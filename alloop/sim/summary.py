@@ -99,7 +99,7 @@ def stop_summary(rows: list[dict], strategy: str, task: str, rules: stopping.Sto
         return None
     out = {}
     for rule in stopping.rules_for(task):
-        spent, saved, given_up, stopped = [], [], [], 0
+        spent, saved, given_up, given_up_abs, stopped = [], [], [], [], 0
         for curve in reps.values():
             history = [{"labels": r["n_labels"], **{k: r.get(k) for k in ("change", "kappa", "cv_loss", "mean_sld")}} for r in curve]
             at = stopping.stop_rounds(history, task, rules)[rule]
@@ -109,8 +109,10 @@ def stop_summary(rows: list[dict], strategy: str, task: str, rules: stopping.Sto
             saved.append(curve[-1]["n_labels"] - curve[i]["n_labels"])
             final = curve[-1]["metric"]
             given_up.append(curve[i]["metric"] / final - 1.0 if final > 0 else 0.0)
+            given_up_abs.append(curve[i]["metric"] - final)
         out[rule] = {"reps": len(reps), "stopped": int(stopped), "labels": float(np.mean(spent)), "labels_saved": float(np.mean(saved)),
-                     "error_given_up": float(np.mean(given_up)), "error_given_up_max": float(np.max(given_up))}
+                     "error_given_up": float(np.mean(given_up)), "error_given_up_max": float(np.max(given_up)),
+                     "error_given_up_abs": float(np.mean(given_up_abs)), "error_given_up_abs_max": float(np.max(given_up_abs))}
     return out
 
 
@@ -171,14 +173,23 @@ def stop_markdown(summary: dict) -> list[str]:
     if not stop.get("strategies"):
         return []
     th = ", ".join(f"{k}={v:g}" for k, v in stop["thresholds"].items())
+    points = summary.get("metric") == "error"  # error rates: given up in percentage points, not relative to a small rate
+    what = "the test error rate there minus the same repetition's at the full budget, in percentage points" if points else \
+        "the test metric there relative to the same repetition's at the full budget"
     lines = ["", f"Stopping rules (alloop status's decision is {stop['primary']}; thresholds {th}): where each would have stopped, "
-             "the labels it saved, and the test metric there relative to the same repetition's at the full budget.", "",
+             f"the labels it saved, and {what}.", "",
              "| strategy | rule | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |", "|---|---|---|---|---|---|"]
     for s, rules in stop["strategies"].items():
         for rule, f in rules.items():
-            lines.append(f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | "
-                         f"{f['error_given_up']:+.1%}, {f['error_given_up_max']:+.1%} |")
+            lines.append(f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | {given_up(f, points)} |")
     return lines
+
+
+def given_up(f: dict, points: bool) -> str:
+    """The error a stopping rule gave up, as the stop tables print it: relative, or in percentage points for error rates."""
+    if points:
+        return f"{100 * f['error_given_up_abs']:+.1f} pt, {100 * f['error_given_up_abs_max']:+.1f} pt"
+    return f"{f['error_given_up']:+.1%}, {f['error_given_up_max']:+.1%}"
 
 
 def plot(rows: list[dict], summary: dict, path: Path) -> None:
