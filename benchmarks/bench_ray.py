@@ -4,16 +4,17 @@ One pool (--rows rows x --features float32 features, zstd, 1M-row files with pya
 generated in a temporary directory) is held twice: as a local directory and as objects behind an S3
 endpoint on localhost (moto's server in this process). One trained run (linear, 50 labels) over each. Then
 ``alloop query NAME -k 20 --strategy S`` runs on a fresh copy of the run, each time in a fresh process
-(timed after imports: opening the run, reading, scoring, reducing, committing; for Ray also the actors'
-start and their compilation), with:
+(timed after imports: opening the run, reading, scoring, reducing, committing; for Ray also connecting, the
+actors' start, their imports of JAX and alloop, and their compilation), with:
 
 - local: the local engine (pipelined stream in one process);
 - ray-1, ray-2: ``--engine ray --workers 1|2`` on a local Ray cluster started here once (``num_cpus`` =
   the machine's cores), which the query joins by address.
 
-Reported: rows/s (best of --reps, measurements interleaved), the query process's peak RSS (VmHWM), the peak
-RSS of each Ray scoring actor (polled every 50 ms) and of the other Ray workers (read tasks), and the
-ratio of every engine's rows/s to the local engine's on the same source, all from one run.
+Reported: rows/s (best of --reps, measurements interleaved), the ratio of every engine's rows/s to the local
+engine's on the same source, for Ray the seconds until the first pool file's best rows reached the driver
+(connecting, starting the actors, one file read and scored: Ray's fixed cost per query), the query process's
+peak RSS (VmHWM) and the peak RSS of each Ray scoring actor (polled every 50 ms), all from one run.
 
 Usage: python benchmarks/bench_ray.py [--rows 10000000] [--features 16] [--reps 2] [--strategy sld-topk] [--no-s3] [--json FILE]
 """
@@ -46,10 +47,18 @@ QUERY = PEAK + r"""
 import json, sys, time
 from alloop.commands.query import query
 name, strategy, engine, address, workers = sys.argv[1:6]
-t = time.perf_counter()
+t, marks = time.perf_counter(), {}
 kw = {} if engine == "local" else {"engine": "ray", "address": address, "workers": int(workers)}
+if engine == "ray":
+    from alloop.strategies import distributed
+    scored = distributed.scored
+    def first_back(*args):
+        for part in scored(*args):
+            marks.setdefault("first_s", time.perf_counter() - t)
+            yield part
+    distributed.scored = first_back
 rec = query(name, k=20, strategy=strategy, **kw)
-print(json.dumps({"seconds": time.perf_counter() - t, "rss_mb": peak_mb(), "rows": rec["rows"], "file": rec["file"]}))
+print(json.dumps({"seconds": time.perf_counter() - t, "rss_mb": peak_mb(), "rows": rec["rows"], "file": rec["file"], **marks}))
 """
 
 
@@ -77,7 +86,7 @@ def labels(folder: Path, w: np.ndarray, n: int = 50) -> Path:
 
 
 class WorkerPeaks:
-    """Peak RSS of every Ray worker process while a query runs (polled with psutil)."""
+    """Peak RSS of every Ray worker process while a query runs (polled with psutil): the scoring actors, and any other task."""
 
     def __init__(self, every: float = 0.05) -> None:
         self.every, self.peaks, self.stop = every, {}, threading.Event()
@@ -104,7 +113,7 @@ class WorkerPeaks:
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 name, peak = self.peaks.get(p.pid, ("", 0.0))
-                role = "actor" if "MapWorker" in cmd or "MapWorker" in name else ("" if cmd.startswith("ray::IDLE") else "task")
+                role = "actor" if "Scorer" in cmd or "Scorer" in name else ("" if cmd.startswith("ray::IDLE") else "task")
                 self.peaks[p.pid] = (role or name, max(peak, rss) if (role or name) else 0.0)
             self.stop.wait(self.every)
 
@@ -190,12 +199,14 @@ def main() -> None:
                     key = (src, engine, workers)
                     if key not in best or rec["seconds"] < best[key]["seconds"]:
                         best[key] = rec
-                    print(f"  {src:>3} {engine}-{workers}: {args.rows / rec['seconds']:,.0f} rows/s", flush=True)
+                    first = f" (first file back after {rec['first_s']:.1f} s of {rec['seconds']:.1f} s)" if "first_s" in rec else ""
+                    print(f"  {src:>3} {engine}-{workers}: {args.rows / rec['seconds']:,.0f} rows/s{first}", flush=True)
         ray.shutdown()
 
         figures = []
-        print("\n| source | engine | query rows/s | / local | query process peak RSS | peak RSS per scoring actor | same file as local |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| source | engine | query rows/s | / local | query s | first file back | query process peak RSS | peak RSS per scoring actor "
+              "| same file as local |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for src in sources:
             local = best[(src, "local", 1)]
             for engine, workers in engines:
@@ -204,9 +215,11 @@ def main() -> None:
                 rate = args.rows / r["seconds"]
                 same = r["file_bytes"] == local["file_bytes"]
                 actor = f"{r['actor_mb']:,.0f} MB" if engine == "ray" else "-"
+                first = f"{r['first_s']:.1f} s" if "first_s" in r else "-"
                 print(f"| {'local directory' if src == 'dir' else 'S3 (localhost)'} | {label} | {rate:,.0f} | "
-                      f"{rate / (args.rows / local['seconds']):.2f} | {r['rss_mb']:,.0f} MB | {actor} | {same} |")
+                      f"{rate / (args.rows / local['seconds']):.2f} | {r['seconds']:.1f} | {first} | {r['rss_mb']:,.0f} MB | {actor} | {same} |")
                 figures.append({"source": src, "engine": engine, "workers": workers, "rows_per_s": rate, "seconds": r["seconds"],
+                                "first_file_s": r.get("first_s"),
                                 "rss_mb": r["rss_mb"], "actor_mb": r["actor_mb"], "task_mb": r["task_mb"], "same_file": same})
         if args.json:
             Path(args.json).write_text(json.dumps({"rows": args.rows, "features": args.features, "strategy": args.strategy,

@@ -19,10 +19,9 @@ INSTALL = "pip install 'alloop[ray]'"
 
 
 def require_ray():
-    """The ``ray`` module with Ray Data; UserError saying how to install it when it is missing."""
+    """The ``ray`` module (Ray core: the engine does not use Ray Data); UserError saying how to install it when it is missing."""
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError:
         raise UserError(f"--engine ray needs Ray, which is not installed: {INSTALL} (or use --engine local)") from None
     return ray

@@ -7,22 +7,22 @@ then picks among them on one machine. So the pool can be split anywhere: each pa
 the whole pool keeps, by the same order (score descending, NaN last, then id ascending), whatever the
 parts, their order or their sizes. The pick then runs on the driver exactly as in a local query.
 
-With Ray: Ray Data reads the pool's files (``read_parquet``, local or object storage) and an actor pool
-runs ``Scorer`` over them with ``map_batches``; each actor builds the round (model, scorer) once from a
-recipe the driver ships (no run directory is needed on the workers) and jits its scorer once. An actor
-that dies is restarted and its batch retried by Ray Data; the reduction does not depend on which actor
-scored what, so the result is the same.
+With Ray: a pool of actors (``Scorer``, Ray core) each builds the round (model, scorer) once from a recipe
+the driver ships (no run directory is needed on the workers), then runs the local engine's own stream
+(``stream.stream_top``: the same reader, batches and scorer) over one pool file per call, local or in
+object storage; the driver hands out the files (two queued per actor) and merges what comes back. An
+actor that dies is restarted and its files retried by Ray; the reduction does not depend on which actor
+scored what, so the result is the same. Ray Data is not used: on a small cluster its per-query start
+(a listing task, read tasks, its executor) took seconds more than reading and scoring the pool.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
-import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +34,9 @@ from alloop.io.ray_cluster import cluster
 from alloop.strategies import stream
 
 SCORE_COL = "__alloop_score__"  # a kept row's score (NaN scores already ranked as -inf)
-SEEN_COL = "__alloop_seen__"  # rows a call scored, on one extra row of nulls (progress)
-ROWS_PER_CALL = 262144  # rows per map_batches call: each call returns at most its n best rows
+SEEN_COL = "__alloop_seen__"  # rows a part held, on one extra row of nulls (progress)
+QUEUED = 2  # files queued per actor: the next one is there when a file is done, so no actor waits for the driver
+RESTARTS = 4  # times Ray restarts a dead actor (and retries its files) before the query fails
 KILL_ENV = "ALLOOP_TEST_KILL_WORKER"  # tests: path of a file whose first claimant (an actor) kills itself with SIGKILL
 
 
@@ -46,8 +47,7 @@ def partition_top(table: pa.Table, info: poolio.PoolInfo, score: Callable, n_kee
     """The ``n_keep`` best rows of one part of the pool as a table: its columns as stored, the score, and one
     extra row of nulls whose SEEN_COL counts the part's rows."""
     top = stream.TopRows(n_keep, len(info.features), info.id_kind)
-    cols = [info.id_col, *info.features]
-    for rb in table.select(cols).combine_chunks().to_batches():
+    for rb in table.select([info.id_col, *info.features]).combine_chunks().to_batches():
         if rb.num_rows == 0:
             continue
         batch = poolio.pool_batch(rb, info)
@@ -55,13 +55,19 @@ def partition_top(table: pa.Table, info: poolio.PoolInfo, score: Callable, n_kee
         if keep is not None and len(keep) == 0:
             continue
         top.add(batch, keep, score(batch))
-    kept = top.result()
-    schema = pa.schema([table.schema.field(c).remove_metadata() for c in cols])
+    return kept_table(top.result(), table.num_rows, info, table.schema)
+
+
+def kept_table(kept: stream.Kept, seen: int, info: poolio.PoolInfo, stored: pa.Schema) -> pa.Table:
+    """``kept`` (a part's best rows) as ``partition_top`` returns them: the columns as ``stored``, the score, and
+    the row of nulls whose SEEN_COL says how many rows the part held."""
+    cols = [info.id_col, *info.features]
+    schema = pa.schema([stored.field(c).remove_metadata() for c in cols])
     rows = kept.rows.select(cols).cast(schema) if kept.rows is not None else schema.empty_table()
     rows = rows.append_column(SCORE_COL, pa.array(kept.scores, pa.float64())).append_column(SEEN_COL, pa.array(np.zeros(len(kept.ids), np.int64)))
-    seen = pa.table({**{c: pa.nulls(1, schema.field(c).type) for c in cols}, SCORE_COL: pa.nulls(1, pa.float64()),
-                     SEEN_COL: pa.array([table.num_rows], pa.int64())})
-    return pa.concat_tables([rows, seen])
+    last = pa.table({**{c: pa.nulls(1, schema.field(c).type) for c in cols}, SCORE_COL: pa.nulls(1, pa.float64()),
+                     SEEN_COL: pa.array([seen], pa.int64())})
+    return pa.concat_tables([rows, last])
 
 
 def reduce(parts: Iterable[pa.Table], info: poolio.PoolInfo, n_keep: int, on_rows: Callable[[int], None] | None = None) -> stream.Kept:
@@ -95,18 +101,22 @@ class Job:
 
 
 class Scorer:
-    """The map_batches callable class: the round and its scorer are built (and jitted) once per actor."""
+    """The Ray actor: the round and its scorer are built once per actor (JAX compiles at its first batch), then used for every file."""
 
     def __init__(self, job: Job) -> None:
         from alloop import strategies
 
-        self.job = job
-        self.score, self.n_keep = strategies.get(job.strategy).keep(job.make_round(), job.k)
-        self.leave_out = stream.excluder(job.exclude)
+        rnd = job.make_round()
+        self.job, self.batch_rows = job, rnd.batch_rows
+        self.score, self.n_keep = strategies.get(job.strategy).keep(rnd, job.k)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def top(self, files: tuple[str, ...]) -> pa.Table:
+        """The best rows of ``files`` by the local engine's stream (same reader, batches, scorer and leave-out), as ``partition_top`` returns them."""
         _maybe_die()
-        return partition_top(table, self.job.info, self.score, self.n_keep, self.leave_out)
+        seen: list[int] = []
+        kept = stream.stream_top(replace(self.job.info, files=files), self.score, self.job.exclude, self.n_keep, self.batch_rows, seen.append)
+        schema = kept.rows.schema if kept.rows is not None else poolio.empty_rows(replace(self.job.info, files=files)).schema
+        return kept_table(kept, sum(seen), self.job.info, schema)
 
 
 def _maybe_die() -> None:
@@ -121,36 +131,40 @@ def _maybe_die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def scored(ray, actors: list, parts: list[tuple[str, ...]]) -> Iterator[pa.Table]:
+    """Each part's ``Scorer.top`` as it comes back; a finished actor gets the next part, with QUEUED parts per actor
+    so none waits for the driver between files."""
+    todo, running = list(reversed(parts)), {}
+
+    def submit(actor) -> None:
+        if todo:
+            running[actor.top.remote(todo.pop())] = actor
+
+    for _ in range(QUEUED):  # round by round: a pool of few files still reaches every actor
+        for actor in actors:
+            submit(actor)
+    while running:
+        (done,), _ = ray.wait(list(running), num_returns=1)
+        submit(running.pop(done))
+        yield ray.get(done)
+
+
 @dataclass(frozen=True)
 class RayEngine:
     """``strategies.select``'s engine: the keep step over the pool on Ray, returning what ``stream.stream_top`` would."""
 
     make_round: Callable
     address: str | None = None
-    workers: int | None = None  # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1)
-    rows_per_call: int = ROWS_PER_CALL
+    workers: int | None = None  # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than files)
 
     def __call__(self, info: poolio.PoolInfo, ran, k: int, n_keep: int, exclude: np.ndarray,
                  on_rows: Callable[[int], None] | None = None) -> stream.Kept:
         with cluster(self.address) as ray:
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = False
-            logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a failure comes back as an exception: one line, from us
-            job = Job(info, self.make_round, ran.name, k, np.asarray(exclude))
-            res = ray.cluster_resources()
-            cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
-            workers = self.workers or max(1, int(cpus) // 4)
-            # one CPU each, but never all of a small cluster's: Ray Data's read tasks need one left, or nothing is read
-            per_actor = min(1.0, (cpus - 1) / workers) if cpus > 1 else cpus / (workers + 1)
-            ds = ray.data.read_parquet(list(info.files), filesystem=info.filesystem, partitioning=None)
-            ds = ds.select_columns([info.id_col, *info.features])
-            out = ds.map_batches(Scorer, fn_constructor_kwargs={"job": job}, batch_format="pyarrow", batch_size=self.rows_per_call,
-                                 concurrency=workers, num_cpus=per_actor, num_gpus=min(1.0, gpus / workers) if gpus else 0)
+            parts = [(f,) for f in info.files]
+            job = ray.put(Job(info, self.make_round, ran.name, k, np.asarray(exclude)))
+            actors = start_actors(ray, job, min(len(parts), self.workers or _default_workers(ray)))
             try:
-                with warnings.catch_warnings():  # Ray Data's advice for large pipelines (e.g. fewer blocks than actors on a small pool)
-                    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.")
-                    return reduce(out.iter_batches(batch_format="pyarrow", batch_size=None), info, n_keep, on_rows)
+                return reduce(scored(ray, actors, parts), info, n_keep, on_rows)
             except Exception as e:  # noqa: BLE001 - a user's mistake found by an actor comes back wrapped
                 user = _user_error(e)
                 if user is not None:
@@ -158,6 +172,23 @@ class RayEngine:
                 if isinstance(e, ray.exceptions.RayError):
                     raise UserError(f"the Ray query failed ({_first_line(e)}); the run is unchanged: retry, or use --engine local") from None
                 raise
+            finally:
+                for actor in actors:
+                    ray.kill(actor)
+
+
+def _default_workers(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
+
+
+def start_actors(ray, job, workers: int) -> list:
+    """``workers`` Scorer actors, spread over the cluster's nodes: one CPU each (a share where there are fewer CPUs
+    than workers), one GPU each where the cluster has them; restarted by Ray when one dies."""
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
+    actor = ray.remote(Scorer).options(num_cpus=min(1.0, cpus / workers), num_gpus=min(1.0, gpus / workers) if gpus else 0,
+                                      max_restarts=RESTARTS, max_task_retries=RESTARTS, scheduling_strategy="SPREAD")
+    return [actor.remote(job) for _ in range(workers)]
 
 
 _USER_ERROR = re.compile(r"alloop\.errors\.UserError: (.+)")
@@ -165,12 +196,13 @@ _USER_ERROR = re.compile(r"alloop\.errors\.UserError: (.+)")
 
 def _user_error(e: BaseException | None, depth: int = 0) -> UserError | None:
     """The UserError an actor raised, through Ray's wrappers: the exception itself (cause, __cause__, __context__),
-    else its line in the remote traceback that Ray Data's UserCodeException carries as text."""
+    else its line in the remote traceback that Ray's error carries as text."""
     if e is None or depth > 8:
         return None
-    if isinstance(e, UserError):
+    cause = getattr(e, "cause", None)  # a RayTaskError is also an instance of the error it wraps, but its text is the traceback
+    if isinstance(e, UserError) and not isinstance(cause, BaseException):
         return UserError(str(e))
-    for nxt in (getattr(e, "cause", None), e.__cause__, e.__context__):
+    for nxt in (cause, e.__cause__, e.__context__):
         found = _user_error(nxt, depth + 1) if isinstance(nxt, BaseException) else None
         if found is not None:
             return found
