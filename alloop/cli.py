@@ -72,8 +72,9 @@ WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop 
 TRAIN_DEVICES_OPT = typer.Option(1, "--devices", help="Split every training minibatch over this many local devices (data-parallel SGDF).")
 STRATEGY_OPT = typer.Option(
     None, "--strategy",
-    help="sld (SLD-weighted k-means++ batch: the regression default), sld-topk (plain top-k SLD), random, committee or greedy; "
-    "classification also margin (its default), entropy, least-confident.",
+    help="sld (SLD-weighted k-means++ batch: the regression default), sld-topk (plain top-k SLD), herding (rows that make the labels "
+    "look like the pool), random, committee or greedy; classification also margin (its default), entropy, least-confident. "
+    "The research variants of `alloop simulate --strategies` are accepted too.",
 )
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
 
@@ -493,7 +494,7 @@ def simulate(
         None, "--strategies",
         help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: sld,sld-topk,random,greedy,igs,"
         "committee,emcm; classification: margin,sld,entropy,random,greedy). Also sld-seq, sld-lookahead, sld-power, "
-        "sld-power-iw (simulation only), sld-density, sld-kpp, kpp, least-confident.",
+        "sld-power-iw (simulation only), sld-density, sld-kpp, kpp, herding, sld-herding, least-confident.",
     ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),

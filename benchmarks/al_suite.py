@@ -47,13 +47,13 @@ AT = (50, 100, 200)
 MODES = {
     "quick": {
         "reps": 3,
-        "alloop": {"regression": ("sld", "random", "greedy"), "classification": ("margin", "sld", "random")},
+        "alloop": {"regression": ("sld", "herding", "random"), "classification": ("margin", "sld", "herding", "random")},
         "anchors": {"regression": (), "classification": ()},
     },
     "full": {
         "reps": 20,
-        "alloop": {"regression": ("sld", "sld-topk", "random", "greedy", "committee", "igs"),
-                   "classification": ("margin", "sld", "entropy", "random", "greedy")},
+        "alloop": {"regression": ("sld", "herding", "sld-topk", "random", "greedy", "committee", "igs"),
+                   "classification": ("margin", "sld", "herding", "entropy", "random", "greedy")},
         "anchors": {"regression": ("bmdal-lcmd-tp", "bmdal-kmeanspp-p", "bmdal-maxdiag", "bmdal-bait", "bmdal-random",
                                    "skal-gsx", "skal-gsy", "skal-igs", "skal-qbc", "skal-emcm", "skal-emvr", "skal-random"),
                     "classification": ("skal-margin", "skal-entropy", "skal-badge", "skal-typiclust", "skal-random")},
@@ -92,7 +92,7 @@ def run_anchor(name: str, meta: dict, method: str, reps: int, out: Path) -> None
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
 
 
-def run(mode: dict, names: list[str], out: Path, anchors: bool) -> None:
+def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = True) -> None:
     if anchors and not ANCHOR_PY.exists():
         sys.exit(f"no anchor environment at {ANCHOR_PY}: run benchmarks/anchors/setup.sh first (or pass --no-anchors)")
     for name in names:
@@ -100,8 +100,9 @@ def run(mode: dict, names: list[str], out: Path, anchors: bool) -> None:
         task, where = meta["task"], out / name
         where.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        print(f"{name} ({task}, {meta['n_pool']} pool rows): alloop {','.join(mode['alloop'][task])} ...", flush=True)
-        run_alloop(name, meta, mode["alloop"][task], mode["reps"], where)
+        if alloop:
+            print(f"{name} ({task}, {meta['n_pool']} pool rows): alloop {','.join(mode['alloop'][task])} ...", flush=True)
+            run_alloop(name, meta, mode["alloop"][task], mode["reps"], where)
         for method in mode["anchors"][task] if anchors else ():
             print(f"  {name}: {method} ...", flush=True)
             run_anchor(name, meta, method, mode["reps"], where)
@@ -211,6 +212,13 @@ def report(out: Path, names: list[str], seconds: dict | None = None) -> str:
         for method, g in sorted(t.groupby("method"), key=lambda kv: kv[1]["rel_area"].mean()):
             lines.append(f"| {method} | {g['model'].iloc[0]} | {_fmt(g['rel_area'].mean())} | {int((g['rel_area'] > 1.01).sum())} of {len(g)} "
                          f"| {int(g['wins'].sum())}–{int(g['losses'].sum())} |")
+        from alloop import strategies
+
+        for anchor in ("bmdal-lcmd-tp", "skal-margin"):
+            line = head_to_head(t, strategies.default_for(task), anchor)
+            if line:
+                lines += ["", "Absolute error: " + line]
+        lines += stop_table(list(t["dataset"].unique()), out, task)
         lines.append("")
         for name in t["dataset"].unique():
             d = t[t["dataset"] == name].sort_values("rel_area")
@@ -228,6 +236,47 @@ def report(out: Path, names: list[str], seconds: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def head_to_head(t: pd.DataFrame, ours: str, theirs: str) -> str | None:
+    """On how many datasets ``ours`` reaches a lower mean test metric than ``theirs`` at 50, 100 and 200 labels (absolute, own models)."""
+    both = [d for d in t["dataset"].unique() if {ours, theirs} <= set(t[t["dataset"] == d]["method"])]
+    if not both:
+        return None
+    parts = []
+    for k in AT:
+        wins = sum(float(t[(t.dataset == d) & (t.method == ours)][f"at{k}"].iloc[0]) < float(t[(t.dataset == d) & (t.method == theirs)][f"at{k}"].iloc[0])
+                   for d in both)
+        parts.append(f"{wins} of {len(both)} at {k} labels")
+    return f"`{ours}` (alloop's default, its model) has a lower mean test error than `{theirs}` (its own model) on " + ", ".join(parts) + "."
+
+
+def stop_table(names: list[str], out: Path, task: str) -> list[str]:
+    """The stopping rules replayed on the suite's curves (thresholds chosen on the bundled datasets: out of sample)."""
+    from alloop import strategies
+    from alloop.sim import summary as sim_summary
+    from alloop.training import stopping
+
+    default, rules = strategies.default_for(task), stopping.StopRules()
+    rows = []
+    for name in names:
+        path = out / name / "alloop" / "curves.csv"
+        if not path.exists() or suite.build(name)["task"] != task:
+            continue
+        df = pd.read_csv(path)
+        if "change" not in df or df[df.strategy == default][["change", "kappa", "mean_sld", "cv_loss"]].isna().all().all():
+            continue
+        recs = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df[df.strategy == default].to_dict("records")]
+        figs = sim_summary.stop_summary(recs, default, task, rules)
+        if figs:
+            f = figs[stopping.PRIMARY[task]]
+            rows.append(f"| {name} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | "
+                        f"{sim_summary.given_up(f, task == 'classification')} |")
+    if not rows:
+        return []
+    return ["", f"Stopping on the suite (`{stopping.PRIMARY[task]}` with the thresholds chosen on the bundled datasets, so out of sample; "
+            f"the default strategy `{default}`):", "",
+            "| dataset | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |", "|---|---|---|---|---|", *rows]
+
+
 def write_report(text: str, path: Path = RESULTS) -> None:
     """Replace the suite section of ``path`` (appended the first time); the rest of the page stays as written."""
     body = path.read_text() if path.exists() else ""
@@ -240,11 +289,13 @@ def write_report(text: str, path: Path = RESULTS) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="alloop's default strategies against random and greedy, 3 repetitions")
+    ap.add_argument("--quick", action="store_true",
+                    help="alloop's default strategies (sld, herding; margin, sld, herding for classification) against random, 3 repetitions")
     ap.add_argument("--reps", type=int, help="override the mode's repetitions")
     ap.add_argument("--datasets", help="comma-separated suite datasets (default: all)")
     ap.add_argument("--task", choices=("regression", "classification"), help="only this task's datasets")
     ap.add_argument("--no-anchors", action="store_true", help="run alloop only")
+    ap.add_argument("--no-alloop", action="store_true", help="run the anchors only (e.g. beside an alloop-only run on the same --out)")
     ap.add_argument("--anchors", help="comma-separated anchor methods to run (default: the mode's)")
     ap.add_argument("--report", action="store_true", help="only rebuild the report from what has run")
     ap.add_argument("--doc", default=str(RESULTS), help="the page whose suite section is rewritten")
@@ -261,7 +312,7 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     if not args.report:
-        run(mode, names, out, anchors=not args.no_anchors)
+        run(mode, names, out, anchors=not args.no_anchors, alloop=not args.no_alloop)
         print(f"suite ran in {time.perf_counter() - t0:.0f} s", flush=True)
     write_report(report(out, suite.names()), Path(args.doc))
     print(f"wrote {args.doc} and {PLOTS}/", flush=True)

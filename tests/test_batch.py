@@ -44,3 +44,65 @@ def test_clip_bounds_an_outlier_score():
     draw = lambda clip: np.mean([kpp_clip(z, s, labeled, 1, np.random.default_rng(i), clip=clip)[0][0] == 50 for i in range(200)])  # noqa: E731
     assert draw(1.0) > 0.99
     assert draw(0.9) < 0.1
+
+
+# --- kernel herding --------------------------------------------------------------------------------
+
+
+def _mmd2(sample: np.ndarray, pool: np.ndarray, h: float) -> float:
+    """Squared maximum mean discrepancy with the RBF kernel exp(-d²/h), computed directly."""
+    def k(a, b):
+        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / h)
+
+    return float(k(sample, sample).mean() - 2 * k(sample, pool).mean() + k(pool, pool).mean())
+
+
+def _two_clusters(rng, big=800, small=200):
+    return np.r_[rng.normal(size=(big, 2)), rng.normal(size=(small, 2)) + [8.0, 0.0]]
+
+
+def test_herding_follows_the_pool_density():
+    """Nothing labeled: 10 rows from a pool that is 80% one cluster, 20% another are split about 8 to 2."""
+    from alloop.core.diversity import herding
+
+    rng = np.random.default_rng(0)
+    z = _two_clusters(rng)
+    picks = herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000)
+    assert len(set(picks.tolist())) == 10
+    assert 7 <= int(np.sum(picks < 800)) <= 9
+
+
+def test_herding_brings_the_labeled_sample_closer_to_the_pool_than_random_draws():
+    from alloop.core.diversity import herding, rbf_bandwidth
+
+    rng = np.random.default_rng(2)
+    z = np.c_[rng.lognormal(size=600), rng.normal(size=600), rng.standard_t(3, size=600)]
+    labeled = z[:5]
+    picks = herding(z, labeled, 15, np.random.default_rng(3), reference=600)
+    h = rbf_bandwidth(z, np.random.default_rng(3))
+    ours = _mmd2(np.r_[labeled, z[picks]], z, h)
+    random_draws = [_mmd2(np.r_[labeled, z[rng.choice(600, 15, replace=False)]], z, h) for _ in range(50)]
+    assert ours < np.quantile(random_draws, 0.05)
+
+
+def test_herding_fills_what_the_labels_leave_thin():
+    """20 labels already in the big cluster: the next rows go mostly to the small one, which has none."""
+    from alloop.core.diversity import herding
+
+    rng = np.random.default_rng(4)
+    z = _two_clusters(rng)
+    picks = herding(z, z[:20], 6, np.random.default_rng(5), reference=1000)
+    assert np.sum(picks >= 800) >= 4
+
+
+def test_herding_weights_tilt_the_target_and_uniform_weights_change_nothing():
+    from alloop.core.diversity import herding
+
+    rng = np.random.default_rng(6)
+    z = _two_clusters(rng)
+    plain = herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000)
+    np.testing.assert_array_equal(herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000, weights=np.full(1000, 3.0)), plain)
+    # half the target mass on the small cluster (20% of the rows): about half the batch goes there
+    w = np.where(np.arange(1000) >= 800, 0.5 / 200, 0.5 / 800)
+    tilted = herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000, weights=w)
+    assert np.sum(plain >= 800) <= 3 and 4 <= np.sum(tilted >= 800) <= 6

@@ -196,6 +196,23 @@ def kpp_pick_with(weights_of):
     return pick
 
 
+def herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Kernel herding over the kept rows (standardized inputs): the batch that brings the labeled sample closest to the pool."""
+    z = rnd.z(kept.x)
+    idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed))
+    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+
+
+def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Kernel herding toward the pool tilted by SLD: half the target mass uniform, half ∝ SLD capped at its 90% quantile."""
+    z = rnd.z(kept.x)
+    sld = np.nan_to_num(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices), nan=0.0, posinf=0.0, neginf=0.0)
+    sld = np.minimum(np.maximum(sld, 0.0), np.quantile(sld, diversity.CLIP_QUANTILE)) if len(sld) else sld
+    w = 0.5 / max(len(sld), 1) + (0.5 * sld / sld.sum() if sld.sum() > 0 else 0.5 / max(len(sld), 1))
+    idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed), weights=w)
+    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+
+
 # --- importance weights ----------------------------------------------------------------------------
 
 
@@ -235,4 +252,7 @@ ALL = (
               kpp_pick_with(lambda kept, rnd: rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices))),
     _research("kpp", "rows drawn ∝ D² (k-means++ seeding): sld-kpp without SLD",
               kpp_pick_with(lambda kept, rnd: np.ones(len(kept.ids))), needs=frozenset(), keep=uniform_sample),
+    Strategy("herding", "kernel herding: rows that make the labeled sample most like the pool (MMD, standardized inputs)",
+             keep=uniform_sample, pick=herding_pick),
+    _research("sld-herding", "kernel herding toward the pool tilted by SLD (half uniform, half ∝ capped SLD)", sld_herding_pick),
 )
