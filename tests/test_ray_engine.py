@@ -1,6 +1,6 @@
 """``alloop query --engine ray`` on a local Ray cluster (2 CPUs, started once for the session) over pools held as
 directories of Parquet files: the same query file as the local engine for every live strategy of both tasks, the
-same file when an actor is killed mid-query (Ray Data restarts it and retries its batch), the run unchanged when
+same file when an actor is killed mid-query (Ray restarts it and retries its files), the run unchanged when
 the query fails; and pools in object storage (an S3 endpoint on localhost: moto's server mode) read by ``init``,
 ``query`` (local and Ray engines) and ``status``, with a missing bucket and bad credentials refused in one line."""
 
@@ -132,6 +132,14 @@ def test_ray_query_equals_local_classification(ray_cluster, classification_run, 
     assert_same_query(runs, *query_both(runs, "-k", "5", "--strategy", strategy))
 
 
+def test_two_actors_share_the_files_and_give_the_same_file(ray_cluster, regression_run, runs):
+    """The pool's three files handed out to two actors (whichever is free takes the next): the same file as the local engine."""
+    twins(regression_run, runs)
+    a = ok(invoke(["query", "local", "--json", "-k", "6", "--strategy", "sld"], runs), "local query").json()
+    b = ok(invoke(["query", "onray", "--json", "--engine", "ray", "--workers", "2", "-k", "6", "--strategy", "sld"], runs), "ray query").json()
+    assert_same_query(runs, a, b)
+
+
 def test_ray_query_at_cold_start_falls_back_like_local(ray_cluster, alloop_data, runs, tmp_path):
     pool = split_pool(pd.read_parquet(alloop_data.pool), tmp_path / "pooldir")
     ok(invoke(["init", "cold", "--pool", pool, *FAST], runs))
@@ -258,7 +266,7 @@ def test_endpoint_url_is_for_s3_only(runs, alloop_data):
 
 # last: Ray reports the dead worker asynchronously
 def test_a_killed_actor_still_gives_the_same_file(ray_cluster, regression_run, runs):
-    """One actor SIGKILLs itself at its first batch: Ray Data restarts it and retries; the file is the same."""
+    """One actor SIGKILLs itself at its first file: Ray restarts it and retries the file; the file is the same."""
     twins(regression_run, runs)
     ray_cluster.write_text("armed")
     a, b = query_both(runs, "-k", "6", "--strategy", "sld-topk")
