@@ -510,6 +510,9 @@ def simulate(
         "Default: as `alloop init` sets it (auto for linear/poly regression, 1 otherwise).",
     ),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes (default: one per CPU core)."),
+    endpoint_url: Optional[str] = typer.Option(
+        None, "--endpoint-url", help="S3 endpoint for s3:// --pool/--test (e.g. http://localhost:9000); default $AWS_ENDPOINT_URL, else AWS.",
+    ),
     stop: List[str] = typer.Option(
         [], "--stop", help="Stopping threshold for the stop report, NAME=NUMBER as for `alloop status --stop`; repeatable "
         "(replayed over the recorded signals: nothing is rerun).",
@@ -527,7 +530,8 @@ def simulate(
     spec = None if model is None else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
     try:
         res = sim.run_simulation(
-            dataset=dataset, pool=pool, test=test, target=target, id_col=id_col, strategy_list=_split(strategies), reps=reps, out=out,
+            dataset=dataset, pool=with_endpoint(pool, endpoint_url) if pool else pool,
+            test=with_endpoint(test, endpoint_url) if test else test, target=target, id_col=id_col, strategy_list=_split(strategies), reps=reps, out=out,
             jobs=jobs, model=spec, s=s, task=task, reporter=RichReporter(), stop=_stop_overrides(stop), budget=budget, batch=batch, initial=initial, seed=seed,
         )
     except KeyboardInterrupt:

@@ -23,7 +23,15 @@ def column_names(path) -> list[str]:
 
 
 def read_table(path) -> pd.DataFrame:
-    """A whole CSV / Parquet / JSONL table (for small files such as a test set)."""
+    """A whole CSV / Parquet / JSONL table (for small files such as a test set); Parquet also from object storage (``s3://…``)."""
+    from alloop.io import pool as poolio  # pool imports nothing from here: no cycle
+
+    if poolio.is_uri(path):
+        fs, root = poolio.locate(path)
+        try:
+            return ds.dataset(root, format="parquet", filesystem=fs).to_table().to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise UserError(str(poolio.remote_error(str(path), e)).replace("pool '", "'", 1)) from None
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"file '{path}' not found: check the path")

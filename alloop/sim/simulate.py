@@ -477,7 +477,7 @@ def run_simulation(
     else:
         if not (pool and test):
             raise UserError("simulate needs --dataset NAME, or --pool FILE and --test FILE (both with the target column)")
-        name, defaults = Path(pool).stem if Path(pool).stem != "pool" else Path(pool).resolve().parent.name, {}
+        name, defaults = pool_name(pool), {}
     task = task or "regression"
     model = model or defaults.get("model") or {"kind": "linear"}
     s = parse_s(s) if s is not None else defaults.get("s", default_s(task, model.get("kind", "linear")))
@@ -486,6 +486,16 @@ def run_simulation(
     where = Path(out) if out else rundir.runs_root() / f"simulate-{name}"
     summary = simulate(data, sim_settings, list(strategy_list or DEFAULT_STRATEGIES[task]), reps, where, jobs, reporter, stop)
     return {**summary, "out": str(where), "markdown": (where / "summary.md").read_text()}
+
+
+def pool_name(pool: str) -> str:
+    """A name for the simulation's default folder: the pool file's stem, or its folder's name when the file is pool.parquet."""
+    text = str(pool).partition("?")[0].rstrip("/")
+    if poolio.is_uri(text):
+        parts = [p for p in text.split("://", 1)[1].split("/") if p]
+        stem = Path(parts[-1]).stem if parts else "pool"
+        return stem if stem != "pool" or len(parts) < 2 else parts[-2]
+    return Path(text).stem if Path(text).stem != "pool" else Path(text).resolve().parent.name
 
 
 def default_jobs() -> int:
