@@ -262,7 +262,7 @@ def stop_table(names: list[str], out: Path, task: str) -> list[str]:
         if not path.exists() or suite.build(name)["task"] != task:
             continue
         df = pd.read_csv(path)
-        if "change" not in df or df[df.strategy == default][["change", "kappa", "mean_sld", "cv_loss"]].isna().all().all():
+        if "change" not in df or df[df.strategy == default][list(stopping.SIGNALS)].isna().all().all():
             continue
         recs = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df[df.strategy == default].to_dict("records")]
         figs = sim_summary.stop_summary(recs, default, task, rules)

@@ -1,6 +1,6 @@
 """The stop set and the per-round stopping signals computed when a model is trained.
 
-The stop set is a fixed uniform sample of the pool (``STOP_SET_ROWS`` rows, drawn once from the run's
+The stop set is a fixed uniform sample of the pool (``stopping.STOP_SET_ROWS`` rows, drawn once from the run's
 seed, kept as stopset.parquet in the run directory: it is derived data, the same every time it is
 drawn). Each training stores the model's predictions on it in the checkpoint's meta, and compares them
 with those of the last model trained on fewer labels: the relative change (regression) or Cohen's kappa
@@ -22,7 +22,6 @@ from alloop.strategies import TrainedModel
 from alloop.training import fit as fitting
 from alloop.training import stopping
 
-STOP_SET_ROWS = 1000
 STOP_SET_FILE = "stopset.parquet"
 
 
@@ -37,9 +36,7 @@ def stop_set(run: rundir.Run, info: poolio.PoolInfo) -> np.ndarray:
         except Exception:  # a damaged derived file is drawn again
             pass
     ids = poolio.scan_ids(info)
-    rng = np.random.default_rng([int(config.seed), 0x5709])
-    pick = np.sort(rng.choice(len(ids), size=min(STOP_SET_ROWS, len(ids)), replace=False))
-    frame = poolio.take_rows(info, ids[pick])
+    frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])
     frame = frame[[info.id_col, *config.pool.features]]
     atomic.write_bytes_atomic(path, atomic.encode_table(frame, "parquet"))
     return frame[list(config.pool.features)].to_numpy(np.float64)
@@ -62,11 +59,7 @@ def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice,
         if reporter is not None:
             reporter.warn(f"no stopping signal this round: {e}")
         return None, None
-    out = np.asarray(fitting.predict(config, result.params, x, result.target), np.float64)
-    if run.task == "classification":
-        pred = np.argmax(out.reshape(len(x), -1), axis=1).tolist()
-    else:
-        pred = [float(v) for v in np.ravel(out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out)]
+    pred = stopping.stop_predictions(fitting.predict(config, result.params, x, result.target), len(x), run.task).ravel().tolist()
     anchor = inheritance(run).get("anchor")
     model = TrainedModel(fitting.build_problem(config, result.params, anchor), result.params, result.tangent,
                          np.asarray(result.noise, np.float32), config.s, result.target)
@@ -75,14 +68,11 @@ def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice,
     base = _base(prev_meta, run.n_labels)
     change = kappa = None
     if base is not None and len(base["predictions"]) == len(pred):
-        if run.task == "classification":
-            kappa = stopping.cohen_kappa(base["predictions"], pred)
-        else:
-            change = stopping.prediction_change(np.reshape(base["predictions"], (len(x), -1)), np.reshape(pred, (len(x), -1)))
+        change, kappa = stopping.compare(base["predictions"], pred, run.task, len(x))
     cv = choice.cv_loss if choice is not None else None
     scalars = {"labels": run.n_labels, "change": change, "kappa": kappa, "mean_sld": mean_sld, "cv_loss": cv,
                "compared_with": None if base is None else base["labels"], "stop_rows": len(x)}
-    meta = {"labels": run.n_labels, "predictions": pred, "base": base, **{k: scalars[k] for k in ("change", "kappa", "mean_sld", "cv_loss")}}
+    meta = {"labels": run.n_labels, "predictions": pred, "base": base, **{k: scalars[k] for k in stopping.SIGNALS}}
     return meta, scalars
 
 

@@ -52,8 +52,7 @@ from alloop.training import classmap, stopping
 from alloop.training import fit as fitting
 
 CURVE_COLUMNS = ("strategy", "rep", "n_labels", "metric", "seconds")
-SIGNAL_COLUMNS = ("change", "kappa", "cv_loss", "mean_sld")  # the stopping signals of each round (blank: none)
-STOP_SET_ROWS = 1000  # as many stop-set rows as a run draws (commands/stopset.py)
+SIGNAL_COLUMNS = stopping.SIGNALS  # the stopping signals of each round (blank: none)
 CURVES_FILE = "curves.csv"
 CONFIG_FILE = "config.json"
 DEFAULT_STRATEGIES = {
@@ -291,23 +290,15 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
 
 
 def stop_rows(settings: SimSettings, n_pool: int) -> np.ndarray:
-    """The stop set: a fixed uniform sample of the pool, the same for every strategy and repetition."""
-    rng = np.random.default_rng([settings.seed, 0x5709])
-    return np.sort(rng.choice(n_pool, size=min(STOP_SET_ROWS, n_pool), replace=False))
+    """The stop set: the rows a run with this seed draws (``stopping.stop_rows``), the same for every strategy and repetition."""
+    return stopping.stop_rows(settings.seed, n_pool)
 
 
 def stop_signal(learner, state, x_stop: np.ndarray, prev, seed: int) -> tuple[dict, np.ndarray]:
     """({change, kappa, cv_loss, mean_sld}, this round's stop-set predictions) for a fitted learner."""
-    model = learner.model(state, seed)
-    out = np.asarray(fitting.predict(learner.config, model.params, x_stop.astype(np.float32), model.target), np.float64)
-    classification = learner.config.task == "classification"
-    pred = np.argmax(out.reshape(len(x_stop), -1), axis=1) if classification else out.reshape(len(x_stop), -1)
-    change = kappa = None
-    if prev is not None:
-        if classification:
-            kappa = stopping.cohen_kappa(prev, pred)
-        else:
-            change = stopping.prediction_change(prev, pred)
+    model, task = learner.model(state, seed), learner.config.task
+    pred = stopping.stop_predictions(fitting.predict(learner.config, model.params, x_stop.astype(np.float32), model.target), len(x_stop), task)
+    change, kappa = stopping.compare(prev, pred, task, len(x_stop)) if prev is not None else (None, None)
     sld = model.on_rows(model.sld(), x_stop)
     mean_sld = float(np.mean(sld)) if len(sld) and np.all(np.isfinite(sld)) else None
     return {"change": change, "kappa": kappa, "cv_loss": getattr(learner, "cv_loss", None), "mean_sld": mean_sld}, pred

@@ -94,14 +94,14 @@ def stop_summary(rows: list[dict], strategy: str, task: str, rules: stopping.Sto
     reps: dict[int, list[dict]] = {}
     for r in sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: (r["rep"], r["n_labels"])):
         reps.setdefault(r["rep"], []).append(r)
-    reps = {k: v for k, v in reps.items() if any(r.get(c) is not None for r in v for c in ("change", "kappa", "mean_sld", "cv_loss"))}
+    reps = {k: v for k, v in reps.items() if any(r.get(c) is not None for r in v for c in stopping.SIGNALS)}
     if not reps:
         return None
     out = {}
     for rule in stopping.rules_for(task):
         spent, saved, given_up, given_up_abs, stopped = [], [], [], [], 0
         for curve in reps.values():
-            history = [{"labels": r["n_labels"], **{k: r.get(k) for k in ("change", "kappa", "cv_loss", "mean_sld")}} for r in curve]
+            history = [{"labels": r["n_labels"], **{k: r.get(k) for k in stopping.SIGNALS}} for r in curve]
             at = stopping.stop_rounds(history, task, rules)[rule]
             i = len(curve) - 1 if at is None else at
             stopped += at is not None and i < len(curve) - 1

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 RULES = ("stable_predictions", "kappa", "cv_plateau", "sld_fall")
+SIGNALS = ("change", "kappa", "cv_loss", "mean_sld")  # what a round records for the rules (besides its label count)
 PRIMARY = {"regression": "stable_predictions", "classification": "kappa"}
 
 
@@ -89,6 +90,28 @@ def cohen_kappa(a, b) -> float:
     if p_e >= 1.0:  # both constant and equal
         return 1.0 if p_o == 1.0 else 0.0
     return (p_o - p_e) / (1.0 - p_e)
+
+
+STOP_SET_ROWS = 1000
+
+
+def stop_rows(seed: int, n_pool: int) -> np.ndarray:
+    """The stop set's rows: a fixed uniform sample of the pool (sorted indices), drawn from the run's seed alone."""
+    rng = np.random.default_rng([int(seed), 0x5709])
+    return np.sort(rng.choice(n_pool, size=min(STOP_SET_ROWS, n_pool), replace=False))
+
+
+def stop_predictions(outputs, rows: int, task: str) -> np.ndarray:
+    """A model's raw outputs on the stop set as the rules compare them: (rows,) classes, or (rows, outputs) values."""
+    out = np.asarray(outputs, np.float64).reshape(rows, -1)
+    return np.argmax(out, axis=1) if task == "classification" else out
+
+
+def compare(old, new, task: str, rows: int) -> tuple[float | None, float | None]:
+    """(change, kappa) of successive stop-set predictions (flat or shaped): the change for regression, kappa for classification."""
+    if task == "classification":
+        return None, cohen_kappa(old, new)
+    return prediction_change(np.reshape(old, (rows, -1)), np.reshape(new, (rows, -1))), None
 
 
 def signals(history: list[dict], task: str) -> list[dict]:
