@@ -58,3 +58,36 @@ def run(prepared_run, runs):
     from cli_helpers import copy_run
 
     return copy_run(prepared_run, runs, "r")
+
+
+# --- object storage (test_ray_engine.py, test_simulate.py) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """Credentials for the local S3 endpoint, for this process and its children; no $AWS_ENDPOINT_URL from outside."""
+    from s3_helpers import CREDENTIALS
+
+    mp = pytest.MonkeyPatch()
+    for k, v in CREDENTIALS.items():
+        mp.setenv(k, v)
+    mp.delenv("AWS_ENDPOINT_URL", raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def s3(aws_env):
+    """A local S3 endpoint (moto's server on a free port of 127.0.0.1) with an empty bucket ``s3_helpers.BUCKET``:
+    yields (endpoint URL, boto3 client)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from s3_helpers import BUCKET, REGION
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    server.stop()

@@ -6,7 +6,6 @@ the query fails; and pools in object storage (an S3 endpoint on localhost: moto'
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -14,38 +13,22 @@ import sys
 import warnings
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import ray
 from cli_helpers import FAST, assert_user_error, digest, fill, invoke
-from moto.server import ThreadedMotoServer
+from s3_helpers import BUCKET, KEY, REGION, SECRET, put_pool
 
 from alloop import strategies
 from alloop.strategies import distributed
 
 WINE = Path(__file__).resolve().parents[1] / "datasets" / "wine"
-KEY, SECRET, REGION = "testing", "testing", "us-east-1"
-BUCKET = "pools"
 
 
 def ok(res, what=""):
     assert res.code == 0, f"{what} exit {res.code}\nstderr:\n{res.stderr}\nstdout:\n{res.stdout}"
     return res
-
-
-@pytest.fixture(scope="session")
-def aws_env():
-    """Credentials for the local S3 endpoint, for this process and (through the cluster's runtime env) Ray's workers."""
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}.items():
-        mp.setenv(k, v)
-    mp.delenv("AWS_ENDPOINT_URL", raising=False)
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="session")
@@ -179,27 +162,6 @@ def test_without_ray_the_engine_says_how_to_install_it(runs, regression_run, mon
 
 
 # --- pools in object storage -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def s3(aws_env):
-    """A local S3 endpoint (moto's server on a free port) with a bucket holding the test pool as three Parquet objects."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
-
-
-def put_pool(client, df: pd.DataFrame, prefix: str, parts: int = 3) -> None:
-    for j, part in enumerate(np.array_split(np.arange(len(df)), parts)):
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False), buf, row_group_size=50)
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}/part-{j}.parquet", Body=buf.getvalue())
-    client.put_object(Bucket=BUCKET, Key=f"{prefix}/_SUCCESS", Body=b"")  # skipped, as on disk
 
 
 def test_init_and_query_over_s3_with_both_engines(ray_cluster, s3, alloop_data, runs):

@@ -183,16 +183,21 @@ def _remote_files(fs, root: str, shown: str) -> list[str]:
     files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")
                    and not any(part.startswith((".", "_")) for part in _rel(f.path, root).split("/")))
     if not files:
-        bucket = root.split("/", 1)[0]
-        try:
-            missing_bucket = bucket != root and fs.get_file_info(bucket).type == pafs.FileType.NotFound
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise remote_error(shown, e) from None
-        if missing_bucket:
-            raise UserError(f"pool '{_display(shown)}' cannot be read: the bucket does not exist: check the URI's bucket name (and the endpoint)")
+        missing_bucket(fs, root, shown)
         what = "not found" if top.type == pafs.FileType.NotFound and not found else "has no .parquet files"
         raise UserError(f"pool '{_display(shown)}' {what}: pass --pool with a Parquet file or a prefix holding Parquet files")
     return files
+
+
+def missing_bucket(fs, root: str, shown: str, what: str = "pool") -> None:
+    """Raise the one-line UserError for an object whose bucket does not exist (or cannot be asked); return when it exists."""
+    bucket = root.split("/", 1)[0]
+    try:
+        missing = bucket != root and fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise remote_error(shown, e) from None
+    if missing:
+        raise UserError(f"{what} '{_display(shown)}' cannot be read: the bucket does not exist: check the URI's bucket name (and the endpoint)")
 
 
 def _display(uri: str) -> str:

@@ -30,6 +30,9 @@ def read_table(path) -> pd.DataFrame:
         fs, root = poolio.locate(path)
         try:
             return ds.dataset(root, format="parquet", filesystem=fs).to_table().to_pandas()
+        except FileNotFoundError:
+            poolio.missing_bucket(fs, root, str(path), what="file")
+            raise UserError(f"file '{str(path).partition('?')[0]}' not found: check the URI") from None
         except (pa.ArrowException, OSError, ValueError) as e:
             raise UserError(str(poolio.remote_error(str(path), e)).replace("pool '", "'", 1)) from None
     p = Path(path).expanduser()
