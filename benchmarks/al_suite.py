@@ -100,7 +100,7 @@ def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = T
         task, where = meta["task"], out / name
         where.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        if alloop:
+        if alloop and mode["alloop"][task]:
             print(f"{name} ({task}, {meta['n_pool']} pool rows): alloop {','.join(mode['alloop'][task])} ...", flush=True)
             run_alloop(name, meta, mode["alloop"][task], mode["reps"], where)
         for method in mode["anchors"][task] if anchors else ():
@@ -297,6 +297,7 @@ def main() -> None:
     ap.add_argument("--no-anchors", action="store_true", help="run alloop only")
     ap.add_argument("--no-alloop", action="store_true", help="run the anchors only (e.g. beside an alloop-only run on the same --out)")
     ap.add_argument("--anchors", help="comma-separated anchor methods to run (default: the mode's)")
+    ap.add_argument("--strategies", help="comma-separated alloop strategies to run (each on the tasks it applies to; default: the mode's)")
     ap.add_argument("--report", action="store_true", help="only rebuild the report from what has run")
     ap.add_argument("--doc", default=str(RESULTS), help="the page whose suite section is rewritten")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "suite"), help="where curves are kept (resumable)")
@@ -308,6 +309,11 @@ def main() -> None:
         chosen = tuple(a.strip() for a in args.anchors.split(",") if a.strip())
         mode["anchors"] = {task: tuple(a for a in chosen if (a.startswith("bmdal") or a in MODES["full"]["anchors"][task])
                                        and a in MODES["full"]["anchors"][task]) for task in ("regression", "classification")}
+    if args.strategies:
+        from alloop import strategies
+
+        chosen = [strategies.get(a.strip()).name for a in args.strategies.split(",") if a.strip()]
+        mode["alloop"] = {task: tuple(a for a in chosen if a in strategies.names(task, live=True)) for task in ("regression", "classification")}
     names = [n.strip() for n in args.datasets.split(",")] if args.datasets else suite.names(args.task)
     out = Path(args.out)
     t0 = time.perf_counter()

@@ -281,6 +281,40 @@ def test_rank_one_update_equals_refitting_with_the_predicted_label(tiny):
     np.testing.assert_allclose(u_new, learner.a_pool @ refit.tangent, rtol=2e-3, atol=1e-5)  # float32 model outputs
 
 
+def _pool_variance(rnd, labeled_x, a, c):
+    """tr(H⁻¹C) with H⁻¹ refitted from scratch over ``labeled_x`` (no rank-one algebra)."""
+    return float(np.trace(rnd.model.curvature_inverse(labeled_x) @ c))
+
+
+def test_variance_gain_is_the_drop_of_the_pool_variance_after_labeling(tiny):
+    _, idx, rnd = _fitted(tiny)
+    x = tiny.x_pool
+    a = rnd.model.gradient_features(x)
+    c = a.T @ a / len(a)
+    before = _pool_variance(rnd, rnd.labeled_x, a, c)
+    rest = np.setdiff1d(np.arange(len(x)), idx)[:6]
+    gain = research.variance_gain(a[rest], rnd.model.curvature_inverse(rnd.labeled_x), c)
+    after = [_pool_variance(rnd, np.r_[rnd.labeled_x, x[j : j + 1]], a, c) for j in rest]
+    np.testing.assert_allclose(gain, before - np.asarray(after), rtol=1e-3, atol=1e-9)
+    assert np.all(gain > 0)
+
+
+def test_vr_picks_the_row_that_lowers_the_pool_variance_most_then_the_best_given_it(tiny):
+    _, idx, rnd = _fitted(tiny)
+    rest = np.setdiff1d(np.arange(len(tiny.x_pool)), idx)
+    x = tiny.x_pool[rest]
+    kept = strategies.stream.Kept(np.zeros(len(rest)), tiny.ids[rest], x.astype(np.float32))
+    pick = research.vr_pick(kept, rnd, 2)
+    a = rnd.model.gradient_features(x)
+    c = a.T @ a / len(a)
+    first = [_pool_variance(rnd, np.r_[rnd.labeled_x, x[j : j + 1]], a, c) for j in range(len(x))]
+    assert pick.idx[0] == int(np.argmin(first))
+    j0 = pick.idx[0]
+    second = [_pool_variance(rnd, np.r_[rnd.labeled_x, x[[j0, j]]], a, c) if j != j0 else np.inf for j in range(len(x))]
+    assert pick.idx[1] == int(np.argmin(second))
+    assert pick.scores[0] > pick.scores[1] > 0
+
+
 def test_gradient_features_of_a_linear_model_are_its_design_rows(tiny):
     learner, idx, rnd = _fitted(tiny, model={"kind": "linear"})
     a = rnd.model.gradient_features(tiny.x_pool)  # θ flattened as (b, w): a(x) = [1, z]

@@ -14,7 +14,8 @@ zero) and changes the Hessian by a_j a_jᵀ, so the exact new tangent is a rank-
     θ̇' = θ̇ − g (a_jᵀθ̇) / c,       u'(x) = u(x) − (a(x)ᵀg) u_j / c,       H'⁻¹ = H⁻¹ − g gᵀ / c.
 
 ``sld-seq`` uses it to discount rows that resemble those already chosen in a batch; ``sld-lookahead``
-also uses it to score each row by how much labeling it would lower the kept rows' total SLD.
+also uses it to score each row by how much labeling it would lower the kept rows' total SLD; ``vr``
+by how much it would lower the pool-averaged predictive variance σ² tr(H⁻¹C), C = mean a(x)a(x)ᵀ.
 
 Batch diversity without a model of the batch: ``sld-kpp`` draws rows one at a time with probability
 ∝ SLD · D², D the distance to the labeled and already drawn rows (k-means++ seeding weighted by SLD, as
@@ -35,6 +36,7 @@ from alloop.strategies.builtin import labeled_z, uniform_sample
 
 POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
 MAX_FEATURE_FLOATS = 20_000_000  # a(x) of the kept rows stays below this many floats (160 MB): fewer candidates for big models
+VR_FLOPS = 4_000_000_000  # vr: candidates × parameters² per pick stays below this (a few seconds per pick on a CPU core)
 
 
 class View(NamedTuple):
@@ -145,6 +147,43 @@ def sld_lookahead_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     return _sequential(kept, rnd, k, lookahead_gain)
 
 
+def variance_gain(a: np.ndarray, hinv: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """For every row x: tr(H⁻¹C) minus the same after labeling x (any label: the variance does not see it).
+
+    With g = H⁻¹a(x): H'⁻¹ = H⁻¹ − g gᵀ / (1 + a(x)ᵀg), so the drop is gᵀCg / (1 + a(x)ᵀg).
+    """
+    g = a @ hinv
+    return np.sum((g @ c) * g, axis=1) / (1.0 + np.sum(g * a, axis=1))
+
+
+def vr_keep(rnd: Round, k: int):
+    """``sample_keep``, with fewer candidates when n·p² per pick would pass VR_FLOPS (wide models)."""
+    score, n = sample_keep(rnd, k)
+    return score, max(4 * k, min(n, VR_FLOPS // max(rnd.model.n_params, 1) ** 2))
+
+
+def vr_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Expected variance reduction over the pool (Cohn, Ghahramani & Jordan 1996; EMVR's criterion), exact for
+    a model linear in θ: one row at a time, the one that lowers the kept rows' mean predictive variance the
+    most, then H⁻¹ is updated as if it were labeled (rank-one). The kept rows are a uniform sample of the pool."""
+    m = rnd.model
+    a, hinv = m.gradient_features(kept.x), m.curvature_inverse(rnd.labeled_x)
+    c = a.T @ a / max(len(a), 1)
+    chosen, at = [], []
+    rest = np.ones(len(a), bool)
+    for _ in range(min(k, len(a))):
+        idx = np.flatnonzero(rest)
+        gain = variance_gain(a[idx], hinv, c)
+        best = top(gain, 1, kept.ids[idx])[0]
+        j = int(idx[best])
+        chosen.append(j)
+        at.append(gain[best])
+        rest[j] = False
+        g = hinv @ a[j]
+        hinv = hinv - np.outer(g, g) / (1.0 + a[j] @ g)
+    return deterministic(chosen, at)
+
+
 def power_sample(weights: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw k rows without replacement with probability ∝ weights (Gumbel top-k).
 
@@ -245,6 +284,8 @@ ALL = (
     _research("emcm", "EMCM (Cai 2013): expected model change over bootstrap models", emcm_pick, needs=frozenset({"model", "members", "gradients"})),
     _research("sld-seq", "SLD, one at a time, discounting rows like those chosen (rank-one)", sld_seq_pick),
     _research("sld-lookahead", "largest drop of the kept rows' total SLD, one at a time", sld_lookahead_pick),
+    _research("vr", "largest drop of the pool-averaged predictive variance (rank-one), one at a time",
+              vr_pick, needs=frozenset({"model", "gradients"}), keep=vr_keep),
     _research("sld-power", f"rows drawn with probability ∝ SLD^{POWER_BETA}", sld_power_pick),
     _research("sld-power-iw", "sld-power, fitted with LURE importance weights (simulation only)", sld_power_pick, weighted=True),
     _research("sld-density", "SLD times representativeness (RBF density), top-k", sld_density_pick),
