@@ -72,8 +72,8 @@ WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop 
 TRAIN_DEVICES_OPT = typer.Option(1, "--devices", help="Split every training minibatch over this many local devices (data-parallel SGDF).")
 STRATEGY_OPT = typer.Option(
     None, "--strategy",
-    help="sld (SLD-weighted k-means++ batch: the regression default), sld-topk (plain top-k SLD), herding (rows that make the labels "
-    "look like the pool), random, committee or greedy; classification also margin (its default), entropy, least-confident. "
+    help="herding (rows that make the labels look like the pool: the regression default), sld (SLD-weighted k-means++ batch), "
+    "sld-topk (plain top-k SLD), random, committee or greedy; classification also margin (its default), entropy, least-confident. "
     "The research variants of `alloop simulate --strategies` are accepted too.",
 )
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout instead of text.")
@@ -242,13 +242,18 @@ def query(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
     engine: str = typer.Option(
         "local", "--engine",
-        help="local (stream the pool in this process) or ray (score it on a Ray cluster with Ray Data; pip install 'alloop[ray]'): "
+        help="local (stream the pool in this process) or ray (score it in actors on a Ray cluster; pip install 'alloop[ray]'): "
         "the same query file.",
     ),
     address: Optional[str] = typer.Option(
         None, "--address", help="With --engine ray: the cluster, auto (the one this machine joined) or ray://HOST:10001 (default: a local one).",
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --engine ray: scoring actors (default: one per 4 CPUs of the cluster)."),
+    keep_workers: float = typer.Option(
+        0.0, "--keep-workers", metavar="SECONDS",
+        help="With --engine ray on a running cluster (--address): keep the scoring actors there for the next queries of the same model "
+        "and features (no start, no JAX import, no compilation) until idle this many seconds; `alloop release-workers` ends them sooner.",
+    ),
     devices: int = typer.Option(
         1, "--devices",
         help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be "
@@ -268,11 +273,29 @@ def query(
         from alloop.commands.query import query as query_run
 
         rec = query_run(name, k=k, strategy=strategy, fmt=fmt, seed=seed, devices=devices, wait=wait, reporter=RichReporter(),
-                        engine=engine, address=address, workers=workers)
+                        engine=engine, address=address, workers=workers, keep_workers=keep_workers)
     if not as_json:
         err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, "
                   f"then `alloop ingest {name} FILE`", highlight=False)
     _emit(rec, as_json, rec["path"])
+
+
+@app.command("release-workers")
+def release_workers(
+    address: Optional[str] = typer.Option(
+        "auto", "--address", help="The Ray cluster: auto (the one this machine joined) or ray://HOST:10001.",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """End the scoring actors that `alloop query --engine ray --keep-workers` left on a Ray cluster (all of them, every model).
+
+    Example: alloop release-workers --address auto
+    """
+    from alloop.io.ray_cluster import cluster, release
+
+    with cluster(address) as ray:
+        n = release(ray)
+    _emit({"released": n}, as_json, f"released {n} kept scoring actor(s)")
 
 
 @app.command()
@@ -492,9 +515,9 @@ def simulate(
     ),
     strategies: Optional[str] = typer.Option(
         None, "--strategies",
-        help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: sld,sld-topk,random,greedy,igs,"
-        "committee,emcm; classification: margin,sld,entropy,random,greedy). Also sld-seq, sld-lookahead, sld-power, "
-        "sld-power-iw (simulation only), sld-density, sld-kpp, kpp, herding, sld-herding, least-confident.",
+        help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: herding,sld,sld-topk,random,"
+        "greedy,igs,committee,emcm; classification: margin,sld,herding,entropy,random,greedy). Also vr, sld-seq, sld-lookahead, "
+        "sld-power, sld-power-iw (simulation only), sld-density, sld-kpp, kpp, sld-herding, least-confident.",
     ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),

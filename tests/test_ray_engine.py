@@ -10,8 +10,10 @@ import json
 import logging
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from cli_helpers import FAST, assert_user_error, digest, fill, invoke
 from s3_helpers import BUCKET, KEY, REGION, SECRET, put_pool
 
 from alloop import strategies
+from alloop.io import ray_cluster as ray_cluster_mod
 from alloop.strategies import distributed
 
 WINE = Path(__file__).resolve().parents[1] / "datasets" / "wine"
@@ -95,9 +98,9 @@ def assert_same_query(runs: Path, a: dict, b: dict) -> None:
     assert [q["sha256"] for q in sa["queries"]] == [q["sha256"] for q in sb["queries"]]
 
 
-def query_both(runs: Path, *opts) -> tuple[dict, dict]:
+def query_both(runs: Path, *opts, ray_opts=("--workers", "1")) -> tuple[dict, dict]:
     a = ok(invoke(["query", "local", "--json", *opts], runs), "local query").json()
-    b = ok(invoke(["query", "onray", "--json", "--engine", "ray", "--workers", "1", *opts], runs), "ray query").json()
+    b = ok(invoke(["query", "onray", "--json", "--engine", "ray", *ray_opts, *opts], runs), "ray query").json()
     return a, b
 
 
@@ -127,7 +130,7 @@ def test_ray_query_at_cold_start_falls_back_like_local(ray_cluster, alloop_data,
     pool = split_pool(pd.read_parquet(alloop_data.pool), tmp_path / "pooldir")
     ok(invoke(["init", "cold", "--pool", pool, *FAST], runs))
     twins(runs / "cold", runs)
-    a, b = query_both(runs, "-k", "5")
+    a, b = query_both(runs, "-k", "5", "--strategy", "sld")
     assert a["strategy"] == "greedy" and "cold start" in a["note"]
     assert_same_query(runs, a, b)
 
@@ -226,12 +229,108 @@ def test_endpoint_url_is_for_s3_only(runs, alloop_data):
     assert_user_error(invoke(["init", "x", "--pool", "gs://b/p", "--endpoint-url", "http://127.0.0.1:9"], runs), "s3:// pools only")
 
 
+# --- actors kept between queries (--keep-workers) ----------------------------------------------------
+
+
+def kept_actors() -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == ray_cluster_mod.NAMESPACE)
+
+
+def actor_state(name: str) -> dict:
+    return ray.get(ray.get_actor(name, namespace=ray_cluster_mod.NAMESPACE).state.remote())
+
+
+def wait_for(predicate, seconds: float = 60.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return predicate()
+
+
+def test_kept_actors_serve_the_next_queries_and_give_the_same_files(ray_cluster, regression_run, classification_run, runs):
+    """--keep-workers: the second query on the cluster runs on the actor the first one started (same process, no new start)
+    and still gives the local engine's file; a run of another model and features gets actors of its own."""
+    twins(regression_run, runs)
+    keep = ["--workers", "1", "--keep-workers", "600"]
+    try:
+        assert_same_query(runs, *query_both(runs, "-k", "6", "--strategy", "sld", ray_opts=keep))
+        (name,) = kept_actors()
+        first = actor_state(name)
+        assert first["queries"] == 1
+        assert_same_query(runs, *query_both(runs, "-k", "4", "--strategy", "sld-topk", ray_opts=keep))  # round 2: other rows left out
+        assert kept_actors() == [name]
+        again = actor_state(name)
+        assert again["pid"] == first["pid"] and again["queries"] == 2
+        shutil.copytree(classification_run, runs / "wine")
+        ok(invoke(["query", "wine", "-k", "3", "--engine", "ray", *keep], runs))
+        assert len(kept_actors()) == 2 and actor_state(name)["queries"] == 2  # not reused for another model
+        assert ok(invoke(["release-workers", "--json"], runs)).json() == {"released": 2}
+        assert wait_for(lambda: kept_actors() == [])
+    finally:
+        ray_cluster_mod.release(ray)
+
+
+def test_a_kept_actor_leaves_when_idle(ray_cluster, regression_run, runs):
+    shutil.copytree(regression_run, runs / "r")
+    try:
+        ok(invoke(["query", "r", "-k", "3", "--engine", "ray", "--workers", "1", "--keep-workers", "1"], runs))
+        assert wait_for(lambda: kept_actors() == [])
+    finally:
+        ray_cluster_mod.release(ray)
+
+
+def test_what_a_kept_actor_may_be_reused_for(regression_run, monkeypatch):
+    """The key of kept actors: the same for the same code, model and features; another for another model, other features or changed code."""
+    from alloop.commands.query import RoundRecipe
+
+    config = json.loads((regression_run / "config.json").read_text())
+    info = SimpleNamespace(features=("x0", "x1", "x2"))
+    recipe = lambda cfg: RoundRecipe(cfg, "regression", np.zeros((1, 3)), np.zeros((1, 1)), 0, 64)
+    key = distributed.actor_key(recipe(config), info)
+    assert distributed.actor_key(recipe(json.loads(json.dumps(config))), info) == key
+    assert distributed.actor_key(recipe({**config, "model": {**config["model"], "kind": "mlp"}}), info) != key
+    assert distributed.actor_key(recipe(config), SimpleNamespace(features=("x0", "x1"))) != key
+    monkeypatch.setattr(distributed, "_CODE", "other-code")
+    assert distributed.actor_key(recipe(config), info) != key
+
+
+def test_keep_workers_needs_ray_and_a_number(runs, regression_run):
+    shutil.copytree(regression_run, runs / "r")
+    before = digest(runs / "r")
+    assert_user_error(invoke(["query", "r", "--keep-workers", "60"], runs), "--engine ray")
+    assert_user_error(invoke(["query", "r", "--engine", "ray", "--keep-workers", "-1"], runs), "--keep-workers")
+    assert digest(runs / "r") == before
+
+
+# --- actors that die -------------------------------------------------------------------------------
+
+
+def test_an_actor_that_always_dies_fails_the_query_in_one_line(ray_cluster, regression_run, runs):
+    """Every actor dies at every file: after Ray's restarts the query fails with one line, exit 2, the run unchanged."""
+    shutil.copytree(regression_run, runs / "r")
+    before = digest(runs / "r")
+    ray_cluster.write_text("always")
+    try:
+        res = invoke(["query", "r", "-k", "3", "--engine", "ray", "--workers", "1"], runs)
+    finally:
+        ray_cluster.unlink()
+    assert_user_error(res, "scoring actor died", "run is unchanged")
+    assert digest(runs / "r") == before
+
+
 # last: Ray reports the dead worker asynchronously
 def test_a_killed_actor_still_gives_the_same_file(ray_cluster, regression_run, runs):
-    """One actor SIGKILLs itself at its first file: Ray restarts it and retries the file; the file is the same."""
+    """One actor SIGKILLs itself at its first file: Ray restarts it and retries the file; the file is the same, and the
+    user reads one note of it, not Ray's notices and tracebacks."""
     twins(regression_run, runs)
     ray_cluster.write_text("armed")
-    a, b = query_both(runs, "-k", "6", "--strategy", "sld-topk")
+    a = ok(invoke(["query", "local", "--json", "-k", "6", "--strategy", "sld-topk"], runs), "local query").json()
+    res = ok(invoke(["query", "onray", "--json", "--engine", "ray", "--workers", "1", "-k", "6", "--strategy", "sld-topk"], runs), "ray query")
     assert not ray_cluster.exists() and ray_cluster.with_name(ray_cluster.name + ".fired").exists()  # the kill happened
     ray_cluster.with_name(ray_cluster.name + ".fired").unlink()
-    assert_same_query(runs, a, b)
+    assert_same_query(runs, a, res.json())
+    notes = [ln for ln in res.stderr.splitlines() if "Ray" in ln]
+    assert len(notes) == 1 and "died during the query and Ray restarted" in notes[0], res.stderr
+    assert "Traceback" not in res.stderr and "(raylet)" not in res.stderr

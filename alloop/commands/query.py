@@ -38,18 +38,19 @@ OWN_COLUMNS = ("rank", "score")  # what a query file adds beside the pool's id, 
 def query(
     name: str, *, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1, wait: float = 5.0, reporter: Reporter | None = None,
-    engine: str = "local", address: str | None = None, workers: int | None = None,
+    engine: str = "local", address: str | None = None, workers: int | None = None, keep_workers: float = 0.0,
 ) -> dict:
     """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
 
     ``strategy``: None takes the task's default (``strategies.default_for``). ``devices``: split every
     batch's rows over that many local devices (data-parallel scoring). ``engine="ray"``: score on the Ray
     cluster at ``address`` (None: a local one; "auto": the one this machine belongs to) with ``workers``
-    actors; the same query file as the local engine.
+    actors; the same query file as the local engine. ``keep_workers`` > 0 (a running cluster only): the actors stay
+    on it, to serve the next queries of the same model and features without starting again, until idle that many seconds.
     """
     reporter = reporter or Reporter()
     check_format(fmt)
-    check_engine(engine, address, workers)
+    check_engine(engine, address, workers, keep_workers)
     run, strat = open_for_query(name, k, strategy, devices)
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
@@ -58,7 +59,7 @@ def query(
             reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
             run, _ = train_locked(run, info, reporter, devices=devices)
         rnd = round_of(run, info, query_seed(run, seed), batch_rows, devices)
-        runner = None if engine == "local" else ray_engine(run, rnd, strat, address, workers)
+        runner = None if engine == "local" else ray_engine(run, rnd, strat, address, workers, keep_workers, reporter)
         sel = select_rows(run, info, rnd, strat, k, reporter, runner)
         record, path = commit_query(run, info, sel, strat.name, fmt, reporter, extra=None if runner is None else {"engine": engine})
     return {**record, "path": str(path), "note": sel.note}
@@ -69,15 +70,20 @@ def check_format(fmt: str) -> None:
         raise UserError(f"unknown --format {fmt!r}: choose csv, parquet, jsonl or labelstudio")
 
 
-def check_engine(engine: str, address: str | None, workers: int | None) -> None:
+def check_engine(engine: str, address: str | None, workers: int | None, keep_workers: float = 0.0) -> None:
     if engine not in ENGINES:
         raise UserError(f"unknown --engine {engine!r}: choose local or ray")
-    if engine != "ray" and (address is not None or workers is not None):
-        raise UserError("--address and --workers apply to --engine ray only: add --engine ray, or leave them out")
+    if engine != "ray" and (address is not None or workers is not None or keep_workers):
+        raise UserError("--address, --workers and --keep-workers apply to --engine ray only: add --engine ray, or leave them out")
     if workers is not None and workers < 1:
         raise UserError("--workers must be at least 1")
+    if not keep_workers >= 0:
+        raise UserError("--keep-workers is seconds of idleness, 0 or more")
     if engine == "ray":
-        ray_cluster.require_ray()
+        ray = ray_cluster.require_ray()
+        if keep_workers and address is None and not ray.is_initialized():
+            raise UserError("--keep-workers needs a running cluster (--address auto after `ray start --head`, or ray://HOST:10001): "
+                            "the local cluster of one query ends with it")
 
 
 def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tuple[rundir.Run, Strategy]:
@@ -156,7 +162,8 @@ class RoundRecipe:
         return Round(self.task, fitting.standardizer(config), self.labeled_x, self.labeled_y, self.seed, model, self.batch_rows, 1)
 
 
-def ray_engine(run: rundir.Run, rnd: Round, strat: Strategy, address: str | None, workers: int | None):
+def ray_engine(run: rundir.Run, rnd: Round, strat: Strategy, address: str | None, workers: int | None, keep_workers: float = 0.0,
+               reporter: Reporter | None = None):
     """The Ray engine for this round: the recipe of ``rnd`` (committee members trained once, here) and where to run."""
     import jax
 
@@ -172,7 +179,7 @@ def ray_engine(run: rundir.Run, rnd: Round, strat: Strategy, address: str | None
         model = {"params": host(m.params), "tangent": host(m.tangent), "noise": np.asarray(m.noise), "s": m.s, "target": m.target,
                  "anchor": None if anchor is None else (host(anchor[0]), host(anchor[1]), anchor[2]), "members": members}
     recipe = RoundRecipe(dict(run.config), rnd.task, np.asarray(rnd.labeled_x), np.asarray(rnd.labeled_y), rnd.seed, rnd.batch_rows, model)
-    return distributed.RayEngine(recipe, address, workers)
+    return distributed.RayEngine(recipe, address, workers, keep_workers, None if reporter is None else reporter.info)
 
 
 def commit_query(run, info, sel: Selection, strategy: str, fmt: str, reporter: Reporter, extra: dict | None = None):

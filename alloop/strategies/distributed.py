@@ -7,30 +7,44 @@ then picks among them on one machine. So the pool can be split anywhere: each pa
 the whole pool keeps, by the same order (score descending, NaN last, then id ascending), whatever the
 parts, their order or their sizes. The pick then runs on the driver exactly as in a local query.
 
-With Ray: a pool of actors (``Scorer``, Ray core) each builds the round (model, scorer) once from a recipe
-the driver ships (no run directory is needed on the workers), then runs the local engine's own stream
-(``stream.stream_top``: the same reader, batches and scorer) over one pool file per call, local or in
-object storage; the driver hands out the files (two queued per actor) and merges what comes back. An
+With Ray: a pool of actors (``Scorer``, Ray core) each builds the round (model, scorer) once per query from
+a recipe the driver ships (no run directory is needed on the workers), then runs the local engine's own
+stream (``stream.stream_top``: the same reader, batches and scorer) over one pool file per call, local or
+in object storage; the driver hands out the files (two queued per actor) and merges what comes back. An
 actor that dies is restarted and its files retried by Ray; the reduction does not depend on which actor
 scored what, so the result is the same. Ray Data is not used: on a small cluster its per-query start
 (a listing task, read tasks, its executor) took seconds more than reading and scoring the pool.
+
+Starting an actor (a process, its imports of JAX and alloop, the scorer's compilation) is a fixed cost
+of every query. With ``keep_s`` (``query --keep-workers``, on a running cluster) the actors are named
+and detached, keyed by ``actor_key`` (alloop's version and source, the model, task, targets and
+features), and the next query of that key runs on them: each query still ships its whole round, so a
+kept actor holds no state a query depends on beyond code (in the key) and JAX's compiled programs (keyed
+by JAX). They leave after ``keep_s`` seconds without a query, or at ``alloop release-workers``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import alloop
 from alloop.errors import UserError
 from alloop.io import pool as poolio
-from alloop.io.ray_cluster import cluster
+from alloop.io.ray_cluster import NAMESPACE, PREFIX, cluster
 from alloop.strategies import stream
 
 SCORE_COL = "__alloop_score__"  # a kept row's score (NaN scores already ranked as -inf)
@@ -101,44 +115,83 @@ class Job:
 
 
 class Scorer:
-    """The Ray actor: the round and its scorer are built once per actor (JAX compiles at its first batch), then used for every file."""
+    """The Ray actor. Its start imports JAX and alloop once; each query's round and scorer are built at the actor's first
+    file of that query (JAX compiles the scorer at its first batch, or loads it from the compilation cache), then used
+    for every file of the query. A kept actor (``--keep-workers``) serves later queries without starting again."""
 
-    def __init__(self, job: Job) -> None:
-        from alloop import strategies
+    def __init__(self, idle_s: float = 0.0) -> None:
+        import ray
 
-        rnd = job.make_round()
-        self.job, self.batch_rows = job, rnd.batch_rows
-        self.score, self.n_keep = strategies.get(job.strategy).keep(rnd, job.k)
+        from alloop import strategies  # noqa: F401 - JAX and alloop's scorers, imported before the first file
+        from alloop.core import compile_cache
 
-    def top(self, files: tuple[str, ...]) -> pa.Table:
-        """The best rows of ``files`` by the local engine's stream (same reader, batches, scorer and leave-out), as ``partition_top`` returns them."""
+        compile_cache.enable()  # the scorer compiled once per machine, not once per actor
+
+        self.token, self.queries, self.last = None, 0, time.monotonic()
+        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        if idle_s > 0:
+            threading.Thread(target=self._leave_when_idle, args=(idle_s,), daemon=True).start()
+
+    def top(self, files: tuple[str, ...], token: str, job_box: list) -> pa.Table:
+        """The best rows of ``files`` by the local engine's stream (same reader, batches, scorer and leave-out), as ``partition_top``
+        returns them. ``token`` names the query; its Job (in ``job_box``, fetched only when the token is new) builds the round."""
         _maybe_die()
+        self.last = time.monotonic()
+        if token != self.token:
+            import ray
+
+            from alloop import strategies
+
+            job = ray.get(job_box[0])
+            rnd = job.make_round()
+            self.job, self.batch_rows = job, rnd.batch_rows
+            self.score, self.n_keep = strategies.get(job.strategy).keep(rnd, job.k)
+            self.token, self.queries = token, self.queries + 1
         seen: list[int] = []
         kept = stream.stream_top(replace(self.job.info, files=files), self.score, self.job.exclude, self.n_keep, self.batch_rows, seen.append)
         schema = kept.rows.schema if kept.rows is not None else poolio.empty_rows(replace(self.job.info, files=files)).schema
+        self.last = time.monotonic()
         return kept_table(kept, sum(seen), self.job.info, schema)
+
+    def state(self) -> dict:
+        """This actor's process, the queries it served, and whether Ray restarted it since the last time it was asked."""
+        restarted, self.restarted = self.restarted, False
+        return {"pid": os.getpid(), "queries": self.queries, "restarted": restarted}
+
+    def _leave_when_idle(self, idle_s: float) -> None:
+        import ray
+
+        me = ray.get_runtime_context().current_actor
+        while True:
+            time.sleep(min(idle_s, 5.0))
+            if time.monotonic() - self.last > idle_s:
+                ray.kill(me, no_restart=True)  # a kept actor leaves the cluster after idle_s without a query
+                return
 
 
 def _maybe_die() -> None:
-    """Fault injection for the tests: the first actor to claim the file named by $ALLOOP_TEST_KILL_WORKER dies at once."""
+    """Fault injection for the tests: the first actor to claim the file named by $ALLOOP_TEST_KILL_WORKER dies at once;
+    while that file holds "always", every actor dies at every file."""
     arm = os.environ.get(KILL_ENV)
     if not arm:
         return
     try:
+        if Path(arm).read_text().strip() == "always":
+            os.kill(os.getpid(), signal.SIGKILL)
         os.rename(arm, arm + ".fired")  # atomic: exactly one claimant
     except OSError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def scored(ray, actors: list, parts: list[tuple[str, ...]]) -> Iterator[pa.Table]:
+def scored(ray, actors: list, parts: list[tuple[str, ...]], token: str, job) -> Iterator[pa.Table]:
     """Each part's ``Scorer.top`` as it comes back; a finished actor gets the next part, with QUEUED parts per actor
     so none waits for the driver between files."""
     todo, running = list(reversed(parts)), {}
 
     def submit(actor) -> None:
         if todo:
-            running[actor.top.remote(todo.pop())] = actor
+            running[actor.top.remote(todo.pop(), token, [job])] = actor
 
     for _ in range(QUEUED):  # round by round: a pool of few files still reaches every actor
         for actor in actors:
@@ -156,39 +209,91 @@ class RayEngine:
     make_round: Callable
     address: str | None = None
     workers: int | None = None  # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than files)
+    keep_s: float = 0.0  # > 0: the actors stay on the cluster (named, detached) for later queries, until idle this long
+    on_note: Callable[[str], None] | None = None  # one line for the user (an actor that Ray restarted)
 
     def __call__(self, info: poolio.PoolInfo, ran, k: int, n_keep: int, exclude: np.ndarray,
                  on_rows: Callable[[int], None] | None = None) -> stream.Kept:
         with cluster(self.address) as ray:
             parts = [(f,) for f in info.files]
             job = ray.put(Job(info, self.make_round, ran.name, k, np.asarray(exclude)))
-            actors = start_actors(ray, job, min(len(parts), self.workers or _default_workers(ray)))
+            workers = min(len(parts), self.workers or _default_workers(ray))
+            key = actor_key(self.make_round, info) if self.keep_s > 0 else None
+            actors = start_actors(ray, workers, key, self.keep_s)
             try:
-                return reduce(scored(ray, actors, parts), info, n_keep, on_rows)
+                kept = reduce(scored(ray, actors, parts, uuid.uuid4().hex, job), info, n_keep, on_rows)
             except Exception as e:  # noqa: BLE001 - a user's mistake found by an actor comes back wrapped
                 user = _user_error(e)
                 if user is not None:
                     raise user from None
+                if isinstance(e, ray.exceptions.RayActorError):
+                    raise UserError(f"a Ray scoring actor died and Ray's {RESTARTS} restarts did not help ({_first_line(e)}); the run is "
+                                    "unchanged: check the workers' memory and logs (/tmp/ray/session_latest/logs on each node), retry, or use "
+                                    "--engine local") from None
                 if isinstance(e, ray.exceptions.RayError):
                     raise UserError(f"the Ray query failed ({_first_line(e)}); the run is unchanged: retry, or use --engine local") from None
                 raise
+            else:
+                self._note_restarts(ray, actors)
+                return kept
             finally:
-                for actor in actors:
-                    ray.kill(actor)
+                if key is None:
+                    for actor in actors:
+                        ray.kill(actor, no_restart=True)
+
+    def _note_restarts(self, ray, actors: list) -> None:
+        """One line when Ray restarted an actor during the query (Ray's own notices of it are not shown: ray_cluster.cluster)."""
+        try:
+            restarted = sum(s["restarted"] for s in ray.get([a.state.remote() for a in actors], timeout=30))
+        except (ray.exceptions.RayError, TimeoutError):
+            return
+        if restarted and self.on_note is not None:
+            self.on_note(f"{restarted} Ray scoring actor(s) died during the query and Ray restarted them; their files were scored "
+                         "again (the result does not depend on which actor scored what)")
 
 
 def _default_workers(ray) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
 
 
-def start_actors(ray, job, workers: int) -> list:
+def actor_key(make_round, info: poolio.PoolInfo) -> str:
+    """What a kept actor may be reused for: this alloop (version and source), the model, task, targets and features.
+    Each query still sends its round (parameters, labels, strategy); the key only keeps an actor built by other code,
+    or warmed on another model, from being taken for this one."""
+    config = getattr(make_round, "config", {}) or {}
+    what = {"alloop": alloop.__version__, "code": code_fingerprint(), "task": getattr(make_round, "task", None), "features": list(info.features),
+            **{k: config.get(k) for k in ("model", "targets", "regularizer", "tangent")}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_fingerprint() -> str:
+    """A hash of alloop's Python sources, so a kept actor never outlives a change of the code."""
+    global _CODE
+    if _CODE is None:
+        h = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+        _CODE = h.hexdigest()[:16]
+    return _CODE
+
+
+_CODE: str | None = None
+
+
+def start_actors(ray, workers: int, key: str | None = None, keep_s: float = 0.0) -> list:
     """``workers`` Scorer actors, spread over the cluster's nodes: one CPU each (a share where there are fewer CPUs
-    than workers), one GPU each where the cluster has them; restarted by Ray when one dies."""
+    than workers), one GPU each where the cluster has them; restarted by Ray when one dies. With a ``key``: the kept
+    actors of that key (named, detached), started where missing."""
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
-    actor = ray.remote(Scorer).options(num_cpus=min(1.0, cpus / workers), num_gpus=min(1.0, gpus / workers) if gpus else 0,
-                                      max_restarts=RESTARTS, max_task_retries=RESTARTS, scheduling_strategy="SPREAD")
-    return [actor.remote(job) for _ in range(workers)]
+    opts = {"num_cpus": min(1.0, cpus / workers), "num_gpus": min(1.0, gpus / workers) if gpus else 0, "max_restarts": RESTARTS,
+            "max_task_retries": RESTARTS, "scheduling_strategy": "SPREAD"}
+    actor = ray.remote(Scorer)
+    if key is None:
+        return [actor.options(**opts).remote() for _ in range(workers)]
+    return [actor.options(**opts, name=f"{PREFIX}{key}-{i}", namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(keep_s)
+            for i in range(workers)]
 
 
 _USER_ERROR = re.compile(r"alloop\.errors\.UserError: (.+)")
