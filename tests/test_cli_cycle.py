@@ -64,7 +64,7 @@ def test_full_cycle_with_the_installed_command(tmp_path, alloop_data):
     q1 = sh("query", "exp", "-k", "6", "--json")  # no model yet: trains first
     assert "training first" in q1.stderr
     rec1 = q1.json()
-    assert rec1["round"] == 1 and rec1["rows"] == 6 and rec1["strategy"] == "sld" and rec1["file"] == "queries/round-0001.csv"
+    assert rec1["round"] == 1 and rec1["rows"] == 6 and rec1["strategy"] == "herding" and rec1["file"] == "queries/round-0001.csv"
     check_query_file(rec1["path"], run, 6, labels_of(run)["id"])
     assert sorted(state_of(run)["outstanding"]) == sorted(str(i) for i in read_any(rec1["path"])["id"])
 
@@ -157,7 +157,7 @@ def test_every_strategy_picks_new_rows(run, runs, strategy):
 
 def test_cold_start_falls_back_to_greedy_and_says_so(runs, alloop_data):
     ok(invoke(["init", "cold", "--pool", alloop_data.pool, *FAST], runs))
-    res = ok(invoke(["query", "cold", "-k", "5", "--json"], runs))
+    res = ok(invoke(["query", "cold", "-k", "5", "--json", "--strategy", "sld"], runs))
     rec = res.json()
     assert (rec["requested"], rec["strategy"]) == ("sld", "greedy")
     assert "cold start" in res.stderr and "greedy" in res.stderr
@@ -165,7 +165,15 @@ def test_cold_start_falls_back_to_greedy_and_says_so(runs, alloop_data):
     assert state_of(runs / "cold")["checkpoint"] is None  # nothing to train on yet
     filled = fill(rec["path"], alloop_data.truth)
     assert ok(invoke(["ingest", "cold", filled, "--json"], runs)).json()["trained"]["labels"] == 5
-    assert ok(invoke(["query", "cold", "-k", "3", "--json"], runs)).json()["strategy"] == "sld"
+    assert ok(invoke(["query", "cold", "-k", "3", "--json", "--strategy", "sld"], runs)).json()["strategy"] == "sld"
+
+
+def test_the_regression_default_needs_no_model_so_a_cold_start_runs_it(runs, alloop_data):
+    """herding (the default) reads only the pool's inputs: with no labels it still runs, with no fallback and no note."""
+    ok(invoke(["init", "cold", "--pool", alloop_data.pool, *FAST], runs))
+    rec = ok(invoke(["query", "cold", "-k", "5", "--json"], runs)).json()
+    assert (rec["requested"], rec["strategy"], rec["note"]) == ("herding", "herding", None)
+    assert rec["rows"] == 5
 
 
 def test_query_on_a_stale_model_trains_first(run, runs, alloop_data):
@@ -217,7 +225,7 @@ def test_a_diverged_training_prints_valid_json(runs, alloop_data):
     assert "warning:" in res.stderr
     st = json.loads(ok(invoke(["status", "div", "--json"], runs)).stdout)
     assert st["figures"]["test_rmse"] is None and st["residual"] is None
-    q = ok(invoke(["query", "div", "-k", "2", "--json"], runs)).json()
+    q = ok(invoke(["query", "div", "-k", "2", "--json", "--strategy", "sld"], runs)).json()
     assert q["strategy"] == "greedy" and "not finite" in q["note"]
 
 

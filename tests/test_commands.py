@@ -55,7 +55,7 @@ def test_status_of_a_new_run(runs, alloop_data):
 def test_cold_start_note_goes_to_the_reporter(runs, alloop_data):
     init_run("a", str(alloop_data.pool), train=FAST)
     rec = Recorder()
-    out = query_cmd("a", k=4, reporter=rec)
+    out = query_cmd("a", k=4, strategy="sld", reporter=rec)
     assert out["strategy"] == "greedy" and out["requested"] == "sld"
     assert len(rec.infos) == 1 and rec.infos[0].startswith("cold start") and rec.infos[0] == out["note"]
 

@@ -53,7 +53,7 @@ def test_a_run_written_by_0_1_0_keeps_working(old_run):
     trained = train("old", epochs=1)
     assert trained["labels"] == 11 and np.isfinite(trained["test_rmse"])
     q = query("old", k=4)
-    assert q["round"] == 2 and q["rows"] == 4 and q["strategy"] == "sld"
+    assert q["round"] == 2 and q["rows"] == 4 and q["strategy"] == "herding"
     assert verify_run("old")["ok"]
 
 

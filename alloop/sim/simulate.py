@@ -56,8 +56,8 @@ SIGNAL_COLUMNS = stopping.SIGNALS  # the stopping signals of each round (blank: 
 CURVES_FILE = "curves.csv"
 CONFIG_FILE = "config.json"
 DEFAULT_STRATEGIES = {
-    "regression": ("sld", "sld-topk", "random", "greedy", "igs", "committee", "emcm"),
-    "classification": ("margin", "sld", "entropy", "random", "greedy"),
+    "regression": ("herding", "sld", "sld-topk", "random", "greedy", "igs", "committee", "emcm"),
+    "classification": ("margin", "sld", "herding", "entropy", "random", "greedy"),
 }
 PROTOCOL = 2  # 2: strategies run through strategies.select over the pool file, as `alloop query` runs them
 DEFAULT_REPS = 20  # 5 repetitions cannot separate the 1–3% differences measured in docs/results.md
