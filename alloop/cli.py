@@ -157,7 +157,11 @@ def init(
         help="Classification: the class labels, comma-separated, in output order (default: those of the seed labels and test"
         " set).",
     ),
-    model: str = typer.Option("linear", "--model", help="linear, poly or mlp."),
+    model: str = typer.Option(
+        "linear", "--model",
+        help="linear, poly, mlp, or auto (regression with --s auto: every training chooses linear, poly 2 or poly 3 by the "
+        "cross-validated loss of the labels so far; status says which and why).",
+    ),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
     activation: str = typer.Option("tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."),
@@ -352,6 +356,9 @@ def status(
     table = Table(show_header=False, box=None)
     for key in ("run", "task", "model", "pool", "pool_rows", "features", "labels", "outstanding", "round", "s", "s_model", "trained_on", "stale", "residual"):
         table.add_row(key, _fmt(st[key]))
+        if key == "model" and st["model"] == "auto":
+            why = (st.get("model_choice") or {}).get("reason", "linear until the first training")
+            table.add_row("model now", escape(f"{st['model_now']} ({why})"))
         if key == "task" and st.get("classes"):
             table.add_row("classes", ", ".join(st["classes"]))
     if st.get("s_by_round"):
@@ -525,7 +532,9 @@ def simulate(
     reps: int = typer.Option(20, "--reps", help="Repetitions (different initial labels)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same numbers."),
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/simulate-NAME); rerun to resume."),
-    model: Optional[str] = typer.Option(None, "--model", help="linear, poly or mlp (default: the dataset's demo model, else linear)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="linear, poly, mlp or auto (linear/poly 2/poly 3 by CV each round) (default: the dataset's demo model, else linear).",
+    ),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated (init's default)."),
     s: Optional[str] = typer.Option(

@@ -17,7 +17,9 @@ from typing import Any
 from alloop.errors import UserError
 
 TASKS = ("regression", "classification")
-MODEL_KINDS = ("linear", "poly", "mlp")
+MODEL_KINDS = ("linear", "poly", "mlp", "auto")
+AUTO = "auto"  # --model auto: the run chooses among AUTO_CANDIDATES by cross-validation (training.choose_model)
+AUTO_CANDIDATES = ({"kind": "linear"}, {"kind": "poly", "degree": 2}, {"kind": "poly", "degree": 3})
 ACTIVATIONS = ("gelu", "relu", "sigmoid", "silu", "softplus", "tanh")  # core.models.ACTIVATIONS (checked by a test)
 CURVATURES = ("hessian", "gauss-newton")
 TANGENTS = ("sgdf", "cg", "exact")
@@ -84,10 +86,28 @@ class ModelSpec:
         out.update(curvature=self.curvature, damping=self.damping, **dict(self.extra))
         return out
 
+    @property
+    def is_auto(self) -> bool:
+        """Chosen by the run (``--model auto``): the kind itself before the first training, then the chosen
+        model marked ``"auto": true`` (``io.rundir.effective_config`` puts it there from state.json)."""
+        return self.kind == AUTO or bool(self.extra.get(AUTO))
+
+    def concrete(self) -> ModelSpec:
+        """This model without the auto mark (what a run inheriting it trains)."""
+        return dataclasses.replace(self, extra={k: v for k, v in self.extra.items() if k != AUTO})
+
+    def label(self) -> str:
+        """"linear", "poly 2", "mlp 64,64": how status and the history name a model."""
+        if self.kind == "poly":
+            return f"poly {self.degree}"
+        if self.kind == "mlp":
+            return "mlp " + ",".join(map(str, self.hidden))
+        return self.kind
+
     def validate(self) -> None:
         """Model options that training would otherwise trip over (with a traceback), refused up front."""
         if self.kind not in MODEL_KINDS:
-            raise UserError(f"unknown --model {self.kind!r}: choose linear, poly or mlp")
+            raise UserError(f"unknown --model {self.kind!r}: choose linear, poly, mlp or auto")
         if self.kind == "poly" and self.degree < 1:
             raise UserError(f"--degree must be at least 1, got {self.degree}")
         if self.kind == "mlp" and any(h < 1 for h in self.hidden):
@@ -103,7 +123,7 @@ def default_s(task: str, kind: str) -> float | str:
     poly regression, where it beat s = 1 on average; 1 for MLPs, where auto's SGDF cross-validation on
     few labels chose erratic s and raised the test RMSE (1.00-1.24x), and for classification, where on
     separable label sets it runs s to its lower bound."""
-    return "auto" if task == "regression" and kind in ("linear", "poly") else 1.0
+    return "auto" if task == "regression" and kind in ("linear", "poly", AUTO) else 1.0
 
 
 def is_s_mode(s) -> bool:
@@ -197,6 +217,9 @@ class RunConfig:
         if self.s == "loocv" and (self.model.kind == "mlp" or self.task != "regression"):
             raise UserError("--s loocv needs a linear or poly regression model: use --s auto")
         self.model.validate()
+        if self.model.is_auto and (self.task != "regression" or not is_s_mode(self.s)):
+            raise UserError("--model auto chooses among linear and polynomial models by the cross-validated loss that --s auto computes: "
+                            "use it for regression with --s auto or loocv (or pick --model linear, poly or mlp)")
         if self.tangent not in TANGENTS:
             raise UserError(f"unknown --tangent {self.tangent!r}: choose sgdf, cg or exact")
         if self.trainer not in TRAINERS:

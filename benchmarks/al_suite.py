@@ -67,6 +67,12 @@ def budget_of(meta: dict) -> int:
     return int(min(BUDGET, (meta["n_pool"] * 3 // 4) // BATCH * BATCH))
 
 
+def random_of(method: str) -> str:
+    """A method's own random baseline: the same family and, for alloop, the same model (``herding@auto`` -> ``random@auto``)."""
+    model = method[method.index("@"):] if "@" in method else ""
+    return RANDOM_OF[family(method)] + model
+
+
 def family(method: str) -> str:
     return method.split("-")[0] if method.split("-")[0] in ("bmdal", "skal") else "alloop"
 
@@ -74,13 +80,15 @@ def family(method: str) -> str:
 # --- running ---------------------------------------------------------------------------------------
 
 
-def run_alloop(name: str, meta: dict, strategies: tuple, reps: int, out: Path) -> None:
-    """``alloop simulate`` on one suite dataset: the live strategies, the model and s as `alloop init` sets them."""
+def run_alloop(name: str, meta: dict, strategies: tuple, reps: int, out: Path, model: str | None = None) -> None:
+    """``alloop simulate`` on one suite dataset: the live strategies, the model and s as `alloop init` sets them
+    (``model``: another ``--model`` kind, its curves kept apart in ``alloop-KIND/`` and reported as ``strategy@KIND``)."""
     from alloop.sim import simulate as sim
 
     folder = suite.folder(name)
     sim.run_simulation(pool=str(folder / "pool.parquet"), test=str(folder / "test.parquet"), task=meta["task"], strategy_list=list(strategies),
-                       reps=reps, out=str(out / "alloop"), budget=budget_of(meta), batch=BATCH, initial=INITIAL, seed=SEED)
+                       reps=reps, out=str(out / ("alloop" if model is None else f"alloop-{model}")), budget=budget_of(meta), batch=BATCH,
+                       initial=INITIAL, seed=SEED, model=None if model is None else {"kind": model})
 
 
 def run_anchor(name: str, meta: dict, method: str, reps: int, out: Path) -> None:
@@ -92,7 +100,7 @@ def run_anchor(name: str, meta: dict, method: str, reps: int, out: Path) -> None
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
 
 
-def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = True) -> None:
+def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = True, model: str | None = None) -> None:
     if anchors and not ANCHOR_PY.exists():
         sys.exit(f"no anchor environment at {ANCHOR_PY}: run benchmarks/anchors/setup.sh first (or pass --no-anchors)")
     for name in names:
@@ -102,7 +110,7 @@ def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = T
         t0 = time.perf_counter()
         if alloop and mode["alloop"][task]:
             print(f"{name} ({task}, {meta['n_pool']} pool rows): alloop {','.join(mode['alloop'][task])} ...", flush=True)
-            run_alloop(name, meta, mode["alloop"][task], mode["reps"], where)
+            run_alloop(name, meta, mode["alloop"][task], mode["reps"], where, model)
         for method in mode["anchors"][task] if anchors else ():
             print(f"  {name}: {method} ...", flush=True)
             run_anchor(name, meta, method, mode["reps"], where)
@@ -115,12 +123,14 @@ def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = T
 def curves(name: str, out: Path) -> pd.DataFrame:
     """Every finished curve of a dataset: method, model, rep, n_labels, metric (RMSE or error rate)."""
     frames = []
-    sim_csv = out / name / "alloop" / "curves.csv"
-    if sim_csv.exists():
-        df = pd.read_csv(sim_csv)
-        config = json.loads((out / name / "alloop" / "config.json").read_text())
+    for folder in sorted((out / name).glob("alloop*")):  # alloop/ (the default model), alloop-KIND/ (--model KIND)
+        if not (folder / "curves.csv").exists():
+            continue
+        df = pd.read_csv(folder / "curves.csv")
+        config = json.loads((folder / "config.json").read_text())
         model = config["settings"]["model"]["kind"] + (f" (s {config['settings']['s']})")
-        frames.append(pd.DataFrame({"method": df["strategy"], "model": f"alloop {model}", "rep": df["rep"], "n_labels": df["n_labels"],
+        suffix = "" if folder.name == "alloop" else "@" + folder.name.split("-", 1)[1]
+        frames.append(pd.DataFrame({"method": df["strategy"] + suffix, "model": f"alloop {model}", "rep": df["rep"], "n_labels": df["n_labels"],
                                     "metric": df["metric"]}))
     anchor_csv = out / name / "anchors.csv"
     if anchor_csv.exists():
@@ -145,7 +155,7 @@ def summarize(df: pd.DataFrame, budget: int) -> pd.DataFrame:
     areas = df.groupby(["method", "rep"]).apply(_area, include_groups=False).rename("area").reset_index()
     for method, g in df.groupby("method"):
         mine = areas[areas["method"] == method].set_index("rep")["area"]
-        ref = areas[areas["method"] == RANDOM_OF[family(method)]].set_index("rep")["area"]
+        ref = areas[areas["method"] == random_of(method)].set_index("rep")["area"]
         both = mine.index.intersection(ref.index)
         ratio = (mine.loc[both] / ref.loc[both]).to_numpy()
         row = {"method": method, "model": g["model"].iloc[0], "reps": int(g["rep"].nunique()),
@@ -297,6 +307,8 @@ def main() -> None:
     ap.add_argument("--no-anchors", action="store_true", help="run alloop only")
     ap.add_argument("--no-alloop", action="store_true", help="run the anchors only (e.g. beside an alloop-only run on the same --out)")
     ap.add_argument("--anchors", help="comma-separated anchor methods to run (default: the mode's)")
+    ap.add_argument("--model", help="alloop's model (e.g. auto; regression only), curves kept apart and reported as strategy@MODEL "
+                    "(default: what alloop init sets, linear)")
     ap.add_argument("--strategies", help="comma-separated alloop strategies to run (each on the tasks it applies to; default: the mode's)")
     ap.add_argument("--report", action="store_true", help="only rebuild the report from what has run")
     ap.add_argument("--doc", default=str(RESULTS), help="the page whose suite section is rewritten")
@@ -318,7 +330,7 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     if not args.report:
-        run(mode, names, out, anchors=not args.no_anchors, alloop=not args.no_alloop)
+        run(mode, names, out, anchors=not args.no_anchors, alloop=not args.no_alloop, model=args.model)
         print(f"suite ran in {time.perf_counter() - t0:.0f} s", flush=True)
     write_report(report(out, suite.names()), Path(args.doc))
     print(f"wrote {args.doc} and {PLOTS}/", flush=True)

@@ -90,7 +90,7 @@ def _user_config(base: rundir.Run, meta: dict, info: poolio.PoolInfo, pool_given
     """The base's config, anchored to its model: the user's pool, the base's s, its own trainer."""
     config = config_of(base)
     return config.replace(
-        tune=None, created=now(), s=float(meta["s"]), regularizer="inherited-anchor", trainer=trainer, test=None,
+        model=config.model.concrete(), tune=None, created=now(), s=float(meta["s"]), regularizer="inherited-anchor", trainer=trainer, test=None,
         pool=dataclasses.replace(config.pool, path=str(info.path), given=str(pool_given), targets_in_pool=tuple(info.targets), rows_at_init=info.n_rows),
         base={"run": str(base.path), "checkpoint_sha256": base.state["checkpoint_sha256"], "generation": base.generation,
               "s": float(meta["s"]), "target": meta.get("target"), "noise": meta.get("noise")},

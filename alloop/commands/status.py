@@ -32,7 +32,9 @@ def status(name: str, stop_rules: dict | None = None) -> dict:
         "run": str(run.path),
         "task": run.task,
         "classes": list(config.classes) if config.classes else None,
-        "model": config.model.kind,
+        "model": "auto" if config.model.is_auto else config.model.kind,
+        "model_now": config.model.concrete().label(),  # for --model auto: the model chosen at the last training
+        "model_choice": meta.get("model_choice"),  # why (auto runs): each candidate's CV loss, switched or kept
         "pool": config.pool.path,
         "pool_rows": config.pool.rows_at_init,
         "features": len(config.pool.features),

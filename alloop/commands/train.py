@@ -13,7 +13,7 @@ from alloop.io import atomic, rundir
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 from alloop.strategies.stream import check_devices
-from alloop.training import choose_s
+from alloop.training import choose_model, choose_s
 from alloop.training import fit as fitting
 
 
@@ -57,7 +57,11 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
     params = tangent = None
     if tree is not None and not fresh and resume is None:
         params, tangent = tree["params"], tree["tangent"]
-    config, choice = training_s(run, x, y, meta, progress if resume else None, params, tangent, s, folds, reporter)
+    config, choice, picked = training_s(run, x, y, meta, progress if resume else None, params, tangent, s, folds, reporter,
+                                        has_model=tree is not None)
+    if picked is not None and picked.switched:  # another model class: its parameters start from zero
+        params = tangent = None
+    model_state = {"model": config.model.concrete().to_json()} if config.model.is_auto else {}
     if devices > 1 and config.trainer != "sgdf":
         reporter.info(f"--devices applies to SGDF: the {config.trainer} trainer runs full-batch on one device")
     total = fitting.train_config(config, len(x), epochs=epochs).epochs
@@ -67,7 +71,8 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
         """Commit the training state every few epochs, so that a killed training resumes."""
         part = fitting.checkpoint_tree(state, state.params, state.tangent)
         info_ = {"n_labels": run.n_labels, "epochs_done": done, "epochs": epochs, "s": config.s}
-        box["run"] = rundir.commit(box["run"], checkpoint=(part, {"partial": True, **info_}), state={"training": info_, "labels_at_checkpoint": None})
+        box["run"] = rundir.commit(box["run"], checkpoint=(part, {"partial": True, **info_}),
+                                   state={"training": info_, "labels_at_checkpoint": None, **model_state})
 
     with reporter.progress(f"training on {len(x)} labels", total) as advance:
         if resume is not None:
@@ -87,12 +92,16 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
         "noise": [float(v) for v in np.ravel(result.noise)], "warnings": result.warnings, "figures": figures,
         "tangent_norm": sgdf.tree_norm(result.tangent), "target": result.target, "classes": run.config.get("classes"),
     }
+    if picked is not None:
+        meta["model_choice"] = picked.record()
     stop_meta, stop_record = stopset.stop_signals(run, info, config, result, choice, prev_meta, reporter)
     meta["stop"] = stop_meta
     tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
-    run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None})
+    run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None, **model_state})
     record = {"command": "train", "labels": run.n_labels, "round": run.round, "s": config.s, **figures,
               "seconds": round(result.seconds, 3), "warnings": result.warnings}
+    if picked is not None:
+        record["model_choice"] = picked.record()
     if stop_record:
         record["stop"] = stop_record
     if choice:
@@ -101,10 +110,12 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
     return run, record
 
 
-def training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: Reporter) -> tuple[RunConfig, choose_s.Choice | None]:
-    """The run's config with the numeric s to train with now, and how it was chosen (None for a given number).
+def training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: Reporter,
+               has_model: bool = False) -> tuple[RunConfig, choose_s.Choice | None, choose_model.ModelChoice | None]:
+    """The run's config with the numeric s (and, for ``--model auto``, the model) to train with now, how s was
+    chosen (None for a given number) and how the model was (None unless it was chosen now).
 
-    A resumed training keeps the s it started with; otherwise "auto" starts from the last s used.
+    A resumed training keeps the s and model it started with; otherwise "auto" starts from the last s used.
     """
     config = config_of(run)
     if s is not None:
@@ -114,13 +125,20 @@ def training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: R
             raise UserError("--folds must be at least 2")
         config = config.replace(tune={**(config.tune or {}), "folds": int(folds)})
     if progress and isinstance(progress.get("s"), (int, float)):
-        return config.with_s(progress["s"]), None
+        return config.with_s(progress["s"]), None, None
     if not choose_s.is_mode(config.s):
-        return config.with_s(config.s), None
+        if config.model.is_auto:
+            reporter.info(f"--model auto keeps {config.model.label()}: choosing the model needs s chosen by cross-validation (--s auto)")
+        return config.with_s(config.s), None, None
+    if config.model.is_auto:
+        with reporter.progress(f"choosing the model and s ({config.s}) on {len(x)} labels", None):
+            picked = choose_model.choose(config, x, y, current=config.model if has_model else None, s_prev=last_s(run, meta))
+        reporter.info(f"model: {picked.reason}; s = {picked.s:.4g}")
+        return config.replace(model=choose_model.marked(picked.model)).with_s(picked.s), picked.s_choice, picked
     with reporter.progress(f"choosing s ({config.s}) on {len(x)} labels", None):
         value, choice = choose_s.resolve_s(config, x, y, s_prev=last_s(run, meta), params=params, tangent=tangent)
     reporter.info(f"s = {value:.4g} ({choice.mode}: {choice.folds}-fold CV loss {choice.cv_loss:.4g}, {len(choice.evaluations)} evaluations)")
     if choice.stop == "bound":
         reporter.warn(f"the CV loss was still falling at the end of the search range (s = {choice.evaluations[-1].s:.3g}): these labels do not pin s down "
                       "(`alloop tune-s` shows the curve; give a number with --s to fix it)")
-    return config.with_s(value), choice
+    return config.with_s(value), choice, None

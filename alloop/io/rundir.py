@@ -215,13 +215,20 @@ def open_run(name_or_path: str) -> Run:
     return Run(path, path.name, effective_config(config, state), state)
 
 
-def effective_config(config: dict, state: dict) -> dict:
-    """config.json as init wrote it, with the class list from state.json once ``--add-class`` grew it.
+AUTO_START = {"kind": "linear", "curvature": "hessian", "damping": 0.0}  # an auto run's model before its first training
 
-    The class list lives in state.json after it grows so that it changes in the same commit as the
-    labels that need it.
+
+def effective_config(config: dict, state: dict) -> dict:
+    """config.json as init wrote it, with the class list from state.json once ``--add-class`` grew it, and
+    for ``--model auto`` the model chosen at the last training (marked ``"auto": true``).
+
+    Both live in state.json so that they change in the same commit as the labels or checkpoint that need them.
     """
-    return {**config, "classes": state["classes"]} if state.get("classes") else config
+    out = {**config, "classes": state["classes"]} if state.get("classes") else config
+    model = config.get("model") or {}
+    if model.get("kind") == "auto" or model.get("auto"):
+        out = {**out, "model": {**(state.get("model") or AUTO_START), "auto": True}}
+    return out
 
 
 def _read_json(path: Path, name: str) -> dict:

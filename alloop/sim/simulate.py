@@ -61,7 +61,7 @@ DEFAULT_STRATEGIES = {
 }
 PROTOCOL = 2  # 2: strategies run through strategies.select over the pool file, as `alloop query` runs them
 DEFAULT_REPS = 20  # 5 repetitions cannot separate the 1–3% differences measured in docs/results.md
-MODEL_KINDS = ("linear", "poly", "mlp")
+MODEL_KINDS = ("linear", "poly", "mlp", "auto")
 
 
 # --- data and settings --------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
         raise UserError(f"--initial ({settings.initial}) must be smaller than the pool ({n_pool} rows)")
     kind = settings.model.get("kind", "linear")
     if kind not in MODEL_KINDS:
-        raise UserError(f"unknown --model {kind!r}: choose linear, poly or mlp")
+        raise UserError(f"unknown --model {kind!r}: choose linear, poly, mlp or auto")
     if settings.task not in ("regression", "classification"):
         raise UserError(f"unknown --task {settings.task!r}: choose regression or classification")
     if isinstance(settings.s, str):
@@ -178,6 +178,9 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
                             "takes a number: choosing s by SGDF cross-validation every round is too slow to simulate)")
     elif not (np.isfinite(settings.s) and settings.s > 0):
         raise UserError(f"--s must be a positive number, got {settings.s}")
+    if kind == "auto" and (settings.task != "regression" or not isinstance(settings.s, str)):
+        raise UserError("--model auto chooses among linear and polynomial models by the cross-validated loss of --s auto: "
+                        "use it for regression with --s auto or loocv")
     unknown = [s for s in strategies_ if s not in strategies.REGISTRY and s not in strategies.ALIASES]
     if unknown:
         raise UserError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names(settings.task))}")
@@ -236,6 +239,8 @@ def config_for(data: SimData, settings: SimSettings) -> RunConfig:
 def make_learner(data: SimData, settings: SimSettings):
     """Closed-form ridge for linear/poly regression (what SGDF converges to), SGDF through the core otherwise."""
     config = config_for(data, settings)
+    if settings.task == "regression" and config.model.kind == "auto":
+        return ridge.AutoRidgeLearner(data, settings, config)
     if settings.task == "regression" and config.model.kind in ("linear", "poly"):
         return ridge.RidgeLearner(data, settings, config)
     return sim_sgdf.SGDFLearner(data, settings, config.with_s(config.s))

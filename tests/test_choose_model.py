@@ -1,0 +1,156 @@
+"""``--model auto``: the run chooses linear, poly 2 or poly 3 by the cross-validated loss of its own labels.
+
+Checked against the generating function (a linear target picks linear; a cubic one picks poly 3), the
+switching margin, the run's files (the checkpoint has the chosen model's shapes, verify agrees), a
+switch when new labels show curvature, and the user's mistakes (exit 2, one line, run unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from cli_helpers import invoke
+
+from alloop import config as config_mod
+from alloop.commands import common
+from alloop.config import PoolSpec, RunConfig
+from alloop.io import rundir
+from alloop.sim import ridge as sim_ridge
+from alloop.sim import simulate as sim
+from alloop.training import choose_model
+from alloop.training import fit as fitting
+
+FAST = ["--epochs", "1", "--min-steps", "300", "--lr", "0.05"]
+
+
+def _config(n_features: int, mean=0.0, std=1.0) -> RunConfig:
+    pool = PoolSpec("p.parquet", "p.parquet", "id", tuple(f"x{j}" for j in range(n_features)), "", 100)
+    return RunConfig(pool, {"mean": [mean] * n_features, "std": [std] * n_features}, fitting.model_spec("auto"), "regression", ("target",), s="auto")
+
+
+def _xy(f, n=60, d=2, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, (f(x) + noise * rng.normal(size=n))[:, None]
+
+
+def test_a_linear_target_picks_linear_and_a_cubic_one_poly_3():
+    x, y = _xy(lambda x: 2.0 * x[:, 0] - x[:, 1])
+    assert choose_model.choose(_config(2), x, y).model.label() == "linear"
+    x, y = _xy(lambda x: x[:, 0] ** 3 - 2.0 * x[:, 0] + x[:, 1])
+    picked = choose_model.choose(_config(2), x, y)
+    assert picked.model.label() == "poly 3"
+    assert picked.cv_loss["poly 3"] < 0.2 * picked.cv_loss["linear"]
+    assert not picked.switched and picked.previous is None
+
+
+def test_the_model_in_use_is_kept_unless_beaten_by_the_margin():
+    x, y = _xy(lambda x: x[:, 0] ** 3 - 2.0 * x[:, 0] + x[:, 1])
+    linear = fitting.model_spec("linear")
+    kept = choose_model.choose(_config(2), x, y, current=linear, margin=1e9)
+    assert kept.model.label() == "linear" and not kept.switched and "kept linear" in kept.reason
+    moved = choose_model.choose(_config(2), x, y, current=linear)
+    assert moved.model.label() == "poly 3" and moved.switched and moved.previous == "linear" and "switched from linear" in moved.reason
+
+
+def test_each_candidates_cv_loss_is_its_own_s_search():
+    x, y = _xy(lambda x: x[:, 0] ** 2 + x[:, 1], seed=3)
+    picked = choose_model.choose(_config(2), x, y)
+    for spec in choose_model.candidates():
+        _, alone = fitting_choose(spec, x, y)
+        assert picked.cv_loss[spec.label()] == pytest.approx(alone.cv_loss, rel=1e-9)
+
+
+def fitting_choose(spec, x, y):
+    from alloop.training import choose_s
+
+    return choose_s.resolve_s(_config(2).replace(model=spec), x, y)
+
+
+# --- a run ---------------------------------------------------------------------------------------
+
+
+def _cubic_pool(folder, n=400, seed=0):
+    """One feature; the target is x³: near x = 0 it looks linear, further out it does not."""
+    rng = np.random.default_rng(seed)
+    x = np.r_[rng.uniform(-0.3, 0.3, n // 2), rng.uniform(-2.0, 2.0, n // 2)]
+    y = x**3 + 0.5 * x + 0.01 * rng.normal(size=n)
+    pool = pd.DataFrame({"id": np.arange(n), "x": x, "target": y})
+    pool.drop(columns="target").to_parquet(folder / "pool.parquet", index=False)
+    return pool
+
+
+def _labels(pool, rows, path):
+    pool.iloc[rows][["id", "target"]].to_csv(path, index=False)
+    return str(path)
+
+
+def test_an_auto_run_switches_when_new_labels_show_curvature_and_its_files_follow(runs, tmp_path):
+    pool = _cubic_pool(tmp_path)
+    seed = _labels(pool, list(range(0, 12)), tmp_path / "seed.csv")  # all near 0: x³ is invisible under 0.5x
+    ok = lambda r: (r.code == 0) or pytest.fail(r.stderr)  # noqa: E731
+    ok(invoke(["init", "a", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, "--model", "auto", *FAST], runs))
+    ok(invoke(["train", "a"], runs))
+    st = json.loads(invoke(["status", "a", "--json"], runs).stdout)
+    assert (st["model"], st["model_now"]) == ("auto", "linear")
+    assert st["model_choice"]["previous"] is None
+    far = _labels(pool, list(range(200, 240)), tmp_path / "far.csv")  # x across [-2, 2]: the cubic shows
+    ok(invoke(["ingest", "a", far, "--allow-unqueried"], runs))
+    st = json.loads(invoke(["status", "a", "--json"], runs).stdout)
+    assert st["model_now"] == "poly 3" and st["model_choice"]["switched"] and st["model_choice"]["previous"] == "linear"
+    assert st["figures"]["train_loss"] < 0.05
+    run = rundir.open_run(str(runs / "a"))
+    assert run.state["model"]["kind"] == "poly" and run.state["model"]["degree"] == 3
+    assert json.loads((runs / "a" / "config.json").read_text())["model"]["kind"] == "auto"  # what the user chose stays
+    tree, meta = common.load_checkpoint(run)
+    assert np.asarray(tree["params"]["w"]).shape == (3, 1)  # x, x², x³ of the one feature: poly 3's parameters
+    assert meta["model_choice"]["model"] == "poly 3"
+    ok(invoke(["verify", "a"], runs))
+    q = invoke(["query", "a", "-k", "5", "--json", "--strategy", "sld"], runs)
+    ok(q)
+    assert json.loads(q.stdout)["strategy"] == "sld"  # the chosen model's tangent scores the pool
+    text = invoke(["status", "a"], runs).stdout
+    assert "model now" in text and "poly 3" in text and "switched from linear" in text
+
+
+@pytest.mark.parametrize("extra,why", [
+    (["--task", "classification"], "--model auto"),
+    (["--s", "1"], "--s auto"),
+])
+def test_auto_where_it_cannot_choose_is_one_line_and_exit_2(runs, tmp_path, extra, why):
+    pool = _cubic_pool(tmp_path)
+    seed = _labels(pool, [0, 1, 2], tmp_path / "seed.csv")
+    res = invoke(["init", "b", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, "--model", "auto", *extra], runs)
+    assert res.code == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (runs / "b").exists()
+
+
+def test_simulate_replays_the_runs_choice_each_round(tmp_path):
+    pool = _cubic_pool(tmp_path, n=300, seed=1)
+    full = pd.DataFrame({"id": pool["id"], "x": pool["x"], "target": pool["target"]})
+    full.to_parquet(tmp_path / "pool_t.parquet", index=False)
+    full.iloc[:60].drop(columns="id").to_parquet(tmp_path / "test_t.parquet", index=False)
+    settings = sim.SimSettings(initial=10, budget=40, batch=10, seed=0, model={"kind": "auto"}, s="auto")
+    data = sim.load_data(str(tmp_path / "pool_t.parquet"), str(tmp_path / "test_t.parquet"))
+    learner = sim.make_learner(data, settings)
+    assert isinstance(learner, sim_ridge.AutoRidgeLearner)
+    rows = sim.run_curve(learner, settings, "random", 0)
+    assert [r["n_labels"] for r in rows] == [10, 20, 30, 40] and all(np.isfinite(r["metric"]) for r in rows)
+    labeled = sim.initial_rows(settings, 0, len(data.y_pool))
+    state = learner.fit(labeled, None)
+    direct = choose_model.choose(learner.auto_config, data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None])
+    assert state[3] == direct.model.label() and state[1] == pytest.approx(direct.s)
+    assert learner.config.model.label() == direct.model.label()  # what rounds and stop signals are built from
+
+
+def test_simulate_refuses_auto_without_chosen_s(tmp_path):
+    res = invoke(["simulate", "--dataset", "diabetes", "--model", "auto", "--s", "1", "--reps", "1", "--out", str(tmp_path / "o")], tmp_path)
+    assert res.code == 2 and "--model auto" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_candidates_are_the_configs():
+    assert [c.label() for c in choose_model.candidates()] == ["linear", "poly 2", "poly 3"]
+    assert len(config_mod.AUTO_CANDIDATES) == 3
