@@ -77,7 +77,7 @@ def bad_pools(tmp_path, alloop_data):
     (["--pool", "{pool}", "--s", "nan"], ["--s must be a positive number"]),
     (["--pool", "{pool}", "--s", "inf"], ["--s must be a positive number"]),
     (["--pool", "{pool}", "--s", "abc"], ["--s"]),
-    (["--pool", "{pool}", "--model", "forest"], ["unknown --model 'forest'", "linear, poly or mlp"]),
+    (["--pool", "{pool}", "--model", "forest"], ["unknown --model 'forest'", "linear, poly, mlp or auto"]),
     (["--pool", "{pool}", "--min-steps", "-1"], ["--min-steps must be 0 or more"]),
     (["--pool", "{pool}", "--model", "mlp", "--hidden", "a,b"], ["--hidden takes comma-separated integers", "--hidden 64,64"]),
     (["--pool", "{pool}", "--model", "mlp", "--hidden", "8,0"], ["--hidden sizes must be at least 1"]),
