@@ -4,6 +4,8 @@ suite of real datasets (``benchmarks/suite``), in one protocol.
     python benchmarks/al_suite.py --quick     # alloop's strategies, 3 repetitions (what later work iterates against)
     python benchmarks/al_suite.py             # the full suite: 20 repetitions, every strategy and anchor (hours)
     python benchmarks/al_suite.py --report    # only rebuild docs/results.md's suite section and plots from what has run
+    python benchmarks/al_suite.py --quick --task regression --no-anchors --strategies herding,sld,random --reps 10
+    python benchmarks/al_suite.py --quick --task regression --no-anchors --model auto   # curves as herding@auto, random@auto
 
 Protocol (the same for alloop and the anchors): repetition r starts from the pool rows
 ``default_rng([seed, r]).choice(n_pool, 10)`` (``benchmarks/anchors/protocol.py``, ``alloop simulate``'s
@@ -224,10 +226,12 @@ def report(out: Path, names: list[str], seconds: dict | None = None) -> str:
                          f"| {int(g['wins'].sum())}–{int(g['losses'].sum())} |")
         from alloop import strategies
 
-        for anchor in ("bmdal-lcmd-tp", "skal-margin"):
-            line = head_to_head(t, strategies.default_for(task), anchor)
-            if line:
-                lines += ["", "Absolute error: " + line]
+        default = strategies.default_for(task)
+        for ours in [default, *sorted(m for m in t["method"].unique() if m.startswith(default + "@"))]:  # the default on other models too
+            for anchor in ("bmdal-lcmd-tp", "skal-margin"):
+                line = head_to_head(t, ours, anchor)
+                if line:
+                    lines += ["", "Absolute error: " + line]
         lines += stop_table(list(t["dataset"].unique()), out, task)
         lines.append("")
         for name in t["dataset"].unique():
@@ -256,7 +260,8 @@ def head_to_head(t: pd.DataFrame, ours: str, theirs: str) -> str | None:
         wins = sum(float(t[(t.dataset == d) & (t.method == ours)][f"at{k}"].iloc[0]) < float(t[(t.dataset == d) & (t.method == theirs)][f"at{k}"].iloc[0])
                    for d in both)
         parts.append(f"{wins} of {len(both)} at {k} labels")
-    return f"`{ours}` (alloop's default, its model) has a lower mean test error than `{theirs}` (its own model) on " + ", ".join(parts) + "."
+    what = "alloop's default, its model" if "@" not in ours else f"alloop's default on --model {ours.split('@', 1)[1]}"
+    return f"`{ours}` ({what}) has a lower mean test error than `{theirs}` (its own model) on " + ", ".join(parts) + "."
 
 
 def stop_table(names: list[str], out: Path, task: str) -> list[str]:
