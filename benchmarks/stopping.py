@@ -3,7 +3,7 @@
     python benchmarks/stopping.py              # simulate (resumable), choose thresholds, print the tables
     python benchmarks/stopping.py --doc        # and rewrite docs/results.md's stopping section
 
-For every bundled dataset, ``alloop simulate`` runs the live default strategy (``sld`` for regression,
+For every bundled dataset, ``alloop simulate`` runs the live default strategy (``herding`` for regression,
 ``margin`` for classification) and ``random`` from 10 random labels in batches of 10 up to 200 labels
 (or three quarters of a smaller pool), ``--reps`` repetitions; each round records the stopping signals a
 run records (``alloop/sim/simulate.py``). Each rule is then replayed over those signals for a grid of

@@ -433,18 +433,18 @@ def test_the_stop_report_replays_each_rule_over_every_repetition():
     # rep 1: never two calm rounds in a row -> runs to the budget, nothing saved or given up.
     rows = _signal_rows("sld", [[5, 3, 2.5, 2.2, 2.0], [6, 4, 3, 2.5, 2.5]],
                         [[None, 0.2, 0.005, 0.004, 0.001], [None, 0.005, 0.3, 0.002, 0.5]])
-    st = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.01))["stopping"]
+    st = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2))["stopping"]
     f = st["strategies"]["sld"]["stable_predictions"]
     assert (f["reps"], f["stopped"]) == (2, 1)
     assert f["labels"] == pytest.approx((40 + 50) / 2) and f["labels_saved"] == pytest.approx((10 + 0) / 2)
     assert f["error_given_up"] == pytest.approx((0.1 + 0.0) / 2) and f["error_given_up_max"] == pytest.approx(0.1)
     assert st["primary"] == "stable_predictions" and st["thresholds"]["change_threshold"] == 0.01
     # other thresholds are replayed from the same rows: a looser one stops both repetitions at n=30
-    loose = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.4))["stopping"]
+    loose = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.4, change_rounds=2))["stopping"]
     g = loose["strategies"]["sld"]["stable_predictions"]
     assert g["stopped"] == 2 and g["labels"] == pytest.approx((30 + 30) / 2)  # rep 0: 0.2, 0.005; rep 1: 0.005, 0.3
     assert "| sld | stable_predictions | 1/2 | 45 | 5 | +5.0%, +10.0% |" in sim_summary.markdown(
-        sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.01)))
+        sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2)))
     # curves without signals (written before they were recorded) give no stop report, not a wrong one
     bare = [{k: v for k, v in r.items() if k in sim.CURVE_COLUMNS} for r in rows]
     assert sim_summary.summarize(bare, ["sld"], TINY, "hand")["stopping"]["strategies"] == {}

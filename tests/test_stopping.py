@@ -94,7 +94,7 @@ def test_cv_plateau_and_sld_fall():
 
 def test_precomputed_signals_are_used_as_given():
     hist = [{"labels": 10, "change": None}, {"labels": 20, "change": 0.001}, {"labels": 30, "change": 0.002}]
-    assert stop_rounds(hist, "regression")["stable_predictions"] == 2
+    assert stop_rounds(hist, "regression", StopRules(change_rounds=2))["stable_predictions"] == 2
     assert stop_rounds(hist, "regression", StopRules(change_rounds=3))["stable_predictions"] is None
 
 

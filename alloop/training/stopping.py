@@ -45,8 +45,8 @@ class StopRules:
     bundled datasets (most labels saved with ≤ 2% test error given up, ≤ 0.5 points for classification, docs/results.md);
     for ``cv_plateau`` and ``sld_fall`` no value tried met that tolerance, so they are evidence, not the decision."""
 
-    change_threshold: float = 0.03
-    change_rounds: int = 2
+    change_threshold: float = 0.05
+    change_rounds: int = 3
     kappa_threshold: float = 0.99
     kappa_window: int = 1
     cv_tolerance: float = 0.01
