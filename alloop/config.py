@@ -96,6 +96,10 @@ class ModelSpec:
         """This model without the auto mark (what a run inheriting it trains)."""
         return dataclasses.replace(self, extra={k: v for k, v in self.extra.items() if k != AUTO})
 
+    def auto_marked(self) -> ModelSpec:
+        """This model as an auto run's effective config carries it (the inverse of ``concrete``)."""
+        return dataclasses.replace(self, extra={**dict(self.extra), AUTO: True})
+
     def label(self) -> str:
         """"linear", "poly 2", "mlp 64,64": how status and the history name a model."""
         if self.kind == "poly":

@@ -134,7 +134,7 @@ def training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: R
         with reporter.progress(f"choosing the model and s ({config.s}) on {len(x)} labels", None):
             picked = choose_model.choose(config, x, y, current=config.model if has_model else None, s_prev=last_s(run, meta))
         reporter.info(f"model: {picked.reason}; s = {picked.s:.4g}")
-        return config.replace(model=choose_model.marked(picked.model)).with_s(picked.s), picked.s_choice, picked
+        return config.replace(model=picked.model.auto_marked()).with_s(picked.s), picked.s_choice, picked
     with reporter.progress(f"choosing s ({config.s}) on {len(x)} labels", None):
         value, choice = choose_s.resolve_s(config, x, y, s_prev=last_s(run, meta), params=params, tangent=tangent)
     reporter.info(f"s = {value:.4g} ({choice.mode}: {choice.folds}-fold CV loss {choice.cv_loss:.4g}, {len(choice.evaluations)} evaluations)")

@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from alloop.config import AUTO, AUTO_CANDIDATES, ModelSpec
 from alloop.errors import UserError
 from alloop.io.atomic import encode_json, encode_table, sha256_bytes, sha256_file, to_json_value, write_bytes_atomic, write_json_atomic
 from alloop.io.checkpoint import decode_meta, decode_tree, encode_tree
@@ -215,9 +216,6 @@ def open_run(name_or_path: str) -> Run:
     return Run(path, path.name, effective_config(config, state), state)
 
 
-AUTO_START = {"kind": "linear", "curvature": "hessian", "damping": 0.0}  # an auto run's model before its first training
-
-
 def effective_config(config: dict, state: dict) -> dict:
     """config.json as init wrote it, with the class list from state.json once ``--add-class`` grew it, and
     for ``--model auto`` the model chosen at the last training (marked ``"auto": true``).
@@ -225,9 +223,8 @@ def effective_config(config: dict, state: dict) -> dict:
     Both live in state.json so that they change in the same commit as the labels or checkpoint that need them.
     """
     out = {**config, "classes": state["classes"]} if state.get("classes") else config
-    model = config.get("model") or {}
-    if model.get("kind") == "auto" or model.get("auto"):
-        out = {**out, "model": {**(state.get("model") or AUTO_START), "auto": True}}
+    if ModelSpec.from_json(config.get("model") or {}).is_auto:  # before the first training: the first candidate
+        out = {**out, "model": {**(state.get("model") or AUTO_CANDIDATES[0]), AUTO: True}}
     return out
 
 

@@ -177,23 +177,22 @@ class AutoRidgeLearner:
         self.learners = {}
         for spec in choose_model.candidates():
             sub_settings = dataclasses.replace(settings, model=spec.to_json())
-            self.learners[spec.label()] = RidgeLearner(data, sub_settings, config.replace(model=choose_model.marked(spec)))
-        self.current: str | None = None  # the model in use (None before the first fit of a curve)
+            self.learners[spec.label()] = RidgeLearner(data, sub_settings, config.replace(model=spec.auto_marked()))
+        self.current = next(iter(self.learners))  # the model in use: the first candidate until a fit chooses
         self._s = None
         self.cv_loss = None
-        self.choice = None  # the last ModelChoice
 
     @property
     def config(self):
-        return self.learners[self.current or choose_model.candidates()[0].label()].config
+        return self.learners[self.current].config
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):
         first = len(labeled) <= self.settings.initial  # a new curve: nothing in use yet
-        current = None if first or self.current is None else self.learners[self.current].config.model
+        current = None if first else self.learners[self.current].config.model
         y = self.data.y_pool[labeled]
         picked = choose_model.choose(self.auto_config, self.data.x_pool[labeled].astype(np.float32), y[:, None],
                                      current=current, s_prev=None if first else self._s)
-        self.current, self._s, self.cv_loss, self.choice = picked.model.label(), picked.s, picked.s_choice.cv_loss, picked
+        self.current, self._s, self.cv_loss = picked.model.label(), picked.s, picked.s_choice.cv_loss
         learner = self.learners[self.current]
         return fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w), picked.s, labeled, self.current
 

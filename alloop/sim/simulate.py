@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from alloop import strategies
-from alloop.config import PoolSpec, RunConfig, default_s, parse_s
+from alloop.config import MODEL_KINDS, PoolSpec, RunConfig, default_s, parse_s
 from alloop.core import sgdf
 from alloop.errors import UserError
 from alloop.io import atomic, datasets, rundir, tables
@@ -61,7 +61,6 @@ DEFAULT_STRATEGIES = {
 }
 PROTOCOL = 2  # 2: strategies run through strategies.select over the pool file, as `alloop query` runs them
 DEFAULT_REPS = 20  # 5 repetitions cannot separate the 1–3% differences measured in docs/results.md
-MODEL_KINDS = ("linear", "poly", "mlp", "auto")
 
 
 # --- data and settings --------------------------------------------------------------------------

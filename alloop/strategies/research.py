@@ -36,7 +36,7 @@ from alloop.strategies.builtin import labeled_z, uniform_sample
 
 POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
 MAX_FEATURE_FLOATS = 20_000_000  # a(x) of the kept rows stays below this many floats (160 MB): fewer candidates for big models
-VR_FLOPS = 4_000_000_000  # vr: candidates × parameters² per pick stays below this (a few seconds per pick on a CPU core)
+VR_FLOPS = 4_000_000_000  # vr: candidates × parameters² (its one product A·H⁻¹·C) stays below this (a few seconds on a CPU core)
 
 
 class View(NamedTuple):
@@ -157,7 +157,7 @@ def variance_gain(a: np.ndarray, hinv: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def vr_keep(rnd: Round, k: int):
-    """``sample_keep``, with fewer candidates when n·p² per pick would pass VR_FLOPS (wide models)."""
+    """``sample_keep``, with fewer candidates when n·p² (its one A·H⁻¹·C) would pass VR_FLOPS (wide models)."""
     score, n = sample_keep(rnd, k)
     return score, max(4 * k, min(n, VR_FLOPS // max(rnd.model.n_params, 1) ** 2))
 
@@ -165,22 +165,26 @@ def vr_keep(rnd: Round, k: int):
 def vr_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Expected variance reduction over the pool (Cohn, Ghahramani & Jordan 1996; EMVR's criterion), exact for
     a model linear in θ: one row at a time, the one that lowers the kept rows' mean predictive variance the
-    most, then H⁻¹ is updated as if it were labeled (rank-one). The kept rows are a uniform sample of the pool."""
+    most, then H⁻¹ is updated as if it were labeled (rank-one). The kept rows are a uniform sample of the pool.
+
+    ``variance_gain`` once, then per pick only rank-one updates: with G = AH⁻¹, the pick j (g = G_j, d its
+    denominator) turns G into G − (Ag) gᵀ / d and GC into GC − (Ag)(Cg)ᵀ / d, O(np) instead of O(np²)."""
     m = rnd.model
     a, hinv = m.gradient_features(kept.x), m.curvature_inverse(rnd.labeled_x)
     c = a.T @ a / max(len(a), 1)
+    g = a @ hinv
+    gc = g @ c
     chosen, at = [], []
-    rest = np.ones(len(a), bool)
     for _ in range(min(k, len(a))):
-        idx = np.flatnonzero(rest)
-        gain = variance_gain(a[idx], hinv, c)
-        best = top(gain, 1, kept.ids[idx])[0]
-        j = int(idx[best])
+        den = 1.0 + np.sum(g * a, axis=1)
+        gain = np.sum(gc * g, axis=1) / den
+        gain[chosen] = -np.inf
+        j = int(top(gain, 1, kept.ids)[0])
         chosen.append(j)
-        at.append(gain[best])
-        rest[j] = False
-        g = hinv @ a[j]
-        hinv = hinv - np.outer(g, g) / (1.0 + a[j] @ g)
+        at.append(gain[j])
+        gj, cgj, t = g[j].copy(), gc[j].copy(), a @ g[j]
+        g -= np.outer(t, gj) / den[j]
+        gc -= np.outer(t, cgj) / den[j]
     return deterministic(chosen, at)
 
 

@@ -11,12 +11,11 @@ does not flap on noise. No files here: the caller passes arrays and stores the c
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import numpy as np
 
-from alloop.config import AUTO, AUTO_CANDIDATES, ModelSpec, RunConfig, as_config
+from alloop.config import AUTO_CANDIDATES, ModelSpec, RunConfig, as_config
 from alloop.training import choose_s
 from alloop.training import fit as fitting
 
@@ -65,11 +64,6 @@ def choose(config: RunConfig, x, y, *, current: ModelSpec | None = None, s_prev:
         reason = f"switched from {now} to {best[0].label()}: CV loss {best[2].cv_loss:.4g} against {kept[2].cv_loss:.4g}"
     spec, value, choice = best
     return ModelChoice(spec, float(value), choice, losses, now, reason)
-
-
-def marked(spec: ModelSpec) -> ModelSpec:
-    """``spec`` as an auto run's config carries it."""
-    return dataclasses.replace(spec, extra={**dict(spec.extra), AUTO: True})
 
 
 def _listed(losses: dict) -> str:
