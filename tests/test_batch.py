@@ -106,3 +106,49 @@ def test_herding_weights_tilt_the_target_and_uniform_weights_change_nothing():
     w = np.where(np.arange(1000) >= 800, 0.5 / 200, 0.5 / 800)
     tilted = herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000, weights=w)
     assert np.sum(plain >= 800) <= 3 and 4 <= np.sum(tilted >= 800) <= 6
+
+
+# --- LCMD: the largest cluster's most distant point -------------------------------------------------
+
+
+def _lcmd_by_hand(e, labeled, k, w):
+    """LCMD spelled out with loops: clusters of nearest centers, sizes Σ w d², the biggest one's farthest row."""
+    centers, chosen = [tuple(c) for c in labeled], []
+    for _ in range(k):
+        best = {}
+        for i, x in enumerate(e):
+            if i in chosen:
+                continue
+            d2 = [float(np.sum((x - np.asarray(c)) ** 2)) for c in centers]
+            c = int(np.argmin(d2))
+            best.setdefault(c, []).append((w[i] * d2[c], i))
+        size = {c: sum(v for v, _ in rows) for c, rows in best.items()}
+        top = max(size, key=size.get)
+        j = max(best[top])[1]
+        chosen.append(j)
+        centers.append(tuple(e[j]))
+    return chosen
+
+
+def test_lcmd_picks_the_largest_clusters_most_distant_row_as_spelled_out():
+    from alloop.core.diversity import lcmd
+
+    rng = np.random.default_rng(4)
+    e, labeled = rng.normal(size=(120, 3)), rng.normal(size=(6, 3))
+    for w in (np.ones(120), rng.random(120) ** 2):
+        picks, at = lcmd(e, labeled, 8, w)
+        assert picks.tolist() == _lcmd_by_hand(e, labeled, 8, w)
+        assert np.all(at > 0)
+
+
+def test_lcmd_weights_steer_it_and_zero_weights_are_never_taken():
+    from alloop.core.diversity import lcmd
+
+    rng = np.random.default_rng(5)
+    e = np.r_[rng.normal(0, 1, size=(100, 2)), rng.normal(0, 1, size=(100, 2)) + [6.0, 0.0]]
+    labeled = np.array([[0.0, 0.0], [6.0, 0.0]])
+    w = np.r_[np.zeros(100), np.ones(100)]
+    picks, _ = lcmd(e, labeled, 10, w)
+    assert np.all(picks >= 100)  # only the weighted half, although both clusters are as wide
+    plain, _ = lcmd(e, labeled, 10)
+    assert np.any(plain < 100) and np.any(plain >= 100)  # unweighted, it spreads over both

@@ -488,3 +488,85 @@ def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, mo
     assert calls == [] and summary["strategies"]["random"]["final"] == pytest.approx(old["metric"].iloc[-1])
     again = curves(tmp_path)
     assert list(again.columns) == list(sim.CURVE_COLUMNS + sim.SIGNAL_COLUMNS) and again["change"].isna().all()
+
+
+# --- diversity in the model's own space, and the uniform share ----------------------------------------
+
+
+def _kept_unlabeled(data, idx):
+    rest = np.setdiff1d(np.arange(len(data.x_pool)), idx)
+    return strategies.stream.Kept(np.zeros(len(rest)), data.ids[rest], data.x_pool[rest].astype(np.float32))
+
+
+def test_the_model_space_of_a_linear_model_is_its_inputs_so_herding_grad_is_herding(tiny):
+    """a(x) = [1, z] for a linear model: the same distances as the standardized inputs, hence the same picks."""
+    _, idx, rnd = _fitted(tiny, model={"kind": "linear"})
+    kept = _kept_unlabeled(tiny, idx)
+    e, e_lab = research.model_space(kept, rnd)
+    np.testing.assert_allclose(e[:, 1:], rnd.z(kept.x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(e_lab[:, 1:], rnd.z(rnd.labeled_x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(research.herding_grad_pick(kept, rnd, 6).idx, research.herding_pick(kept, rnd, 6).idx)
+
+
+def test_the_model_space_of_an_mlp_is_a_sketch_that_keeps_its_gradient_distances(tiny):
+    settings = sim.SimSettings(initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [48, 48], "steps": 100})
+    learner = sim.make_learner(tiny, settings)
+    labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
+    rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
+    kept = _kept_unlabeled(tiny, labeled)
+    assert rnd.model.n_params > research.SKETCH_DIMS
+    e, _ = research.model_space(kept, rnd)
+    a = rnd.model.gradient_features(kept.x)
+    assert e.shape == (len(kept.ids), research.SKETCH_DIMS)
+    full, sketch = np.linalg.norm(a[:40, None] - a[None, :40], axis=-1), np.linalg.norm(e[:40, None] - e[None, :40], axis=-1)
+    off = ~np.eye(40, dtype=bool)
+    ratio = sketch[off] / full[off]
+    assert 0.8 < np.median(ratio) < 1.2 and np.all((ratio > 0.6) & (ratio < 1.4))  # Johnson–Lindenstrauss at 256 dimensions
+    assert not np.allclose(e[:, 1:4] / np.linalg.norm(e[:, 1:4]), rnd.z(kept.x) / np.linalg.norm(rnd.z(kept.x)))
+
+
+def test_sld_lcmd_is_lcmd_on_the_gradients_weighted_by_capped_sld(tiny):
+    from alloop.core import diversity
+
+    _, idx, rnd = _fitted(tiny)
+    kept = _kept_unlabeled(tiny, idx)
+    e, e_lab = research.model_space(kept, rnd)
+    w = research.capped_sld(kept, rnd)
+    assert np.sum(w == w.max()) >= 0.1 * len(w) - 1  # capped at the 90% quantile
+    np.testing.assert_array_equal(research.lcmd_pick_with(research.capped_sld)(kept, rnd, 5).idx, diversity.lcmd(e, e_lab, 5, w)[0])
+    np.testing.assert_array_equal(research.lcmd_pick_with(None)(kept, rnd, 5).idx, diversity.lcmd(e, e_lab, 5)[0])
+
+
+def test_the_uniform_share_of_sld_mix_is_uniform_over_the_unlabeled_rows(tiny):
+    """Over many rounds' seeds every unlabeled row is as likely to be in the uniform share (chi-square),
+    the share is ⌈0.3 k⌉ rows, and the rest is sld's pick among the other rows, given the share as labeled."""
+    _, idx, rnd = _fitted(tiny)
+    unlabeled = np.setdiff1d(tiny.ids, tiny.ids[idx])
+    mix = strategies.get("sld-mix")
+    counts = {i: 0 for i in unlabeled.tolist()}
+    k, share, runs = 7, int(np.ceil(research.MIX_SHARE * 7)), 300
+    for seed in range(runs):
+        sel = strategies.select(mix, tiny.open_pool(), rnd._replace(seed=seed), tiny.ids[idx], k)
+        assert len(set(sel.ids.tolist())) == k and not set(sel.ids.tolist()) & set(tiny.ids[idx].tolist())
+        assert np.all(np.isnan(sel.scores[:share])) and np.all(np.isfinite(sel.scores[share:]))
+        for i in sel.ids[:share]:
+            counts[int(i)] += 1
+    observed = np.asarray(list(counts.values()), np.float64)
+    expected = runs * share / len(unlabeled)
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    dof = len(unlabeled) - 1
+    assert chi2 < dof + 4 * np.sqrt(2 * dof)  # a uniform draw passes; a draw tilted toward SLD or leverage does not
+
+
+def test_sld_mix_fills_the_rest_with_sld_seeing_the_uniform_rows_as_labeled(tiny):
+    from alloop.strategies.builtin import sld_pick
+
+    _, idx, rnd = _fitted(tiny)
+    kept = _kept_unlabeled(tiny, idx)
+    kept = kept._replace(scores=np.random.default_rng(0).random(len(kept.ids)))
+    pick = research.mix_pick_with(sld_pick)(kept, rnd, 7)
+    share = int(np.ceil(research.MIX_SHARE * 7))
+    np.testing.assert_array_equal(pick.idx[:share], np.arange(share))
+    rest = strategies.stream.Kept(kept.scores[share:], kept.ids[share:], kept.x[share:])
+    seen = rnd._replace(labeled_x=np.r_[rnd.labeled_x, kept.x[:share]], labeled_y=np.r_[rnd.labeled_y, np.full((share, 1), np.nan)])
+    np.testing.assert_array_equal(pick.idx[share:], share + sld_pick(rest, seen, 7 - share).idx)

@@ -110,3 +110,50 @@ def herding(z: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generat
         near += rbf(z, z[j : j + 1], h)[:, 0]
         m += 1
     return np.asarray(chosen, np.int64)
+
+
+# --- LCMD: the largest cluster's most distant point ---------------------------------------------------
+
+
+def lcmd(e: np.ndarray, e_labeled: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Largest-cluster-maximum-distance selection (Holzmüller et al. 2023, LCMD), optionally weighted.
+
+    Every row belongs to its nearest center (the labeled rows and those chosen so far). A cluster's size is
+    Σ w(x) d(x)² over its rows, d the distance to the center; each pick is the row with the largest
+    w(x) d(x)² in the largest cluster, which then becomes a center. With w = 1 this is LCMD as published;
+    SLD weights make it favour clusters whose rows the model is most sensitive to. While nothing is labeled
+    the first pick is the row of largest w(x)·|x − mean|². Returns (indices in the order chosen, w·d² of each).
+    """
+    n = len(e)
+    w = np.ones(n) if weights is None else np.maximum(np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0), 0.0)
+    if n and not np.any(w > 0):
+        w = np.ones(n)
+    if len(e_labeled):
+        d2, near = _nearest(e, e_labeled)
+    else:
+        d2, near = np.sum((e - e.mean(axis=0)) ** 2, axis=1), np.full(n, -1)
+    chosen, at = [], []
+    for c in range(min(k, n)):
+        size = w * d2
+        size[chosen] = -np.inf
+        groups, where = np.unique(near, return_inverse=True)
+        total = np.bincount(where, weights=np.maximum(size, 0.0), minlength=len(groups))
+        biggest = groups[int(np.argmax(total))]
+        j = int(np.argmax(np.where(near == biggest, size, -np.inf)))
+        chosen.append(j)
+        at.append(float(size[j]))
+        dj = sq_distances(e, e[j : j + 1])[:, 0]
+        closer = dj < d2
+        d2, near = np.where(closer, dj, d2), np.where(closer, n + c, near)  # new centers get ids past every labeled one
+        d2[j], near[j] = 0.0, n + c
+    return np.asarray(chosen, np.int64), np.asarray(at)
+
+
+def _nearest(e: np.ndarray, to: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance from each row of ``e`` to its nearest row of ``to``, and which row that is."""
+    d2, near = [], []
+    for i in range(0, len(e), chunk):
+        block = sq_distances(e[i : i + chunk], to)
+        near.append(np.argmin(block, axis=1))
+        d2.append(block[np.arange(len(block)), near[-1]])
+    return (np.concatenate(d2), np.concatenate(near)) if d2 else (np.zeros(0), np.zeros(0, np.int64))

@@ -20,6 +20,11 @@ by how much it would lower the pool-averaged predictive variance σ² tr(H⁻¹C
 Batch diversity without a model of the batch: ``sld-kpp`` draws rows one at a time with probability
 ∝ SLD · D², D the distance to the labeled and already drawn rows (k-means++ seeding weighted by SLD, as
 BADGE does with gradient norms); ``sld`` (builtin) caps SLD first.
+
+Diversity in the model's own space (its gradient features a(x), sketched when wide): ``lcmd`` (the
+largest cluster's most distant row, Holzmüller et al. 2023), ``sld-lcmd`` (the same, weighted by capped
+SLD) and ``herding-grad``. For a linear model that space is the standardized inputs; for an MLP it is
+where the fitted network is sensitive. ``sld-mix`` guards ``sld`` with a uniform share of each batch.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from alloop.core import diversity
 from alloop.core.diversity import sq_distances
 from alloop.strategies import stream
 from alloop.strategies.base import Pick, Round, Strategy, deterministic
-from alloop.strategies.builtin import labeled_z, uniform_sample
+from alloop.strategies.builtin import labeled_z, sld_pick, uniform_sample
 
 POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
 MAX_FEATURE_FLOATS = 20_000_000  # a(x) of the kept rows stays below this many floats (160 MB): fewer candidates for big models
@@ -249,11 +254,77 @@ def herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Kernel herding toward the pool tilted by SLD: half the target mass uniform, half ∝ SLD capped at its 90% quantile."""
     z = rnd.z(kept.x)
-    sld = np.nan_to_num(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices), nan=0.0, posinf=0.0, neginf=0.0)
-    sld = np.minimum(np.maximum(sld, 0.0), np.quantile(sld, diversity.CLIP_QUANTILE)) if len(sld) else sld
+    sld = capped_sld(kept, rnd)
     w = 0.5 / max(len(sld), 1) + (0.5 * sld / sld.sum() if sld.sum() > 0 else 0.5 / max(len(sld), 1))
     idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed), weights=w)
     return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+
+
+# --- diversity in the model's own space ----------------------------------------------------------------
+
+SKETCH_DIMS = 256  # gradient features wider than this are sketched (a Gaussian random projection keeps distances)
+
+
+def model_space(kept: stream.Kept, rnd: Round) -> tuple[np.ndarray, np.ndarray]:
+    """The kept and the labeled rows in the model's own space: its gradient features a(x) = ∂F/∂θ, sketched
+    to SKETCH_DIMS when wider (as LCMD and BADGE do). For a model linear in θ this is its design row
+    (standardized inputs for ``linear``); for an MLP, where the fitted network is sensitive."""
+    m = rnd.model
+    a = m.gradient_features(kept.x)
+    a_lab = m.gradient_features(rnd.labeled_x) if len(rnd.labeled_x) else np.zeros((0, a.shape[1]))
+    if a.shape[1] > SKETCH_DIMS:
+        proj = np.random.default_rng([rnd.seed, 7]).normal(size=(a.shape[1], SKETCH_DIMS)) / np.sqrt(SKETCH_DIMS)
+        a, a_lab = a @ proj, a_lab @ proj
+    return a, a_lab
+
+
+def capped_sld(kept: stream.Kept, rnd: Round) -> np.ndarray:
+    """SLD of the kept rows, capped at its CLIP_QUANTILE quantile as ``sld`` does (outliers do not dominate)."""
+    sld = np.nan_to_num(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.minimum(np.maximum(sld, 0.0), np.quantile(sld, diversity.CLIP_QUANTILE)) if len(sld) else sld
+
+
+def lcmd_pick_with(weights_of):
+    """LCMD (``core.diversity.lcmd``) over the kept rows in the model's gradient space, rows weighted by ``weights_of``."""
+    def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+        e, e_lab = model_space(kept, rnd)
+        idx, at = diversity.lcmd(e, e_lab, k, None if weights_of is None else weights_of(kept, rnd))
+        return deterministic(idx, at)
+
+    return pick
+
+
+def herding_grad_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """Kernel herding (``herding``) in the model's gradient space instead of the inputs."""
+    e, e_lab = model_space(kept, rnd)
+    idx = diversity.herding(e, e_lab, k, np.random.default_rng(rnd.seed))
+    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+
+
+# --- a uniform share: the guard against losing to random ------------------------------------------------
+
+MIX_SHARE = 0.3  # of each batch drawn uniformly from the unlabeled rows
+
+
+def mix_pick_with(base, share: float = MIX_SHARE):
+    """⌈share·k⌉ rows uniform over the unlabeled pool, the rest by ``base`` among the other kept rows.
+
+    The kept rows are a uniform sample in hash order (``uniform_sample``), so their first rows are a uniform
+    draw from the unlabeled pool, whatever the pool's batching. ``base`` then sees those rows as labeled
+    (its distances and herding count them), so the two parts do not crowd each other. A uniform row has
+    the probability of a uniform draw: weight 1 under LURE (NaN here, as deterministic picks).
+    """
+    def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+        u = min(int(np.ceil(share * k)), len(kept.ids), k)
+        rest = stream.Kept(kept.scores[u:], kept.ids[u:], kept.x[u:])
+        y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)
+        seen = rnd._replace(labeled_x=np.concatenate([np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]), kept.x[:u]]),
+                            labeled_y=np.concatenate([y, np.full((u, y.shape[1]), np.nan)]))
+        chosen = base(rest, seen, k - u) if k > u else deterministic([], [])
+        return Pick(np.r_[np.arange(u), u + chosen.idx].astype(np.int64), np.r_[np.full(u, np.nan), chosen.scores],
+                    np.r_[np.full(u, np.nan), chosen.prob])
+
+    return pick
 
 
 # --- importance weights ----------------------------------------------------------------------------
@@ -300,4 +371,11 @@ ALL = (
     Strategy("herding", "kernel herding: rows that make the labeled sample most like the pool (MMD, standardized inputs)",
              keep=uniform_sample, pick=herding_pick),
     _research("sld-herding", "kernel herding toward the pool tilted by SLD (half uniform, half ∝ capped SLD)", sld_herding_pick),
+    _research("lcmd", "LCMD (Holzmüller 2023): the largest cluster's most distant row, in the model's gradient space",
+              lcmd_pick_with(None), needs=frozenset({"model", "gradients"})),
+    _research("sld-lcmd", "LCMD with clusters and distances weighted by capped SLD, in the model's gradient space", lcmd_pick_with(capped_sld)),
+    _research("sld-mix", f"{MIX_SHARE:.0%} of each batch uniform, the rest by sld (SLD-weighted k-means++)",
+              mix_pick_with(lambda kept, rnd, k: sld_pick(kept, rnd, k)), needs=frozenset({"model", "tangent"})),
+    _research("herding-grad", "kernel herding in the model's gradient space (sketched), not the inputs", herding_grad_pick,
+              needs=frozenset({"model", "gradients"})),
 )
