@@ -72,7 +72,8 @@ WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop 
 TRAIN_DEVICES_OPT = typer.Option(1, "--devices", help="Split every training minibatch over this many local devices (data-parallel SGDF).")
 STRATEGY_OPT = typer.Option(
     None, "--strategy",
-    help="herding (rows that make the labels look like the pool: the regression default), sld (SLD-weighted k-means++ batch), "
+    help="herding (rows that make the labels look like the pool: the regression default), lcmd (the largest cluster's most "
+    "distant row in the model's gradient space: the default for --model mlp), sld (SLD-weighted k-means++ batch), "
     "sld-topk (plain top-k SLD), random, committee or greedy; classification also margin (its default), entropy, least-confident. "
     "The research variants of `alloop simulate --strategies` are accepted too.",
 )
@@ -524,7 +525,7 @@ def simulate(
         None, "--strategies",
         help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: herding,sld,sld-topk,random,"
         "greedy,igs,committee,emcm; classification: margin,sld,herding,entropy,random,greedy). Also vr, sld-seq, sld-lookahead, "
-        "sld-power, sld-power-iw (simulation only), sld-density, sld-kpp, kpp, sld-herding, least-confident.",
+        "sld-power, sld-power-iw (simulation only), sld-density, sld-kpp, kpp, sld-herding, lcmd, sld-lcmd, sld-mix, herding-grad, least-confident.",
     ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),

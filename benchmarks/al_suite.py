@@ -227,7 +227,9 @@ def report(out: Path, names: list[str], seconds: dict | None = None) -> str:
         from alloop import strategies
 
         default = strategies.default_for(task)
-        for ours in [default, *sorted(m for m in t["method"].unique() if m.startswith(default + "@"))]:  # the default on other models too
+        kinds = sorted({m.split("@", 1)[1] for m in t["method"].unique() if "@" in m})
+        others = [f"{strategies.default_for(task, kind)}@{kind}" for kind in kinds]  # each other model with its own default
+        for ours in [default, *(m for m in others if m in set(t["method"]))]:
             for anchor in ("bmdal-lcmd-tp", "skal-margin"):
                 line = head_to_head(t, ours, anchor)
                 if line:

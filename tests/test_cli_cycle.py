@@ -176,6 +176,19 @@ def test_the_regression_default_needs_no_model_so_a_cold_start_runs_it(runs, all
     assert rec["rows"] == 5
 
 
+def test_an_mlp_run_queries_with_its_own_default_lcmd_and_a_linear_run_with_herding(runs, alloop_data):
+    """The default depends on the model (docs/results.md "The default"): LCMD in the network's gradient space for
+    an MLP, kernel herding in the inputs otherwise; before its first training the MLP's default has no model, so greedy runs."""
+    ok(invoke(["init", "net", "--pool", alloop_data.pool, "--model", "mlp", "--hidden", "8", *FAST], runs))
+    cold = ok(invoke(["query", "net", "-k", "5", "--json"], runs)).json()
+    assert (cold["requested"], cold["strategy"]) == ("lcmd", "greedy") and "no trained model" in cold["note"]
+    ok(invoke(["ingest", "net", fill(cold["path"], alloop_data.truth)], runs))
+    warm = ok(invoke(["query", "net", "-k", "4", "--json"], runs)).json()
+    assert (warm["requested"], warm["strategy"], warm["note"]) == ("lcmd", "lcmd", None) and warm["rows"] == 4
+    ok(invoke(["init", "lin", "--pool", alloop_data.pool, *FAST], runs))
+    assert ok(invoke(["query", "lin", "-k", "3", "--json"], runs)).json()["requested"] == "herding"
+
+
 def test_query_on_a_stale_model_trains_first(run, runs, alloop_data):
     out = [int(i) for i in state_of(run)["outstanding"]]
     (runs.parent / "late.csv").write_text("id,target\n" + "".join(f"{i},{float(alloop_data.truth[i])!r}\n" for i in out))

@@ -42,7 +42,7 @@ def query(
 ) -> dict:
     """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
 
-    ``strategy``: None takes the task's default (``strategies.default_for``). ``devices``: split every
+    ``strategy``: None takes the default of the run's task and model (``strategies.default_for``). ``devices``: split every
     batch's rows over that many local devices (data-parallel scoring). ``engine="ray"``: score on the Ray
     cluster at ``address`` (None: a local one; "auto": the one this machine belongs to) with ``workers``
     actors; the same query file as the local engine. ``keep_workers`` > 0 (a running cluster only): the actors stay
@@ -94,7 +94,7 @@ def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tup
         raise UserError("-k must be at least 1")
     check_devices(devices)
     run = rundir.open_run(name)
-    return run, strategies.for_query(strategy, run.task)
+    return run, strategies.for_query(strategy, run.task, config_of(run).model.kind)
 
 
 def query_seed(run: rundir.Run, seed: int | None) -> int:

@@ -20,6 +20,7 @@ from alloop.strategies.model import TrainedModel  # noqa: F401
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (*builtin.ALL, *research.ALL)}
 ALIASES = {"sld-kpp-clip": "sld"}  # earlier name of the default SLD batch (docs/results.md)
 DEFAULT = {"regression": "herding", "classification": "margin"}  # chosen by the suite's rule: docs/results.md "The default"
+MODEL_DEFAULT = {("regression", "mlp"): "lcmd"}  # the same rule on that model's suite curves, where it differs
 
 
 def get(name: str, what: str = "strategy") -> Strategy:
@@ -35,15 +36,16 @@ def names(task: str | None = None, live: bool = False) -> list[str]:
     return [n for n, s in REGISTRY.items() if (task is None or task in s.tasks) and not (live and s.weighted)]
 
 
-def default_for(task: str) -> str:
-    """What a query uses unless told: the live strategy with the lowest mean relative area on the suite
-    (docs/results.md "The default"): kernel herding for regression, margin for classification."""
-    return DEFAULT.get(task, "sld")
+def default_for(task: str, model: str | None = None) -> str:
+    """What a query uses unless told: the live strategy with the lowest mean relative area on the suite with
+    that kind of model (docs/results.md "The default"): kernel herding for linear and polynomial regression,
+    LCMD in the network's gradient space for an MLP, margin for classification."""
+    return MODEL_DEFAULT.get((task, model), DEFAULT.get(task, "sld"))
 
 
-def for_query(name: str | None, task: str) -> Strategy:
-    """The strategy a live query of a ``task`` run uses (None: the default), after checking it applies."""
-    strategy = get(name or default_for(task), "--strategy")
+def for_query(name: str | None, task: str, model: str | None = None) -> Strategy:
+    """The strategy a live query of a ``task`` run with a ``model`` kind uses (None: the default), after checking it applies."""
+    strategy = get(name or default_for(task, model), "--strategy")
     if strategy.weighted:
         raise UserError(f"--strategy {strategy.name} refits with importance weights, which only `alloop simulate` does: "
                         f"choose one of {', '.join(names(task, live=True))}")
