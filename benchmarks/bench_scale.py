@@ -12,7 +12,8 @@ measurement runs in a fresh process (peak RSS: VmHWM, see PEAK):
   fresh copy of the trained run): reading, scoring, merging, fixed costs (opening, checkpoint,
   compilation, commit). S is the strategy that scores every pool row with the model (``sld-topk``
   where it exists), ``sld`` (which streams a hash and scores only its candidates) and the regression
-  default ``herding`` (the same stream, then kernel herding among the candidates).
+  default ``herding`` (the same stream, then kernel herding among the candidates), and the model's own
+  default where it differs (``lcmd`` for the MLP: LCMD over the candidates' gradient features).
 
 The table gives rows/s (best of --reps, the measurements interleaved), peak RSS, and query / bound with
 bound = min(read, score) for whole-pool scoring (read for the default sld): the figure the target asks
@@ -199,7 +200,10 @@ def whole_pool_strategy() -> str:
 def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows: int, env) -> list[dict]:
     """Best-of-``reps`` rates, the measurements interleaved so that all see the same machine load."""
     name, whole = f"{model}-{rows}", whole_pool_strategy()
-    strategies = [whole] + [s for s in ("sld", "herding") if s != whole]  # herding: the regression default
+    from alloop.strategies import default_for
+
+    own = default_for("regression", model)  # the model's default (herding; lcmd for the MLP)
+    strategies = [whole] + [s for s in dict.fromkeys(("sld", "herding", own)) if s != whole]
     best, rss, cpu = {}, {}, {}
 
     def keep(key, n, out):
@@ -218,8 +222,8 @@ def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows
             keep(strategy, rows, py(QUERY, f"{name}-q", strategy, env=env))
     out = []
     for strategy in strategies:
-        # the whole-pool strategy is bound by reading or by scoring; sld and herding stream a hash and
-        # score (sld) or pick among (herding) only their candidate buffer, so reading bounds them
+        # the whole-pool strategy is bound by reading or by scoring; sld, herding and lcmd stream a hash and
+        # score or pick among only their candidate buffer, so reading bounds them
         bound = min(best["read"], best["score"]) if strategy == whole else best["read"]
         out.append({"rows": rows, "model": model, "strategy": strategy, "read_rows_per_s": best["read"], "score_rows_per_s": best["score"],
                     "query_rows_per_s": best[strategy], "ratio": best[strategy] / bound,
