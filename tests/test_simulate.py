@@ -570,3 +570,21 @@ def test_sld_mix_fills_the_rest_with_sld_seeing_the_uniform_rows_as_labeled(tiny
     rest = strategies.stream.Kept(kept.scores[share:], kept.ids[share:], kept.x[share:])
     seen = rnd._replace(labeled_x=np.r_[rnd.labeled_x, kept.x[:share]], labeled_y=np.r_[rnd.labeled_y, np.full((share, 1), np.nan)])
     np.testing.assert_array_equal(pick.idx[share:], share + sld_pick(rest, seen, 7 - share).idx)
+
+
+def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, monkeypatch):
+    """Many labeled rows of a wide model must not hold all their gradient features at once: blocks, same sketch."""
+    settings = sim.SimSettings(initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [48, 48], "steps": 100})
+    learner = sim.make_learner(tiny, settings)
+    labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
+    rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
+    kept = _kept_unlabeled(tiny, labeled)
+    whole = research.model_space(kept, rnd)
+    calls = []
+    features = rnd.model.gradient_features
+    monkeypatch.setattr(rnd.model, "gradient_features", lambda x: calls.append(len(x)) or features(x))
+    monkeypatch.setattr(research, "MAX_FEATURE_FLOATS", 5 * rnd.model.n_params)
+    blocked = research.model_space(kept, rnd)
+    assert max(calls) == 5 and len(calls) > 4
+    for a, b in zip(whole, blocked):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

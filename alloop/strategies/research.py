@@ -270,12 +270,16 @@ def model_space(kept: stream.Kept, rnd: Round) -> tuple[np.ndarray, np.ndarray]:
     to SKETCH_DIMS when wider (as LCMD and BADGE do). For a model linear in θ this is its design row
     (standardized inputs for ``linear``); for an MLP, where the fitted network is sensitive."""
     m = rnd.model
-    a = m.gradient_features(kept.x)
-    a_lab = m.gradient_features(rnd.labeled_x) if len(rnd.labeled_x) else np.zeros((0, a.shape[1]))
-    if a.shape[1] > SKETCH_DIMS:
-        proj = np.random.default_rng([rnd.seed, 7]).normal(size=(a.shape[1], SKETCH_DIMS)) / np.sqrt(SKETCH_DIMS)
-        a, a_lab = a @ proj, a_lab @ proj
-    return a, a_lab
+    p = m.n_params
+    proj = np.random.default_rng([rnd.seed, 7]).normal(size=(p, SKETCH_DIMS)) / np.sqrt(SKETCH_DIMS) if p > SKETCH_DIMS else None
+    rows = max(1, MAX_FEATURE_FLOATS // p)  # the labeled rows can be many: a(x) is built and sketched a block at a time
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        blocks = [m.gradient_features(x[i : i + rows]) for i in range(0, len(x), rows)]
+        blocks = blocks if proj is None else [b @ proj for b in blocks]
+        return np.concatenate(blocks) if blocks else np.zeros((0, p if proj is None else SKETCH_DIMS))
+
+    return embed(kept.x), embed(np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]))
 
 
 def capped_sld(kept: stream.Kept, rnd: Round) -> np.ndarray:
