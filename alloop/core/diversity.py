@@ -26,12 +26,16 @@ def min_sq_distance(z: np.ndarray, to: np.ndarray, chunk: int = 4096) -> np.ndar
     return np.concatenate([sq_distances(z[i : i + chunk], to).min(axis=1) for i in range(0, len(z), chunk)]) if len(z) else np.zeros(0)
 
 
+def capped(scores: np.ndarray, clip: float = CLIP_QUANTILE) -> np.ndarray:
+    """Scores with non-finite values as 0, capped at their ``clip`` quantile: no outlier dominates a draw."""
+    w = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.minimum(w, np.quantile(w, clip)) if len(w) else w
+
+
 def kpp_clip(z: np.ndarray, scores: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator,
              clip: float = CLIP_QUANTILE) -> tuple[np.ndarray, np.ndarray]:
     """Draw k rows ∝ min(score, quantile_clip(score)) · D²; returns (indices in order drawn, their probabilities)."""
-    w = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    w = np.minimum(w, np.quantile(w, clip)) if len(w) else w
-    return kpp(z, w, z_labeled, k, rng)
+    return kpp(z, capped(scores, clip), z_labeled, k, rng)
 
 
 def kpp(z: np.ndarray, weights: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

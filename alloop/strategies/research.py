@@ -67,6 +67,11 @@ def sample_keep(rnd: Round, k: int):
     return score, max(4 * k, min(n, MAX_FEATURE_FLOATS // max(rnd.model.n_params, 1)))
 
 
+def in_order(idx) -> Pick:
+    """A deterministic pick whose score is only its order (first chosen highest): herding's batches."""
+    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+
+
 def top(scores: np.ndarray, k: int, ids: np.ndarray) -> np.ndarray:
     """The k highest scores, best first; ties go to the smaller id (as the streaming top-k)."""
     s = np.where(np.isfinite(scores), scores, -np.inf)
@@ -248,7 +253,7 @@ def herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Kernel herding over the kept rows (standardized inputs): the batch that brings the labeled sample closest to the pool."""
     z = rnd.z(kept.x)
     idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed))
-    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+    return in_order(idx)
 
 
 def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
@@ -257,7 +262,7 @@ def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     sld = capped_sld(kept, rnd)
     w = 0.5 / max(len(sld), 1) + (0.5 * sld / sld.sum() if sld.sum() > 0 else 0.5 / max(len(sld), 1))
     idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed), weights=w)
-    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+    return in_order(idx)
 
 
 # --- diversity in the model's own space ----------------------------------------------------------------
@@ -284,8 +289,7 @@ def model_space(kept: stream.Kept, rnd: Round) -> tuple[np.ndarray, np.ndarray]:
 
 def capped_sld(kept: stream.Kept, rnd: Round) -> np.ndarray:
     """SLD of the kept rows, capped at its CLIP_QUANTILE quantile as ``sld`` does (outliers do not dominate)."""
-    sld = np.nan_to_num(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices), nan=0.0, posinf=0.0, neginf=0.0)
-    return np.minimum(np.maximum(sld, 0.0), np.quantile(sld, diversity.CLIP_QUANTILE)) if len(sld) else sld
+    return np.maximum(diversity.capped(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)), 0.0)
 
 
 def lcmd_pick_with(weights_of):
@@ -302,7 +306,7 @@ def herding_grad_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Kernel herding (``herding``) in the model's gradient space instead of the inputs."""
     e, e_lab = model_space(kept, rnd)
     idx = diversity.herding(e, e_lab, k, np.random.default_rng(rnd.seed))
-    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+    return in_order(idx)
 
 
 # --- a uniform share: the guard against losing to random ------------------------------------------------
@@ -379,7 +383,7 @@ ALL = (
               lcmd_pick_with(None), needs=frozenset({"model", "gradients"})),
     _research("sld-lcmd", "LCMD with clusters and distances weighted by capped SLD, in the model's gradient space", lcmd_pick_with(capped_sld)),
     _research("sld-mix", f"{MIX_SHARE:.0%} of each batch uniform, the rest by sld (SLD-weighted k-means++)",
-              mix_pick_with(lambda kept, rnd, k: sld_pick(kept, rnd, k)), needs=frozenset({"model", "tangent"})),
+              mix_pick_with(sld_pick), needs=frozenset({"model", "tangent"})),
     _research("herding-grad", "kernel herding in the model's gradient space (sketched), not the inputs", herding_grad_pick,
               needs=frozenset({"model", "gradients"})),
 )
