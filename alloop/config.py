@@ -19,7 +19,8 @@ from alloop.errors import UserError
 TASKS = ("regression", "classification")
 MODEL_KINDS = ("linear", "poly", "mlp", "auto")
 AUTO = "auto"  # --model auto: the run chooses among AUTO_CANDIDATES by cross-validation (training.choose_model)
-AUTO_CANDIDATES = ({"kind": "linear"}, {"kind": "poly", "degree": 2}, {"kind": "poly", "degree": 3})
+AUTO_CANDIDATES = ({"kind": "linear"}, {"kind": "poly", "degree": 2}, {"kind": "poly", "degree": 3},
+                   {"kind": "mlp", "hidden": (64, 64), "activation": "tanh"})  # the MLP from choose_model.MLP_MIN_LABELS labels
 ACTIVATIONS = ("gelu", "relu", "sigmoid", "silu", "softplus", "tanh")  # core.models.ACTIVATIONS (checked by a test)
 CURVATURES = ("hessian", "gauss-newton")
 TANGENTS = ("sgdf", "cg", "exact")
@@ -222,7 +223,7 @@ class RunConfig:
             raise UserError("--s loocv needs a linear or poly regression model: use --s auto")
         self.model.validate()
         if self.model.is_auto and (self.task != "regression" or not is_s_mode(self.s)):
-            raise UserError("--model auto chooses among linear and polynomial models by the cross-validated loss that --s auto computes: "
+            raise UserError("--model auto chooses among linear, polynomial and MLP models by the cross-validated loss that --s auto computes: "
                             "use it for regression with --s auto or loocv (or pick --model linear, poly or mlp)")
         if self.tangent not in TANGENTS:
             raise UserError(f"unknown --tangent {self.tangent!r}: choose sgdf, cg or exact")

@@ -1,14 +1,18 @@
-"""``--model auto``: the run chooses linear, poly 2 or poly 3 by the cross-validated loss of its own labels.
+"""``--model auto``: the run chooses linear, poly 2, poly 3 or an MLP by the cross-validated loss of its own labels.
 
-Checked against the generating function (a linear target picks linear; a cubic one picks poly 3), the
-switching margin, the run's files (the checkpoint has the chosen model's shapes, verify agrees), a
-switch when new labels show curvature, and the user's mistakes (exit 2, one line, run unchanged).
+Checked against the generating function (a linear target picks linear; a cubic one picks poly 3; a
+sine, which no polynomial of degree 3 follows, the MLP), the switching margin, the MLP's grid CV
+against fold trainings written out one by one, the run's files (the checkpoint has the chosen model's
+shapes, verify agrees), a switch when new labels show curvature, and the user's mistakes (exit 2, one
+line, run unchanged).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,10 +21,12 @@ from cli_helpers import invoke
 from alloop import config as config_mod
 from alloop.commands import common
 from alloop.config import PoolSpec, RunConfig
+from alloop.core import hyper
 from alloop.io import rundir
-from alloop.sim import ridge as sim_ridge
+from alloop.sim import auto as sim_auto
 from alloop.sim import simulate as sim
 from alloop.training import choose_model
+from alloop.training import choose_s as choose_s_mod
 from alloop.training import fit as fitting
 
 FAST = ["--epochs", "1", "--min-steps", "300", "--lr", "0.05"]
@@ -67,7 +73,54 @@ def test_each_candidates_cv_loss_is_its_own_s_search():
 def fitting_choose(spec, x, y):
     from alloop.training import choose_s
 
+    if spec.kind == "mlp":
+        choice = choose_s.choose_grid(_config(2).replace(model=spec), x, y)
+        return choice.s, choice
     return choose_s.resolve_s(_config(2).replace(model=spec), x, y)
+
+
+def test_the_mlp_competes_from_40_labels_with_s_auto_only():
+    x, y = _xy(lambda x: np.sin(3.0 * x[:, 0]) + x[:, 1], n=39)
+    assert "mlp 64,64" not in choose_model.choose(_config(2), x, y).cv_loss  # LOOCV here: not the MLP's folds
+    x, y = _xy(lambda x: np.sin(3.0 * x[:, 0]) + x[:, 1], n=40)
+    assert "mlp 64,64" in choose_model.choose(_config(2), x, y).cv_loss
+    assert "mlp 64,64" not in choose_model.choose(_config(2).replace(s="loocv"), x, y).cv_loss
+
+
+def test_a_sine_that_no_cubic_follows_picks_the_mlp():
+    x, y = _xy(lambda x: np.sin(3.0 * x[:, 0]) + 0.5 * x[:, 1], n=120, seed=1, noise=0.05)
+    picked = choose_model.choose(_config(2), x, y)
+    assert picked.model.label() == "mlp 64,64" and picked.model.kind == "mlp"
+    assert picked.cv_loss["mlp 64,64"] < 0.5 * min(v for k, v in picked.cv_loss.items() if k != "mlp 64,64")
+    assert picked.s_choice.route == "grid" and picked.s in choose_s_mod.GRID_S
+
+
+def test_grid_cv_equals_each_fold_trained_alone_on_its_own_rows():
+    """Every (fold, s) of the vmapped, padded grid training against an unpadded training on the fold's rows only:
+    the held-out rows must not reach the fold's model, and the CV loss is their mean squared error."""
+    from alloop.core import objective, sgdf
+
+    x, y = _xy(lambda x: np.sin(2.0 * x[:, 0]) + x[:, 1], n=45, seed=2)
+    spec = fitting.model_spec("mlp", hidden=(8,))
+    config = _config(2).replace(model=spec)
+    grid, steps = (0.5, 5.0), 150
+    got = choose_s_mod.choose_grid(config, x, y, grid=grid, steps=steps)
+    tc = choose_s_mod.tune_config(config)
+    masks = hyper.fold_masks(len(x), choose_s_mod.n_folds(len(x), tc), tc.seed)
+    stats = fitting.target_stats(config, y)
+    yt = fitting.make_targets(config, y, stats)
+    init = fitting.build_model(config).init(jax.random.PRNGKey(config.seed))
+    problem = fitting.build_problem(config, init)
+    for s, value in zip(grid, [e.loss for e in got.evaluations]):
+        total = 0.0
+        for m in masks:
+            tr, va = m > 0, m == 0
+            cfg = sgdf.TrainConfig.from_dict({**fitting.train_config(config, int(tr.sum())).to_dict(), "epochs": steps,
+                                              "batch_size": int(tr.sum()), "tangent_every": 0})
+            state, _ = sgdf.fit(problem, objective.make_data(x[tr], yt[tr]), s, cfg, params=init)
+            total += float(np.sum(objective.per_example_loss(problem, state.params, jax.numpy.asarray(x[va]), jax.numpy.asarray(yt[va]))))
+        assert value == pytest.approx(total / len(x), rel=2e-3)
+    assert got.s == grid[int(np.argmin([e.loss for e in got.evaluations]))] and got.folds == len(masks) == 5
 
 
 # --- a run ---------------------------------------------------------------------------------------
@@ -116,6 +169,32 @@ def test_an_auto_run_switches_when_new_labels_show_curvature_and_its_files_follo
     assert "model now" in text and "poly 3" in text and "switched from linear" in text
 
 
+def test_an_auto_run_moves_to_the_mlp_when_the_target_is_a_sine_and_queries_with_it(runs, tmp_path):
+    rng = np.random.default_rng(4)
+    n = 400
+    x = rng.uniform(-3.0, 3.0, n)
+    pool = pd.DataFrame({"id": np.arange(n), "x": x, "target": np.sin(2.0 * x) + 0.02 * rng.normal(size=n)})
+    pool.drop(columns="target").to_parquet(tmp_path / "pool.parquet", index=False)
+    ok = lambda r: (r.code == 0) or pytest.fail(r.stderr)  # noqa: E731
+    ok(invoke(["init", "m", "--pool", str(tmp_path / "pool.parquet"), "--labels", _labels(pool, list(range(12)), tmp_path / "a.csv"),
+               "--model", "auto", *FAST], runs))
+    ok(invoke(["train", "m"], runs))
+    assert json.loads(invoke(["status", "m", "--json"], runs).stdout)["model_now"] != "mlp 64,64"  # 12 labels: not a candidate yet
+    ok(invoke(["ingest", "m", _labels(pool, list(range(12, 80)), tmp_path / "b.csv"), "--allow-unqueried"], runs))
+    st = json.loads(invoke(["status", "m", "--json"], runs).stdout)
+    assert st["model_now"] == "mlp 64,64" and st["model_choice"]["switched"], st["model_choice"]
+    run = rundir.open_run(str(runs / "m"))
+    tree, meta = common.load_checkpoint(run)
+    assert [np.asarray(layer["w"]).shape for layer in tree["params"]["layers"]] == [(1, 64), (64, 64), (64, 1)]
+    assert meta["s_choice"]["route"] == "grid" and meta["s"] in choose_s_mod.GRID_S
+    ok(invoke(["verify", "m"], runs))
+    q = invoke(["query", "m", "-k", "5", "--json"], runs)
+    ok(q)
+    out = json.loads(q.stdout)
+    assert out["rows"] == 5 and out["strategy"] == "herding"  # an auto run keeps its own default strategy, whatever the model now
+    assert "mlp 64,64" in invoke(["status", "m"], runs).stdout
+
+
 @pytest.mark.parametrize("extra,why", [
     (["--task", "classification"], "--model auto"),
     (["--s", "1"], "--s auto"),
@@ -136,7 +215,7 @@ def test_simulate_replays_the_runs_choice_each_round(tmp_path):
     settings = sim.SimSettings(initial=10, budget=40, batch=10, seed=0, model={"kind": "auto"}, s="auto")
     data = sim.load_data(str(tmp_path / "pool_t.parquet"), str(tmp_path / "test_t.parquet"))
     learner = sim.make_learner(data, settings)
-    assert isinstance(learner, sim_ridge.AutoRidgeLearner)
+    assert isinstance(learner, sim_auto.AutoLearner)
     rows = sim.run_curve(learner, settings, "random", 0)
     assert [r["n_labels"] for r in rows] == [10, 20, 30, 40] and all(np.isfinite(r["metric"]) for r in rows)
     labeled = sim.initial_rows(settings, 0, len(data.y_pool))
@@ -146,11 +225,35 @@ def test_simulate_replays_the_runs_choice_each_round(tmp_path):
     assert learner.config.model.label() == direct.model.label()  # what rounds and stop signals are built from
 
 
+def test_simulate_fits_the_mlp_when_auto_chooses_it_afresh_after_a_switch(tmp_path):
+    from alloop.sim import sgdf as sim_sgdf
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-3.0, 3.0, 300)
+    full = pd.DataFrame({"id": np.arange(300), "x": x, "target": np.sin(2.0 * x) + 0.02 * rng.normal(size=300)})
+    full.to_parquet(tmp_path / "pool.parquet", index=False)
+    full.iloc[:80].drop(columns="id").to_parquet(tmp_path / "test.parquet", index=False)
+    settings = sim.SimSettings(initial=60, budget=70, batch=10, seed=0, model={"kind": "auto", "steps": 300}, s="auto")
+    data = sim.load_data(str(tmp_path / "pool.parquet"), str(tmp_path / "test.parquet"))
+    learner = sim.make_learner(data, settings)
+    labeled = sim.initial_rows(settings, 0, len(data.y_pool))
+    learner.learners["mlp 64,64"].fit(labeled[:50], None)  # an earlier MLP fit that a fresh start must not continue from
+    state = learner.fit(labeled, None)
+    assert state[3] == "mlp 64,64" and learner.config.model.kind == "mlp" and learner.config.s == state[1]
+    alone = sim_sgdf.SGDFLearner(data, dataclasses.replace(settings, model={"kind": "mlp", "hidden": [64, 64], "steps": 300}),
+                                 learner.auto_config.replace(model=fitting.model_spec("mlp").auto_marked()).with_s(state[1]))
+    fresh = alone.fit(labeled, None)
+    np.testing.assert_allclose(np.asarray(state[0][0]["layers"][0]["w"]), np.asarray(fresh[0]["layers"][0]["w"]), rtol=1e-5, atol=1e-6)
+    rmse = learner.test_metric(state)
+    assert np.isfinite(rmse) and rmse < 0.5 * float(np.std(data.y_test))  # the sine is followed (the best line leaves 0.92 of the spread)
+    assert learner.model(state, 0).params is state[0][0]
+
+
 def test_simulate_refuses_auto_without_chosen_s(tmp_path):
     res = invoke(["simulate", "--dataset", "diabetes", "--model", "auto", "--s", "1", "--reps", "1", "--out", str(tmp_path / "o")], tmp_path)
     assert res.code == 2 and "--model auto" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_candidates_are_the_configs():
-    assert [c.label() for c in choose_model.candidates()] == ["linear", "poly 2", "poly 3"]
-    assert len(config_mod.AUTO_CANDIDATES) == 3
+    assert [c.label() for c in choose_model.candidates()] == ["linear", "poly 2", "poly 3", "mlp 64,64"]
+    assert len(config_mod.AUTO_CANDIDATES) == 4

@@ -94,7 +94,8 @@ def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tup
         raise UserError("-k must be at least 1")
     check_devices(devices)
     run = rundir.open_run(name)
-    return run, strategies.for_query(strategy, run.task, config_of(run).model.kind)
+    model = config_of(run).model
+    return run, strategies.for_query(strategy, run.task, "auto" if model.is_auto else model.kind)  # auto's default, whatever it chose
 
 
 def query_seed(run: rundir.Run, seed: int | None) -> int:

@@ -237,6 +237,26 @@ def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1
     return jax.jit(epoch)
 
 
+def make_fit_many(problem: Problem, n: int, cfg: TrainConfig) -> Callable:
+    """A jitted ``fit_many(params, data, weights, s) -> stacked θ``: m trainings at once (vmapped).
+
+    Training i minimizes Σ_j weights[i, j] L_j + s[i] R from ``params`` with a fresh optimizer for
+    ``cfg.epochs`` epochs of ``cfg.batch_size`` rows, without a tangent: every (fold, s) pair of a grid
+    search in one compiled call (all see the same minibatches). ``data`` has ``n`` rows; its own
+    weights are ignored (each training has its row of ``weights``).
+    """
+    cfg = TrainConfig.from_dict({**asdict(cfg), "tangent_every": 0})
+    opt = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
+    epoch = make_epoch(problem, opt, n, cfg)
+
+    def one(params, x, y, w, s):
+        state = init_state(params, opt)
+        data = Data(x, y, w)
+        return jax.lax.fori_loop(0, cfg.epochs, lambda e, st: epoch(st, data, s, epoch_key(cfg.seed, e))[0], state).params
+
+    return jax.jit(lambda params, data, weights, s: jax.vmap(one, in_axes=(None, None, None, 0, 0))(params, data.x, data.y, weights, s))
+
+
 def convergence(problem: Problem, params, tangent, s, data: Data):
     """(‖∇f‖ / n, ‖C θ̇ + ρ‖ / ‖ρ‖) on all rows: the quantities ``StopRule`` bounds (traceable).
 

@@ -16,7 +16,6 @@ e_i / (1 − h_ii), with h the diagonal of the hat matrix A(AᵀA + sD)⁻¹Aᵀ
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -24,7 +23,6 @@ import numpy as np
 
 from alloop.strategies import TrainedModel
 from alloop.strategies.builtin import COMMITTEE_SIZE
-from alloop.training import choose_model
 from alloop.training import choose_s as choose_s_mod
 from alloop.training import fit as fitting
 
@@ -165,42 +163,3 @@ class RidgeLearner:
             return [core_params(t) for t in bootstrap_thetas(a_l, y_l, s, self.d, COMMITTEE_SIZE, rng)]
 
         return TrainedModel(self.problem, core_params(fit.theta), core_params(fit.tangent), np.array([fit.noise], np.float32), s, None, members)
-
-
-class AutoRidgeLearner:
-    """``--model auto`` in simulation: every fit chooses linear, poly 2 or poly 3 as ``alloop train`` does
-    (``training.choose_model.choose``, the model in use kept unless beaten by the margin), then fits the
-    chosen one in closed form. ``config`` is the chosen model's run config (what a run's effective config is)."""
-
-    def __init__(self, data, settings, config):
-        self.data, self.settings, self.auto_config = data, settings, config
-        self.learners = {}
-        for spec in choose_model.candidates():
-            sub_settings = dataclasses.replace(settings, model=spec.to_json())
-            self.learners[spec.label()] = RidgeLearner(data, sub_settings, config.replace(model=spec.auto_marked()))
-        self.current = next(iter(self.learners))  # the model in use: the first candidate until a fit chooses
-        self._s = None
-        self.cv_loss = None
-
-    @property
-    def config(self):
-        return self.learners[self.current].config
-
-    def fit(self, labeled: np.ndarray, w: np.ndarray | None):
-        first = len(labeled) <= self.settings.initial  # a new curve: nothing in use yet
-        current = None if first else self.learners[self.current].config.model
-        y = self.data.y_pool[labeled]
-        picked = choose_model.choose(self.auto_config, self.data.x_pool[labeled].astype(np.float32), y[:, None],
-                                     current=current, s_prev=None if first else self._s)
-        self.current, self._s, self.cv_loss = picked.model.label(), picked.s, picked.s_choice.cv_loss
-        learner = self.learners[self.current]
-        return fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w), picked.s, labeled, self.current
-
-    def test_metric(self, state) -> float:
-        fit, _, _, label = state
-        learner = self.learners[label]
-        return float(np.sqrt(np.mean((learner.a_test @ fit.theta - self.data.y_test) ** 2)))
-
-    def model(self, state, seed: int) -> TrainedModel:
-        fit, s, labeled, label = state
-        return self.learners[label].model((fit, s, labeled), seed)

@@ -70,6 +70,10 @@ class SGDFLearner:
         w = np.r_[np.ones(len(rows)) if weights is None else weights, np.zeros(pad)]
         return objective.make_data(x.astype(np.float32), y, w), stats
 
+    def forget(self) -> None:
+        """The next fit starts from the initial parameters (a run's training after a switch of model)."""
+        self._prev = None
+
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):
         data, stats = self._padded(labeled, w)
         params, tangent = self._prev if self._prev is not None and len(labeled) > self.settings.initial else (self.init, None)

@@ -44,6 +44,7 @@ from alloop.io import atomic, datasets, rundir, tables
 from alloop.io import pool as poolio
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
+from alloop.sim import auto as sim_auto
 from alloop.sim import ridge
 from alloop.sim import sgdf as sim_sgdf
 from alloop.sim import summary as sim_summary
@@ -178,8 +179,8 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
     elif not (np.isfinite(settings.s) and settings.s > 0):
         raise UserError(f"--s must be a positive number, got {settings.s}")
     if kind == "auto" and (settings.task != "regression" or not isinstance(settings.s, str)):
-        raise UserError("--model auto chooses among linear and polynomial models by the cross-validated loss of --s auto: "
-                        "use it for regression with --s auto or loocv")
+        raise UserError("--model auto chooses among linear, polynomial and MLP models by the cross-validated loss of --s auto: "
+                        "use it for regression with --s auto (or loocv: linear and polynomial only)")
     unknown = [s for s in strategies_ if s not in strategies.REGISTRY and s not in strategies.ALIASES]
     if unknown:
         raise UserError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names(settings.task))}")
@@ -239,7 +240,7 @@ def make_learner(data: SimData, settings: SimSettings):
     """Closed-form ridge for linear/poly regression (what SGDF converges to), SGDF through the core otherwise."""
     config = config_for(data, settings)
     if settings.task == "regression" and config.model.kind == "auto":
-        return ridge.AutoRidgeLearner(data, settings, config)
+        return sim_auto.AutoLearner(data, settings, config)
     if settings.task == "regression" and config.model.kind in ("linear", "poly"):
         return ridge.RidgeLearner(data, settings, config)
     return sim_sgdf.SGDFLearner(data, settings, config.with_s(config.s))

@@ -38,8 +38,9 @@ def names(task: str | None = None, live: bool = False) -> list[str]:
 
 def default_for(task: str, model: str | None = None) -> str:
     """What a query uses unless told: the live strategy with the lowest mean relative area on the suite with
-    that kind of model (docs/results.md "The default"): kernel herding for linear and polynomial regression,
-    LCMD in the network's gradient space for an MLP, margin for classification."""
+    that kind of model (docs/results.md "The default"): kernel herding for linear, polynomial and auto regression
+    (whichever model auto has chosen: that is what the suite measured), LCMD in the network's gradient space
+    for an MLP, margin for classification."""
     return MODEL_DEFAULT.get((task, model), DEFAULT.get(task, "sld"))
 
 

@@ -280,6 +280,62 @@ def choose_s(config: RunConfig, x, y, *, mode: str = "auto", s_prev: float | Non
     return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0)
 
 
+GRID_S = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # the s a grid search tries (the MLP in --model auto; docs/results.md)
+GRID_STEPS = 1000  # steps of each grid training, from the model's initial parameters
+GRID_BATCH = 256  # rows per step: full batch up to 256 labels, minibatches above (the cost stops growing with the labels)
+
+
+def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=GRID_S, steps: int = GRID_STEPS) -> Choice:
+    """The s of ``grid`` with the lowest k-fold CV loss, every (fold, s) trained at once from the initial parameters.
+
+    For models whose hypergradient search is erratic on few labels (the MLP: docs/choosing-s.md): no warm
+    start from a fit that saw the held-out rows, no search path, the same folds as ``evaluator``. Rows are
+    padded with weight-0 rows to a power of two (at least 64), so XLA compiles once per size; each training
+    takes ``steps`` steps of at most GRID_BATCH rows, so its cost stops growing with the labels.
+    """
+    t0 = time.perf_counter()
+    tc = tc or tune_config(config)
+    n = len(x)
+    if n < 2:
+        raise UserError("choosing s needs at least 2 labels: give a number with --s for now")
+    problem, init, data = _setup(config, x, y)
+    k = n_folds(n, tc)
+    n_pad = max(64, 1 << (n - 1).bit_length())
+    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n_pad - n, axis=0)])  # noqa: E731
+    padded = Data(pad(data.x), pad(data.y), jnp.concatenate([data.w, jnp.zeros(n_pad - n, jnp.float32)]))
+    masks = np.zeros((k, n_pad), np.float32)
+    masks[:, :n] = hyper.fold_masks(n, k, tc.seed)
+    grid = np.asarray(grid, np.float64)
+    weights = np.repeat(masks, len(grid), axis=0) * np.asarray(padded.w)[None, :]
+    s_all = np.tile(grid, k).astype(np.float32)
+    train, held_out = _grid_functions(config, problem, n_pad, steps)
+    params = train(init, padded, jnp.asarray(weights), jnp.asarray(s_all))
+    loss = np.asarray(held_out(params, padded, jnp.asarray(np.repeat(masks, len(grid), axis=0))), np.float64)
+    cv = loss.reshape(k, len(grid)).sum(axis=0) / max(n, 1)
+    i = int(np.nanargmin(np.where(np.isfinite(cv), cv, np.nan))) if np.isfinite(cv).any() else 0
+    evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, cv))
+    return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0)
+
+
+def _grid_functions(config: RunConfig, problem, n_pad: int, steps: int):
+    """(vmapped trainer, per-training held-out loss sums) for a problem and padded size, built once per process."""
+    cache = next((fns for p, _, fns in _PROBLEMS.values() if p is problem), {})
+    key = ("grid", n_pad, steps)
+    if key not in cache:
+        batch = min(n_pad, GRID_BATCH)
+        cfg = sgdf.TrainConfig.from_dict({**as_config(config).train, "batch_size": batch,
+                                          "epochs": math.ceil(steps / sgdf.steps_per_epoch(n_pad, batch))})
+        train = sgdf.make_fit_many(problem, n_pad, cfg)
+
+        def held_out(params, data, masks):
+            v = hyper.validation_masks(masks, data.w)
+            per_row = jax.vmap(lambda p: objective.per_example_loss(problem, p, data.x, data.y))(params)
+            return jnp.sum(v * per_row, axis=1)
+
+        cache[key] = (train, jax.jit(held_out))
+    return cache[key]
+
+
 def _choose_loocv(config, x, y, tc: TuneConfig, s0: float, t0: float) -> Choice:
     """Global minimum of closed-form LOOCV on a log grid, refined between its grid neighbours."""
     problem, init, data = _setup(config, x, y)

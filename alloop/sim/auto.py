@@ -1,0 +1,66 @@
+"""``--model auto`` in simulation: every round chooses the model as ``alloop train`` does, then fits it.
+
+``training.choose_model.choose`` scores the candidates on the labels (the model in use kept unless
+beaten by the margin); the chosen one is fitted by its own simulation learner: closed-form ridge for
+linear and poly, SGDF through the core for the MLP. A switch to the MLP starts its parameters afresh,
+as a run's training does after a switch; staying on it warm-starts from its last fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from alloop.sim import ridge
+from alloop.sim import sgdf as sim_sgdf
+from alloop.training import choose_model
+
+
+class AutoLearner:
+    """``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the auto run's RunConfig (s auto)."""
+
+    def __init__(self, data, settings, config):
+        self.data, self.settings, self.auto_config = data, settings, config
+        self.learners = {}
+        for spec in choose_model.candidates():
+            steps = {"steps": settings.model["steps"]} if "steps" in settings.model else {}  # the simulation's SGDF step count
+            sub_settings = dataclasses.replace(settings, model={**spec.to_json(), **steps})
+            sub = config.replace(model=spec.auto_marked())
+            self.learners[spec.label()] = (sim_sgdf.SGDFLearner(data, sub_settings, sub.with_s(1.0)) if spec.kind == "mlp"
+                                           else ridge.RidgeLearner(data, sub_settings, sub))
+        self.current = next(iter(self.learners))  # the model in use: the first candidate until a fit chooses
+        self._s = None
+        self.cv_loss = None
+
+    @property
+    def config(self):
+        """The config of the model in use, at the s it was fitted with (what rounds and stop signals are built from)."""
+        return self.learners[self.current].config
+
+    def fit(self, labeled: np.ndarray, w: np.ndarray | None):
+        first = len(labeled) <= self.settings.initial  # a new curve: nothing in use yet
+        current = None if first else self.learners[self.current].config.model
+        y = self.data.y_pool[labeled]
+        picked = choose_model.choose(self.auto_config, self.data.x_pool[labeled].astype(np.float32), y[:, None],
+                                     current=current, s_prev=None if first else self._s)
+        label = picked.model.label()
+        switched = label != self.current or first
+        self.current, self._s, self.cv_loss = label, picked.s, picked.s_choice.cv_loss
+        learner = self.learners[label]
+        if isinstance(learner, ridge.RidgeLearner):
+            return ridge.fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w), picked.s, labeled, label
+        learner.config = learner.config.with_s(picked.s)
+        if switched:
+            learner.forget()
+        return learner.fit(labeled, w), picked.s, labeled, label
+
+    def test_metric(self, state) -> float:
+        fitted, s, labeled, label = state
+        learner = self.learners[label]
+        return learner.test_metric(fitted) if isinstance(learner, sim_sgdf.SGDFLearner) else learner.test_metric((fitted, s, labeled))
+
+    def model(self, state, seed: int):
+        fitted, s, labeled, label = state
+        learner = self.learners[label]
+        return learner.model(fitted, seed) if isinstance(learner, sim_sgdf.SGDFLearner) else learner.model((fitted, s, labeled), seed)
