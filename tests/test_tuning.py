@@ -85,9 +85,19 @@ def test_sgdf_route_hypergradient_and_choice(interior):
 def test_mlp_route_runs_and_never_ends_worse_than_it_started(figure2):
     x, y, _ = figure2
     config = _config(x, {"kind": "mlp", "hidden": [8], "activation": "tanh", "curvature": "gauss-newton", "damping": 1e-3})
-    choice = tuning.choose_s(config, x, y, tc=tuning.TuneConfig(steps=100, max_evals=5))
+    choice = tuning.choose_s(config, x, y, tc=tuning.TuneConfig(route="sgdf", steps=100, max_evals=5))
     assert choice.route == "sgdf" and choice.folds == len(x)
     assert math.isfinite(choice.s) and choice.cv_loss <= choice.evaluations[0].loss
+
+
+def test_an_mlp_regression_chooses_s_on_the_grid_by_default(figure2):
+    x, y, _ = figure2
+    config = _config(x, {"kind": "mlp", "hidden": [8], "activation": "tanh", "curvature": "gauss-newton", "damping": 1e-3})
+    choice = tuning.choose_s(config, x, y)
+    assert choice.route == "grid" and choice.s in tuning.GRID_S
+    assert choice.cv_loss == min(e.loss for e in choice.evaluations) and len(choice.evaluations) == len(tuning.GRID_S)
+    curve = tuning.validation_curve(config, x, y, tuning.log_grid(0.1, 10.0, 1), s_prev=1.0)
+    assert curve.choice.route == "grid" and curve.choice.s == choice.s  # tune-s shows the s that train would use
 
 
 def test_loocv_finds_the_global_minimum_auto_a_local_one(figure2):

@@ -3,9 +3,11 @@
 - ``auto``: minimize the k-fold cross-validated loss (LOOCV when the labeled set is small) by gradient
   steps on log s with the hypergradient dCV/ds = Σ_val ∇L·θ̇ (``core.hyper``), warm-started from the
   previous round's s. Linear and poly models with the squared loss get their folds' θ and θ̇ from exact
-  solves (route ``exact``); any other model trains its folds with SGDF, all folds at once (vmapped),
-  each evaluation continuing from the nearest evaluated folds' (θ, θ̇) moved by θ̇ Δs (route ``sgdf``):
-  no fold is ever retrained from scratch for a new s.
+  solves (route ``exact``). Other regression models (the MLP) take the best s of a fixed grid, every
+  (fold, s) trained from the initial parameters at once (route ``grid``, ``choose_grid``): the search
+  below was erratic for them on few labels (docs/choosing-s.md). Classification models train their
+  folds with SGDF, all folds at once (vmapped), each evaluation continuing from the nearest evaluated
+  folds' (θ, θ̇) moved by θ̇ Δs (route ``sgdf``): no fold is ever retrained from scratch for a new s.
 - ``loocv`` (linear and poly, squared loss): the closed-form LOOCV error on a log grid of s, its global
   minimum refined by the same search.
 - ``validation_curve``: the CV error over a log grid (the paper's Figure 2), with closed-form LOOCV and
@@ -48,7 +50,7 @@ class TuneConfig:
     tol: float = 0.01  # stop when s is bracketed to about 1%
     flat: float = 1e-3  # leave s where it is when a factor e changes the CV loss by less than this fraction
     max_evals: int = 16
-    route: str = "auto"  # "exact" (linear/poly, squared loss) | "sgdf" | "auto"
+    route: str = "auto"  # "exact" (linear/poly, squared loss) | "grid" (other regression models) | "sgdf" | "auto"
     steps: int = 300  # SGDF steps per evaluation (warm-started)
     seed: int = 0
 
@@ -119,9 +121,11 @@ def _setup(config: RunConfig, x, y):
 def route_for(problem, tc: TuneConfig) -> str:
     if tc.route == "exact" and not hyper.is_linear(problem):
         raise UserError("the exact route needs a linear or poly model with the squared loss (regression)")
-    if tc.route in ("exact", "sgdf"):
+    if tc.route in ("exact", "sgdf", "grid"):
         return tc.route
-    return "exact" if hyper.is_linear(problem) else "sgdf"
+    if hyper.is_linear(problem):
+        return "exact"
+    return "grid" if problem.loss.name == "squared" else "sgdf"
 
 
 class ExactCV:
@@ -239,6 +243,7 @@ def evaluator(config: RunConfig, x, y, tc: TuneConfig, params=None, tangent=None
     route = route_for(problem, tc)
     if route == "exact":
         return route, ExactCV(problem, init, data, masks), k
+    # "grid" chooses by its own trainings (choose_grid); the SGDF folds here draw its curve (validation_curve)
     cfg = fitting.train_config(config, n)
     first = tc.steps * 2 if params is not None else int(as_config(config).train.get("min_steps", fitting.MIN_STEPS))
     start = init if params is None else jax.tree_util.tree_map(jnp.asarray, params)
@@ -275,6 +280,8 @@ def choose_s(config: RunConfig, x, y, *, mode: str = "auto", s_prev: float | Non
     s0 = float(s_prev) if s_prev is not None else tc.s_init
     if mode == "loocv":
         return _choose_loocv(config, x, y, tc, s0, t0)
+    if (ev[0] if ev else route_for(_problem(as_config(config))[0], tc)) == "grid":
+        return choose_grid(config, x, y, tc=tc)
     route, ev_, k = ev or evaluator(config, x, y, tc, params, tangent)
     res = hyper.minimize_log_s(ev_, s0, tc.s_min, tc.s_max, tol=tc.tol, max_evals=tc.max_evals, flat=tc.flat)
     return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0)
