@@ -54,7 +54,8 @@ def main() -> None:
         x = rng.normal(size=(n, d)).astype(np.float32)
         y = (np.sin(2.0 * x[:, 0]) + x[:, 1] * x[:, 2] + 0.1 * rng.normal(size=n))[:, None]
         everything = timed(lambda x=x, y=y: choose_model.choose(auto, x, y), args.reps)
-        linear = timed(lambda x=x, y=y: [choose_s.resolve_s(auto.replace(model=spec), x, y) for spec in choose_model.candidates() if spec.kind != "mlp"], args.reps)
+        linear_specs = [spec for spec in choose_model.candidates() if spec.kind != "mlp"]
+        linear = timed(lambda x=x, y=y: [choose_s.resolve_s(auto.replace(model=spec), x, y) for spec in linear_specs], args.reps)
         grid = timed(lambda x=x, y=y: choose_s.choose_grid(auto.replace(model=fitting.model_spec("mlp")), x, y), args.reps)
         train = timed(lambda x=x, y=y: fitting.fit(mlp, x, y), 1)
         print(f"{n:6d}  {everything:10.2f}  {linear:15.2f}  {everything / linear:20.1f}  {grid:8.2f}  {train:16.2f}  {grid / train:15.2f}", flush=True)
