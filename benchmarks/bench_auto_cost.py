@@ -49,12 +49,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     auto = config(d, "auto")
     mlp = config(d, "mlp").with_s(1.0)
+    linear_specs = [spec for spec in choose_model.candidates() if spec.kind != "mlp"]
     print("labels  choose (s)  linear only (s)  choose / linear only  grid (s)  MLP training (s)  grid / training")
     for n in (int(v) for v in args.labels.split(",")):
         x = rng.normal(size=(n, d)).astype(np.float32)
         y = (np.sin(2.0 * x[:, 0]) + x[:, 1] * x[:, 2] + 0.1 * rng.normal(size=n))[:, None]
         everything = timed(lambda x=x, y=y: choose_model.choose(auto, x, y), args.reps)
-        linear_specs = [spec for spec in choose_model.candidates() if spec.kind != "mlp"]
         linear = timed(lambda x=x, y=y: [choose_s.resolve_s(auto.replace(model=spec), x, y) for spec in linear_specs], args.reps)
         grid = timed(lambda x=x, y=y: choose_s.choose_grid(auto.replace(model=fitting.model_spec("mlp")), x, y), args.reps)
         train = timed(lambda x=x, y=y: fitting.fit(mlp, x, y), 1)
