@@ -49,18 +49,16 @@ class AutoLearner:
         self.current, self._s, self.cv_loss = label, picked.s, picked.s_choice.cv_loss
         learner = self.learners[label]
         if isinstance(learner, ridge.RidgeLearner):
-            return ridge.fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w), picked.s, labeled, label
-        learner.config = learner.config.with_s(picked.s)
-        if switched:
-            learner.forget()
-        return learner.fit(labeled, w), picked.s, labeled, label
+            fitted = (ridge.fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w), picked.s, labeled)
+        else:
+            learner.config = learner.config.with_s(picked.s)
+            if switched:
+                learner.forget()
+            fitted = learner.fit(labeled, w)
+        return fitted, picked.s, labeled, label  # fitted: the chosen learner's own state
 
     def test_metric(self, state) -> float:
-        fitted, s, labeled, label = state
-        learner = self.learners[label]
-        return learner.test_metric(fitted) if isinstance(learner, sim_sgdf.SGDFLearner) else learner.test_metric((fitted, s, labeled))
+        return self.learners[state[3]].test_metric(state[0])
 
     def model(self, state, seed: int):
-        fitted, s, labeled, label = state
-        learner = self.learners[label]
-        return learner.model(fitted, seed) if isinstance(learner, sim_sgdf.SGDFLearner) else learner.model((fitted, s, labeled), seed)
+        return self.learners[state[3]].model(state[0], seed)

@@ -58,15 +58,6 @@ def mlp_eligible(n: int, config: RunConfig) -> bool:
     return config.s == "auto" and n >= MLP_MIN_LABELS and choose_s.n_folds(n, tc) < n
 
 
-def score(config: RunConfig, spec: ModelSpec, x, y, s_prev: float | None) -> tuple[float, choose_s.Choice]:
-    """(s, how it was chosen) for one candidate: the search of ``--s`` for models linear in θ, the grid for the MLP."""
-    sub = config.replace(model=spec)
-    if spec.kind == "mlp":
-        choice = choose_s.choose_grid(sub, x, y)
-        return choice.s, choice
-    return choose_s.resolve_s(sub, x, y, s_prev=s_prev)
-
-
 def choose(config: RunConfig, x, y, *, current: ModelSpec | None = None, s_prev: float | None = None,
            margin: float = SWITCH_MARGIN) -> ModelChoice:
     """The candidate with the lowest CV loss (``current`` kept unless beaten by more than ``margin``)."""
@@ -74,7 +65,7 @@ def choose(config: RunConfig, x, y, *, current: ModelSpec | None = None, s_prev:
     now = None if current is None else current.concrete().label()
     scored = []
     for spec in candidates(len(x), config):
-        value, choice = score(config, spec, x, y, s_prev if spec.label() == now else None)
+        value, choice = choose_s.resolve_s(config.replace(model=spec), x, y, s_prev=s_prev if spec.label() == now else None)
         scored.append((spec, value, choice))
     losses = {spec.label(): float(choice.cv_loss) for spec, _, choice in scored}
     best = min(scored, key=lambda t: (t[2].cv_loss if np.isfinite(t[2].cv_loss) else np.inf))

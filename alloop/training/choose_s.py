@@ -319,7 +319,7 @@ def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=G
     params = train(init, padded, jnp.asarray(weights), jnp.asarray(s_all))
     loss = np.asarray(held_out(params, padded, jnp.asarray(np.repeat(masks, len(grid), axis=0))), np.float64)
     cv = loss.reshape(k, len(grid)).sum(axis=0) / max(n, 1)
-    i = int(np.nanargmin(np.where(np.isfinite(cv), cv, np.nan))) if np.isfinite(cv).any() else 0
+    i = int(np.argmin(np.where(np.isfinite(cv), cv, np.inf)))
     evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, cv))
     return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0)
 
