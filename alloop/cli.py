@@ -23,7 +23,7 @@ try:  # recent typer vendors click; older ones use click itself
 except ImportError:  # pragma: no cover
     from click.exceptions import UsageError
 
-from alloop.config import parse_s
+from alloop.config import default_model, parse_s
 from alloop.errors import UserError
 from alloop.io.atomic import to_json_value
 from alloop.io.pool import with_endpoint
@@ -158,10 +158,11 @@ def init(
         help="Classification: the class labels, comma-separated, in output order (default: those of the seed labels and test"
         " set).",
     ),
-    model: str = typer.Option(
-        "linear", "--model",
+    model: Optional[str] = typer.Option(
+        None, "--model",
         help="linear, poly, mlp, or auto (regression with --s auto: every training chooses linear, poly 2, poly 3 or, from 40 labels, "
-        "an MLP 64,64 by the cross-validated loss of the labels so far; status says which and why).",
+        "an MLP 64,64 by the cross-validated loss of the labels so far; status says which and why). Default: auto for regression "
+        "(linear with a numeric --s), linear for classification.",
     ),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
@@ -170,8 +171,8 @@ def init(
     s: Optional[str] = typer.Option(
         None, "--s",
         help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV "
-        "and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for linear/poly "
-        "regression, 1 for MLPs and classification.",
+        "and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for regression "
+        "(but 1 with --model mlp), 1 for classification.",
     ),
     folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (default 5; LOOCV at 30 labels or fewer)."),
     tangent: str = typer.Option("sgdf", "--tangent", help="How the tangent is computed: sgdf (during training), cg or exact (after)."),
@@ -198,12 +199,14 @@ def init(
     if pool is None:
         raise UserError("alloop init needs --pool PATH (or --base RUN to inherit a trained run)")
     pool = with_endpoint(pool, endpoint_url)
-    spec = init_cmd.model_spec(model, degree=degree, hidden=_sizes(hidden, "--hidden"), activation=activation, curvature=curvature)
+    s_value = None if s is None else parse_s(s)
+    kind = model or default_model(task, s_value)
+    spec = init_cmd.model_spec(kind, degree=degree, hidden=_sizes(hidden, "--hidden"), activation=activation, curvature=curvature)
     train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed,
              **({} if min_steps is None else {"min_steps": min_steps})}
     res = init_cmd.init_run(
         name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
-        model=spec, s=None if s is None else parse_s(s), tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent,
+        model=spec, s=s_value, tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent,
         task=task, classes=_split(classes), trainer=trainer or "sgdf", reporter=RichReporter(),
     )
     text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"
@@ -534,13 +537,14 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same numbers."),
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/simulate-NAME); rerun to resume."),
     model: Optional[str] = typer.Option(
-        None, "--model", help="linear, poly, mlp or auto (linear/poly 2/poly 3/MLP by CV each round) (default: the dataset's demo model, else linear).",
+        None, "--model", help="linear, poly, mlp or auto (linear/poly 2/poly 3/MLP by CV each round) (default: the dataset's demo model, else as "
+        "`alloop init` sets it: auto for regression, linear for classification).",
     ),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
     hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated (init's default)."),
     s: Optional[str] = typer.Option(
         None, "--s", help="Regularity: a number, or auto/loocv (linear/poly regression: chosen every round as `alloop train` does). "
-        "Default: as `alloop init` sets it (auto for linear/poly regression, 1 otherwise).",
+        "Default: as `alloop init` sets it (auto for linear, poly and auto regression models, 1 otherwise).",
     ),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes (default: one per CPU core)."),
     endpoint_url: Optional[str] = typer.Option(

@@ -83,14 +83,14 @@ def family(method: str) -> str:
 
 
 def run_alloop(name: str, meta: dict, strategies: tuple, reps: int, out: Path, model: str | None = None) -> None:
-    """``alloop simulate`` on one suite dataset: the live strategies, the model and s as `alloop init` sets them
-    (``model``: another ``--model`` kind, its curves kept apart in ``alloop-KIND/`` and reported as ``strategy@KIND``)."""
+    """``alloop simulate`` on one suite dataset: the live strategies, s as `alloop init` sets it, the linear model
+    (curves in ``alloop/``) or another ``--model`` kind (curves kept apart in ``alloop-KIND/``, reported as ``strategy@KIND``)."""
     from alloop.sim import simulate as sim
 
     folder = suite.folder(name)
     sim.run_simulation(pool=str(folder / "pool.parquet"), test=str(folder / "test.parquet"), task=meta["task"], strategy_list=list(strategies),
                        reps=reps, out=str(out / ("alloop" if model is None else f"alloop-{model}")), budget=budget_of(meta), batch=BATCH,
-                       initial=INITIAL, seed=SEED, model=None if model is None else {"kind": model})
+                       initial=INITIAL, seed=SEED, model={"kind": model or "linear"})
 
 
 def run_anchor(name: str, meta: dict, method: str, reps: int, out: Path) -> None:
@@ -125,7 +125,7 @@ def run(mode: dict, names: list[str], out: Path, anchors: bool, alloop: bool = T
 def curves(name: str, out: Path) -> pd.DataFrame:
     """Every finished curve of a dataset: method, model, rep, n_labels, metric (RMSE or error rate)."""
     frames = []
-    for folder in sorted((out / name).glob("alloop*")):  # alloop/ (the default model), alloop-KIND/ (--model KIND)
+    for folder in sorted((out / name).glob("alloop*")):  # alloop/ (the linear model), alloop-KIND/ (--model KIND)
         if not (folder / "curves.csv").exists():
             continue
         df = pd.read_csv(folder / "curves.csv")
@@ -231,7 +231,7 @@ def report(out: Path, names: list[str], seconds: dict | None = None) -> str:
         others = [f"{strategies.default_for(task, kind)}@{kind}" for kind in kinds]  # each other model with its own default
         for ours in [default, *(m for m in others if m in set(t["method"]))]:
             for anchor in ("bmdal-lcmd-tp", "skal-margin"):
-                line = head_to_head(t, ours, anchor)
+                line = head_to_head(t, ours, anchor, task)
                 if line:
                     lines += ["", "Absolute error: " + line]
         lines += stop_table(list(t["dataset"].unique()), out, task)
@@ -252,7 +252,7 @@ def report(out: Path, names: list[str], seconds: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def head_to_head(t: pd.DataFrame, ours: str, theirs: str) -> str | None:
+def head_to_head(t: pd.DataFrame, ours: str, theirs: str, task: str) -> str | None:
     """On how many datasets ``ours`` reaches a lower mean test metric than ``theirs`` at 50, 100 and 200 labels (absolute, own models)."""
     both = [d for d in t["dataset"].unique() if {ours, theirs} <= set(t[t["dataset"] == d]["method"])]
     if not both:
@@ -262,7 +262,10 @@ def head_to_head(t: pd.DataFrame, ours: str, theirs: str) -> str | None:
         wins = sum(float(t[(t.dataset == d) & (t.method == ours)][f"at{k}"].iloc[0]) < float(t[(t.dataset == d) & (t.method == theirs)][f"at{k}"].iloc[0])
                    for d in both)
         parts.append(f"{wins} of {len(both)} at {k} labels")
-    what = "alloop's default, its model" if "@" not in ours else f"alloop's default on --model {ours.split('@', 1)[1]}"
+    from alloop.config import default_model
+
+    kind = ours.split("@", 1)[1] if "@" in ours else "linear"
+    what = f"alloop's default strategy on --model {kind}" + (": what `alloop init` runs unless told" if kind == default_model(task) else "")
     return f"`{ours}` ({what}) has a lower mean test error than `{theirs}` (its own model) on " + ", ".join(parts) + "."
 
 
@@ -315,7 +318,7 @@ def main() -> None:
     ap.add_argument("--no-alloop", action="store_true", help="run the anchors only (e.g. beside an alloop-only run on the same --out)")
     ap.add_argument("--anchors", help="comma-separated anchor methods to run (default: the mode's)")
     ap.add_argument("--model", help="alloop's model (e.g. auto; regression only), curves kept apart and reported as strategy@MODEL "
-                    "(default: what alloop init sets, linear)")
+                    "(default: linear, in alloop/; alloop init's default for regression is auto)")
     ap.add_argument("--strategies", help="comma-separated alloop strategies to run (each on the tasks it applies to; default: the mode's)")
     ap.add_argument("--report", action="store_true", help="only rebuild the report from what has run")
     ap.add_argument("--doc", default=str(RESULTS), help="the page whose suite section is rewritten")

@@ -207,6 +207,37 @@ def test_auto_where_it_cannot_choose_is_one_line_and_exit_2(runs, tmp_path, extr
     assert not (runs / "b").exists()
 
 
+@pytest.mark.parametrize("extra,model,s", [
+    ([], "auto", "auto"),  # a regression run chooses its model unless told
+    (["--s", "loocv"], "auto", "loocv"),
+    (["--s", "2"], "linear", 2.0),  # a given s leaves auto nothing to choose with
+    (["--model", "mlp"], "mlp", 1.0),
+    (["--model", "linear"], "linear", "auto"),
+])
+def test_init_defaults_to_auto_for_regression_whose_s_is_chosen(runs, tmp_path, extra, model, s):
+    pool = _cubic_pool(tmp_path)
+    seed = _labels(pool, [0, 1, 2], tmp_path / "seed.csv")
+    res = invoke(["init", "d", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, *extra], runs)
+    assert res.code == 0, res.stderr
+    config = json.loads((runs / "d" / "config.json").read_text())
+    assert (config["model"]["kind"], config["s"]) == (model, s)
+
+
+def test_the_default_model_is_linear_for_classification():
+    assert config_mod.default_model("classification") == "linear" and config_mod.default_model("classification", "auto") == "linear"
+    assert config_mod.default_model("regression") == "auto" and config_mod.default_model("regression", 0.5) == "linear"
+
+
+def test_simulate_replays_inits_default_model(tmp_path):
+    pool = _cubic_pool(tmp_path, n=200, seed=2)
+    pool.to_parquet(tmp_path / "pool_t.parquet", index=False)
+    pool.iloc[:50].drop(columns="id").to_parquet(tmp_path / "test_t.parquet", index=False)
+    sim.run_simulation(pool=str(tmp_path / "pool_t.parquet"), test=str(tmp_path / "test_t.parquet"), strategy_list=["random"], reps=1,
+                       out=str(tmp_path / "o"), jobs=1, initial=10, budget=20, batch=10)
+    settings = json.loads((tmp_path / "o" / "config.json").read_text())["settings"]
+    assert (settings["model"]["kind"], settings["s"]) == ("auto", "auto")
+
+
 def test_simulate_replays_the_runs_choice_each_round(tmp_path):
     pool = _cubic_pool(tmp_path, n=300, seed=1)
     full = pd.DataFrame({"id": pool["id"], "x": pool["x"], "target": pool["target"]})

@@ -100,7 +100,8 @@ def test_full_cycle_with_the_installed_command(tmp_path, alloop_data):
     st = sh("status", "exp", "--json").json()
     assert STATUS_FIELDS <= set(st), STATUS_FIELDS - set(st)
     assert (st["labels"], st["outstanding"], st["round"], st["trained_on"], st["stale"]) == (15, 0, 2, 15, False)
-    assert (st["pool_rows"], st["features"], st["task"], st["model"], st["s"]) == (240, 3, "regression", "linear", "auto")
+    assert (st["pool_rows"], st["features"], st["task"], st["model"], st["s"]) == (240, 3, "regression", "auto", "auto")  # init's defaults
+    assert st["model_now"] in ("linear", "poly 2", "poly 3") and st["model_choice"]["reason"]  # 15 labels: no MLP yet
     assert st["figures"]["test_rmse"] == pytest.approx(last)
     assert st["queries"] == ["queries/round-0001.csv", "queries/round-0002.csv"]
 

@@ -66,7 +66,7 @@ def run_demo(
     initial: int = 10,
     strategy: str | None = None,
     model: dict | None = None,
-    s: float | None = None,
+    s: float | str | None = None,
     name: str | None = None,
     seed: int = 0,
     reporter: Reporter | None = None,
@@ -80,8 +80,8 @@ def run_demo(
     folder = datasets_dir() / dataset
     name = name or _free_name(f"demo-{dataset}")
     defaults = meta.get("demo", {})
-    model = model or defaults.get("model", {"kind": "linear"})
-    s = s if s is not None else float(defaults.get("s", 1.0))
+    model = model or defaults.get("model")  # else alloop init's default (config.default_model)
+    s = s if s is not None else defaults.get("s")  # else init's default (config.default_s)
     with tempfile.TemporaryDirectory() as tmp:
         seed_path = _seed_file(meta, folder, initial, seed, Path(tmp))
         init_run(

@@ -10,7 +10,7 @@ import numpy as np
 
 import alloop
 from alloop.commands.common import TEST_FILE, now, read_seed_labels
-from alloop.config import ModelSpec, PoolSpec, RunConfig, default_s
+from alloop.config import ModelSpec, PoolSpec, RunConfig, default_model, default_s
 from alloop.core import sgdf
 from alloop.errors import UserError
 from alloop.io import atomic, rundir, tables
@@ -42,7 +42,8 @@ def init_run(
 ) -> dict:
     """Create the run ``name`` over ``pool``; every option is checked (``RunConfig.validate``) before the pool is read.
 
-    ``model``: a ``ModelSpec`` or its JSON form (``{"kind": "mlp", "hidden": [64]}``). Classification:
+    ``model``: a ``ModelSpec`` or its JSON form (``{"kind": "mlp", "hidden": [64]}``); unless given,
+    ``config.default_model`` (auto for regression with s chosen, else linear). Classification:
     ``classes`` (or, without it, the seed and test labels) fixes the class mapping.
     """
     reporter = reporter or Reporter()
@@ -51,7 +52,7 @@ def init_run(
         raise UserError(f"{str(path)!r} is a file, not a run directory: pick another run name")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
-    spec = model if isinstance(model, ModelSpec) else model_spec(**dict(model or {}))
+    spec = model if isinstance(model, ModelSpec) else model_spec(**(dict(model) if model else {"kind": default_model(task, s)}))
     placeholder = PoolSpec(str(pool), str(pool), id_col, (), "", 0)
     config = RunConfig(placeholder, {}, spec, task, tuple(targets), s=default_s(task, spec.kind) if s is None else s,
                        regularizer=regularizer, tangent=tangent, trainer=trainer, train={**sgdf.TrainConfig().to_dict(), **(train or {})},

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from alloop import strategies
-from alloop.config import MODEL_KINDS, PoolSpec, RunConfig, default_s, parse_s
+from alloop.config import MODEL_KINDS, PoolSpec, RunConfig, default_model, default_s, parse_s
 from alloop.core import sgdf
 from alloop.errors import UserError
 from alloop.io import atomic, datasets, rundir, tables
@@ -460,8 +460,9 @@ def run_simulation(
 ) -> dict:
     """The ``simulate`` use case: find the data (``dataset`` or ``pool`` + ``test``), then ``simulate``.
 
-    A bundled dataset's ``demo`` defaults (model, s) and task apply unless given. Without them, s follows
-    ``alloop init``'s policy (``config.default_s``): auto for linear and poly regression, 1 otherwise.
+    A bundled dataset's ``demo`` defaults (model, s) and task apply unless given. Without them, model and s
+    follow ``alloop init``'s policy (``config.default_model``, ``config.default_s``): auto model and s for
+    regression, a linear model with s = 1 for classification.
     """
     if dataset:
         if pool or test:
@@ -475,8 +476,9 @@ def run_simulation(
             raise UserError("simulate needs --dataset NAME, or --pool FILE and --test FILE (both with the target column)")
         name, defaults = pool_name(pool), {}
     task = task or "regression"
-    model = model or defaults.get("model") or {"kind": "linear"}
-    s = parse_s(s) if s is not None else defaults.get("s", default_s(task, model.get("kind", "linear")))
+    s = parse_s(s) if s is not None else defaults.get("s")
+    model = model or defaults.get("model") or {"kind": default_model(task, s)}
+    s = s if s is not None else default_s(task, model.get("kind", "linear"))
     data = load_data(pool, test, target, id_col, name, task)
     sim_settings = SimSettings(model=dict(model), s=s, task=task, **settings)
     where = Path(out) if out else rundir.runs_root() / f"simulate-{name}"
