@@ -37,11 +37,12 @@ def _problem(rng, n=40, d=2, k=1, degree=DEGREE, anchor=False):
 
 
 def _features(prob, x, degree=DEGREE):
-    """A = [z, z², …, 1] by hand: the model's design matrix, with its weights-then-bias layout."""
+    """A = [z, c², …, 1] by hand, c = z held within ±3: the model's design matrix, weights-then-bias layout."""
     mean = np.asarray(prob.stats.mean, np.float64)
     scale = np.asarray(prob.stats.scale, np.float64)
     z = (np.asarray(x, np.float64) - mean) / scale
-    return np.c_[np.concatenate([z**j for j in range(1, degree + 1)], axis=1), np.ones(len(z))]
+    c = np.minimum(np.maximum(z, -3.0), 3.0)
+    return np.c_[np.concatenate([z] + [c**j for j in range(2, degree + 1)], axis=1), np.ones(len(z))]
 
 
 def _ridge(a, y, s, w=None):

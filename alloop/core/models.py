@@ -76,9 +76,18 @@ def linear(n_in: int, n_out: int = 1) -> Model:
     return Model("linear", init, apply, n_in, n_out)
 
 
-def poly_features(z: jax.Array, degree: int) -> jax.Array:
-    """Per-feature powers z, z², …, z^degree, concatenated (no cross terms)."""
-    return jnp.concatenate([z**j for j in range(1, degree + 1)], axis=-1)
+POLY_CLIP = 3.0  # standard deviations of the pool beyond which a poly model's higher powers stop growing
+
+
+def poly_features(z, degree: int, xp=jnp):
+    """Per-feature z, z², …, z^degree (no cross terms), the powers from 2 on of z clipped to ±POLY_CLIP.
+
+    Beyond POLY_CLIP pool standard deviations the polynomial goes on as its linear term alone: a cubic
+    fitted on the bulk of the pool must not explode on a heavy tail's rows (at 16 sd, z³ is 4,000 and a
+    --model auto run's test RMSE went from 5 to 1,630 on a suite table). ``xp``: jax.numpy or numpy.
+    """
+    c = xp.clip(z, -POLY_CLIP, POLY_CLIP)
+    return xp.concatenate([z] + [c**j for j in range(2, degree + 1)], axis=-1)
 
 
 def poly(n_in: int, n_out: int = 1, degree: int = 3) -> Model:

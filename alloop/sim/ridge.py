@@ -21,6 +21,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from alloop.core import models
 from alloop.strategies import TrainedModel
 from alloop.strategies.builtin import COMMITTEE_SIZE
 from alloop.training import choose_s as choose_s_mod
@@ -39,7 +40,7 @@ class Features(NamedTuple):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, np.float64) - self.mean) / self.scale
-        phi = z if self.kind == "linear" else np.concatenate([z**j for j in range(1, self.degree + 1)], axis=1)
+        phi = z if self.kind == "linear" else models.poly_features(z, self.degree, np)  # the run's poly model, in float64
         return np.concatenate([phi, np.ones((len(z), 1))], axis=1)
 
 
