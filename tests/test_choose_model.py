@@ -13,6 +13,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -297,8 +298,8 @@ def test_a_poly_model_is_its_polynomial_within_3_sd_and_goes_on_linearly_beyond(
 
     model = models.poly(1, 1, 3)
     stats = models.fit_standardizer([0.0], [1.0])
-    params = {"w": jnp_array([[0.5], [-0.25], [0.125]]), "b": jnp_array([1.0])}
-    f = lambda z: float(model.apply(params, stats, jnp_array([[z]]))[0, 0])  # noqa: E731
+    params = {"w": jnp.asarray([[0.5], [-0.25], [0.125]]), "b": jnp.asarray([1.0])}
+    f = lambda z: float(model.apply(params, stats, jnp.asarray([[z]]))[0, 0])  # noqa: E731
     for z in (-2.9, -1.0, 0.3, 2.5):
         assert f(z) == pytest.approx(1.0 + 0.5 * z - 0.25 * z**2 + 0.125 * z**3, rel=1e-5)
     edge = 1.0 + 0.5 * 3 - 0.25 * 9 + 0.125 * 27
@@ -306,10 +307,4 @@ def test_a_poly_model_is_its_polynomial_within_3_sd_and_goes_on_linearly_beyond(
         assert f(z) == pytest.approx(edge + 0.5 * (z - 3.0), rel=1e-5)  # only the linear term keeps growing
     x = np.array([[-20.0, 0.1], [0.0, 1.0], [2.0, -4.0], [50.0, 3.0]])
     feats = ridge.make_features({"kind": "poly", "degree": 3}, np.zeros(2), np.ones(2))
-    np.testing.assert_allclose(feats(x)[:, :-1], np.asarray(models.poly_features(jnp_array(x), 3)), rtol=1e-6)  # simulate's ridge = the run's model
-
-
-def jnp_array(a):
-    import jax.numpy as jnp
-
-    return jnp.asarray(a, jnp.float32)
+    np.testing.assert_allclose(feats(x)[:, :-1], np.asarray(models.poly_features(jnp.asarray(x), 3)), rtol=1e-6)  # simulate's ridge = the run's model

@@ -76,7 +76,7 @@ def _format(path: Path) -> str:
 
 def _require(columns, path: Path, id_col: str, targets: tuple) -> None:
     """UserError when the id or a target column is absent, listing the columns found."""
-    found = ", ".join(str(c) for c in columns) or "none"
+    found = ", ".join(str(c) if str(c).isprintable() else repr(str(c)) for c in columns) or "none"  # one line, whatever the names hold
     if id_col not in columns:
         raise UserError(f"label file '{path}' has no id column '{id_col}' (columns: {found}): add it or pass --id-col NAME")
     for t in targets:
