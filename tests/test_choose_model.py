@@ -28,6 +28,7 @@ from alloop.sim import auto as sim_auto
 from alloop.sim import simulate as sim
 from alloop.training import choose_model
 from alloop.training import choose_s as choose_s_mod
+from alloop.training import stopping
 from alloop.training import fit as fitting
 
 FAST = ["--epochs", "1", "--min-steps", "300", "--lr", "0.05"]
@@ -162,6 +163,7 @@ def test_an_auto_run_switches_when_new_labels_show_curvature_and_its_files_follo
     tree, meta = common.load_checkpoint(run)
     assert np.asarray(tree["params"]["w"]).shape == (3, 1)  # x, x², x³ of the one feature: poly 3's parameters
     assert meta["model_choice"]["model"] == "poly 3"
+    assert set(meta["model_choice"]["spread"]) == {"linear", "poly 2", "poly 3", "mlp 64,64"}  # checked on the run's stop set
     ok(invoke(["verify", "a"], runs))
     q = invoke(["query", "a", "-k", "5", "--json", "--strategy", "sld"], runs)
     ok(q)
@@ -252,8 +254,9 @@ def test_simulate_replays_the_runs_choice_each_round(tmp_path):
     assert [r["n_labels"] for r in rows] == [10, 20, 30, 40] and all(np.isfinite(r["metric"]) for r in rows)
     labeled = sim.initial_rows(settings, 0, len(data.y_pool))
     state = learner.fit(labeled, None)
-    direct = choose_model.choose(learner.auto_config, data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None])
-    assert state[3] == direct.model.label() and state[1] == pytest.approx(direct.s)
+    stop_set = data.x_pool[stopping.stop_rows(settings.seed, len(data.x_pool))].astype(np.float32)  # what a run checks candidates on
+    direct = choose_model.choose(learner.auto_config, data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None], x_pool=stop_set)
+    assert state[3] == direct.model.label() and state[1] == pytest.approx(direct.s) and direct.spread is not None
     assert learner.config.model.label() == direct.model.label()  # what rounds and stop signals are built from
 
 
@@ -308,3 +311,79 @@ def test_a_poly_model_is_its_polynomial_within_3_sd_and_goes_on_linearly_beyond(
     x = np.array([[-20.0, 0.1], [0.0, 1.0], [2.0, -4.0], [50.0, 3.0]])
     feats = ridge.make_features({"kind": "poly", "degree": 3}, np.zeros(2), np.ones(2))
     np.testing.assert_allclose(feats(x)[:, :-1], np.asarray(models.poly_features(jnp.asarray(x), 3)), rtol=1e-6)  # simulate's ridge = the run's model
+
+
+# --- the pool check: a flexible fit that varies more on the pool than the labels allow is ruled out -------
+
+
+def test_pool_spread_is_the_variance_of_the_exact_fit_on_the_pool_over_the_labels():
+    """Against closed-form ridge in numpy (simulate's learner): the fit at s on every label, its predictions on the pool."""
+    from alloop.sim import ridge
+
+    x, y = _xy(lambda x: x[:, 0] ** 2 + x[:, 1], n=25, seed=5)
+    x_pool = np.random.default_rng(6).normal(scale=1.5, size=(300, 2)).astype(np.float32)
+    for label, s in (("linear", 0.7), ("poly 3", 2.0)):
+        spec = next(c for c in choose_model.candidates() if c.label() == label)
+        feats = ridge.make_features(spec.to_json(), np.zeros(2), np.ones(2))
+        fit = ridge.fit_ridge(feats(x.astype(np.float64)), y[:, 0].astype(np.float64), s, ridge.penalty(feats(x[:1]).shape[1]))
+        want = np.var(feats(x_pool.astype(np.float64)) @ fit.theta) / np.var(y[:, 0], ddof=1)
+        assert choose_s_mod.pool_spread(_config(2).replace(model=spec), x, y, s, x_pool) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_grids_spread_is_its_chosen_folds_predictions_on_the_pool():
+    """The MLP's spread: the chosen s's fold trainings (each trained alone here), their pool variance averaged."""
+    from alloop.core import objective, sgdf
+
+    x, y = _xy(lambda x: np.sin(2.0 * x[:, 0]) + x[:, 1], n=45, seed=2)
+    x_pool = np.random.default_rng(3).normal(size=(200, 2)).astype(np.float32)
+    config = _config(2).replace(model=fitting.model_spec("mlp", hidden=(8,)))
+    grid, steps = (0.5, 50.0), 150
+    got = choose_s_mod.choose_grid(config, x, y, grid=grid, steps=steps, x_pool=x_pool)
+    assert got.s == 0.5  # a sine: the weaker penalty wins (so the spread must come from the first s's folds)
+    tc = choose_s_mod.tune_config(config)
+    yt = fitting.make_targets(config, y, fitting.target_stats(config, y))
+    init = fitting.build_model(config).init(jax.random.PRNGKey(config.seed))
+    problem = fitting.build_problem(config, init)
+    variances = []
+    for m in hyper.fold_masks(len(x), choose_s_mod.n_folds(len(x), tc), tc.seed):
+        tr = m > 0
+        cfg = sgdf.TrainConfig.from_dict({**fitting.train_config(config, int(tr.sum())).to_dict(), "epochs": steps,
+                                          "batch_size": int(tr.sum()), "tangent_every": 0})
+        state, _ = sgdf.fit(problem, objective.make_data(x[tr], yt[tr]), got.s, cfg, params=init)
+        variances.append(np.var(np.asarray(problem.model.apply(state.params, problem.stats, jnp.asarray(x_pool)))[:, 0]))
+    assert got.spread == pytest.approx(np.mean(variances) / np.var(yt[:, 0], ddof=1), rel=5e-3)
+
+
+def test_a_polynomial_that_runs_wild_on_the_pool_is_ruled_out_though_its_cv_is_lowest():
+    """Labels near 0 of a target with curvature there: poly 3 cross-validates best. On a pool that reaches further
+    (where its cubic term grows, and the true target is bounded), its predictions vary far more than the labels:
+    it is ruled out, and the choice says why. On a pool like the labels, it stays the choice."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1.0, 1.0, size=(30, 1)).astype(np.float32)
+    y = (np.tanh(2.0 * x[:, 0]) + 0.02 * rng.normal(size=30))[:, None]  # bounded: |y| < 1 everywhere
+    config = _config(1)
+    near = rng.uniform(-1.0, 1.0, size=(400, 1)).astype(np.float32)
+    far = rng.uniform(-3.0, 3.0, size=(400, 1)).astype(np.float32)
+    plain = choose_model.choose(config, x, y)
+    assert plain.model.label() == "poly 3" and plain.spread is None
+    assert choose_model.choose(config, x, y, x_pool=near).model.label() == "poly 3"
+    guarded = choose_model.choose(config, x, y, x_pool=far)
+    assert guarded.model.label() != "poly 3" and "poly 3 ruled out" in guarded.reason
+    # the rule, from the recorded figures: ruled out exactly when above Var y's upper limit plus its CV loss and above linear's
+    from scipy import stats
+
+    limit = 29 / stats.chi2.ppf(0.05, 29)  # the exact quantile: 30 labels
+    assert choose_model.variance_limit(30) == pytest.approx(limit, rel=2e-3)
+    for label, spread in guarded.spread.items():
+        out = label != "linear" and spread > max(limit + guarded.cv_loss[label], guarded.spread["linear"])
+        assert (f"{label} ruled out" in guarded.reason) == out
+    assert guarded.spread["poly 3"] > limit + guarded.cv_loss["poly 3"]
+    assert json.loads(json.dumps(guarded.record()))["spread"]["poly 3"] == pytest.approx(guarded.spread["poly 3"])
+
+
+def test_the_linear_model_is_never_ruled_out():
+    x, y = _xy(lambda x: 3.0 * x[:, 0], n=20, seed=8)
+    wide = np.random.default_rng(9).normal(scale=10.0, size=(300, 2)).astype(np.float32)  # linear's own predictions vary 100×
+    picked = choose_model.choose(_config(2), x, y, x_pool=wide)
+    assert picked.spread["linear"] > 10.0 and "linear ruled out" not in picked.reason
+    assert picked.model.label() == "linear"

@@ -25,8 +25,9 @@ from alloop.training import stopping
 STOP_SET_FILE = "stopset.parquet"
 
 
-def stop_set(run: rundir.Run, info: poolio.PoolInfo) -> np.ndarray:
-    """The stop set's feature rows (float64), drawn and saved on first use."""
+def stop_set(run: rundir.Run, info: poolio.PoolInfo, save: bool = True, reporter=None) -> np.ndarray | None:
+    """The stop set's feature rows (float64), drawn and saved on first use. ``save=False`` (before a training
+    is committed) reads without writing, and gives None with a warning when the pool cannot be read."""
     config = config_of(run)
     path = run.path / STOP_SET_FILE
     if path.exists():
@@ -35,10 +36,18 @@ def stop_set(run: rundir.Run, info: poolio.PoolInfo) -> np.ndarray:
             return frame[list(config.pool.features)].to_numpy(np.float64)
         except Exception:  # a damaged derived file is drawn again
             pass
-    ids = poolio.scan_ids(info)
-    frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])
+    try:
+        ids = poolio.scan_ids(info)
+        frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])
+    except UserError as e:
+        if save:
+            raise
+        if reporter is not None:
+            reporter.warn(f"the pool sample could not be read ({e}): every model is a candidate this round")
+        return None
     frame = frame[[info.id_col, *config.pool.features]]
-    atomic.write_bytes_atomic(path, atomic.encode_table(frame, "parquet"))
+    if save:
+        atomic.write_bytes_atomic(path, atomic.encode_table(frame, "parquet"))
     return frame[list(config.pool.features)].to_numpy(np.float64)
 
 

@@ -1,7 +1,8 @@
 """``--model auto`` in simulation: every round chooses the model as ``alloop train`` does, then fits it.
 
 ``training.choose_model.choose`` scores the candidates on the labels (the model in use kept unless
-beaten by the margin); the chosen one is fitted by its own simulation learner: closed-form ridge for
+beaten by the margin; flexible ones ruled out when they vary too much on the stop set, the pool sample
+a run checks them on); the chosen one is fitted by its own simulation learner: closed-form ridge for
 linear and poly, SGDF through the core for the MLP. A switch to the MLP starts its parameters afresh,
 as a run's training does after a switch; staying on it warm-starts from its last fit.
 """
@@ -14,7 +15,7 @@ import numpy as np
 
 from alloop.sim import ridge
 from alloop.sim import sgdf as sim_sgdf
-from alloop.training import choose_model
+from alloop.training import choose_model, stopping
 
 
 class AutoLearner:
@@ -29,6 +30,7 @@ class AutoLearner:
             sub = config.replace(model=spec.auto_marked())
             self.learners[spec.label()] = (sim_sgdf.SGDFLearner(data, sub_settings, sub.with_s(1.0)) if spec.kind == "mlp"
                                            else ridge.RidgeLearner(data, sub_settings, sub))
+        self.x_check = data.x_pool[stopping.stop_rows(settings.seed, len(data.x_pool))].astype(np.float32)  # the run's stop set
         self.current = next(iter(self.learners))  # the model in use: the first candidate until a fit chooses
         self._s = None
         self.cv_loss = None
@@ -43,7 +45,7 @@ class AutoLearner:
         current = None if first else self.learners[self.current].config.model
         y = self.data.y_pool[labeled]
         picked = choose_model.choose(self.auto_config, self.data.x_pool[labeled].astype(np.float32), y[:, None],
-                                     current=current, s_prev=None if first else self._s)
+                                     current=current, s_prev=None if first else self._s, x_pool=self.x_check)
         label = picked.model.label()
         switched = label != self.current or first
         self.current, self._s, self.cv_loss = label, picked.s, picked.s_choice.cv_loss

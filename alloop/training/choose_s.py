@@ -263,28 +263,76 @@ class Choice(NamedTuple):
     evaluations: tuple  # of hyper.Evaluation
     stop: str
     seconds: float
+    spread: float | None = None  # pool_spread at the chosen s, when a pool sample was given (None otherwise)
 
     def record(self) -> dict:
         """What a checkpoint's meta and the history keep about the choice (no timing: same inputs, same bytes)."""
         return {"s": self.s, "mode": self.mode, "cv_loss": self.cv_loss, "folds": self.folds, "route": self.route,
-                "s_start": self.s_start, "evaluations": len(self.evaluations), "stop": self.stop}
+                "s_start": self.s_start, "evaluations": len(self.evaluations), "stop": self.stop,
+                **({} if self.spread is None else {"spread": self.spread})}
 
 
 def choose_s(config: RunConfig, x, y, *, mode: str = "auto", s_prev: float | None = None, params=None, tangent=None,
-             tc: TuneConfig | None = None, ev=None) -> Choice:
-    """Choose s for these labels: ``auto`` (hypergradient search from ``s_prev``) or ``loocv`` (closed form)."""
+             tc: TuneConfig | None = None, ev=None, x_pool=None) -> Choice:
+    """Choose s for these labels: ``auto`` (hypergradient search from ``s_prev``) or ``loocv`` (closed form).
+    ``x_pool``: a uniform sample of pool rows, on which the choice also measures its ``pool_spread``."""
     t0 = time.perf_counter()
     tc = tc or tune_config(config)
     if len(x) < 2:
         raise UserError("choosing s needs at least 2 labels: give a number with --s for now")
     s0 = float(s_prev) if s_prev is not None else tc.s_init
     if mode == "loocv":
-        return _choose_loocv(config, x, y, tc, s0, t0)
+        choice = _choose_loocv(config, x, y, tc, s0, t0)
+        return choice if x_pool is None else choice._replace(spread=pool_spread(config, x, y, choice.s, x_pool))
     if (ev[0] if ev else route_for(_problem(as_config(config))[0], tc)) == "grid":
-        return choose_grid(config, x, y, tc=tc)
+        return choose_grid(config, x, y, tc=tc, x_pool=x_pool)
     route, ev_, k = ev or evaluator(config, x, y, tc, params, tangent)
     res = hyper.minimize_log_s(ev_, s0, tc.s_min, tc.s_max, tol=tc.tol, max_evals=tc.max_evals, flat=tc.flat)
-    return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0)
+    spread = pool_spread(config, x, y, res.s, x_pool) if x_pool is not None and route == "exact" else None
+    return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0, spread)
+
+
+# --- how much a fit's predictions vary over the pool ----------------------------------------------
+
+
+def pool_spread(config: RunConfig, x, y, s: float, x_pool) -> float:
+    """The variance of a linear or poly model's predictions (fitted exactly at s on every label) over the rows
+    ``x_pool``, divided by the variance of the labels.
+
+    The conditional mean E[y|x] never varies more than y does (Var E[y|x] ≤ Var y), so a fit whose predictions
+    on the pool vary more than its labels is extrapolating: ``choose_model`` uses it against polynomials that
+    cross-validate well on a few labels and run wild between or beyond them."""
+    problem, init, data = _setup(config, x, y)
+    if not hyper.is_linear(problem):
+        raise ValueError("pool_spread solves linear or poly models exactly; the grid reports its MLP's own")
+    with jax.enable_x64(True):
+        d = hyper.cast(data, jnp.float64)
+        return float(_spread_function(problem, init)(d, jnp.float64(s), jnp.asarray(x_pool, jnp.float64)))
+
+
+def _variance_ratio(pred, y, w):
+    """Variance of ``pred`` over its rows (mean over leading axes) over the variance of the positive-weight labels."""
+    on = (w > 0).astype(y.dtype)
+    count = jnp.maximum(jnp.sum(on), 2.0)
+    labels = y.reshape(y.shape[0], -1)[:, 0]
+    mean = jnp.sum(on * labels) / count
+    var_y = jnp.sum(on * (labels - mean) ** 2) / (count - 1.0)
+    var_pred = jnp.mean(jnp.var(pred[..., 0], axis=-1))
+    return var_pred / jnp.maximum(var_y, 1e-300)
+
+
+def _spread_function(problem, init):
+    """The jitted ``pool_spread`` of a linear problem, kept with it (one compilation per shape)."""
+    cache = next((fns for p, _, fns in _PROBLEMS.values() if p is problem), {})
+    if "spread" not in cache:
+        def spread(d, s, x_pool):
+            form = hyper.linear_form(problem, init, d.x)
+            theta, _ = hyper.full_solution(form, d.y, d.w, s)
+            prob, params = hyper.promote(problem, form.unravel(theta))
+            return _variance_ratio(prob.model.apply(params, prob.stats, x_pool), d.y, d.w)
+
+        cache["spread"] = jax.jit(spread)
+    return cache["spread"]
 
 
 GRID_S = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # the s a grid search tries (the MLP in --model auto; docs/results.md)
@@ -292,13 +340,14 @@ GRID_STEPS = 1000  # steps of each grid training, from the model's initial param
 GRID_BATCH = 256  # rows per step: full batch up to 256 labels, minibatches above (the cost stops growing with the labels)
 
 
-def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=GRID_S, steps: int = GRID_STEPS) -> Choice:
+def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=GRID_S, steps: int = GRID_STEPS, x_pool=None) -> Choice:
     """The s of ``grid`` with the lowest k-fold CV loss, every (fold, s) trained at once from the initial parameters.
 
     For models whose hypergradient search is erratic on few labels (the MLP: docs/choosing-s.md): no warm
     start from a fit that saw the held-out rows, no search path, the same folds as ``evaluator``. Rows are
     padded with weight-0 rows to a power of two (at least 64), so XLA compiles once per size; each training
-    takes ``steps`` steps of at most GRID_BATCH rows, so its cost stops growing with the labels.
+    takes ``steps`` steps of at most GRID_BATCH rows, so its cost stops growing with the labels. With
+    ``x_pool``, the choice's ``spread`` is ``pool_spread``'s measure from the chosen s's fold trainings.
     """
     t0 = time.perf_counter()
     tc = tc or tune_config(config)
@@ -321,7 +370,12 @@ def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=G
     cv = loss.reshape(k, len(grid)).sum(axis=0) / max(n, 1)
     i = int(np.argmin(np.where(np.isfinite(cv), cv, np.inf)))
     evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, cv))
-    return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0)
+    spread = None
+    if x_pool is not None:  # the chosen s's k fold trainings (index fold·len(grid) + i)
+        chosen = jax.tree_util.tree_map(lambda a: a[i::len(grid)], params)
+        pred = jax.vmap(lambda p: problem.model.apply(p, problem.stats, jnp.asarray(x_pool, jnp.float32)))(chosen)
+        spread = float(_variance_ratio(pred, data.y, data.w))
+    return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0, spread)
 
 
 def _grid_functions(config: RunConfig, problem, n_pad: int, steps: int):
@@ -358,12 +412,12 @@ def _choose_loocv(config, x, y, tc: TuneConfig, s0: float, t0: float) -> Choice:
     return Choice(res.s, "loocv", res.loss, len(x), "closed-form", s0, evals, res.stop, time.perf_counter() - t0)
 
 
-def resolve_s(config: RunConfig, x, y, *, s_prev: float | None = None, params=None, tangent=None) -> tuple[float, Choice | None]:
-    """The numeric s to train with: the config's number, or the value chosen now for its mode."""
+def resolve_s(config: RunConfig, x, y, *, s_prev: float | None = None, params=None, tangent=None, x_pool=None) -> tuple[float, Choice | None]:
+    """The numeric s to train with: the config's number, or the value chosen now for its mode (``x_pool``: see ``choose_s``)."""
     config = as_config(config)
     if not is_mode(config.s):
         return float(config.s), None
-    choice = choose_s(config, x, y, mode=config.s, s_prev=s_prev, params=params, tangent=tangent)
+    choice = choose_s(config, x, y, mode=config.s, s_prev=s_prev, params=params, tangent=tangent, x_pool=x_pool)
     return choice.s, choice
 
 
