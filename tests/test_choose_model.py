@@ -26,9 +26,8 @@ from alloop.core import hyper
 from alloop.io import rundir
 from alloop.sim import auto as sim_auto
 from alloop.sim import simulate as sim
-from alloop.training import choose_model
+from alloop.training import choose_model, stopping
 from alloop.training import choose_s as choose_s_mod
-from alloop.training import stopping
 from alloop.training import fit as fitting
 
 FAST = ["--epochs", "1", "--min-steps", "300", "--lr", "0.05"]
