@@ -10,6 +10,8 @@ the scalars, so that ``alloop status`` decides from files alone (``training.stop
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -25,30 +27,42 @@ from alloop.training import stopping
 STOP_SET_FILE = "stopset.parquet"
 
 
-def stop_set(run: rundir.Run, info: poolio.PoolInfo, save: bool = True, reporter=None) -> np.ndarray | None:
-    """The stop set's feature rows (float64), drawn and saved on first use. ``save=False`` (before a training
-    is committed) reads without writing, and gives None with a warning when the pool cannot be read."""
+class StopSet(NamedTuple):
+    """The stop set's feature rows (float64), and the drawn rows (id and features) while not yet saved."""
+
+    x: np.ndarray
+    unsaved: pd.DataFrame | None
+
+
+def draw(run: rundir.Run, info: poolio.PoolInfo) -> StopSet:
+    """The stop set: the run directory's copy, or drawn from the pool when there is none (``keep`` saves it)."""
     config = config_of(run)
+    features = list(config.pool.features)
     path = run.path / STOP_SET_FILE
     if path.exists():
         try:
-            frame = pd.read_parquet(path)
-            return frame[list(config.pool.features)].to_numpy(np.float64)
+            return StopSet(pd.read_parquet(path)[features].to_numpy(np.float64), None)
         except Exception:  # a damaged derived file is drawn again
             pass
+    ids = poolio.scan_ids(info)
+    frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])[[info.id_col, *features]]
+    return StopSet(frame[features].to_numpy(np.float64), frame)
+
+
+def keep(run: rundir.Run, stop: StopSet) -> None:
+    """Save a drawn stop set in the run directory (once a training is committed: it is derived data)."""
+    if stop.unsaved is not None:
+        atomic.write_bytes_atomic(run.path / STOP_SET_FILE, atomic.encode_table(stop.unsaved, "parquet"))
+
+
+def try_draw(run: rundir.Run, info: poolio.PoolInfo, reporter=None) -> StopSet | None:
+    """``draw``, or None with a warning when the pool cannot be read (``--model auto`` then checks no candidate)."""
     try:
-        ids = poolio.scan_ids(info)
-        frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])
+        return draw(run, info)
     except UserError as e:
-        if save:
-            raise
         if reporter is not None:
             reporter.warn(f"the pool sample could not be read ({e}): every model is a candidate this round")
         return None
-    frame = frame[[info.id_col, *config.pool.features]]
-    if save:
-        atomic.write_bytes_atomic(path, atomic.encode_table(frame, "parquet"))
-    return frame[list(config.pool.features)].to_numpy(np.float64)
 
 
 def current_meta(run: rundir.Run) -> dict | None:
@@ -59,15 +73,18 @@ def current_meta(run: rundir.Run) -> dict | None:
         return None
 
 
-def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice, prev_meta: dict | None, reporter=None) -> tuple[dict | None, dict | None]:
-    """(what the checkpoint's meta keeps, what the history record gets) about this training's stop set;
-    (None, None) with a warning when the stop set cannot be read (the stopping rule then waits)."""
+def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice, prev_meta: dict | None, reporter=None,
+                 stop: StopSet | None = None) -> tuple[dict | None, dict | None]:
+    """(what the checkpoint's meta keeps, what the history record gets) about this training's stop set (``stop``:
+    already drawn, else drawn now), which is saved; (None, None) with a warning when it cannot be read (the stopping rule then waits)."""
     try:
-        x = stop_set(run, info)
+        stop = stop or draw(run, info)
     except UserError as e:
         if reporter is not None:
             reporter.warn(f"no stopping signal this round: {e}")
         return None, None
+    keep(run, stop)
+    x = stop.x
     pred = stopping.stop_predictions(fitting.predict(config, result.params, x, result.target), len(x), run.task).ravel().tolist()
     anchor = inheritance(run).get("anchor")
     model = TrainedModel(fitting.build_problem(config, result.params, anchor), result.params, result.tangent,

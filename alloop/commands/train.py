@@ -57,8 +57,9 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
     params = tangent = None
     if tree is not None and not fresh and resume is None:
         params, tangent = tree["params"], tree["tangent"]
+    stop = stopset.try_draw(run, info, reporter) if config_of(run).model.is_auto else None  # auto checks its candidates on it
     config, choice, picked = training_s(run, x, y, meta, progress if resume else None, params, tangent, s, folds, reporter,
-                                        has_model=tree is not None, info=info)
+                                        has_model=tree is not None, x_pool=None if stop is None else stop.x)
     if picked is not None and picked.switched:  # another model class: its parameters start from zero
         params = tangent = None
     model_state = {"model": config.model.concrete().to_json()} if config.model.is_auto else {}
@@ -94,7 +95,7 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
     }
     if picked is not None:
         meta["model_choice"] = picked.record()
-    stop_meta, stop_record = stopset.stop_signals(run, info, config, result, choice, prev_meta, reporter)
+    stop_meta, stop_record = stopset.stop_signals(run, info, config, result, choice, prev_meta, reporter, stop)
     meta["stop"] = stop_meta
     tree = fitting.checkpoint_tree(result.state, result.params, result.tangent)
     run = rundir.commit(run, checkpoint=(tree, atomic.to_json_value(meta)), state={"labels_at_checkpoint": run.n_labels, "training": None, **model_state})
@@ -111,12 +112,12 @@ def train_locked(run, info, reporter: Reporter, fresh: bool = False, epochs: int
 
 
 def training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: Reporter,
-               has_model: bool = False, info=None) -> tuple[RunConfig, choose_s.Choice | None, choose_model.ModelChoice | None]:
+               has_model: bool = False, x_pool=None) -> tuple[RunConfig, choose_s.Choice | None, choose_model.ModelChoice | None]:
     """The run's config with the numeric s (and, for ``--model auto``, the model) to train with now, how s was
     chosen (None for a given number) and how the model was (None unless it was chosen now).
 
     A resumed training keeps the s and model it started with; otherwise "auto" starts from the last s used.
-    ``info``: the run's pool, whose stop set ``--model auto`` checks its candidates on (``choose_model``).
+    ``x_pool``: the run's stop set, on which ``--model auto`` checks its candidates (``choose_model``).
     """
     config = config_of(run)
     if s is not None:
@@ -132,7 +133,6 @@ def training_s(run, x, y, meta, progress, params, tangent, s, folds, reporter: R
             reporter.info(f"--model auto keeps {config.model.label()}: choosing the model needs s chosen by cross-validation (--s auto)")
         return config.with_s(config.s), None, None
     if config.model.is_auto:
-        x_pool = stopset.stop_set(run, info, save=False, reporter=reporter) if info is not None else None
         with reporter.progress(f"choosing the model and s ({config.s}) on {len(x)} labels", None):
             picked = choose_model.choose(config, x, y, current=config.model if has_model else None, s_prev=last_s(run, meta), x_pool=x_pool)
         reporter.info(f"model: {picked.reason}; s = {picked.s:.4g}")
