@@ -528,7 +528,8 @@ def simulate(
         None, "--strategies",
         help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: herding,sld,sld-topk,random,"
         "greedy,igs,committee,emcm; classification: margin,sld,herding,entropy,random,greedy). Also vr, sld-seq, sld-lookahead, "
-        "sld-power, sld-power-iw (simulation only), sld-density, sld-kpp, kpp, sld-herding, lcmd, sld-lcmd, sld-mix, herding-grad, least-confident.",
+        "sld-power, sld-power-iw (simulation only), sld-density, sld-kpp, kpp, sld-herding, lcmd, sld-lcmd, sld-mix, sld-mix-iw (simulation only), "
+        "sld-mix-auto, herding-grad, least-confident.",
     ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),

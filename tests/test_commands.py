@@ -111,6 +111,32 @@ def test_ingest_then_train_records_history(run, alloop_data):
     assert done[-3:] == ["query", "ingest", "train"]
 
 
+def test_queries_record_their_uniform_draws_and_the_next_round_sees_them(run, alloop_data):
+    """A mixed batch's uniform share and a random query's rows are kept as uniform draws in the state; once
+    labeled, the round a strategy sees flags exactly those rows (what sld-mix-auto chooses its share from)."""
+    from alloop.commands import query as query_mod
+
+    mixed = query_cmd("r", k=6, strategy="sld-mix-auto", fmt="parquet")
+    picks = pd.read_parquet(mixed["path"])
+    drawn = picks["id"][picks["score"].isna()].astype(str).tolist()  # the uniform share has no score
+    assert len(drawn) == 3  # no uniform labels yet: the prior share, half of 6
+    assert rundir.open_run("r").state["uniform"] == drawn
+    ingest_cmd("r", str(fill(mixed["path"], alloop_data.truth)))
+    rand = query_cmd("r", k=4, strategy="random", fmt="parquet")
+    drawn += pd.read_parquet(rand["path"])["id"].astype(str).tolist()
+    ingest_cmd("r", str(fill(rand["path"], alloop_data.truth)))
+    run_ = rundir.open_run("r")
+    assert run_.state["uniform"] == drawn
+    info = common.open_pool_of(run_)
+    rnd = query_mod.round_of(run_, info, 0)
+    ids = rundir.read_labels(run_)["id"].astype(str).tolist()
+    assert rnd.labeled_uniform.tolist() == [i in drawn for i in ids] and rnd.labeled_uniform.sum() == 7
+    before = digest(run)
+    query_cmd("r", k=5, strategy="herding")
+    assert rundir.open_run("r").state["uniform"] == drawn  # a batch with no uniform draw adds none
+    assert digest(run) != before
+
+
 def test_a_refused_ingest_commits_nothing(run, tmp_path):
     """Validation happens before the first write: labels, state, history and checkpoints stay as they were."""
     f = tmp_path / "bad.csv"

@@ -3,6 +3,7 @@ the closed forms (ridge tangent against the core, LOOCV against retraining) and 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -539,12 +540,12 @@ def test_sld_lcmd_is_lcmd_on_the_gradients_weighted_by_capped_sld(tiny):
 
 def test_the_uniform_share_of_sld_mix_is_uniform_over_the_unlabeled_rows(tiny):
     """Over many rounds' seeds every unlabeled row is as likely to be in the uniform share (chi-square),
-    the share is ⌈0.3 k⌉ rows, and the rest is sld's pick among the other rows, given the share as labeled."""
+    the share is round(0.3 k) rows, and the rest is sld's pick among the other rows, given the share as labeled."""
     _, idx, rnd = _fitted(tiny)
     unlabeled = np.setdiff1d(tiny.ids, tiny.ids[idx])
     mix = strategies.get("sld-mix")
     counts = {i: 0 for i in unlabeled.tolist()}
-    k, share, runs = 7, int(np.ceil(research.MIX_SHARE * 7)), 300
+    k, share, runs = 7, round(research.MIX_SHARE * 7), 300
     for seed in range(runs):
         sel = strategies.select(mix, tiny.open_pool(), rnd._replace(seed=seed), tiny.ids[idx], k)
         assert len(set(sel.ids.tolist())) == k and not set(sel.ids.tolist()) & set(tiny.ids[idx].tolist())
@@ -565,11 +566,64 @@ def test_sld_mix_fills_the_rest_with_sld_seeing_the_uniform_rows_as_labeled(tiny
     kept = _kept_unlabeled(tiny, idx)
     kept = kept._replace(scores=np.random.default_rng(0).random(len(kept.ids)))
     pick = research.mix_pick_with(sld_pick)(kept, rnd, 7)
-    share = int(np.ceil(research.MIX_SHARE * 7))
+    share = round(research.MIX_SHARE * 7)
     np.testing.assert_array_equal(pick.idx[:share], np.arange(share))
     rest = strategies.stream.Kept(kept.scores[share:], kept.ids[share:], kept.x[share:])
     seen = rnd._replace(labeled_x=np.r_[rnd.labeled_x, kept.x[:share]], labeled_y=np.r_[rnd.labeled_y, np.full((share, 1), np.nan)])
     np.testing.assert_array_equal(pick.idx[share:], share + sld_pick(rest, seen, 7 - share).idx)
+
+
+def test_sld_mix_auto_draws_the_share_the_labels_support_and_flags_it(tiny):
+    """round(share·k) uniform rows first, flagged as uniform: the prior share while the round does not know which
+    labels were uniform draws, else core.share's choice from the labels."""
+    from alloop.core import share
+
+    _, idx, rnd = _fitted(tiny, labeled=30)
+    kept = _kept_unlabeled(tiny, idx)
+    pick = research.mix_pick_with(research.sld_pick, research.labeled_share)
+    k = 10
+    unknown = pick(kept, rnd, k)
+    assert unknown.uniform.tolist() == [True] * round(share.SHARE_PRIOR * k) + [False] * (k - round(share.SHARE_PRIOR * k))
+    flags = np.arange(30) < 20  # 20 uniform draws, 10 chosen otherwise
+    rnd = rnd._replace(labeled_uniform=flags)
+    evidence = share.choose_share(rnd.z(rnd.labeled_x), rnd.labeled_y[:, 0], flags, np.random.default_rng(rnd.seed))
+    assert research.labeled_evidence(rnd) == evidence and evidence.n_uniform == 20 and evidence.n_active == 10
+    known = pick(kept, rnd, k)
+    u = max(round(evidence.share * k), 1)
+    np.testing.assert_array_equal(known.idx[:u], np.arange(u))
+    assert known.uniform.tolist() == [True] * u + [False] * (k - u)
+    sel = strategies.select(strategies.get("sld-mix-auto"), tiny.open_pool(), rnd, tiny.ids[idx], k)
+    assert sel.uniform.sum() == u and np.all(np.isnan(sel.scores[:u]))
+
+
+def test_a_simulation_tells_the_strategy_which_labels_were_uniform_draws(tiny, monkeypatch):
+    """The initial labels and each mixed batch's uniform share are uniform draws; every other pick is not."""
+    seen = []
+    monkeypatch.setattr(research, "labeled_share", lambda rnd: seen.append(rnd.labeled_uniform.copy()) or 0.3)
+    mix = strategies.get("sld-mix-auto")
+    monkeypatch.setitem(strategies.REGISTRY, "sld-mix-auto", dataclasses.replace(mix, pick=research.mix_pick_with(research.sld_pick, research.labeled_share)))
+    settings = sim.SimSettings(initial=6, budget=26, batch=10, seed=2, model={"kind": "linear"})
+    sim.run_curve(sim.make_learner(tiny, settings), settings, "sld-mix-auto", 0)
+    assert [f.tolist() for f in seen] == [[True] * 6, [True] * 6 + [True] * 3 + [False] * 7]
+
+
+def test_lure_weights_make_the_mixed_batch_unbiased(tiny):
+    """sld-mix-iw's weights: over many draws, the LURE-weighted mean of any per-row loss over a mixed batch is
+    the unlabeled rows' mean (the sld part is drawn ∝ capped SLD · D², the uniform part uniformly); unweighted it is not."""
+    assert strategies.get("sld-mix-iw").weighted and not strategies.get("sld-mix").weighted
+    _, idx, rnd = _fitted(tiny)
+    kept = _kept_unlabeled(tiny, idx)
+    loss = np.sum(rnd.z(kept.x) ** 2, axis=1)  # large far from the labels, where D² draws go
+    pick = research.mix_pick_with(research.sld_pick)
+    rng, weighted, plain = np.random.default_rng(0), [], []
+    for seed in range(1500):
+        order = rng.permutation(len(kept.ids))  # the kept rows arrive in a fresh hash order every round
+        p = pick(strategies.stream.Kept(kept.scores[order], kept.ids[order], kept.x[order]), rnd._replace(seed=seed), 6)
+        rows = order[p.idx]
+        weighted.append(np.mean(research.lure_weights(p.prob, len(kept.ids)) * loss[rows]))
+        plain.append(np.mean(loss[rows]))
+    assert np.mean(weighted) == pytest.approx(loss.mean(), rel=0.04)
+    assert np.mean(plain) > 1.15 * loss.mean()
 
 
 def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, monkeypatch):

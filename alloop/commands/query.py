@@ -106,10 +106,23 @@ def query_seed(run: rundir.Run, seed: int | None) -> int:
 def round_of(run: rundir.Run, info: poolio.PoolInfo, seed: int, batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1) -> Round:
     """What the strategies may use this round: labeled rows, the trained model (None before training), the seed."""
     config = config_of(run)
-    _, lx, ly = labeled_arrays(run, info)
+    ids, lx, ly = labeled_arrays(run, info)
     tree, meta = load_checkpoint(run)
     model = None if tree is None else trained_model(run, config, tree, meta, lx, ly, seed)
-    return Round(run.task, fitting.standardizer(config), lx, ly, seed, model, batch_rows, devices)
+    return Round(run.task, fitting.standardizer(config), lx, ly, seed, model, batch_rows, devices, uniform_flags(run, ids))
+
+
+def uniform_flags(run: rundir.Run, ids) -> np.ndarray:
+    """True for each labeled id that an earlier query drew uniformly from the pool (``random``, a mixed batch's share)."""
+    drawn = set(run.state.get("uniform", []))
+    return np.fromiter((str(i) in drawn for i in ids), bool, len(ids))
+
+
+def uniform_state(run: rundir.Run, sel: Selection) -> dict:
+    """The state's record of uniform draws with this query's added (empty when it drew none uniformly)."""
+    if sel.uniform is None or not np.any(sel.uniform):
+        return {}
+    return {"uniform": [*run.state.get("uniform", []), *(str(i) for i in sel.ids[np.asarray(sel.uniform, bool)])]}
 
 
 def trained_model(run: rundir.Run, config: RunConfig, tree: dict, meta: dict, lx, ly, seed: int) -> TrainedModel:
@@ -196,7 +209,7 @@ def commit_query(run, info, sel: Selection, strategy: str, fmt: str, reporter: R
     new_round = run.round + 1
     outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
     payload = (frame, fmt) if fmt != "labelstudio" else labelstudio.query_payload(run, frame, new_round, frame.columns[2])
-    run = rundir.commit(run, query=payload, state={"round": new_round, "outstanding": outstanding})
+    run = rundir.commit(run, query=payload, state={"round": new_round, "outstanding": outstanding, **uniform_state(run, sel)})
     entry = run.state["queries"][-1]
     path = run.path / entry["file"]
     record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids),

@@ -249,15 +249,17 @@ def make_learner(data: SimData, settings: SimSettings):
 # --- one curve ----------------------------------------------------------------------------------
 
 
-def round_of(learner, state, labeled: np.ndarray, seed: int) -> strategies.Round:
-    """The round as a strategy sees it, from the learner's fit: what ``alloop query`` builds from a run."""
-    return round_with(learner.data, learner.config, labeled, seed, learner.model(state, seed))
+def round_of(learner, state, labeled: np.ndarray, seed: int, uniform: np.ndarray | None = None) -> strategies.Round:
+    """The round as a strategy sees it, from the learner's fit: what ``alloop query`` builds from a run.
+    ``uniform``: which labeled rows were uniform draws (the initial labels, a mixed batch's share)."""
+    return round_with(learner.data, learner.config, labeled, seed, learner.model(state, seed), uniform)
 
 
-def round_with(data: SimData, config: RunConfig, labeled: np.ndarray, seed: int, model: strategies.TrainedModel | None) -> strategies.Round:
+def round_with(data: SimData, config: RunConfig, labeled: np.ndarray, seed: int, model: strategies.TrainedModel | None,
+               uniform: np.ndarray | None = None) -> strategies.Round:
     """A Round over the simulation's pool with a given model (the standardizer is the config's, as in a run)."""
     return strategies.Round(config.task, fitting.standardizer(config), data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None],
-                            seed, model)
+                            seed, model, labeled_uniform=uniform)
 
 
 def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round: Callable[[], None] | None = None) -> list[dict]:
@@ -274,16 +276,18 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
     info = data.open_pool()
     labeled = initial_rows(settings, rep, n_pool)
     probs = 1.0 / (n_pool - np.arange(len(labeled)))  # the initial draw was uniform
+    uniform = np.ones(len(labeled), bool)
     x_stop = data.x_pool[stop_rows(settings, n_pool)]
     rows, state, prev = [], None, None
     for r, target in enumerate(schedule(settings, n_pool)):
         t0 = time.perf_counter()
         if state is not None:
-            rnd = round_of(learner, state, labeled, round_seed(settings, rep, r))
+            rnd = round_of(learner, state, labeled, round_seed(settings, rep, r), uniform)
             sel = strategies.select(strat, info, rnd, data.ids[labeled], target - len(labeled))
             picked = data.rows_of(sel.ids)
             labeled = np.concatenate([labeled, picked])
             probs = np.concatenate([probs, sel.prob])
+            uniform = np.concatenate([uniform, sel.uniform if sel.uniform is not None else np.zeros(len(picked), bool)])
         w = research.lure_weights(probs, n_pool) if strat.weighted else None
         state = learner.fit(labeled, w)
         metric = learner.test_metric(state)

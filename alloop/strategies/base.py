@@ -42,6 +42,7 @@ class Round(NamedTuple):
     model: TrainedModel | None = None  # None before the first training (cold start)
     batch_rows: int = DEFAULT_BATCH_ROWS
     devices: int = 1
+    labeled_uniform: np.ndarray | None = None  # (m,) True where a labeled row was drawn uniformly from the pool; None: unknown
 
     def z(self, x: np.ndarray) -> np.ndarray:
         """Standardized inputs in float64 (distances, k-means++)."""
@@ -50,11 +51,13 @@ class Round(NamedTuple):
 
 class Pick(NamedTuple):
     """Rows chosen among the kept ones: their indices in ``kept`` (in order), the score written to the
-    query file, and the probability each had when drawn (NaN when chosen deterministically)."""
+    query file, the probability each had when drawn (NaN when chosen deterministically), and which were
+    drawn uniformly from the unlabeled rows (None: none were)."""
 
     idx: np.ndarray
     scores: np.ndarray
     prob: np.ndarray
+    uniform: np.ndarray | None = None
 
 
 def deterministic(idx, scores) -> Pick:
@@ -85,6 +88,7 @@ class Selection:
     rows: object = None  # the picks' pool columns as stored (Arrow table, pick order), so the pool is not read again
     kept: stream.Kept | None = None  # what the picks were chosen from
     prob: np.ndarray | None = None
+    uniform: np.ndarray | None = None  # (k,) True where the pick was a uniform draw (a mixed batch's share)
 
 
 def top_k(kept: stream.Kept, rnd: Round, k: int) -> Pick:
@@ -109,7 +113,7 @@ def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.nd
         kept = engine(info, ran, k, n_keep, exclude, on_rows)
     pick = (ran.pick or top_k)(kept, rnd, k)
     rows = None if kept.rows is None else kept.rows.take(pick.idx)
-    return Selection(kept.ids[pick.idx], pick.scores, ran.name, note, rows, kept, pick.prob)
+    return Selection(kept.ids[pick.idx], pick.scores, ran.name, note, rows, kept, pick.prob, pick.uniform)
 
 
 def cold_start_note(strategy: Strategy, rnd: Round) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from alloop.core import diversity, ranking, scorers
 from alloop.strategies import stream
-from alloop.strategies.base import Pick, Round, Strategy, deterministic
+from alloop.strategies.base import Pick, Round, Strategy, deterministic, top_k
 
 SLD_CANDIDATES = 20000  # sld (and the research strategies) draw from a uniform sample of this many unlabeled rows
 GREEDY_CANDIDATES = 4096  # greedy keeps the rows farthest from the labeled set, at least this many
@@ -97,7 +97,12 @@ SLD = Strategy("sld", f"rows drawn ∝ min(SLD, its {CLIP_QUANTILE:.0%} quantile
                keep=uniform_sample, pick=sld_pick, needs=frozenset({"model", "tangent"}))
 SLD_TOPK = Strategy("sld-topk", "the k highest SLD scores over the whole pool (the paper's heuristic)",
                     keep=lambda rnd, k: (model_score(rnd.model.sld(), rnd), k), needs=frozenset({"model", "tangent"}))
-RANDOM = Strategy("random", "uniform over the unlabeled rows", keep=lambda rnd, k: (random_score(rnd), k))
+def uniform_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
+    """The k kept rows of a random score (a uniform draw without replacement), flagged as uniform draws."""
+    return top_k(kept, rnd, k)._replace(uniform=np.ones(min(k, len(kept.ids)), bool))
+
+
+RANDOM = Strategy("random", "uniform over the unlabeled rows", keep=lambda rnd, k: (random_score(rnd), k), pick=uniform_pick)
 GREEDY = Strategy("greedy", "GSx: farthest point from the labeled rows in standardized inputs", keep=greedy_keep, pick=greedy_pick)
 COMMITTEE = Strategy("committee", f"QBC: disagreement of {COMMITTEE_SIZE} bootstrap models (variance; mean KL for classifiers)",
                      keep=lambda rnd, k: (model_score(rnd.model.committee(), rnd), k), needs=frozenset({"model", "members"}))

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from alloop.core import diversity
+from alloop.core import diversity, share
 from alloop.core.diversity import sq_distances
 from alloop.strategies import stream
 from alloop.strategies.base import Pick, Round, Strategy, deterministic
@@ -314,25 +314,42 @@ def herding_grad_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 MIX_SHARE = 0.3  # of each batch drawn uniformly from the unlabeled rows
 
 
-def mix_pick_with(base, share: float = MIX_SHARE):
-    """⌈share·k⌉ rows uniform over the unlabeled pool, the rest by ``base`` among the other kept rows.
+def mix_pick_with(base, share=MIX_SHARE):
+    """A share of the batch uniform over the unlabeled pool, the rest by ``base`` among the other kept rows.
 
-    The kept rows are a uniform sample in hash order (``uniform_sample``), so their first rows are a uniform
-    draw from the unlabeled pool, whatever the pool's batching. ``base`` then sees those rows as labeled
-    (its distances and herding count them), so the two parts do not crowd each other. A uniform row has
-    the probability of a uniform draw: weight 1 under LURE (NaN here, as deterministic picks).
+    ``share``: a fraction, or a function of the round giving one (``labeled_share``); round(share·k) rows,
+    at least one while the share is positive. The kept rows are a uniform sample in hash order
+    (``uniform_sample``), so their first rows are a uniform draw from the unlabeled pool, whatever the pool's
+    batching. ``base`` then sees those rows as labeled (its distances and herding count them), so the two
+    parts do not crowd each other. A uniform row has the probability of a uniform draw: weight 1 under LURE
+    (NaN here, as deterministic picks).
     """
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-        u = min(int(np.ceil(share * k)), len(kept.ids), k)
+        frac = share(rnd) if callable(share) else share
+        u = min(max(int(round(frac * k)), int(frac > 0)), len(kept.ids), k)
         rest = stream.Kept(kept.scores[u:], kept.ids[u:], kept.x[u:])
         y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)
         seen = rnd._replace(labeled_x=np.concatenate([np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]), kept.x[:u]]),
                             labeled_y=np.concatenate([y, np.full((u, y.shape[1]), np.nan)]))
         chosen = base(rest, seen, k - u) if k > u else deterministic([], [])
         return Pick(np.r_[np.arange(u), u + chosen.idx].astype(np.int64), np.r_[np.full(u, np.nan), chosen.scores],
-                    np.r_[np.full(u, np.nan), chosen.prob])
+                    np.r_[np.full(u, np.nan), chosen.prob], np.r_[np.ones(u, bool), np.zeros(len(chosen.idx), bool)])
 
     return pick
+
+
+def labeled_share(rnd: Round) -> float:
+    """The uniform share the labels support (``core.share``): SHARE_PRIOR while the round does not know
+    which of its labeled rows were uniform draws."""
+    return labeled_evidence(rnd).share
+
+
+def labeled_evidence(rnd: Round) -> share.ShareEvidence:
+    if rnd.labeled_uniform is None or len(rnd.labeled_uniform) != len(rnd.labeled_x):
+        return share.ShareEvidence(share.SHARE_PRIOR, float("nan"), 0, len(rnd.labeled_x))
+    y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)[:, 0]
+    z = labeled_z(rnd, np.asarray(rnd.labeled_x).reshape(len(y), -1).shape[1])
+    return share.choose_share(z, y, rnd.labeled_uniform, np.random.default_rng(rnd.seed))
 
 
 # --- importance weights ----------------------------------------------------------------------------
@@ -384,6 +401,10 @@ ALL = (
     _research("sld-lcmd", "LCMD with clusters and distances weighted by capped SLD, in the model's gradient space", lcmd_pick_with(capped_sld)),
     _research("sld-mix", f"{MIX_SHARE:.0%} of each batch uniform, the rest by sld (SLD-weighted k-means++)",
               mix_pick_with(sld_pick), needs=frozenset({"model", "tangent"})),
+    _research("sld-mix-iw", "sld-mix, fitted with LURE importance weights (simulation only)",
+              mix_pick_with(sld_pick), needs=frozenset({"model", "tangent"}), weighted=True),
+    _research("sld-mix-auto", "sld-mix with the uniform share chosen each round by what the labels say (core/share.py)",
+              mix_pick_with(sld_pick, labeled_share), needs=frozenset({"model", "tangent"})),
     _research("herding-grad", "kernel herding in the model's gradient space (sketched), not the inputs", herding_grad_pick,
               needs=frozenset({"model", "gradients"})),
 )
