@@ -319,7 +319,8 @@ def main() -> None:
     ap.add_argument("--anchors", help="comma-separated anchor methods to run (default: the mode's)")
     ap.add_argument("--model", help="alloop's model (e.g. auto; regression only), curves kept apart and reported as strategy@MODEL "
                     "(default: linear, in alloop/; alloop init's default for regression is auto)")
-    ap.add_argument("--strategies", help="comma-separated alloop strategies to run (each on the tasks it applies to; default: the mode's)")
+    ap.add_argument("--strategies", help="comma-separated alloop strategies to run"
+                    " (each on the tasks it applies to, simulation-only ones included; default: the mode's live ones)")
     ap.add_argument("--report", action="store_true", help="only rebuild the report from what has run")
     ap.add_argument("--doc", default=str(RESULTS), help="the page whose suite section is rewritten")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "suite"), help="where curves are kept (resumable)")
@@ -334,8 +335,8 @@ def main() -> None:
     if args.strategies:
         from alloop import strategies
 
-        chosen = [strategies.get(a.strip()).name for a in args.strategies.split(",") if a.strip()]
-        mode["alloop"] = {task: tuple(a for a in chosen if a in strategies.names(task, live=True)) for task in ("regression", "classification")}
+        chosen = [strategies.get(a.strip()).name for a in args.strategies.split(",") if a.strip()]  # named: simulation-only ones too
+        mode["alloop"] = {task: tuple(a for a in chosen if a in strategies.names(task)) for task in ("regression", "classification")}
     names = [n.strip() for n in args.datasets.split(",")] if args.datasets else suite.names(args.task)
     out = Path(args.out)
     t0 = time.perf_counter()
