@@ -281,6 +281,24 @@ def test_a_kept_actor_leaves_when_idle(ray_cluster, regression_run, runs):
         ray_cluster_mod.release(ray)
 
 
+def test_a_kept_actor_is_never_idle_while_it_serves_a_file(monkeypatch):
+    """The idle clock of --keep-workers stops while a file is served: a file that takes longer than the idle time
+    (a slow disk, a busy machine) must not make the actor leave mid-query, which Ray reports as a dead actor."""
+    from alloop.strategies import distributed
+
+    scorer = object.__new__(distributed.Scorer)  # the actor's state without Ray
+    scorer.last, scorer.busy = time.monotonic() - 100.0, False
+    assert scorer.idle_for(1.0)
+    during = []
+    monkeypatch.setattr(distributed.Scorer, "_top", lambda self, files, token, box: during.append(self.idle_for(1.0)) or "rows")
+    assert scorer.top(("f",), "t", []) == "rows" and during == [False]
+    assert not scorer.idle_for(1.0) and scorer.idle_for(-1.0) and not scorer.busy  # the clock restarts when the file is done
+    monkeypatch.setattr(distributed.Scorer, "_top", lambda self, files, token, box: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        scorer.top(("f",), "t", [])
+    assert not scorer.busy  # a failed file leaves the actor idle-able
+
+
 def test_what_a_kept_actor_may_be_reused_for(regression_run, monkeypatch):
     """The key of kept actors: the same for the same code, model and features; another for another model, other features or changed code."""
     from alloop.commands.query import RoundRecipe

@@ -127,7 +127,7 @@ class Scorer:
 
         compile_cache.enable()  # the scorer compiled once per machine, not once per actor
 
-        self.token, self.queries, self.last = None, 0, time.monotonic()
+        self.token, self.queries, self.last, self.busy = None, 0, time.monotonic(), False
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         if idle_s > 0:
             threading.Thread(target=self._leave_when_idle, args=(idle_s,), daemon=True).start()
@@ -136,7 +136,13 @@ class Scorer:
         """The best rows of ``files`` by the local engine's stream (same reader, batches, scorer and leave-out), as ``partition_top``
         returns them. ``token`` names the query; its Job (in ``job_box``, fetched only when the token is new) builds the round."""
         _maybe_die()
-        self.last = time.monotonic()
+        self.busy = True  # never idle while serving: a file longer than idle_s must not make the actor leave mid-query
+        try:
+            return self._top(files, token, job_box)
+        finally:
+            self.last, self.busy = time.monotonic(), False
+
+    def _top(self, files: tuple[str, ...], token: str, job_box: list) -> pa.Table:
         if token != self.token:
             import ray
 
@@ -150,8 +156,11 @@ class Scorer:
         seen: list[int] = []
         kept = stream.stream_top(replace(self.job.info, files=files), self.score, self.job.exclude, self.n_keep, self.batch_rows, seen.append)
         schema = kept.rows.schema if kept.rows is not None else poolio.empty_rows(replace(self.job.info, files=files)).schema
-        self.last = time.monotonic()
         return kept_table(kept, sum(seen), self.job.info, schema)
+
+    def idle_for(self, idle_s: float) -> bool:
+        """Whether this actor has served no file for more than ``idle_s`` seconds (never while it serves one)."""
+        return not self.busy and time.monotonic() - self.last > idle_s
 
     def state(self) -> dict:
         """This actor's process, the queries it served, and whether Ray restarted it since the last time it was asked."""
@@ -164,7 +173,7 @@ class Scorer:
         me = ray.get_runtime_context().current_actor
         while True:
             time.sleep(min(idle_s, 5.0))
-            if time.monotonic() - self.last > idle_s:
+            if self.idle_for(idle_s):
                 ray.kill(me, no_restart=True)  # a kept actor leaves the cluster after idle_s without a query
                 return
 
