@@ -57,8 +57,12 @@ class View(NamedTuple):
 def view(kept: stream.Kept, rnd: Round) -> View:
     z = rnd.z(kept.x)
     _, u = rnd.model.outputs(kept.x)
-    y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)[:, 0] if len(rnd.labeled_x) else np.zeros(0)
-    return View(z, labeled_z(rnd, z.shape[1]), y, rnd.model.predict(kept.x), u)
+    return View(z, labeled_z(rnd, z.shape[1]), labeled_targets(rnd)[:, 0], rnd.model.predict(kept.x), u)
+
+
+def labeled_targets(rnd: Round) -> np.ndarray:
+    """The labeled rows' targets as (m, targets) float64, however the round holds them."""
+    return np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1) if len(rnd.labeled_x) else np.zeros((0, 1))
 
 
 def sample_keep(rnd: Round, k: int):
@@ -328,7 +332,7 @@ def mix_pick_with(base, share=MIX_SHARE):
         frac = share(rnd) if callable(share) else share
         u = min(max(int(round(frac * k)), int(frac > 0)), len(kept.ids), k)
         rest = stream.Kept(kept.scores[u:], kept.ids[u:], kept.x[u:])
-        y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)
+        y = labeled_targets(rnd)
         seen = rnd._replace(labeled_x=np.concatenate([np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]), kept.x[:u]]),
                             labeled_y=np.concatenate([y, np.full((u, y.shape[1]), np.nan)]))
         chosen = base(rest, seen, k - u) if k > u else deterministic([], [])
@@ -347,9 +351,7 @@ def labeled_share(rnd: Round) -> float:
 def labeled_evidence(rnd: Round) -> share.ShareEvidence:
     if rnd.labeled_uniform is None or len(rnd.labeled_uniform) != len(rnd.labeled_x):
         return share.ShareEvidence(share.SHARE_PRIOR, float("nan"), 0, len(rnd.labeled_x))
-    y = np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)[:, 0]
-    z = labeled_z(rnd, np.asarray(rnd.labeled_x).reshape(len(y), -1).shape[1])
-    return share.choose_share(z, y, rnd.labeled_uniform, np.random.default_rng(rnd.seed))
+    return share.choose_share(rnd.z(rnd.labeled_x), labeled_targets(rnd)[:, 0], rnd.labeled_uniform, np.random.default_rng(rnd.seed))
 
 
 # --- importance weights ----------------------------------------------------------------------------
