@@ -7,7 +7,8 @@ table's test rows. Three choices are compared by test RMSE, each over the linear
 repetition, then averaged over repetitions and over tables):
 
 - ``cv``: the lowest CV loss, what ``choose_model.choose`` did before the pool check;
-- ``cv + pool check``: the lowest CV loss among the candidates ``choose_model.ineligible`` leaves, what it does now;
+- ``cv + pool check``: the lowest CV loss among the candidates ``choose_model.ineligible`` leaves;
+- ``+ one SE``: of those, the simplest within one standard error of the lowest (``choose_model.simplest_within_se``), what it does now;
 - ``hindsight``: the candidate with the lowest test RMSE (what no rule can know).
 
 This is the first training of a run (no model in use yet, so no switching margin) and without the MLP
@@ -33,7 +34,7 @@ from alloop.sim import ridge  # noqa: E402
 from alloop.sim import simulate as sim  # noqa: E402
 from alloop.training import choose_model, choose_s, stopping  # noqa: E402
 
-RULES = ("cv", "cv + pool check", "hindsight")
+RULES = ("cv", "cv + pool check", "+ one SE", "hindsight")
 
 
 def table(name: str, labels: list[int], reps: int) -> dict:
@@ -60,8 +61,10 @@ def table(name: str, labels: list[int], reps: int) -> dict:
                 scored.append((spec, s, choice))
             cv = {spec.label(): choice.cv_loss for spec, _, choice in scored}
             dropped = choose_model.ineligible(scored, {spec.label(): choice.spread for spec, _, choice in scored}, n)
+            one_se = choose_model.simplest_within_se([t for t in scored if t[0].label() not in dropped])[0][0].label()
             picks = {"cv": min(cv, key=cv.get),
                      "cv + pool check": min((k for k in cv if k not in dropped), key=cv.get),
+                     "+ one SE": one_se,
                      "hindsight": min(rmse, key=rmse.get)}
             for rule, label in picks.items():
                 out[n][rule].append(rmse[label] / rmse["linear"])

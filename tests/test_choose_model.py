@@ -112,6 +112,7 @@ def test_grid_cv_equals_each_fold_trained_alone_on_its_own_rows():
     yt = fitting.make_targets(config, y, stats)
     init = fitting.build_model(config).init(jax.random.PRNGKey(config.seed))
     problem = fitting.build_problem(config, init)
+    rows_at_chosen = np.zeros(len(x))
     for s, value in zip(grid, [e.loss for e in got.evaluations]):
         total = 0.0
         for m in masks:
@@ -119,9 +120,14 @@ def test_grid_cv_equals_each_fold_trained_alone_on_its_own_rows():
             cfg = sgdf.TrainConfig.from_dict({**fitting.train_config(config, int(tr.sum())).to_dict(), "epochs": steps,
                                               "batch_size": int(tr.sum()), "tangent_every": 0})
             state, _ = sgdf.fit(problem, objective.make_data(x[tr], yt[tr]), s, cfg, params=init)
-            total += float(np.sum(objective.per_example_loss(problem, state.params, jax.numpy.asarray(x[va]), jax.numpy.asarray(yt[va]))))
+            held = np.asarray(objective.per_example_loss(problem, state.params, jax.numpy.asarray(x[va]), jax.numpy.asarray(yt[va])))
+            total += float(np.sum(held))
+            if s == got.s:
+                rows_at_chosen[va] = held
         assert value == pytest.approx(total / len(x), rel=2e-3)
     assert got.s == grid[int(np.argmin([e.loss for e in got.evaluations]))] and got.folds == len(masks) == 5
+    # each label's held-out loss at the chosen s (what the one-standard-error rule pairs across candidates)
+    np.testing.assert_allclose(got.row_loss, rows_at_chosen, rtol=5e-3, atol=1e-4)
 
 
 # --- a run ---------------------------------------------------------------------------------------
@@ -386,3 +392,78 @@ def test_the_linear_model_is_never_ruled_out():
     picked = choose_model.choose(_config(2), x, y, x_pool=wide)
     assert picked.spread["linear"] > 10.0 and "linear ruled out" not in picked.reason
     assert picked.model.label() == "linear"
+
+
+# --- the one-standard-error rule ----------------------------------------------------------------------
+
+
+def _refit_rows(spec, x, y, s, masks):
+    """Each label's held-out squared error (standardized target) from numpy ridge refitted on its fold's other rows."""
+    from alloop.sim import ridge
+
+    config = _config(x.shape[1]).replace(model=spec)
+    yt = fitting.make_targets(config, y, fitting.target_stats(config, y))[:, 0]
+    a = ridge.make_features(spec.to_json(), config.standardizer["mean"], config.standardizer["std"])(x)
+    rows = np.zeros(len(x))
+    for m in masks:
+        tr, va = m > 0, m == 0
+        fit = ridge.fit_ridge(a[tr], yt[tr], s, ridge.penalty(a.shape[1]))
+        rows[va] = (a[va] @ fit.theta - yt[va]) ** 2
+    return rows
+
+
+@pytest.mark.parametrize("n", [20, 45])  # LOOCV (one fold per label) and 5-fold
+def test_each_labels_held_out_loss_is_its_fold_refitted_without_it(n):
+    x, y = _xy(lambda x: x[:, 0] ** 2 + x[:, 1], n=n, seed=4, noise=0.3)
+    for spec in (fitting.model_spec("linear"), fitting.model_spec("poly", degree=2)):
+        config = _config(2).replace(model=spec)
+        got = choose_s_mod.choose_s(config, x, y)
+        tc = choose_s_mod.tune_config(config)
+        masks = hyper.fold_masks(n, choose_s_mod.n_folds(n, tc), tc.seed)
+        np.testing.assert_allclose(got.row_loss, _refit_rows(spec, x, y, got.s, masks), rtol=1e-6, atol=1e-9)
+        assert got.row_loss.mean() == pytest.approx(got.cv_loss, rel=1e-9)
+        closed = choose_s_mod.choose_s(config, x, y, mode="loocv")  # the closed form's leave-one-out rows
+        np.testing.assert_allclose(closed.row_loss, _refit_rows(spec, x, y, closed.s, 1.0 - np.eye(n)), rtol=1e-6, atol=1e-9)
+
+
+def _one_large_count(seed=6, n=30):
+    """A linear target whose label furthest out in x0 carries a large count (+3 noise sd's ×10): the polynomials
+    bend toward that one label, and their lowest mean CV loss is that label's doing."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, size=(n, 2)).astype(np.float32)
+    y = 0.5 * x[:, 0] + x[:, 1] + 0.3 * rng.normal(size=n)
+    y[np.argmax(np.abs(x[:, 0]))] += 3.0
+    return x, y[:, None]
+
+
+def test_a_flexible_models_lower_cv_carried_by_one_label_does_not_choose_it():
+    x, y = _one_large_count()
+    picked = choose_model.choose(_config(2), x, y)
+    lowest = min(picked.cv_loss, key=picked.cv_loss.get)
+    assert lowest != "linear"  # by the mean alone, a polynomial
+    assert picked.model.label() == "linear" and "within one standard error" in picked.reason
+    # the rule from each candidate's per-label losses, written out: linear's excess over the lowest is under one SE
+    rows = {spec.label(): fitting_choose(spec, x, y)[1].row_loss for spec in choose_model.candidates(len(x), _config(2))}
+    d = rows["linear"] - rows[lowest]
+    assert d.mean() == pytest.approx(picked.cv_loss["linear"] - picked.cv_loss[lowest], rel=1e-6)
+    assert 0.0 < d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
+    # without that label, the polynomial's advantage is gone: it was that one label's
+    out = np.argmax(np.abs(d))
+    assert np.delete(d, out).mean() < 0.25 * d.mean()
+
+
+def test_a_flexible_model_in_use_gives_way_when_a_simpler_one_is_within_one_standard_error():
+    x, y = _one_large_count()
+    moved = choose_model.choose(_config(2), x, y, current=fitting.model_spec("poly", degree=3))
+    assert moved.model.label() == "linear" and moved.switched and "switched from poly 3 to linear" in moved.reason
+
+
+def test_paired_se_is_the_standard_error_of_the_mean_difference():
+    a, b = np.array([1.0, 2.0, 4.0, 8.0]), np.array([1.0, 1.0, 1.0, 1.0])
+    d = a - b
+    assert choose_model.paired_se(a, b) == pytest.approx(np.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2)
+    assert choose_model.paired_se(a, None) == 0.0 and choose_model.paired_se(a[:1], b[:1]) == 0.0
+    # one label alone: its difference D makes mean D/n and standard error D/n, never more than one SE apart
+    one = np.zeros(50)
+    one[7] = 9.0
+    assert choose_model.paired_se(one, np.zeros(50)) == pytest.approx(one.mean())

@@ -140,7 +140,7 @@ class ExactCV:
         with jax.enable_x64(True):
             self.data = hyper.cast(data, jnp.float64)
             self.masks = jnp.asarray(masks, jnp.float64)
-        self._cv, self._loo, self._gp = _exact_functions(problem, init)
+        self._cv, self._loo, self._gp, self._rows, self._looc = _exact_functions(problem, init)
 
     def __call__(self, s: float) -> tuple[float, float]:
         with jax.enable_x64(True):
@@ -158,6 +158,16 @@ class ExactCV:
         with jax.enable_x64(True):
             return float(self._gp(self.data, jnp.float64(s)))
 
+    def loo_rows(self, s: float) -> np.ndarray:
+        """(n,) each row's closed-form leave-one-out loss at s."""
+        with jax.enable_x64(True):
+            return np.asarray(self._looc(self.data, jnp.float64(s)), np.float64)
+
+    def row_losses(self, s: float) -> np.ndarray:
+        """(n,) each row's loss under the fold that held it out, at s: the terms CV(s) averages."""
+        with jax.enable_x64(True):
+            return np.asarray(self._rows(self.data, self.masks, jnp.float64(s)), np.float64)
+
 
 def _exact_functions(problem, init):
     """The jitted CV, LOOCV and G_pert functions of a linear problem, kept with it (one compilation per shape)."""
@@ -166,8 +176,24 @@ def _exact_functions(problem, init):
         form = lambda d: hyper.linear_form(problem, init, d.x)  # noqa: E731
         cache["exact"] = (jax.jit(lambda d, m, s: hyper.exact_cv(problem, form(d), d, m, s)),
                           jax.jit(lambda d, s: hyper.loocv_and_derivative(form(d), d.y, d.w, s)),
-                          jax.jit(lambda d, s: _g_pert_linear(problem, form(d), d, s)))
+                          jax.jit(lambda d, s: _g_pert_linear(problem, form(d), d, s)),
+                          jax.jit(lambda d, m, s: _row_losses_linear(problem, form(d), d, m, s)),
+                          jax.jit(lambda d, s: jnp.where(d.w > 0, jnp.sum(hyper.loocv(form(d), d.y, d.w, s).residuals ** 2, axis=1), 0.0)))
     return cache["exact"]
+
+
+def _row_losses_linear(problem, form, data, masks, s):
+    theta, _ = hyper.fold_solutions(form, data.y, data.w, masks, s)
+    prob, d = hyper.promote(problem, data)
+    params = jax.vmap(form.unravel)(theta)
+    return held_out_rows(prob, params, d, masks)
+
+
+def held_out_rows(problem, params, data: Data, masks):
+    """(n,) each row's loss under the fold that left it out (params stacked per fold; 0 for weight-0 rows)."""
+    v = hyper.validation_masks(masks, data.w)
+    per_row = jax.vmap(lambda p: objective.per_example_loss(problem, p, data.x, data.y))(params)
+    return jnp.sum(v * per_row, axis=0)
 
 
 def _g_pert_linear(problem, form, data, s):
@@ -264,6 +290,8 @@ class Choice(NamedTuple):
     stop: str
     seconds: float
     spread: float | None = None  # pool_spread at the chosen s, when a pool sample was given (None otherwise)
+    row_loss: np.ndarray | None = None  # (n,) each label's held-out loss at the chosen s (cv_loss is their mean); paired across
+    # models, since every route uses the same folds for the same labels (``choose_model`` compares candidates with it)
 
     def record(self) -> dict:
         """What a checkpoint's meta and the history keep about the choice (no timing: same inputs, same bytes)."""
@@ -289,7 +317,8 @@ def choose_s(config: RunConfig, x, y, *, mode: str = "auto", s_prev: float | Non
     route, ev_, k = ev or evaluator(config, x, y, tc, params, tangent)
     res = hyper.minimize_log_s(ev_, s0, tc.s_min, tc.s_max, tol=tc.tol, max_evals=tc.max_evals, flat=tc.flat)
     spread = pool_spread(config, x, y, res.s, x_pool) if x_pool is not None and route == "exact" else None
-    return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0, spread)
+    rows = ev_.row_losses(res.s) if route == "exact" else None
+    return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0, spread, rows)
 
 
 # --- how much a fit's predictions vary over the pool ----------------------------------------------
@@ -370,12 +399,13 @@ def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=G
     cv = loss.reshape(k, len(grid)).sum(axis=0) / max(n, 1)
     i = int(np.argmin(np.where(np.isfinite(cv), cv, np.inf)))
     evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, cv))
+    chosen = jax.tree_util.tree_map(lambda a: a[i::len(grid)], params)  # the chosen s's k fold trainings (index fold·len(grid) + i)
+    rows = np.asarray(held_out_rows(problem, chosen, padded, jnp.asarray(masks)), np.float64)[:n]
     spread = None
-    if x_pool is not None:  # the chosen s's k fold trainings (index fold·len(grid) + i)
-        chosen = jax.tree_util.tree_map(lambda a: a[i::len(grid)], params)
+    if x_pool is not None:
         pred = jax.vmap(lambda p: problem.model.apply(p, problem.stats, jnp.asarray(x_pool, jnp.float32)))(chosen)
         spread = float(_variance_ratio(pred, data.y, data.w))
-    return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0, spread)
+    return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0, spread, rows)
 
 
 def _grid_functions(config: RunConfig, problem, n_pad: int, steps: int):
@@ -409,7 +439,8 @@ def _choose_loocv(config, x, y, tc: TuneConfig, s0: float, t0: float) -> Choice:
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     res = hyper.minimize_log_s(ev.loocv, float(grid[i]), lo, hi, step=0.5 * math.log(grid[1] / grid[0]), tol=tc.tol, max_evals=tc.max_evals, flat=0.0)
     evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, loss)) + res.evaluations
-    return Choice(res.s, "loocv", res.loss, len(x), "closed-form", s0, evals, res.stop, time.perf_counter() - t0)
+    rows = ev.loo_rows(res.s)
+    return Choice(res.s, "loocv", res.loss, len(x), "closed-form", s0, evals, res.stop, time.perf_counter() - t0, row_loss=rows)
 
 
 def resolve_s(config: RunConfig, x, y, *, s_prev: float | None = None, params=None, tangent=None, x_pool=None) -> tuple[float, Choice | None]:
