@@ -14,7 +14,7 @@ repetition, then averaged over repetitions and over tables):
 This is the first training of a run (no model in use yet, so no switching margin) and without the MLP
 (a candidate from 40 labels), so at 50 and 80 labels it is the polynomials' part of the choice only.
 
-    python benchmarks/bench_model_choice.py                   # all 16 tables, n = 10, 20, 30, 50, 80, 8 repetitions (about 25 min)
+    python benchmarks/bench_model_choice.py                   # all 16 tables, n = 10, 20, 30, 50, 80, 8 repetitions (15–25 min)
     python benchmarks/bench_model_choice.py --datasets carseats,wage --labels 20,30 --reps 4
 """
 
