@@ -436,6 +436,11 @@ def _one_large_count(seed=6, n=30):
     return x, y[:, None]
 
 
+def _row_losses(x, y) -> dict:
+    """Each candidate's per-label held-out losses at its own chosen s, fitted alone (label -> (n,))."""
+    return {spec.label(): fitting_choose(spec, x, y)[1].row_loss for spec in choose_model.candidates(len(x), _config(2))}
+
+
 def test_a_flexible_models_lower_cv_carried_by_one_label_does_not_choose_it():
     x, y = _one_large_count()
     picked = choose_model.choose(_config(2), x, y)
@@ -443,7 +448,7 @@ def test_a_flexible_models_lower_cv_carried_by_one_label_does_not_choose_it():
     assert lowest != "linear"  # by the mean alone, a polynomial
     assert picked.model.label() == "linear" and "within one standard error" in picked.reason
     # the rule from each candidate's per-label losses, written out: linear's excess over the lowest is under one SE
-    rows = {spec.label(): fitting_choose(spec, x, y)[1].row_loss for spec in choose_model.candidates(len(x), _config(2))}
+    rows = _row_losses(x, y)
     d = rows["linear"] - rows[lowest]
     assert d.mean() == pytest.approx(picked.cv_loss["linear"] - picked.cv_loss[lowest], rel=1e-6)
     assert 0.0 < d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
@@ -458,7 +463,7 @@ def test_a_flexible_model_in_use_stays_while_within_one_standard_error_of_the_lo
     x, y = _one_large_count()
     fresh = choose_model.choose(_config(2), x, y)
     assert fresh.model.label() == "linear"  # from scratch, the one-SE rule
-    rows = {spec.label(): fitting_choose(spec, x, y)[1].row_loss for spec in choose_model.candidates(len(x), _config(2))}
+    rows = _row_losses(x, y)
     lowest = min(fresh.cv_loss, key=fresh.cv_loss.get)
     for now in ("poly 2", "poly 3"):
         d = rows[now] - rows[lowest]
@@ -470,7 +475,7 @@ def test_a_flexible_model_in_use_stays_while_within_one_standard_error_of_the_lo
 @pytest.mark.parametrize("seed", [1, 3])
 def test_a_model_in_use_beaten_by_more_than_one_standard_error_gives_way(seed):
     x, y = _xy(lambda x: 2.0 * x[:, 0] - x[:, 1], n=30, seed=seed, noise=0.5)
-    rows = {spec.label(): fitting_choose(spec, x, y)[1].row_loss for spec in choose_model.candidates(len(x), _config(2))}
+    rows = _row_losses(x, y)
     d = rows["poly 3"] - rows["linear"]
     assert d.mean() > max(d.std(ddof=1) / np.sqrt(len(d)), choose_model.SWITCH_MARGIN * rows["linear"].mean())
     moved = choose_model.choose(_config(2), x, y, current=fitting.model_spec("poly", degree=3))

@@ -2,8 +2,8 @@
 
 ``training.choose_model.choose`` scores the candidates on the labels (the simplest within one standard
 error of the lowest CV loss, the model in use kept while within that error; flexible ones ruled out when
-they vary too much on the stop set, the pool sample a run checks them on); the chosen one is fitted by its own simulation learner: closed-form ridge for
-linear and poly, SGDF through the core for the MLP. A switch to the MLP starts its parameters afresh,
+they vary too much on the stop set, the pool sample a run checks them on); the chosen one is fitted by
+its own simulation learner: closed-form ridge for linear and poly, SGDF through the core for the MLP. A switch to the MLP starts its parameters afresh,
 as a run's training does after a switch; staying on it warm-starts from its last fit.
 """
 
