@@ -255,7 +255,7 @@ def run_training(case: Case, kind: str, optimizer: str, lr: float, everies, sz: 
         extra = f"CG {time.perf_counter() - t0:.0f}s"
     rows = [(case.name, optimizer, case.problem.curvature, k, rt[k][0], rt[k][1], rt[k][2], acc.get(k), ref_text) for k in everies]
     summary = ", ".join(f"k={k}: {rt[k][1]:.2f} (cpu {rt[k][2]:.2f})" + (f" cos {acc[k]:.5f}" if k in acc else "") for k in everies)
-    return rows, f"{case.name} {optimizer}: plain epoch {rt['0'][0]:.3f}s; {summary}; {extra}", states[everies[0]]
+    return rows, f"{case.name} {optimizer}: plain epoch {rt['0'][0]:.3f}s; {summary}; {extra}", states[everies[0]], rt
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -271,8 +271,11 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     ap.add_argument("--every", default=None, help="tangent_every values to measure, e.g. 1,2,3,4 (plain training is always measured)")
     ap.add_argument("--unscaled-only", action="store_true", help="skip the tangent_scaled variants of k > 1")
+    ap.add_argument("--batch", type=int, help="training minibatch rows (default 256; an accelerator wants thousands)")
+    ap.add_argument("--pool-batch", type=int, help="rows per scoring call (default 65,536)")
     args = ap.parse_args(argv)
     sz = QUICK if args.quick else FULL
+    sz = sz._replace(batch=args.batch or sz.batch, pool_batch=args.pool_batch or sz.pool_batch)
     ks = [int(k) for k in (args.every or ("1,3" if args.quick else "1,2,3,4")).split(",")]
     everies = tuple(str(k) for k in ks) + tuple(f"{k}s" for k in ks if k > 1 and not args.unscaled_only)
     t_start = time.perf_counter()
@@ -280,11 +283,12 @@ def main(argv=None) -> None:
 
     cases = {"linear": linear_case(sz), "mlp": mlp_case(sz)}
     lrs = {("linear", "adam"): 1e-2, ("linear", "sgd"): 0.05, ("mlp", "adam"): 1e-3, ("mlp", "sgd"): 0.05}
-    rows, scoring = [], {}
+    rows, scoring, speed = [], {}, []
     for kind, case in cases.items():
         for optimizer in ("adam", "sgd"):
-            r, line, state = run_training(case, kind, optimizer, lrs[kind, optimizer], everies, sz, want_reference=optimizer == "adam")
+            r, line, state, rt = run_training(case, kind, optimizer, lrs[kind, optimizer], everies, sz, want_reference=optimizer == "adam")
             rows += r
+            speed.append((case.name, optimizer, {k: sz.n / t[0] for k, t in rt.items()}))
             print(f"[{time.perf_counter() - t_start:4.0f}s] {line}", flush=True)
             if optimizer == "adam":
                 scoring[kind] = time_scoring(case, state.params, state.tangent, sz)
@@ -315,6 +319,15 @@ def main(argv=None) -> None:
         target = TARGETS[f"sld_{kind}"]
         sld = sc["sld"]
         print(f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sld[0]:.2f} | {sld[1]:.2f} | {sld[2]:.2f} | ≤ {target} | {_ok(sld[1], target)} |")
+    print(f"\nThroughput on {jax.devices()[0].device_kind} (rows per second; training: median epoch of {sz.n} rows in batches of {sz.batch}):\n")
+    print("| model | optimizer | plain training | " + " | ".join(f"SGDF, tangent_every={k}" for k in everies) + " |")
+    print("|---|---|---|" + "---|" * len(everies))
+    for name, opt, rate in speed:
+        print(f"| {name} | {opt} | {rate['0']:,.0f} | " + " | ".join(f"{rate[k]:,.0f}" for k in everies) + " |")
+    print("\n| model | prediction | SLD scoring |")
+    print("|---|---|---|")
+    for kind, sc in scoring.items():
+        print(f"| {cases[kind].name} | {sz.pool / sc['predict'][0]:,.0f} | {sz.pool / sc['sld'][0]:,.0f} |")
 
 
 if __name__ == "__main__":
