@@ -5,7 +5,7 @@ machine that slows down or speeds up affects both sides alike), after a warm-up 
 function ahead of time. Training: every configuration (plain, and SGDF with each tangent_every k)
 is trained side by side, one epoch of each in turn, and the ratio of each epoch to the plain epoch of
 the same round is taken; reported is its median over the epochs, in wall-clock time and in process
-CPU time (the CPU figure is steadier on a machine shared with other work).
+CPU time (the CPU figure is steadier on a machine shared with other work), and each side's rows per second.
 
 Also reported: how good the tangent is at the end of a training with the same settings: the cosine
 to the closed-form ridge tangent (linear model), or to a conjugate-gradient solve of the same
@@ -13,6 +13,7 @@ curvature at the final θ (MLP; the default curvature, docs/curvature.md).
 
     python benchmarks/bench_core.py            # the full benchmark (a few minutes on 2 cores)
     python benchmarks/bench_core.py --quick    # smaller sizes, a smoke run (well under a minute)
+    python benchmarks/bench_core.py --batch 4096   # an accelerator's minibatch (README: the figures on one H200)
 
 This is a measurement, not a test: nothing here asserts a time.
 """
