@@ -1,10 +1,11 @@
 """``--model auto`` in simulation: every round chooses the model as ``alloop train`` does, then fits it.
 
 ``training.choose_model.choose`` scores the candidates on the labels (the simplest within one standard
-error of the lowest CV loss, a more flexible model in use kept while it leads that by 2%; flexible ones ruled out when
-they vary too much on the stop set, the pool sample a run checks them on); the chosen one is fitted by
-its own simulation learner: closed-form ridge for linear and poly, SGDF through the core for the MLP. A switch to the MLP starts its parameters afresh,
-as a run's training does after a switch; staying on it warm-starts from its last fit.
+error of the lowest CV loss, a more flexible model in use kept while it leads that by 2%; flexible ones
+ruled out when they vary too much on the stop set, the pool sample a run checks them on); the chosen one
+is fitted by its own simulation learner: closed-form ridge for linear and poly, SGDF through the core for
+the MLP. A switch to the MLP starts its parameters afresh, as a run's training does after a switch;
+staying on it warm-starts from its last fit.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def choose(config: RunConfig, x, y, *, current: ModelSpec | None = None, s_prev:
     eligible = [t for t in scored if t[0].label() not in out]
     best, lowest, se = simplest_within_se(eligible)
     kept = next((t for t in eligible if t[0].label() == now), None)
-    flexible = kept is not None and _rank(eligible, kept) > _rank(eligible, best)
+    order = [t[0].label() for t in eligible]  # simplest first
+    flexible = kept is not None and order.index(now) > order.index(best[0].label())
     if kept is not None and kept is not best and (leads(kept, best, margin) if flexible else keeps(kept, lowest, margin)):
         reason = (f"kept {now}: its CV loss {kept[2].cv_loss:.4g} is more than {margin:.0%} below {best[0].label()}'s {best[2].cv_loss:.4g}, "
                   f"the simplest within one standard error ({se:.3g}) of the lowest ({_listed(losses)})" if flexible else
@@ -191,11 +192,6 @@ def variance_limit(n: int) -> float:
     k = float(n - 1)
     q = k * (1.0 - 2.0 / (9.0 * k) + SPREAD_CONFIDENCE_Z * np.sqrt(2.0 / (9.0 * k))) ** 3
     return k / q if q > 0 else np.inf
-
-
-def _rank(scored: list, t: tuple) -> int:
-    """Where ``t`` stands among the candidates, listed simplest first."""
-    return [c[0].label() for c in scored].index(t[0].label())
 
 
 def _listed(losses: dict) -> str:
