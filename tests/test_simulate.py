@@ -282,6 +282,27 @@ def test_rank_one_update_equals_refitting_with_the_predicted_label(tiny):
     np.testing.assert_allclose(u_new, learner.a_pool @ refit.tangent, rtol=2e-3, atol=1e-5)  # float32 model outputs
 
 
+def test_lookahead_gain_is_the_drop_of_the_total_sld_after_refitting_with_the_predicted_label(tiny):
+    """sld-lookahead's score: Σ over the kept rows of SLD now, minus the same sum from a ridge refitted
+    with x labeled by its own prediction (no rank-one algebra on the refit side)."""
+    learner, idx, rnd = _fitted(tiny)
+    x = tiny.x_pool
+    a, hinv = rnd.model.gradient_features(x), rnd.model.curvature_inverse(rnd.labeled_x)
+    u = rnd.model.outputs(x)[1]
+    rest = np.setdiff1d(np.arange(len(x)), idx)
+    over = rest[::3]
+    cand = rest[:5]
+    gain = research.lookahead_gain(a, hinv, u, over)[cand]
+    refitted = []
+    for j in cand:
+        rows = np.r_[idx, j]
+        y = np.r_[tiny.y_pool[idx], rnd.model.predict(x[j : j + 1])[0]]
+        u_new = learner.a_pool @ sim_learners.fit_ridge(learner.a_pool[rows], y, 1.0, learner.d).tangent
+        refitted.append(np.sum(u[over] ** 2) - np.sum(u_new[over] ** 2))
+    np.testing.assert_allclose(gain, refitted, rtol=5e-3, atol=1e-6 * np.sum(u[over] ** 2))
+    assert np.ptp(gain) > 0.1 * np.max(np.abs(gain))  # the rows differ: a constant gain would pass a looser check
+
+
 def _pool_variance(rnd, labeled_x, a, c):
     """tr(H⁻¹C) with H⁻¹ refitted from scratch over ``labeled_x`` (no rank-one algebra)."""
     return float(np.trace(rnd.model.curvature_inverse(labeled_x) @ c))
@@ -642,3 +663,15 @@ def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, m
     assert max(calls) == 5 and len(calls) > 4
     for a, b in zip(whole, blocked):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_sld_density_weighs_sld_by_how_representative_a_row_is():
+    """rbf_density (sld-density's weight): rows inside a dense cluster score near 1, a far outlier near 0, and
+    with every row as an anchor it is the plain mean RBF similarity at the median squared distance."""
+    rng = np.random.default_rng(0)
+    z = np.r_[rng.normal(0, 0.1, size=(60, 2)), rng.normal(0, 1.0, size=(39, 2)), [[9.0, 9.0]]]
+    dens = research.rbf_density(z, np.random.default_rng(1), anchors=len(z))
+    d2 = np.sum((z[:, None, :] - z[None, :, :]) ** 2, axis=-1)
+    np.testing.assert_allclose(dens, np.mean(np.exp(-d2 / (2 * np.median(d2))), axis=1), rtol=1e-6)
+    assert dens[-1] < 0.05 < dens[:60].min() and np.argmin(dens) == len(z) - 1
+    assert dens[:60].mean() > dens[60:99].mean()
