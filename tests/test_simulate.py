@@ -675,3 +675,21 @@ def test_sld_density_weighs_sld_by_how_representative_a_row_is():
     np.testing.assert_allclose(dens, np.mean(np.exp(-d2 / (2 * np.median(d2))), axis=1), rtol=1e-6)
     assert dens[-1] < 0.05 < dens[:60].min() and np.argmin(dens) == len(z) - 1
     assert dens[:60].mean() > dens[60:99].mean()
+
+
+def test_igs_picks_the_row_farthest_in_inputs_times_outputs_from_every_labeled_or_chosen_row(tiny):
+    """iGS, spelled out: each pick maximizes min over labeled (x_m, y_m) and already chosen (x_c, F(x_c)) rows of
+    ||z − z_m|| · |F(x) − y_m|, with z the standardized inputs."""
+    _, idx, rnd = _fitted(tiny)
+    rest = np.setdiff1d(np.arange(len(tiny.x_pool)), idx)
+    x = tiny.x_pool[rest].astype(np.float32)
+    kept = strategies.stream.Kept(np.zeros(len(rest)), tiny.ids[rest], x)
+    z, pred = rnd.z(x), rnd.model.predict(x)
+    refs = [(zm, ym) for zm, ym in zip(rnd.z(np.asarray(rnd.labeled_x, np.float32)), np.ravel(rnd.labeled_y))]
+    want = []
+    for _ in range(5):
+        score = [-np.inf if i in want else min(np.linalg.norm(z[i] - zm) * abs(pred[i] - ym) for zm, ym in refs) for i in range(len(x))]
+        j = int(np.argmax(score))
+        want.append(j)
+        refs.append((z[j], pred[j]))
+    assert list(research.igs_pick(kept, rnd, 5).idx) == want
