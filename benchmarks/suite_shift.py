@@ -61,13 +61,17 @@ def matched_test(pool: pd.DataFrame, test: pd.DataFrame, feature: str) -> pd.Dat
     return out
 
 
+def areas(curves: pd.DataFrame) -> pd.Series:
+    """Learning-curve area (trapezoid over the label counts) per (strategy, rep)."""
+    return curves.sort_values("n_labels").groupby(["strategy", "rep"]).apply(
+        lambda g: float(np.trapezoid(g["metric"], g["n_labels"])), include_groups=False)
+
+
 def relative_area(curves: Path) -> tuple[float, float, int]:
     """herding's mean learning-curve area over random's (paired reps), the per-rep ratios' standard error, wins."""
-    df = pd.read_csv(curves)
-    areas = df.groupby(["strategy", "rep"]).apply(lambda g: float(np.trapezoid(g.sort_values("n_labels")["metric"], g.sort_values("n_labels")["n_labels"])),
-                                                  include_groups=False)
-    reps = sorted(set(areas["herding"].index) & set(areas["random"].index))
-    h, r = areas["herding"][reps].to_numpy(), areas["random"][reps].to_numpy()
+    a = areas(pd.read_csv(curves))
+    reps = sorted(set(a["herding"].index) & set(a["random"].index))
+    h, r = a["herding"][reps].to_numpy(), a["random"][reps].to_numpy()
     ratio = h / r
     return float(h.mean() / r.mean()), float(ratio.std(ddof=1) / np.sqrt(len(ratio))) if len(ratio) > 1 else 0.0, int(np.sum(ratio < 1))
 
