@@ -33,15 +33,6 @@ BINS = 5  # quintile bins of the shifted feature
 COPIES = 4  # copies of a test row whose bin has the pool's share
 
 
-def tables(task: str = "regression") -> dict[str, tuple[dict, pd.DataFrame, pd.DataFrame]]:
-    """name -> (meta, pool, test) for every suite table of ``task``."""
-    out = {}
-    for name in al_suite.suite.names(task):
-        pool, test, meta = al_suite.suite.load(name)
-        out[name] = (meta, pool, test)
-    return out
-
-
 def shift_report(meta: dict, pool: pd.DataFrame, test: pd.DataFrame) -> dict:
     """The most shifted feature by KS, its p-value (raw and times the features), and the target's."""
     ps = {f: float(stats.ks_2samp(pool[f], test[f]).pvalue) for f in meta["features"]}
@@ -107,7 +98,8 @@ def main(argv=None) -> int:
         run_matched(a.matched, a.model, a.reps, Path(a.out) / a.matched)
         return 0
     print("| table | test rows | most shifted feature | KS p | × features | target KS p |\n|---|---|---|---|---|---|")
-    for name, (meta, pool, test) in sorted(tables().items()):
+    for name in sorted(al_suite.suite.names("regression")):
+        pool, test, meta = al_suite.suite.load(name)
         r = shift_report(meta, pool, test)
         print(f"| {name} | {r['n_test']} | {r['feature']} | {r['p']:.4f} | {r['p_bonferroni']:.3f} | {r['p_target']:.3f} |")
     return 0
