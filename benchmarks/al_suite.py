@@ -85,12 +85,18 @@ def family(method: str) -> str:
 def run_alloop(name: str, meta: dict, strategies: tuple, reps: int, out: Path, model: str | None = None) -> None:
     """``alloop simulate`` on one suite dataset: the live strategies, s as `alloop init` sets it, the linear model
     (curves in ``alloop/``) or another ``--model`` kind (curves kept apart in ``alloop-KIND/``, reported as ``strategy@KIND``)."""
+    simulate_table(name, meta, strategies, reps, out / ("alloop" if model is None else f"alloop-{model}"), model or "linear")
+
+
+def simulate_table(name: str, meta: dict, strategies, reps: int, dest: Path, model: str = "linear", test: Path | None = None,
+                   jobs: int | None = None) -> None:
+    """The suite's protocol (seed, initial labels, batches, budget) on one dataset, curves in ``dest``; ``test``
+    replaces its test set (``suite_shift.py``), ``jobs=1`` keeps the curves in this process (``herding_bandwidth.py``)."""
     from alloop.sim import simulate as sim
 
     folder = suite.folder(name)
-    sim.run_simulation(pool=str(folder / "pool.parquet"), test=str(folder / "test.parquet"), task=meta["task"], strategy_list=list(strategies),
-                       reps=reps, out=str(out / ("alloop" if model is None else f"alloop-{model}")), budget=budget_of(meta), batch=BATCH,
-                       initial=INITIAL, seed=SEED, model={"kind": model or "linear"})
+    sim.run_simulation(pool=str(folder / "pool.parquet"), test=str(test or folder / "test.parquet"), task=meta["task"], strategy_list=list(strategies),
+                       reps=reps, out=str(dest), budget=budget_of(meta), batch=BATCH, initial=INITIAL, seed=SEED, model={"kind": model}, jobs=jobs)
 
 
 def run_anchor(name: str, meta: dict, method: str, reps: int, out: Path) -> None:

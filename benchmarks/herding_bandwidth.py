@@ -23,7 +23,6 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import al_suite  # noqa: E402
-from suite_shift import areas  # noqa: E402
 
 
 def patch(power: float) -> None:
@@ -43,16 +42,6 @@ def patch(power: float) -> None:
     diversity.herding = herding
 
 
-def run(name: str, strategies: list[str], model: str, reps: int, out: Path) -> None:
-    from alloop.sim import simulate as sim
-
-    folder = al_suite.suite.folder(name)
-    _, _, meta = al_suite.suite.load(name)
-    sim.run_simulation(pool=str(folder / "pool.parquet"), test=str(folder / "test.parquet"), task="regression", strategy_list=strategies, reps=reps,
-                       out=str(out), budget=al_suite.budget_of(meta), batch=al_suite.BATCH, initial=al_suite.INITIAL, seed=al_suite.SEED,
-                       model={"kind": model}, jobs=1)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--power", type=float, default=2.5)
@@ -63,19 +52,21 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     names = a.datasets.split(",") if a.datasets else al_suite.suite.names("regression")
     root = Path(a.out) / a.model
+    metas = {name: al_suite.suite.build(name) for name in names}
     for name in names:  # shipped first: the patch stays for the rest of the process
-        run(name, ["herding", "random"], a.model, a.reps, root / "shipped" / name)
+        al_suite.simulate_table(name, metas[name], ["herding", "random"], a.reps, root / "shipped" / name, a.model, jobs=1)
     patch(a.power)
     for name in names:
-        run(name, ["herding"], a.model, a.reps, root / f"power-{a.power:g}" / name)
+        al_suite.simulate_table(name, metas[name], ["herding"], a.reps, root / f"power-{a.power:g}" / name, a.model, jobs=1)
     print(f"| table | herding / random | shrinking bandwidth (power {a.power:g}) / random |\n|---|---|---|")
     rel = []
     for name in names:
-        base = areas(pd.read_csv(root / "shipped" / name / "curves.csv"))
-        probe = areas(pd.read_csv(root / f"power-{a.power:g}" / name / "curves.csv"))
-        reps = sorted(set(base["random"].index) & set(base["herding"].index) & set(probe["herding"].index))
-        r = base["random"][reps].mean()
-        rel.append((base["herding"][reps].mean() / r, probe["herding"][reps].mean() / r))
+        shipped = pd.read_csv(root / "shipped" / name / "curves.csv")
+        probe = pd.read_csv(root / f"power-{a.power:g}" / name / "curves.csv").assign(strategy="herding-bw")
+        reps = set(probe["rep"])  # the same repetitions of random for both
+        df = pd.concat([shipped[shipped["rep"].isin(reps)], probe]).rename(columns={"strategy": "method"}).assign(model="alloop")
+        t = al_suite.summarize(df, al_suite.budget_of(metas[name])).set_index("method")["rel_area"]
+        rel.append((t["herding"], t["herding-bw"]))
         print(f"| {name} | {rel[-1][0]:.3f} | {rel[-1][1]:.3f} |")
     b, p = np.array(rel).T
     print(f"| mean of {len(rel)} | {b.mean():.3f} ({int(np.sum(b > 1.01))} above 1.01) | {p.mean():.3f} ({int(np.sum(p > 1.01))} above 1.01) |")

@@ -52,37 +52,24 @@ def matched_test(pool: pd.DataFrame, test: pd.DataFrame, feature: str) -> pd.Dat
     return out
 
 
-def areas(curves: pd.DataFrame) -> pd.Series:
-    """Learning-curve area (trapezoid over the label counts) per (strategy, rep)."""
-    return curves.sort_values("n_labels").groupby(["strategy", "rep"]).apply(
-        lambda g: float(np.trapezoid(g["metric"], g["n_labels"])), include_groups=False)
-
-
 def relative_area(curves: Path) -> tuple[float, float, int]:
-    """herding's mean learning-curve area over random's (paired reps), the per-rep ratios' standard error, wins."""
-    a = areas(pd.read_csv(curves))
-    reps = sorted(set(a["herding"].index) & set(a["random"].index))
-    h, r = a["herding"][reps].to_numpy(), a["random"][reps].to_numpy()
-    ratio = h / r
-    return float(h.mean() / r.mean()), float(ratio.std(ddof=1) / np.sqrt(len(ratio))) if len(ratio) > 1 else 0.0, int(np.sum(ratio < 1))
+    """herding's learning-curve area over random's (paired reps), the per-rep ratios' standard error, wins (``al_suite.summarize``)."""
+    df = pd.read_csv(curves).rename(columns={"strategy": "method"}).assign(model="alloop")
+    row = al_suite.summarize(df, int(df["n_labels"].max())).set_index("method").loc["herding"]
+    return float(row["rel_area"]), float(row["rel_se"]), int(row["wins"])
 
 
 def run_matched(name: str, model: str, reps: int, out: Path) -> None:
-    from alloop.sim import simulate as sim
-
     pool, test, meta = al_suite.suite.load(name)
     feature = shift_report(meta, pool, test)["feature"]
     out.mkdir(parents=True, exist_ok=True)
     matched = matched_test(pool, test, feature)
     matched.to_parquet(out / "test_matched.parquet", index=False)
-    folder = al_suite.suite.folder(name)
     print(f"{name}: {feature} median pool {pool[feature].median():.3g}, test {test[feature].median():.3g}, "
           f"matched test ({len(matched)} rows) {matched[feature].median():.3g}")
-    for label, path in (("suite test", folder / "test.parquet"), ("matched test", out / "test_matched.parquet")):
+    for label, path in (("suite test", None), ("matched test", out / "test_matched.parquet")):
         dest = out / f"{model}-{label.split()[0]}"
-        sim.run_simulation(pool=str(folder / "pool.parquet"), test=str(path), task="regression", strategy_list=["herding", "random"], reps=reps,
-                           out=str(dest), budget=al_suite.budget_of(meta), batch=al_suite.BATCH, initial=al_suite.INITIAL, seed=al_suite.SEED,
-                           model={"kind": model}, jobs=1)
+        al_suite.simulate_table(name, meta, ["herding", "random"], reps, dest, model, test=path, jobs=1)
         rel, se, wins = relative_area(dest / "curves.csv")
         print(f"  {label:12s} herding / random {rel:.3f} ± {se:.3f} ({wins} wins of {reps})")
 
