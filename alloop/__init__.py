@@ -10,7 +10,15 @@ __version__ = "0.1.0"
 from alloop.config import RunConfig  # noqa: E402
 from alloop.errors import UserError  # noqa: E402
 
-__all__ = ["__version__", "RunConfig", "UserError", "open_run", "init_run", "QueryResult", "IngestResult"]
+__all__ = [
+    "__version__",
+    "RunConfig",
+    "UserError",
+    "open_run",
+    "init_run",
+    "QueryResult",
+    "IngestResult",
+]
 
 
 def __getattr__(name: str):

@@ -40,7 +40,9 @@ class IngestResult:
     labels: int
     outstanding: int
     notes: list = field(default_factory=list)
-    trained: dict | None = None  # the training's figures (test RMSE, s, residual, ...), unless train=False
+    trained: dict | None = (
+        None  # the training's figures (test RMSE, s, residual, ...), unless train=False
+    )
 
 
 @dataclass(frozen=True)
@@ -54,20 +56,39 @@ class Run:
     def path(self) -> Path:
         return rundir.open_run(self.name).path
 
-    def query(self, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None) -> QueryResult:
+    def query(
+        self, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None
+    ) -> QueryResult:
         """Choose the next ``k`` rows to label (``alloop query``)."""
         from alloop.commands.query import query
 
         rec = query(self.name, k=k, strategy=strategy, fmt=fmt, seed=seed, reporter=self.reporter)
-        rows = labelstudio.task_table(rec["path"]) if fmt == "labelstudio" else tables.read_table(rec["path"])
+        rows = (
+            labelstudio.task_table(rec["path"])
+            if fmt == "labelstudio"
+            else tables.read_table(rec["path"])
+        )
         return QueryResult(rec["round"], rec["strategy"], Path(rec["path"]), rows, rec.get("note"))
 
-    def ingest(self, labels: pd.DataFrame | str | Path, *, train: bool = True, allow_unqueried: bool = False,
-               overwrite: bool = False, add_class: bool = False) -> IngestResult:
+    def ingest(
+        self,
+        labels: pd.DataFrame | str | Path,
+        *,
+        train: bool = True,
+        allow_unqueried: bool = False,
+        overwrite: bool = False,
+        add_class: bool = False,
+    ) -> IngestResult:
         """Add labels (a DataFrame with the id and target columns, or a file) and retrain (``alloop ingest``)."""
         from alloop.commands.ingest import ingest
 
-        opts = dict(no_train=not train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class, reporter=self.reporter)
+        opts = dict(
+            no_train=not train,
+            allow_unqueried=allow_unqueried,
+            overwrite=overwrite,
+            add_class=add_class,
+            reporter=self.reporter,
+        )
         if isinstance(labels, pd.DataFrame):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "labels.parquet"
@@ -76,10 +97,16 @@ class Run:
         elif isinstance(labels, (str, Path)):
             rec = ingest(self.name, str(labels), **opts)
         else:
-            raise UserError(f"ingest takes a DataFrame or a file path, got {type(labels).__name__}: pass the filled query rows")
-        return IngestResult(rec["added"], rec["labels"], rec["outstanding"], list(rec["notes"]), rec.get("trained"))
+            raise UserError(
+                f"ingest takes a DataFrame or a file path, got {type(labels).__name__}: pass the filled query rows"
+            )
+        return IngestResult(
+            rec["added"], rec["labels"], rec["outstanding"], list(rec["notes"]), rec.get("trained")
+        )
 
-    def train(self, *, fresh: bool = False, epochs: int | None = None, s: float | str | None = None) -> dict:
+    def train(
+        self, *, fresh: bool = False, epochs: int | None = None, s: float | str | None = None
+    ) -> dict:
         """Fit on every label so far (``alloop train``): the training's figures."""
         from alloop.commands.train import train
 
@@ -102,7 +129,14 @@ def open_run(name: str, reporter: Reporter | None = None) -> Run:
     return Run(name, reporter or Reporter())
 
 
-def init_run(name: str, pool: str, *, target: str | list[str] = "target", reporter: Reporter | None = None, **options) -> Run:
+def init_run(
+    name: str,
+    pool: str,
+    *,
+    target: str | list[str] = "target",
+    reporter: Reporter | None = None,
+    **options,
+) -> Run:
     """Create a run over ``pool`` (``alloop init``; options as ``commands.init.init_run`` takes them) and open it."""
     from alloop.commands.init import init_run as create
 

@@ -14,7 +14,14 @@ from typing import Iterator, List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -67,11 +74,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-RUN_ARG = typer.Argument(..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory.")
-WAIT_OPT = typer.Option(5.0, "--wait", help="Seconds to wait for another alloop command on the same run.")
-TRAIN_DEVICES_OPT = typer.Option(1, "--devices", help="Split every training minibatch over this many local devices (data-parallel SGDF).")
+RUN_ARG = typer.Argument(
+    ..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory."
+)
+WAIT_OPT = typer.Option(
+    5.0, "--wait", help="Seconds to wait for another alloop command on the same run."
+)
+TRAIN_DEVICES_OPT = typer.Option(
+    1,
+    "--devices",
+    help="Split every training minibatch over this many local devices (data-parallel SGDF).",
+)
 STRATEGY_OPT = typer.Option(
-    None, "--strategy",
+    None,
+    "--strategy",
     help="herding (rows that make the labels look like the pool: the regression default), lcmd (the largest cluster's most "
     "distant row in the model's gradient space: the default for --model mlp), sld (SLD-weighted k-means++ batch), "
     "sld-topk (plain top-k SLD), random, committee or greedy; classification also margin (its default), entropy, least-confident. "
@@ -91,7 +107,13 @@ class RichReporter(Reporter):
         if self.quiet or not err.is_terminal:
             yield lambda n=1: None
             return
-        cols = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        cols = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
         with Progress(*cols, console=err, transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
@@ -113,12 +135,16 @@ def _sizes(value: str, option: str) -> List[int]:
     try:
         return [int(v) for v in _split(value) or []]
     except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, got {value!r}: try {option} 64,64") from None
+        raise UserError(
+            f"{option} takes comma-separated integers, got {value!r}: try {option} 64,64"
+        ) from None
 
 
 def _emit(obj: dict, as_json: bool, text: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(to_json_value(obj), allow_nan=False) + "\n")  # NaN figures -> null
+        sys.stdout.write(
+            json.dumps(to_json_value(obj), allow_nan=False) + "\n"
+        )  # NaN figures -> null
     else:
         out.print(text, highlight=False, markup=False)
 
@@ -129,60 +155,106 @@ def _fmt(v) -> str:
 
 @app.command()
 def init(
-    name: str = typer.Argument(..., help="Name of the new run (created under runs/) or a directory path."),
+    name: str = typer.Argument(
+        ..., help="Name of the new run (created under runs/) or a directory path."
+    ),
     pool: Optional[str] = typer.Option(
-        None, "--pool",
+        None,
+        "--pool",
         help="Unlabeled pool: a Parquet file or a directory of Parquet files, local or s3://BUCKET/PREFIX, gs://... "
         "(default with --base: the base's).",
     ),
     endpoint_url: Optional[str] = typer.Option(
-        None, "--endpoint-url", help="S3 endpoint for an s3:// pool (e.g. http://localhost:9000); default $AWS_ENDPOINT_URL, else AWS.",
+        None,
+        "--endpoint-url",
+        help="S3 endpoint for an s3:// pool (e.g. http://localhost:9000); default $AWS_ENDPOINT_URL, else AWS.",
     ),
     base: Optional[str] = typer.Option(
-        None, "--base",
+        None,
+        "--base",
         help="Inherit this trained run's model, features and parameters θ0, regularized towards θ0 (a user run).",
     ),
     trainer: Optional[str] = typer.Option(
-        None, "--trainer",
+        None,
+        "--trainer",
         help="sgdf, or full-batch newton, lbfgs or cg (Newton-CG) for small labeled sets (default: sgdf; newton with "
         "--base).",
     ),
     id_col: str = typer.Option("id", "--id-col", help="Column holding each row's unique id."),
-    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated feature columns (default: every numeric column but id and target)."),
-    target: str = typer.Option("target", "--target", help="Target column name(s), comma-separated for several outputs."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Seed labels: CSV/Parquet/JSONL with the id and target columns."),
-    test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set (features + target) used for metrics only."),
+    features: Optional[str] = typer.Option(
+        None,
+        "--features",
+        help="Comma-separated feature columns (default: every numeric column but id and target).",
+    ),
+    target: str = typer.Option(
+        "target", "--target", help="Target column name(s), comma-separated for several outputs."
+    ),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Seed labels: CSV/Parquet/JSONL with the id and target columns."
+    ),
+    test: Optional[str] = typer.Option(
+        None, "--test", help="Held-out labeled set (features + target) used for metrics only."
+    ),
     task: str = typer.Option("regression", "--task", help="regression or classification."),
     classes: Optional[str] = typer.Option(
-        None, "--classes",
+        None,
+        "--classes",
         help="Classification: the class labels, comma-separated, in output order (default: those of the seed labels and test"
         " set).",
     ),
     model: Optional[str] = typer.Option(
-        None, "--model",
+        None,
+        "--model",
         help="linear, poly, mlp, or auto (regression with --s auto: every training chooses linear, poly 2, poly 3 or, from 40 labels, "
         "an MLP 64,64 by the cross-validated loss of the labels so far; status says which and why). Default: auto for regression "
         "(linear with a numeric --s), linear for classification.",
     ),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
-    hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."),
-    activation: str = typer.Option("tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."),
-    curvature: Optional[str] = typer.Option(None, "--curvature", help="Curvature for the tangent: hessian or gauss-newton (default by model)."),
+    hidden: str = typer.Option(
+        "64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."
+    ),
+    activation: str = typer.Option(
+        "tanh", "--activation", help="mlp activation: tanh, gelu, softplus, silu, sigmoid or relu."
+    ),
+    curvature: Optional[str] = typer.Option(
+        None,
+        "--curvature",
+        help="Curvature for the tangent: hessian or gauss-newton (default by model).",
+    ),
     s: Optional[str] = typer.Option(
-        None, "--s",
+        None,
+        "--s",
         help="Regularity s (weight of the L2 regularizer against the sum of losses): auto (chosen every round by k-fold CV "
         "and hypergradient steps), loocv (closed-form LOOCV, linear/poly) or a number. Default: auto for regression "
         "(but 1 with --model mlp), 1 for classification.",
     ),
-    folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (default 5; LOOCV at 30 labels or fewer)."),
-    tangent: str = typer.Option("sgdf", "--tangent", help="How the tangent is computed: sgdf (during training), cg or exact (after)."),
+    folds: Optional[int] = typer.Option(
+        None,
+        "--folds",
+        help="Folds of the cross-validation that chooses s (default 5; LOOCV at 30 labels or fewer).",
+    ),
+    tangent: str = typer.Option(
+        "sgdf",
+        "--tangent",
+        help="How the tangent is computed: sgdf (during training), cg or exact (after).",
+    ),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd."),
     lr: float = typer.Option(1e-2, "--lr", help="Learning rate (start of a cosine decay)."),
     momentum: float = typer.Option(0.0, "--momentum", help="Momentum for sgd."),
-    epochs: int = typer.Option(100, "--epochs", help="Epochs per training (raised so that training takes at least --min-steps steps)."),
-    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Fewest optimizer steps per training, however few the labels (default 2000)."),
+    epochs: int = typer.Option(
+        100,
+        "--epochs",
+        help="Epochs per training (raised so that training takes at least --min-steps steps).",
+    ),
+    min_steps: Optional[int] = typer.Option(
+        None,
+        "--min-steps",
+        help="Fewest optimizer steps per training, however few the labels (default 2000).",
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Minibatch size."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialization, minibatches and random choices."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for initialization, minibatches and random choices."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create a run over an unlabeled pool.
@@ -193,21 +265,59 @@ def init(
     from alloop.commands import init as init_cmd
 
     if base:
-        res = inherit.init_user_run(name, base, pool=pool, labels=labels, test=test, trainer=trainer or "newton", reporter=RichReporter())
-        _emit(res, as_json, f"created {res['run']} inheriting {res['base']}: {res['labels']} labels\nnext: alloop query {name}")
+        res = inherit.init_user_run(
+            name,
+            base,
+            pool=pool,
+            labels=labels,
+            test=test,
+            trainer=trainer or "newton",
+            reporter=RichReporter(),
+        )
+        _emit(
+            res,
+            as_json,
+            f"created {res['run']} inheriting {res['base']}: {res['labels']} labels\nnext: alloop query {name}",
+        )
         return
     if pool is None:
         raise UserError("alloop init needs --pool PATH (or --base RUN to inherit a trained run)")
     pool = with_endpoint(pool, endpoint_url)
     s_value = None if s is None else parse_s(s)
     kind = model or default_model(task, s_value)
-    spec = init_cmd.model_spec(kind, degree=degree, hidden=_sizes(hidden, "--hidden"), activation=activation, curvature=curvature)
-    train = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-             **({} if min_steps is None else {"min_steps": min_steps})}
+    spec = init_cmd.model_spec(
+        kind,
+        degree=degree,
+        hidden=_sizes(hidden, "--hidden"),
+        activation=activation,
+        curvature=curvature,
+    )
+    train = {
+        "optimizer": optimizer,
+        "lr": lr,
+        "momentum": momentum,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        **({} if min_steps is None else {"min_steps": min_steps}),
+    }
     res = init_cmd.init_run(
-        name, pool, id_col=id_col, features=_split(features), targets=_split(target) or ["target"], labels=labels, test=test,
-        model=spec, s=s_value, tune=None if folds is None else {"folds": folds}, train=train, tangent=tangent,
-        task=task, classes=_split(classes), trainer=trainer or "sgdf", reporter=RichReporter(),
+        name,
+        pool,
+        id_col=id_col,
+        features=_split(features),
+        targets=_split(target) or ["target"],
+        labels=labels,
+        test=test,
+        model=spec,
+        s=s_value,
+        tune=None if folds is None else {"folds": folds},
+        train=train,
+        tangent=tangent,
+        task=task,
+        classes=_split(classes),
+        trainer=trainer or "sgdf",
+        reporter=RichReporter(),
     )
     text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"
     _emit(res, as_json, text)
@@ -216,10 +326,18 @@ def init(
 @app.command()
 def train(
     name: str = RUN_ARG,
-    fresh: bool = typer.Option(False, "--fresh", help="Start from a new initialization instead of the last checkpoint."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the run's epoch count for this training."),
-    s: Optional[str] = typer.Option(None, "--s", help="Override the run's s for this training: a number, auto or loocv."),
-    folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation that chooses s (with auto)."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start from a new initialization instead of the last checkpoint."
+    ),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", help="Override the run's epoch count for this training."
+    ),
+    s: Optional[str] = typer.Option(
+        None, "--s", help="Override the run's s for this training: a number, auto or loocv."
+    ),
+    folds: Optional[int] = typer.Option(
+        None, "--folds", help="Folds of the cross-validation that chooses s (with auto)."
+    ),
     devices: int = TRAIN_DEVICES_OPT,
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
@@ -230,12 +348,35 @@ def train(
     """
     from alloop.commands.train import train as train_run
 
-    rec = train_run(name, fresh=fresh, epochs=epochs, s=None if s is None else parse_s(s), folds=folds, devices=devices, wait=wait, reporter=RichReporter())
+    rec = train_run(
+        name,
+        fresh=fresh,
+        epochs=epochs,
+        s=None if s is None else parse_s(s),
+        folds=folds,
+        devices=devices,
+        wait=wait,
+        reporter=RichReporter(),
+    )
     _emit(rec, as_json, _figures_line(rec))
 
 
 def _figures_line(rec: dict) -> str:
-    keys = [k for k in ("labels", "s", "train_loss", "test_rmse", "test_mae", "test_accuracy", "test_log_loss", "test_macro_f1", "residual") if k in rec]
+    keys = [
+        k
+        for k in (
+            "labels",
+            "s",
+            "train_loss",
+            "test_rmse",
+            "test_mae",
+            "test_accuracy",
+            "test_log_loss",
+            "test_macro_f1",
+            "residual",
+        )
+        if k in rec
+    ]
     return "trained: " + ", ".join(f"{k} {_fmt(rec[k])}" for k in keys)
 
 
@@ -245,25 +386,39 @@ def query(
     k: int = typer.Option(20, "-k", "--k", help="How many rows to ask about."),
     strategy: Optional[str] = STRATEGY_OPT,
     fmt: str = typer.Option(
-        "csv", "--format", help="Query file format: csv, parquet, jsonl, or labelstudio (Label Studio tasks with predictions, and the labeling config)."
+        "csv",
+        "--format",
+        help="Query file format: csv, parquet, jsonl, or labelstudio (Label Studio tasks with predictions, and the labeling config).",
     ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random and greedy choices (default: from the run)."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed for random and greedy choices (default: from the run)."
+    ),
     engine: str = typer.Option(
-        "local", "--engine",
+        "local",
+        "--engine",
         help="local (stream the pool in this process) or ray (score it in actors on a Ray cluster; pip install 'alloop[ray]'): "
         "the same query file.",
     ),
     address: Optional[str] = typer.Option(
-        None, "--address", help="With --engine ray: the cluster, auto (the one this machine joined) or ray://HOST:10001 (default: a local one).",
+        None,
+        "--address",
+        help="With --engine ray: the cluster, auto (the one this machine joined) or ray://HOST:10001 (default: a local one).",
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", help="With --engine ray: scoring actors (default: one per 4 CPUs of the cluster)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        help="With --engine ray: scoring actors (default: one per 4 CPUs of the cluster).",
+    ),
     keep_workers: float = typer.Option(
-        0.0, "--keep-workers", metavar="SECONDS",
+        0.0,
+        "--keep-workers",
+        metavar="SECONDS",
         help="With --engine ray on a running cluster (--address): keep the scoring actors there for the next queries of the same model "
         "and features (no start, no JAX import, no compilation) until idle this many seconds; `alloop release-workers` ends them sooner.",
     ),
     devices: int = typer.Option(
-        1, "--devices",
+        1,
+        "--devices",
         help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be "
         "retrained first).",
     ),
@@ -277,21 +432,40 @@ def query(
     """
     from alloop.io.ray_cluster import cluster
 
-    with cluster(address) if engine == "ray" else contextlib.nullcontext():  # Ray first: started before JAX is loaded
+    with (
+        cluster(address) if engine == "ray" else contextlib.nullcontext()
+    ):  # Ray first: started before JAX is loaded
         from alloop.commands.query import query as query_run
 
-        rec = query_run(name, k=k, strategy=strategy, fmt=fmt, seed=seed, devices=devices, wait=wait, reporter=RichReporter(),
-                        engine=engine, address=address, workers=workers, keep_workers=keep_workers)
+        rec = query_run(
+            name,
+            k=k,
+            strategy=strategy,
+            fmt=fmt,
+            seed=seed,
+            devices=devices,
+            wait=wait,
+            reporter=RichReporter(),
+            engine=engine,
+            address=address,
+            workers=workers,
+            keep_workers=keep_workers,
+        )
     if not as_json:
-        err.print(f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, "
-                  f"then `alloop ingest {name} FILE`", highlight=False)
+        err.print(
+            f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, "
+            f"then `alloop ingest {name} FILE`",
+            highlight=False,
+        )
     _emit(rec, as_json, rec["path"])
 
 
 @app.command("release-workers")
 def release_workers(
     address: Optional[str] = typer.Option(
-        "auto", "--address", help="The Ray cluster: auto (the one this machine joined) or ray://HOST:10001.",
+        "auto",
+        "--address",
+        help="The Ray cluster: auto (the one this machine joined) or ray://HOST:10001.",
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -310,14 +484,25 @@ def release_workers(
 def ingest(
     name: str = RUN_ARG,
     file: str = typer.Argument(
-        ..., help="CSV, Parquet or JSONL with the id and target columns (e.g. a filled-in query file), or a Label Studio export (JSON, JSON-MIN, CSV)."
+        ...,
+        help="CSV, Parquet or JSONL with the id and target columns (e.g. a filled-in query file), or a Label Studio export (JSON, JSON-MIN, CSV).",
     ),
     no_train: bool = typer.Option(False, "--no-train", help="Store the labels without retraining."),
-    allow_unqueried: bool = typer.Option(False, "--allow-unqueried", help="Accept labels for rows that were never queried."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace labels that differ from stored ones."),
-    add_class: bool = typer.Option(False, "--add-class", help="Classification: accept labels of new classes (the model gains an output for each)."),
+    allow_unqueried: bool = typer.Option(
+        False, "--allow-unqueried", help="Accept labels for rows that were never queried."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace labels that differ from stored ones."
+    ),
+    add_class: bool = typer.Option(
+        False,
+        "--add-class",
+        help="Classification: accept labels of new classes (the model gains an output for each).",
+    ),
     resolve: str = typer.Option(
-        "latest", "--resolve", help="Label Studio exports: several annotations of a task give latest, mean (regression) or majority (classification)."
+        "latest",
+        "--resolve",
+        help="Label Studio exports: several annotations of a task give latest, mean (regression) or majority (classification).",
     ),
     devices: int = TRAIN_DEVICES_OPT,
     wait: float = WAIT_OPT,
@@ -330,8 +515,18 @@ def ingest(
     """
     from alloop.commands.ingest import ingest as ingest_run
 
-    rec = ingest_run(name, file, no_train=no_train, allow_unqueried=allow_unqueried, overwrite=overwrite, add_class=add_class,
-                     resolve=resolve, devices=devices, wait=wait, reporter=RichReporter())
+    rec = ingest_run(
+        name,
+        file,
+        no_train=no_train,
+        allow_unqueried=allow_unqueried,
+        overwrite=overwrite,
+        add_class=add_class,
+        resolve=resolve,
+        devices=devices,
+        wait=wait,
+        reporter=RichReporter(),
+    )
     text = f"added {rec['added']} labels ({rec['labels']} in all, {rec['outstanding']} outstanding)"
     if "trained" in rec:
         text += "\n" + _figures_line(rec["trained"])
@@ -343,7 +538,9 @@ def status(
     name: str = RUN_ARG,
     as_json: bool = JSON_OPT,
     stop: List[str] = typer.Option(
-        [], "--stop", help="Override a stopping threshold, NAME=NUMBER (change_threshold, change_rounds, kappa_threshold, kappa_window, "
+        [],
+        "--stop",
+        help="Override a stopping threshold, NAME=NUMBER (change_threshold, change_rounds, kappa_threshold, kappa_window, "
         "cv_tolerance, cv_window, sld_fraction); repeatable.",
     ),
 ) -> None:
@@ -358,7 +555,22 @@ def status(
         _emit(st, True, "")
         return
     table = Table(show_header=False, box=None)
-    for key in ("run", "task", "model", "pool", "pool_rows", "features", "labels", "outstanding", "round", "s", "s_model", "trained_on", "stale", "residual"):
+    for key in (
+        "run",
+        "task",
+        "model",
+        "pool",
+        "pool_rows",
+        "features",
+        "labels",
+        "outstanding",
+        "round",
+        "s",
+        "s_model",
+        "trained_on",
+        "stale",
+        "residual",
+    ):
         table.add_row(key, _fmt(st[key]))
         if key == "model" and st["model"] == "auto":
             why = (st.get("model_choice") or {}).get("reason", "linear until the first training")
@@ -366,7 +578,9 @@ def status(
         if key == "task" and st.get("classes"):
             table.add_row("classes", ", ".join(st["classes"]))
     if st.get("s_by_round"):
-        table.add_row("s by round", ", ".join(f"{r['round']}: {_fmt(r['s'])}" for r in st["s_by_round"][-8:]))
+        table.add_row(
+            "s by round", ", ".join(f"{r['round']}: {_fmt(r['s'])}" for r in st["s_by_round"][-8:])
+        )
     for key, v in st["figures"].items():
         if key != "residual":
             table.add_row(key, _fmt(v))
@@ -389,19 +603,27 @@ def _stop_overrides(items: List[str]) -> dict:
                 raise ValueError(item)
             outd[key.strip()] = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
         except ValueError:
-            raise UserError(f"--stop {item!r} is not NAME=NUMBER: write e.g. --stop change_threshold=0.02") from None
+            raise UserError(
+                f"--stop {item!r} is not NAME=NUMBER: write e.g. --stop change_threshold=0.02"
+            ) from None
     return outd
 
 
 @app.command("tune-s")
 def tune_s(
     name: str = RUN_ARG,
-    plot: bool = typer.Option(False, "--plot", help="Draw the curve as a PNG (the paper's Figure 2)."),
-    out_png: Optional[str] = typer.Option(None, "--out", help="Where the PNG goes (default runs/NAME/plots/tune-s-round-NNNN.png)."),
+    plot: bool = typer.Option(
+        False, "--plot", help="Draw the curve as a PNG (the paper's Figure 2)."
+    ),
+    out_png: Optional[str] = typer.Option(
+        None, "--out", help="Where the PNG goes (default runs/NAME/plots/tune-s-round-NNNN.png)."
+    ),
     s_min: float = typer.Option(1e-3, "--s-min", help="Smallest s of the grid."),
     s_max: float = typer.Option(1e4, "--s-max", help="Largest s of the grid."),
     per_decade: int = typer.Option(6, "--per-decade", help="Grid points per factor of 10 in s."),
-    folds: Optional[int] = typer.Option(None, "--folds", help="Folds of the cross-validation (default: the run's)."),
+    folds: Optional[int] = typer.Option(
+        None, "--folds", help="Folds of the cross-validation (default: the run's)."
+    ),
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -411,11 +633,25 @@ def tune_s(
     """
     from alloop.commands.tune import tune_s as tune_run
 
-    rec = tune_run(name, plot=plot, out=out_png, s_min=s_min, s_max=s_max, per_decade=per_decade, folds=folds, wait=wait, reporter=RichReporter())
+    rec = tune_run(
+        name,
+        plot=plot,
+        out=out_png,
+        s_min=s_min,
+        s_max=s_max,
+        per_decade=per_decade,
+        folds=folds,
+        wait=wait,
+        reporter=RichReporter(),
+    )
     curve = rec["curve"]
-    lines = [f"{'s':>10}  {curve['cv_label']}"] + [f"{s:>10.4g}  {v:.5g}" for s, v in zip(curve["s"], curve["cv"])]
-    lines.append(f"chosen s = {rec['s']:.4g} ({rec['mode']}, CV loss {rec['cv_loss']:.5g}); grid best s = {rec['grid_best_s']:.4g}; "
-                 f"local minima at s = {', '.join(f'{m:.3g}' for m in rec['local_minima'])}")
+    lines = [f"{'s':>10}  {curve['cv_label']}"] + [
+        f"{s:>10.4g}  {v:.5g}" for s, v in zip(curve["s"], curve["cv"])
+    ]
+    lines.append(
+        f"chosen s = {rec['s']:.4g} ({rec['mode']}, CV loss {rec['cv_loss']:.5g}); grid best s = {rec['grid_best_s']:.4g}; "
+        f"local minima at s = {', '.join(f'{m:.3g}' for m in rec['local_minima'])}"
+    )
     if rec["plot"]:
         lines.append(f"plot: {rec['plot']}")
     _emit(rec, as_json, "\n".join(lines))
@@ -424,7 +660,9 @@ def tune_s(
 @app.command("base-update")
 def base_update(
     base: str = typer.Argument(..., help="The base run to fold labels into."),
-    users: List[str] = typer.Option(..., "--from", help="A user run made with --base BASE (repeat for several)."),
+    users: List[str] = typer.Option(
+        ..., "--from", help="A user run made with --base BASE (repeat for several)."
+    ),
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -444,10 +682,18 @@ def base_update(
 
 @app.command("simulate-users")
 def simulate_users(
-    dataset: str = typer.Option("powerplant", "--dataset", help="Bundled regression dataset under datasets/."),
+    dataset: str = typer.Option(
+        "powerplant", "--dataset", help="Bundled regression dataset under datasets/."
+    ),
     groups: int = typer.Option(4, "--groups", help="Users: quantile groups of one feature."),
-    by: Optional[str] = typer.Option(None, "--by", help="Feature whose quantiles define the users (default: the first)."),
-    base_labels: int = typer.Option(200, "--base-labels", help="Labels the base model is fitted on (from the other users' rows)."),
+    by: Optional[str] = typer.Option(
+        None, "--by", help="Feature whose quantiles define the users (default: the first)."
+    ),
+    base_labels: int = typer.Option(
+        200,
+        "--base-labels",
+        help="Labels the base model is fitted on (from the other users' rows).",
+    ),
     rounds: int = typer.Option(4, "--rounds", help="Rounds per user."),
     k: int = typer.Option(5, "-k", "--k", help="Labels per round."),
     s: float = typer.Option(1.0, "--s", help="Regularity s."),
@@ -462,15 +708,23 @@ def simulate_users(
     """
     from alloop.sim import users as sim_users
 
-    cfg = sim_users.UsersConfig(groups=groups, by=by, base_labels=base_labels, rounds=rounds, k=k, s=s, reps=reps, seed=seed)
+    cfg = sim_users.UsersConfig(
+        groups=groups, by=by, base_labels=base_labels, rounds=rounds, k=k, s=s, reps=reps, seed=seed
+    )
     res, table = sim_users.on_dataset(dataset, cfg, out)
-    _emit(res, as_json, f"mean test RMSE of the users' models by labels per user ({dataset}, {reps} reps):\n{table}")
+    _emit(
+        res,
+        as_json,
+        f"mean test RMSE of the users' models by labels per user ({dataset}, {reps} reps):\n{table}",
+    )
 
 
 @app.command()
 def verify(
     name: str = RUN_ARG,
-    repair: bool = typer.Option(False, "--repair", help="Remove leftovers of interrupted commands."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Remove leftovers of interrupted commands."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Check that the run's files agree with its last commit (hashes, counts, checkpoint shape).
@@ -493,9 +747,13 @@ def demo(
     dataset: str = typer.Option("diabetes", "--dataset", help="Bundled dataset under datasets/."),
     rounds: int = typer.Option(5, "--rounds", help="Label-query rounds."),
     k: int = typer.Option(10, "-k", "--k", help="Rows labeled per round."),
-    initial: int = typer.Option(10, "--initial", help="Random seed labels (unless the dataset ships its own)."),
+    initial: int = typer.Option(
+        10, "--initial", help="Random seed labels (unless the dataset ships its own)."
+    ),
     strategy: Optional[str] = STRATEGY_OPT,
-    name: Optional[str] = typer.Option(None, "--name", help="Run name (default demo-DATASET, numbered if taken)."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Run name (default demo-DATASET, numbered if taken)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -510,22 +768,41 @@ def demo(
             figures = ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k.startswith("test_"))
             out.print(f"round {row['round']}: {row['labels']} labels, {figures}", highlight=False)
 
-    res = demo_mod.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, name=name, seed=seed, reporter=RichReporter(), on_round=show)
+    res = demo_mod.run_demo(
+        dataset,
+        rounds=rounds,
+        k=k,
+        initial=initial,
+        strategy=strategy,
+        name=name,
+        seed=seed,
+        reporter=RichReporter(),
+        on_round=show,
+    )
     _emit(res, as_json, f"run directory: {res['run']}")
 
 
 @app.command()
 def simulate(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled dataset under datasets/ (instead of --pool/--test)."),
-    pool: Optional[str] = typer.Option(None, "--pool", help="Pool with its target column (Parquet file or directory)."),
-    test: Optional[str] = typer.Option(None, "--test", help="Held-out labeled set for the test metric."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Bundled dataset under datasets/ (instead of --pool/--test)."
+    ),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", help="Pool with its target column (Parquet file or directory)."
+    ),
+    test: Optional[str] = typer.Option(
+        None, "--test", help="Held-out labeled set for the test metric."
+    ),
     target: str = typer.Option("target", "--target", help="Target column."),
     id_col: str = typer.Option("id", "--id-col", help="Id column."),
     task: Optional[str] = typer.Option(
-        None, "--task", help="regression (test RMSE) or classification (test error rate); default: the dataset's, else regression.",
+        None,
+        "--task",
+        help="regression (test RMSE) or classification (test error rate); default: the dataset's, else regression.",
     ),
     strategies: Optional[str] = typer.Option(
-        None, "--strategies",
+        None,
+        "--strategies",
         help="Comma-separated strategies, the same objects `alloop query --strategy` runs (default: herding,sld,sld-topk,random,"
         "greedy,igs,committee,emcm; classification: margin,sld,herding,entropy,random,greedy). Also vr, sld-seq, sld-lookahead, "
         "sld-power, sld-power-iw (simulation only), sld-density, sld-kpp, kpp, sld-herding, lcmd, sld-lcmd, sld-mix, sld-mix-iw (simulation only), "
@@ -533,26 +810,44 @@ def simulate(
     ),
     budget: int = typer.Option(200, "--budget", help="Labels at the end of each curve."),
     batch: int = typer.Option(10, "--batch", help="Rows labeled per round."),
-    initial: int = typer.Option(10, "--initial", help="Random initial labels (the same for every strategy within a repetition)."),
+    initial: int = typer.Option(
+        10,
+        "--initial",
+        help="Random initial labels (the same for every strategy within a repetition).",
+    ),
     reps: int = typer.Option(20, "--reps", help="Repetitions (different initial labels)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same numbers."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/simulate-NAME); rerun to resume."),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Output directory (default runs/simulate-NAME); rerun to resume."
+    ),
     model: Optional[str] = typer.Option(
-        None, "--model", help="linear, poly, mlp or auto (linear/poly 2/poly 3/MLP by CV each round) (default: the dataset's demo model, else as "
+        None,
+        "--model",
+        help="linear, poly, mlp or auto (linear/poly 2/poly 3/MLP by CV each round) (default: the dataset's demo model, else as "
         "`alloop init` sets it: auto for regression, linear for classification).",
     ),
     degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
-    hidden: str = typer.Option("64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated (init's default)."),
+    hidden: str = typer.Option(
+        "64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated (init's default)."
+    ),
     s: Optional[str] = typer.Option(
-        None, "--s", help="Regularity: a number, or auto/loocv (linear/poly regression: chosen every round as `alloop train` does). "
+        None,
+        "--s",
+        help="Regularity: a number, or auto/loocv (linear/poly regression: chosen every round as `alloop train` does). "
         "Default: as `alloop init` sets it (auto for linear, poly and auto regression models, 1 otherwise).",
     ),
-    jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes (default: one per CPU core)."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", help="Worker processes (default: one per CPU core)."
+    ),
     endpoint_url: Optional[str] = typer.Option(
-        None, "--endpoint-url", help="S3 endpoint for s3:// --pool/--test (e.g. http://localhost:9000); default $AWS_ENDPOINT_URL, else AWS.",
+        None,
+        "--endpoint-url",
+        help="S3 endpoint for s3:// --pool/--test (e.g. http://localhost:9000); default $AWS_ENDPOINT_URL, else AWS.",
     ),
     stop: List[str] = typer.Option(
-        [], "--stop", help="Stopping threshold for the stop report, NAME=NUMBER as for `alloop status --stop`; repeatable "
+        [],
+        "--stop",
+        help="Stopping threshold for the stop report, NAME=NUMBER as for `alloop status --stop`; repeatable "
         "(replayed over the recorded signals: nothing is rerun).",
     ),
     as_json: bool = JSON_OPT,
@@ -565,15 +860,37 @@ def simulate(
     """
     from alloop.sim import simulate as sim
 
-    spec = None if model is None else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
+    spec = (
+        None
+        if model is None
+        else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
+    )
     try:
         res = sim.run_simulation(
-            dataset=dataset, pool=with_endpoint(pool, endpoint_url) if pool else pool,
-            test=with_endpoint(test, endpoint_url) if test else test, target=target, id_col=id_col, strategy_list=_split(strategies), reps=reps, out=out,
-            jobs=jobs, model=spec, s=s, task=task, reporter=RichReporter(), stop=_stop_overrides(stop), budget=budget, batch=batch, initial=initial, seed=seed,
+            dataset=dataset,
+            pool=with_endpoint(pool, endpoint_url) if pool else pool,
+            test=with_endpoint(test, endpoint_url) if test else test,
+            target=target,
+            id_col=id_col,
+            strategy_list=_split(strategies),
+            reps=reps,
+            out=out,
+            jobs=jobs,
+            model=spec,
+            s=s,
+            task=task,
+            reporter=RichReporter(),
+            stop=_stop_overrides(stop),
+            budget=budget,
+            batch=batch,
+            initial=initial,
+            seed=seed,
         )
     except KeyboardInterrupt:
-        err.print("interrupted: finished curves are kept in curves.csv; run the same command again to resume", highlight=False)
+        err.print(
+            "interrupted: finished curves are kept in curves.csv; run the same command again to resume",
+            highlight=False,
+        )
         raise typer.Exit(130) from None
     files = f"\nfiles: {res['out']}/{{curves.csv,summary.md,summary.json,curves.png}}"
     _emit({k: v for k, v in res.items() if k != "markdown"}, as_json, res["markdown"] + files)
@@ -583,7 +900,9 @@ def simulate(
 def figure(
     name: str = typer.Argument(..., help="Which figure: paper-1d."),
     out: str = typer.Option("paper-1d.png", "--out", help="PNG file to write."),
-    delta: float = typer.Option(0.1, "--delta", help="Finite-difference step δ as a fraction of s."),
+    delta: float = typer.Option(
+        0.1, "--delta", help="Finite-difference step δ as a fraction of s."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Draw a figure of the paper; paper-1d is §3.3's degree-5 example with its SLD curve.
@@ -595,8 +914,12 @@ def figure(
     from alloop.sim import figure as sim_figure
 
     res = sim_figure.draw_named(name, Path(out), delta)
-    _emit(res, as_json, f"s = {res['s']:.4g} (LOOCV), SLD largest at x = {res['sld_argmax_x']:.3f}, "
-                        f"finite difference within {res['fd_rel_error']:.1%}\n{res['png']}")
+    _emit(
+        res,
+        as_json,
+        f"s = {res['s']:.4g} (LOOCV), SLD largest at x = {res['sld_argmax_x']:.3f}, "
+        f"finite difference within {res['fd_rel_error']:.1%}\n{res['png']}",
+    )
 
 
 def main() -> None:

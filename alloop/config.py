@@ -19,16 +19,33 @@ from alloop.errors import UserError
 TASKS = ("regression", "classification")
 MODEL_KINDS = ("linear", "poly", "mlp", "auto")
 AUTO = "auto"  # --model auto: the run chooses among AUTO_CANDIDATES by cross-validation (training.choose_model)
-AUTO_CANDIDATES = ({"kind": "linear"}, {"kind": "poly", "degree": 2}, {"kind": "poly", "degree": 3},
-                   {"kind": "mlp", "hidden": (64, 64), "activation": "tanh"})  # the MLP from choose_model.MLP_MIN_LABELS labels
-ACTIVATIONS = ("gelu", "relu", "sigmoid", "silu", "softplus", "tanh")  # core.models.ACTIVATIONS (checked by a test)
+AUTO_CANDIDATES = (
+    {"kind": "linear"},
+    {"kind": "poly", "degree": 2},
+    {"kind": "poly", "degree": 3},
+    {"kind": "mlp", "hidden": (64, 64), "activation": "tanh"},
+)  # the MLP from choose_model.MLP_MIN_LABELS labels
+ACTIVATIONS = (
+    "gelu",
+    "relu",
+    "sigmoid",
+    "silu",
+    "softplus",
+    "tanh",
+)  # core.models.ACTIVATIONS (checked by a test)
 CURVATURES = ("hessian", "gauss-newton")
 TANGENTS = ("sgdf", "cg", "exact")
 TRAINERS = ("sgdf", "newton", "lbfgs", "cg")
 OPTIMIZERS = ("adam", "sgd")
 S_MODES = ("auto", "loocv")
 REGULARIZERS = ("l2", "l2-all", "inherited-anchor")
-RESERVED = ("id", "round", "time", "rank", "score")  # columns of the labels files beside the targets
+RESERVED = (
+    "id",
+    "round",
+    "time",
+    "rank",
+    "score",
+)  # columns of the labels files beside the targets
 
 
 @dataclass(frozen=True)
@@ -42,17 +59,34 @@ class PoolSpec:
     fingerprint: str
     rows_at_init: int
     targets_in_pool: tuple[str, ...] = ()
-    from_run: str | None = None  # the pool's path relative to the run directory (found again when both move)
+    from_run: str | None = (
+        None  # the pool's path relative to the run directory (found again when both move)
+    )
 
     @classmethod
     def from_json(cls, d: Mapping) -> PoolSpec:
         path = d.get("path", "")
-        return cls(path, d.get("given", path), d.get("id_col", "id"), tuple(d["features"]), d.get("fingerprint", ""),
-                   int(d.get("rows_at_init", 0)), tuple(d.get("targets_in_pool", ())), d.get("from_run"))
+        return cls(
+            path,
+            d.get("given", path),
+            d.get("id_col", "id"),
+            tuple(d["features"]),
+            d.get("fingerprint", ""),
+            int(d.get("rows_at_init", 0)),
+            tuple(d.get("targets_in_pool", ())),
+            d.get("from_run"),
+        )
 
     def to_json(self) -> dict:
-        out = {"path": self.path, "given": self.given, "id_col": self.id_col, "features": list(self.features),
-               "targets_in_pool": list(self.targets_in_pool), "fingerprint": self.fingerprint, "rows_at_init": self.rows_at_init}
+        out = {
+            "path": self.path,
+            "given": self.given,
+            "id_col": self.id_col,
+            "features": list(self.features),
+            "targets_in_pool": list(self.targets_in_pool),
+            "fingerprint": self.fingerprint,
+            "rows_at_init": self.rows_at_init,
+        }
         if self.from_run is not None:
             out["from_run"] = self.from_run
         return out
@@ -75,8 +109,15 @@ class ModelSpec:
     @classmethod
     def from_json(cls, d: Mapping) -> ModelSpec:
         kind = d.get("kind", "linear")
-        return cls(kind, int(d.get("degree", 3)), tuple(int(h) for h in d.get("hidden", (64, 64))), d.get("activation", "tanh"),
-                   d.get("curvature", "hessian"), float(d.get("damping", 0.0)), {k: v for k, v in d.items() if k not in cls._OWN})
+        return cls(
+            kind,
+            int(d.get("degree", 3)),
+            tuple(int(h) for h in d.get("hidden", (64, 64))),
+            d.get("activation", "tanh"),
+            d.get("curvature", "hessian"),
+            float(d.get("damping", 0.0)),
+            {k: v for k, v in d.items() if k not in cls._OWN},
+        )
 
     def to_json(self) -> dict:
         out: dict = {"kind": self.kind}
@@ -102,7 +143,7 @@ class ModelSpec:
         return dataclasses.replace(self, extra={**dict(self.extra), AUTO: True})
 
     def label(self) -> str:
-        """"linear", "poly 2", "mlp 64,64": how status and the history name a model."""
+        """ "linear", "poly 2", "mlp 64,64": how status and the history name a model."""
         if self.kind == "poly":
             return f"poly {self.degree}"
         if self.kind == "mlp":
@@ -116,11 +157,17 @@ class ModelSpec:
         if self.kind == "poly" and self.degree < 1:
             raise UserError(f"--degree must be at least 1, got {self.degree}")
         if self.kind == "mlp" and any(h < 1 for h in self.hidden):
-            raise UserError(f"--hidden sizes must be at least 1, got {','.join(map(str, self.hidden))}: try --hidden 64,64")
+            raise UserError(
+                f"--hidden sizes must be at least 1, got {','.join(map(str, self.hidden))}: try --hidden 64,64"
+            )
         if self.kind == "mlp" and self.activation not in ACTIVATIONS:
-            raise UserError(f"unknown --activation {self.activation!r}: choose {', '.join(ACTIVATIONS)}")
+            raise UserError(
+                f"unknown --activation {self.activation!r}: choose {', '.join(ACTIVATIONS)}"
+            )
         if self.curvature not in CURVATURES:
-            raise UserError(f"unknown --curvature {self.curvature!r}: choose hessian or gauss-newton")
+            raise UserError(
+                f"unknown --curvature {self.curvature!r}: choose hessian or gauss-newton"
+            )
 
 
 def default_s(task: str, kind: str) -> float | str:
@@ -151,9 +198,13 @@ def parse_s(value) -> float | str:
     try:
         s = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"--s must be a positive number, auto or loocv, got {value!r}: try --s auto") from None
+        raise UserError(
+            f"--s must be a positive number, auto or loocv, got {value!r}: try --s auto"
+        ) from None
     if not (math.isfinite(s) and s > 0):
-        raise UserError(f"--s must be a positive number, auto or loocv, got {value!r}: try --s auto")
+        raise UserError(
+            f"--s must be a positive number, auto or loocv, got {value!r}: try --s auto"
+        )
     return s
 
 
@@ -171,7 +222,9 @@ class RunConfig:
     regularizer: str = "l2"
     tangent: str = "sgdf"
     trainer: str = "sgdf"
-    train: Mapping[str, Any] = field(default_factory=dict)  # sgdf.TrainConfig fields and min_steps, as given
+    train: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # sgdf.TrainConfig fields and min_steps, as given
     tune: Mapping[str, Any] | None = None  # how s is chosen (choose_s.TuneConfig fields), as given
     classes: tuple[str, ...] | None = None  # classification: the class labels in output order
     test: Mapping[str, Any] | None = None  # the held-out set: given, rows, sha256
@@ -184,20 +237,41 @@ class RunConfig:
         """A config.json as any alloop version wrote it."""
         s = d.get("s", 1.0)
         return cls(
-            pool=PoolSpec.from_json(d["pool"]), standardizer=dict(d["standardizer"]), model=ModelSpec.from_json(d.get("model", {})),
-            task=d.get("task", "regression"), targets=tuple(d.get("targets", ("target",))), id_kind=d.get("id_kind", "int"),
-            s=s if is_s_mode(s) else float(s), regularizer=d.get("regularizer", "l2"), tangent=d.get("tangent", "sgdf"),
-            trainer=d.get("trainer", "sgdf"), train=dict(d.get("train", {})), tune=dict(d["tune"]) if d.get("tune") else None,
-            classes=tuple(d["classes"]) if d.get("classes") is not None else None, test=d.get("test"), base=d.get("base"),
-            created=d.get("created", ""), alloop_version=d.get("alloop_version", ""),
+            pool=PoolSpec.from_json(d["pool"]),
+            standardizer=dict(d["standardizer"]),
+            model=ModelSpec.from_json(d.get("model", {})),
+            task=d.get("task", "regression"),
+            targets=tuple(d.get("targets", ("target",))),
+            id_kind=d.get("id_kind", "int"),
+            s=s if is_s_mode(s) else float(s),
+            regularizer=d.get("regularizer", "l2"),
+            tangent=d.get("tangent", "sgdf"),
+            trainer=d.get("trainer", "sgdf"),
+            train=dict(d.get("train", {})),
+            tune=dict(d["tune"]) if d.get("tune") else None,
+            classes=tuple(d["classes"]) if d.get("classes") is not None else None,
+            test=d.get("test"),
+            base=d.get("base"),
+            created=d.get("created", ""),
+            alloop_version=d.get("alloop_version", ""),
         )
 
     def to_json(self) -> dict:
         out = {
-            "alloop_version": self.alloop_version, "created": self.created, "task": self.task, "id_kind": self.id_kind,
-            "targets": list(self.targets), "pool": self.pool.to_json(), "standardizer": dict(self.standardizer),
-            "model": self.model.to_json(), "regularizer": self.regularizer, "s": self.s, "tangent": self.tangent,
-            "train": dict(self.train), "test": dict(self.test) if self.test else None, "trainer": self.trainer,
+            "alloop_version": self.alloop_version,
+            "created": self.created,
+            "task": self.task,
+            "id_kind": self.id_kind,
+            "targets": list(self.targets),
+            "pool": self.pool.to_json(),
+            "standardizer": dict(self.standardizer),
+            "model": self.model.to_json(),
+            "regularizer": self.regularizer,
+            "s": self.s,
+            "tangent": self.tangent,
+            "train": dict(self.train),
+            "test": dict(self.test) if self.test else None,
+            "trainer": self.trainer,
         }
         for key in ("tune", "base"):
             if getattr(self, key):
@@ -225,20 +299,28 @@ class RunConfig:
         """Every option check in one place; UserError names the option and the fix."""
         if self.task not in TASKS:
             raise UserError(f"unknown --task {self.task!r}: choose regression or classification")
-        if not is_s_mode(self.s) and not (isinstance(self.s, (int, float)) and math.isfinite(self.s) and self.s > 0):
-            raise UserError(f"--s must be a positive number, auto or loocv, got {self.s}: try --s auto")
+        if not is_s_mode(self.s) and not (
+            isinstance(self.s, (int, float)) and math.isfinite(self.s) and self.s > 0
+        ):
+            raise UserError(
+                f"--s must be a positive number, auto or loocv, got {self.s}: try --s auto"
+            )
         if self.s == "loocv" and (self.model.kind == "mlp" or self.task != "regression"):
             raise UserError("--s loocv needs a linear or poly regression model: use --s auto")
         self.model.validate()
         if self.model.is_auto and (self.task != "regression" or not is_s_mode(self.s)):
-            raise UserError("--model auto chooses among linear, polynomial and MLP models by the cross-validated loss that --s auto computes: "
-                            "use it for regression with --s auto or loocv (or pick --model linear, poly or mlp)")
+            raise UserError(
+                "--model auto chooses among linear, polynomial and MLP models by the cross-validated loss that --s auto computes: "
+                "use it for regression with --s auto or loocv (or pick --model linear, poly or mlp)"
+            )
         if self.tangent not in TANGENTS:
             raise UserError(f"unknown --tangent {self.tangent!r}: choose sgdf, cg or exact")
         if self.trainer not in TRAINERS:
             raise UserError(f"unknown --trainer {self.trainer!r}: choose sgdf, newton, lbfgs or cg")
         if self.regularizer not in REGULARIZERS:
-            raise UserError(f"unknown regularizer {self.regularizer!r}: choose {', '.join(REGULARIZERS[:2])}")
+            raise UserError(
+                f"unknown regularizer {self.regularizer!r}: choose {', '.join(REGULARIZERS[:2])}"
+            )
         validate_train(self.train)
         validate_targets(self.targets, self.pool.id_col)
         if self.tune and "folds" in self.tune and int(self.tune["folds"]) < 2:
@@ -263,9 +345,13 @@ def validate_targets(targets, id_col: str) -> None:
     for t in targets:
         if t in RESERVED or t == id_col:
             names = ", ".join(dict.fromkeys([id_col, *RESERVED]))
-            raise UserError(f"target column {t!r} clashes with a column alloop writes ({names}): rename it in the pool and labels")
+            raise UserError(
+                f"target column {t!r} clashes with a column alloop writes ({names}): rename it in the pool and labels"
+            )
     if len(set(targets)) < len(targets):
-        raise UserError(f"--target names a column twice ({','.join(targets)}): list each target once")
+        raise UserError(
+            f"--target names a column twice ({','.join(targets)}): list each target once"
+        )
 
 
 def as_config(config: RunConfig | Mapping) -> RunConfig:

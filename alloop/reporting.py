@@ -10,7 +10,9 @@ class Reporter:
     """Silent by default; the CLI subclasses it with rich progress bars on stderr."""
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
+    def progress(
+        self, description: str, total: float | None = None
+    ) -> Iterator[Callable[[float], None]]:
         """A task with an optional total; yields ``advance(n)``."""
         yield lambda n=1: None
 

@@ -27,7 +27,14 @@ from alloop.training import fit as fitting
 
 def config(d: int, model: str) -> RunConfig:
     pool = PoolSpec("p", "p", "id", tuple(f"x{j}" for j in range(d)), "", 100_000)
-    return RunConfig(pool, {"mean": [0.0] * d, "std": [1.0] * d}, fitting.model_spec(model), "regression", ("target",), s="auto")
+    return RunConfig(
+        pool,
+        {"mean": [0.0] * d, "std": [1.0] * d},
+        fitting.model_spec(model),
+        "regression",
+        ("target",),
+        s="auto",
+    )
 
 
 def timed(fn, reps: int) -> float:
@@ -41,24 +48,43 @@ def timed(fn, reps: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--labels", default="50,200,2000")
-    ap.add_argument("--reps", type=int, default=2, help="timed calls per figure (the fastest is kept)")
+    ap.add_argument(
+        "--reps", type=int, default=2, help="timed calls per figure (the fastest is kept)"
+    )
     args = ap.parse_args()
     d = 8
     rng = np.random.default_rng(0)
     auto = config(d, "auto")
     mlp = config(d, "mlp").with_s(1.0)
     linear_specs = [spec for spec in choose_model.candidates() if spec.kind != "mlp"]
-    print("labels  choose (s)  linear only (s)  choose / linear only  grid (s)  MLP training (s)  grid / training")
+    print(
+        "labels  choose (s)  linear only (s)  choose / linear only  grid (s)  MLP training (s)  grid / training"
+    )
     for n in (int(v) for v in args.labels.split(",")):
         x = rng.normal(size=(n, d)).astype(np.float32)
         y = (np.sin(2.0 * x[:, 0]) + x[:, 1] * x[:, 2] + 0.1 * rng.normal(size=n))[:, None]
         everything = timed(lambda x=x, y=y: choose_model.choose(auto, x, y), args.reps)
-        linear = timed(lambda x=x, y=y: [choose_s.resolve_s(auto.replace(model=spec), x, y) for spec in linear_specs], args.reps)
-        grid = timed(lambda x=x, y=y: choose_s.choose_grid(auto.replace(model=fitting.model_spec("mlp")), x, y), args.reps)
+        linear = timed(
+            lambda x=x, y=y: [
+                choose_s.resolve_s(auto.replace(model=spec), x, y) for spec in linear_specs
+            ],
+            args.reps,
+        )
+        grid = timed(
+            lambda x=x, y=y: choose_s.choose_grid(
+                auto.replace(model=fitting.model_spec("mlp")), x, y
+            ),
+            args.reps,
+        )
         train = timed(lambda x=x, y=y: fitting.fit(mlp, x, y), 1)
-        print(f"{n:6d}  {everything:10.2f}  {linear:15.2f}  {everything / linear:20.1f}  {grid:8.2f}  {train:16.2f}  {grid / train:15.2f}", flush=True)
+        print(
+            f"{n:6d}  {everything:10.2f}  {linear:15.2f}  {everything / linear:20.1f}  {grid:8.2f}  {train:16.2f}  {grid / train:15.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

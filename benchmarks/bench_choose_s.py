@@ -31,7 +31,9 @@ GENERATED = "generated30"
 REGRESSION = ("paper1d", "diabetes", "concrete", "powerplant")
 
 
-def make_generated(folder: Path, seed: int = 7, n_pool: int = 600, n_test: int = 300, d: int = 30) -> None:
+def make_generated(
+    folder: Path, seed: int = 7, n_pool: int = 600, n_test: int = 300, d: int = 30
+) -> None:
     """y = x·β + noise, β: 5 strong and 25 weak coefficients, correlated features, σ = 1.5."""
     rng = np.random.default_rng(seed)
     cov = 0.3 + 0.7 * np.eye(d)
@@ -42,8 +44,22 @@ def make_generated(folder: Path, seed: int = 7, n_pool: int = 600, n_test: int =
     for fname, n, first in (("pool.parquet", n_pool, 0), ("test.parquet", n_test, n_pool)):
         x = rng.normal(size=(n, d)) @ chol.T
         y = x @ beta + 1.5 * rng.normal(size=n)
-        pd.DataFrame({"id": np.arange(first, first + n), **{c: x[:, j] for j, c in enumerate(names)}, "target": y}).to_parquet(folder / fname, index=False)
-    meta = {"name": GENERATED, "task": "regression", "target": "target", "id": "id", "features": names, "n_pool": n_pool, "n_test": n_test}
+        pd.DataFrame(
+            {
+                "id": np.arange(first, first + n),
+                **{c: x[:, j] for j, c in enumerate(names)},
+                "target": y,
+            }
+        ).to_parquet(folder / fname, index=False)
+    meta = {
+        "name": GENERATED,
+        "task": "regression",
+        "target": "target",
+        "id": "id",
+        "features": names,
+        "n_pool": n_pool,
+        "n_test": n_test,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -62,18 +78,43 @@ def datasets_root(tmp: Path, names) -> Path:
     return root
 
 
-def one_run(dataset: str, s, seed: int, rounds: int, k: int, initial: int, strategy: str = "sld", model: dict | None = None) -> dict:
+def one_run(
+    dataset: str,
+    s,
+    seed: int,
+    rounds: int,
+    k: int,
+    initial: int,
+    strategy: str = "sld",
+    model: dict | None = None,
+) -> dict:
     from alloop.commands import demo
 
     t0 = time.perf_counter()
-    res = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, s=s, seed=seed, model=model,
-                        name=f"{dataset}-{s}-{seed}-{strategy}")
+    res = demo.run_demo(
+        dataset,
+        rounds=rounds,
+        k=k,
+        initial=initial,
+        strategy=strategy,
+        s=s,
+        seed=seed,
+        model=model,
+        name=f"{dataset}-{s}-{seed}-{strategy}",
+    )
     from alloop.io import rundir
 
     history = rundir.read_history(rundir.open_run(res["run"]))
     chosen = [r["s"] for r in history if r.get("command") == "train"]
-    return {"dataset": dataset, "s": str(s), "seed": seed, "rmse": [r["test_rmse"] for r in res["rounds"]],
-            "labels": [r["labels"] for r in res["rounds"]], "s_used": chosen, "seconds": time.perf_counter() - t0}
+    return {
+        "dataset": dataset,
+        "s": str(s),
+        "seed": seed,
+        "rmse": [r["test_rmse"] for r in res["rounds"]],
+        "labels": [r["labels"] for r in res["rounds"]],
+        "s_used": chosen,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def summarize(rows: list[dict]) -> str:
@@ -88,17 +129,27 @@ def summarize(rows: list[dict]) -> str:
         f = np.array([r["rmse"] for r in fixed])
         a = np.array([r["rmse"] for r in auto])
         s_auto = np.array([r["s_used"] for r in auto])
-        out.append(f"\n{ds}: test RMSE by round, mean over {len(fixed)} seeds (s chosen by auto: median over seeds)")
-        out.append(f"{'round':>5} {'labels':>6} {'s=1':>10} {'auto':>10} {'auto/s=1':>9} {'s auto':>9}")
+        out.append(
+            f"\n{ds}: test RMSE by round, mean over {len(fixed)} seeds (s chosen by auto: median over seeds)"
+        )
+        out.append(
+            f"{'round':>5} {'labels':>6} {'s=1':>10} {'auto':>10} {'auto/s=1':>9} {'s auto':>9}"
+        )
         for i, n in enumerate(fixed[0]["labels"]):
-            out.append(f"{i:>5} {n:>6} {f[:, i].mean():>10.4g} {a[:, i].mean():>10.4g} {a[:, i].mean() / f[:, i].mean():>9.3f} {np.median(s_auto[:, i]):>9.3g}")
+            out.append(
+                f"{i:>5} {n:>6} {f[:, i].mean():>10.4g} {a[:, i].mean():>10.4g} {a[:, i].mean() / f[:, i].mean():>9.3f} {np.median(s_auto[:, i]):>9.3g}"
+            )
         per_seed = a / f
         wins += int(np.sum(per_seed[:, 1:] < 1.0))
         total += per_seed[:, 1:].size
         ratios.append(float(np.exp(np.mean(np.log(per_seed[:, 1:])))))
-        out.append(f"geometric mean of RMSE ratio auto/s=1 over rounds 1..{f.shape[1] - 1} and seeds: {ratios[-1]:.3f}")
+        out.append(
+            f"geometric mean of RMSE ratio auto/s=1 over rounds 1..{f.shape[1] - 1} and seeds: {ratios[-1]:.3f}"
+        )
     if total:
-        out.append(f"\nall datasets: auto has the lower RMSE in {wins}/{total} (seed, round) pairs; per-dataset ratios {', '.join(f'{r:.3f}' for r in ratios)}")
+        out.append(
+            f"\nall datasets: auto has the lower RMSE in {wins}/{total} (seed, round) pairs; per-dataset ratios {', '.join(f'{r:.3f}' for r in ratios)}"
+        )
     return "\n".join(out)
 
 
@@ -109,14 +160,34 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--initial", type=int, default=10)
-    ap.add_argument("--strategy", default="sld", help="sld, or random: then both arms label the same rows and only the fit differs")
-    ap.add_argument("--model", default=None, help="linear, or mlp (tanh) with --hidden; default: each dataset's demo model")
-    ap.add_argument("--hidden", default="32", help="hidden layer sizes of --model mlp, comma-separated")
+    ap.add_argument(
+        "--strategy",
+        default="sld",
+        help="sld, or random: then both arms label the same rows and only the fit differs",
+    )
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="linear, or mlp (tanh) with --hidden; default: each dataset's demo model",
+    )
+    ap.add_argument(
+        "--hidden", default="32", help="hidden layer sizes of --model mlp, comma-separated"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    model = None if args.model is None else {"kind": args.model, **({"hidden": [int(h) for h in args.hidden.split(",")], "activation": "tanh"}
-                                                                    if args.model == "mlp" else {})}
+    model = (
+        None
+        if args.model is None
+        else {
+            "kind": args.model,
+            **(
+                {"hidden": [int(h) for h in args.hidden.split(",")], "activation": "tanh"}
+                if args.model == "mlp"
+                else {}
+            ),
+        }
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -125,10 +196,19 @@ def main(argv=None) -> None:
         for ds in names:
             for seed in range(args.reps):
                 for s in (1.0, "auto"):
-                    row = one_run(ds, s, seed, args.rounds, args.k, args.initial, args.strategy, model)
+                    row = one_run(
+                        ds, s, seed, args.rounds, args.k, args.initial, args.strategy, model
+                    )
                     rows.append(row)
-                    rmse, used = " ".join(f"{v:.4g}" for v in row["rmse"]), " ".join(f"{v:.3g}" for v in row["s_used"])
-                    print(f"{ds} s={s} seed={seed}: rmse {rmse}  s {used}  ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+                    rmse, used = (
+                        " ".join(f"{v:.4g}" for v in row["rmse"]),
+                        " ".join(f"{v:.3g}" for v in row["s_used"]),
+                    )
+                    print(
+                        f"{ds} s={s} seed={seed}: rmse {rmse}  s {used}  ({row['seconds']:.0f}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if args.json:
                         Path(args.json).write_text(json.dumps(rows, indent=1))
         shutil.rmtree(tmp / "runs", ignore_errors=True)

@@ -38,10 +38,24 @@ def one_curve(job: tuple) -> dict:
     from alloop.commands import demo  # noqa: PLC0415 - after ALLOOP_RUNS is set
 
     t = time.perf_counter()
-    out = demo.run_demo(dataset, rounds=rounds, k=k, initial=initial, strategy=strategy, seed=rep, s=s,
-                        name=f"{dataset}-{strategy}-{rep}")
+    out = demo.run_demo(
+        dataset,
+        rounds=rounds,
+        k=k,
+        initial=initial,
+        strategy=strategy,
+        seed=rep,
+        s=s,
+        name=f"{dataset}-{strategy}-{rep}",
+    )
     acc = [r["test_accuracy"] for r in out["rounds"]]
-    return {"dataset": dataset, "strategy": strategy, "rep": rep, "accuracy": acc, "seconds": time.perf_counter() - t}
+    return {
+        "dataset": dataset,
+        "strategy": strategy,
+        "rep": rep,
+        "accuracy": acc,
+        "seconds": time.perf_counter() - t,
+    }
 
 
 def area(acc: list[float]) -> float:
@@ -57,24 +71,48 @@ def summarize(curves: list[dict], strategies: list[str]) -> list[dict]:
         reps = sorted({r for (_, r) in by})
         for s in strategies:
             acc = np.array([by[(s, r)] for r in reps])
-            ratios = np.array([area(by[(s, r)]) / max(area(by[("random", r)]), 1e-12) for r in reps]) if "random" in strategies else None
+            ratios = (
+                np.array([area(by[(s, r)]) / max(area(by[("random", r)]), 1e-12) for r in reps])
+                if "random" in strategies
+                else None
+            )
             mid = acc.shape[1] // 2
-            out.append({
-                "dataset": dataset, "strategy": s, "reps": len(reps), "acc_start": acc[:, 0].mean(), "acc_mid": acc[:, mid].mean(),
-                "acc_end": acc[:, -1].mean(), "round_mid": mid, "rounds": acc.shape[1] - 1,
-                "area_vs_random": None if ratios is None else float(ratios.mean()),
-                "area_vs_random_se": None if ratios is None else float(ratios.std(ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else 0.0,
-            })
+            out.append(
+                {
+                    "dataset": dataset,
+                    "strategy": s,
+                    "reps": len(reps),
+                    "acc_start": acc[:, 0].mean(),
+                    "acc_mid": acc[:, mid].mean(),
+                    "acc_end": acc[:, -1].mean(),
+                    "round_mid": mid,
+                    "rounds": acc.shape[1] - 1,
+                    "area_vs_random": None if ratios is None else float(ratios.mean()),
+                    "area_vs_random_se": None
+                    if ratios is None
+                    else float(ratios.std(ddof=1) / np.sqrt(len(ratios)))
+                    if len(ratios) > 1
+                    else 0.0,
+                }
+            )
     return out
 
 
 def table(rows: list[dict], k: int, initial: int) -> str:
-    lines = [f"| dataset | strategy | accuracy at {initial} labels | halfway | at the end | error area / random (± se) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"| dataset | strategy | accuracy at {initial} labels | halfway | at the end | error area / random (± se) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        ratio = "" if r["area_vs_random"] is None else f"{r['area_vs_random']:.3f} ± {r['area_vs_random_se']:.3f}"
-        lines.append(f"| {r['dataset']} | {r['strategy']} | {r['acc_start']:.3f} | {r['acc_mid']:.3f} ({initial + k * r['round_mid']}) | "
-                     f"{r['acc_end']:.3f} ({initial + k * r['rounds']}) | {ratio} |")
+        ratio = (
+            ""
+            if r["area_vs_random"] is None
+            else f"{r['area_vs_random']:.3f} ± {r['area_vs_random_se']:.3f}"
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['strategy']} | {r['acc_start']:.3f} | {r['acc_mid']:.3f} ({initial + k * r['round_mid']}) | "
+            f"{r['acc_end']:.3f} ({initial + k * r['rounds']}) | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -83,11 +121,18 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--first-rep", type=int, default=0, help="seed of the first repetition (to add repetitions to an earlier run)")
+    ap.add_argument(
+        "--first-rep",
+        type=int,
+        default=0,
+        help="seed of the first repetition (to add repetitions to an earlier run)",
+    )
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--initial", type=int, default=10)
-    ap.add_argument("--s", default=None, help="the runs' s: a number or auto (default: the dataset's demo s, 1)")
+    ap.add_argument(
+        "--s", default=None, help="the runs' s: a number or auto (default: the dataset's demo s, 1)"
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None, help="also write the curves and the summary here")
     args = ap.parse_args()
@@ -95,19 +140,30 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as runs:
         s_arg = None if args.s is None else (args.s if args.s == "auto" else float(args.s))
-        jobs = [(d, s, r, args.rounds, args.k, args.initial, runs, s_arg) for d in datasets
-                for r in range(args.first_rep, args.first_rep + args.reps) for s in strategies]
+        jobs = [
+            (d, s, r, args.rounds, args.k, args.initial, runs, s_arg)
+            for d in datasets
+            for r in range(args.first_rep, args.first_rep + args.reps)
+            for s in strategies
+        ]
         ctx = __import__("multiprocessing").get_context("spawn")  # JAX does not survive fork
         with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             curves = []
             for c in pool.map(one_curve, jobs):
                 curves.append(c)
-                print(f"{c['dataset']} {c['strategy']} rep {c['rep']}: accuracy {c['accuracy'][0]:.3f} -> {c['accuracy'][-1]:.3f} "
-                      f"({c['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"{c['dataset']} {c['strategy']} rep {c['rep']}: accuracy {c['accuracy'][0]:.3f} -> {c['accuracy'][-1]:.3f} "
+                    f"({c['seconds']:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     rows = summarize(curves, strategies)
     print(table(rows, args.k, args.initial))
-    print(f"\n{args.reps} repetitions, {args.rounds} rounds of {args.k} after {args.initial} random seed labels; "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(
+        f"\n{args.reps} repetitions, {args.rounds} rounds of {args.k} after {args.initial} random seed labels; "
+        f"{time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"curves": curves, "summary": rows}, f, indent=1)

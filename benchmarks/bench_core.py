@@ -80,7 +80,13 @@ def linear_case(sz: Sizes, seed=0) -> Case:
     z = (x - np.asarray(stats.mean)) / np.asarray(stats.scale)
     y = _standardized(z @ rng.normal(size=(sz.p, 1)) + 2.0 * rng.normal(size=(sz.n, 1)))
     model = models.linear(sz.p, 1)
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(model.init(None)), stats, *objective.default_curvature("linear"))
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2_weights(model.init(None)),
+        stats,
+        *objective.default_curvature("linear"),
+    )
     return Case("linear", prob, objective.make_data(x, y), 1.0)
 
 
@@ -94,8 +100,16 @@ def mlp_case(sz: Sizes, seed=0) -> Case:
     y = _standardized(f / f.std() + 0.3 * rng.normal(size=f.shape))
     model = models.mlp(sz.p, 1, hidden=sz.hidden, activation="tanh")
     p0 = model.init(jax.random.PRNGKey(seed))
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), stats, *objective.default_curvature("mlp"))
-    return Case("mlp " + "→".join(map(str, (sz.p, *sz.hidden, 1))), prob, objective.make_data(x, y), 1.0)
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2_weights(p0),
+        stats,
+        *objective.default_curvature("mlp"),
+    )
+    return Case(
+        "mlp " + "→".join(map(str, (sz.p, *sz.hidden, 1))), prob, objective.make_data(x, y), 1.0
+    )
 
 
 # --- training: timing and accuracy from the same runs ----------------------------------------
@@ -112,7 +126,9 @@ def start_run(case: Case, cfg: sgdf.TrainConfig) -> Run:
     opt = sgdf.make_optimizer(cfg, cfg.epochs * sgdf.steps_per_epoch(n, cfg.batch_size))
     state = sgdf.init_state(case.problem.model.init(jax.random.PRNGKey(cfg.seed)), opt)
     epoch = sgdf.make_epoch(case.problem, opt, n, cfg)
-    compiled = epoch.lower(state, case.data, jnp.float32(case.s), sgdf.epoch_key(cfg.seed, 0)).compile()
+    compiled = epoch.lower(
+        state, case.data, jnp.float32(case.s), sgdf.epoch_key(cfg.seed, 0)
+    ).compile()
     return Run(cfg, compiled, state)
 
 
@@ -127,7 +143,7 @@ def train_interleaved(case: Case, cfgs: dict, epochs: int) -> tuple[dict, dict]:
     names = list(runs)
     s = jnp.float32(case.s)
     for e in range(epochs):
-        for k in names[e % len(names):] + names[: e % len(names)]:
+        for k in names[e % len(names) :] + names[: e % len(names)]:
             r = runs[k]
             c0, t0 = time.process_time(), time.perf_counter()
             state, _ = r.epoch(r.state, case.data, s, sgdf.epoch_key(r.cfg.seed, e))
@@ -143,7 +159,11 @@ def ratios(times: dict, base) -> dict:
     out = {}
     for k, t in times.items():
         t = np.array(t)
-        out[k] = (float(np.median(t[:, 0])), float(np.median(t[:, 0] / b[:, 0])), float(np.median(t[:, 1] / np.maximum(b[:, 1], 1e-9))))
+        out[k] = (
+            float(np.median(t[:, 0])),
+            float(np.median(t[:, 0] / b[:, 0])),
+            float(np.median(t[:, 1] / np.maximum(b[:, 1], 1e-9))),
+        )
     return out
 
 
@@ -161,7 +181,7 @@ def time_scoring(case: Case, params, tangent, sz: Sizes) -> dict:
     for f in fns.values():
         f()  # compile
     for r in range(2 * sz.rounds):
-        for k in (["predict", "sld"] if r % 2 == 0 else ["sld", "predict"]):
+        for k in ["predict", "sld"] if r % 2 == 0 else ["sld", "predict"]:
             c0, t0 = time.process_time(), time.perf_counter()
             fns[k]()
             times[k].append((time.perf_counter() - t0, time.process_time() - c0))
@@ -172,7 +192,9 @@ def time_scoring(case: Case, params, tangent, sz: Sizes) -> dict:
 
 
 def _flat(tree) -> np.ndarray:
-    return np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree))[0])
+    return np.asarray(
+        ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree))[0]
+    )
 
 
 def cosine(a, b) -> float:
@@ -182,7 +204,9 @@ def cosine(a, b) -> float:
 def ridge_reference(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """θ* and θ̇ = −(AᵀA + sD)⁻¹Dθ* in float64, A = [standardized X, 1], D = diag(1, …, 1, 0); as [w; b]."""
     st = case.problem.stats
-    z = (np.asarray(case.data.x, np.float64) - np.asarray(st.mean, np.float64)) / np.asarray(st.scale, np.float64)
+    z = (np.asarray(case.data.x, np.float64) - np.asarray(st.mean, np.float64)) / np.asarray(
+        st.scale, np.float64
+    )
     a = np.c_[z, np.ones(len(z))]
     d = np.diag([1.0] * z.shape[1] + [0.0])
     m = a.T @ a + case.s * d
@@ -230,10 +254,19 @@ def cg_reference(case: Case, params, x0, tol: float, maxiter: int):
 def _config(label: str, optimizer: str, lr: float, epochs: int, batch: int) -> sgdf.TrainConfig:
     """'0' plain, 'k' the tangent on every k-th step, 'ks' the same with scaled tangent steps."""
     k = int(label.rstrip("s"))
-    return sgdf.TrainConfig(optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch, tangent_every=k, tangent_scaled=label.endswith("s"))
+    return sgdf.TrainConfig(
+        optimizer=optimizer,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch,
+        tangent_every=k,
+        tangent_scaled=label.endswith("s"),
+    )
 
 
-def run_training(case: Case, kind: str, optimizer: str, lr: float, everies, sz: Sizes, want_reference: bool) -> list[tuple]:
+def run_training(
+    case: Case, kind: str, optimizer: str, lr: float, everies, sz: Sizes, want_reference: bool
+) -> list[tuple]:
     epochs = sz.epochs_linear if kind == "linear" else sz.epochs_mlp
     cfgs = {k: _config(k, optimizer, lr, epochs, sz.batch) for k in ("0", *everies)}
     states, times = train_interleaved(case, cfgs, epochs)
@@ -243,20 +276,49 @@ def run_training(case: Case, kind: str, optimizer: str, lr: float, everies, sz: 
         theta, ref = ridge_reference(case)
         for k in everies:
             t = states[k].tangent
-            acc[k] = cosine(np.r_[np.asarray(t["w"], np.float64).ravel(), np.asarray(t["b"], np.float64)], ref)
+            acc[k] = cosine(
+                np.r_[np.asarray(t["w"], np.float64).ravel(), np.asarray(t["b"], np.float64)], ref
+            )
         p = states[everies[0]].params
-        err = np.linalg.norm(np.r_[np.asarray(p["w"]).ravel(), np.asarray(p["b"])] - theta) / np.linalg.norm(theta)
+        err = np.linalg.norm(
+            np.r_[np.asarray(p["w"]).ravel(), np.asarray(p["b"])] - theta
+        ) / np.linalg.norm(theta)
         ref_text, extra = "closed form", f"θ rel. error {err:.1e}"
     elif want_reference:
         t0 = time.perf_counter()
-        ref, res, it = cg_reference(case, states[everies[0]].params, states[everies[0]].tangent, 1e-6, sz.cg_iters)
+        ref, res, it = cg_reference(
+            case, states[everies[0]].params, states[everies[0]].tangent, 1e-6, sz.cg_iters
+        )
         for k in everies:
             acc[k] = cosine(_flat(states[k].tangent), ref)
-        ref_text = f"CG, {case.problem.curvature} λ={case.problem.damping:g} ({it} it, res {res:.0e})"
+        ref_text = (
+            f"CG, {case.problem.curvature} λ={case.problem.damping:g} ({it} it, res {res:.0e})"
+        )
         extra = f"CG {time.perf_counter() - t0:.0f}s"
-    rows = [(case.name, optimizer, case.problem.curvature, k, rt[k][0], rt[k][1], rt[k][2], acc.get(k), ref_text) for k in everies]
-    summary = ", ".join(f"k={k}: {rt[k][1]:.2f} (cpu {rt[k][2]:.2f})" + (f" cos {acc[k]:.5f}" if k in acc else "") for k in everies)
-    return rows, f"{case.name} {optimizer}: plain epoch {rt['0'][0]:.3f}s; {summary}; {extra}", states[everies[0]], rt
+    rows = [
+        (
+            case.name,
+            optimizer,
+            case.problem.curvature,
+            k,
+            rt[k][0],
+            rt[k][1],
+            rt[k][2],
+            acc.get(k),
+            ref_text,
+        )
+        for k in everies
+    ]
+    summary = ", ".join(
+        f"k={k}: {rt[k][1]:.2f} (cpu {rt[k][2]:.2f})" + (f" cos {acc[k]:.5f}" if k in acc else "")
+        for k in everies
+    )
+    return (
+        rows,
+        f"{case.name} {optimizer}: plain epoch {rt['0'][0]:.3f}s; {summary}; {extra}",
+        states[everies[0]],
+        rt,
+    )
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -270,65 +332,126 @@ def _ok(value, target, higher_is_better=False) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    ap.add_argument("--every", default=None, help="tangent_every values to measure, e.g. 1,2,3,4 (plain training is always measured)")
-    ap.add_argument("--unscaled-only", action="store_true", help="skip the tangent_scaled variants of k > 1")
-    ap.add_argument("--batch", type=int, help="training minibatch rows (default 256; an accelerator wants thousands)")
+    ap.add_argument(
+        "--every",
+        default=None,
+        help="tangent_every values to measure, e.g. 1,2,3,4 (plain training is always measured)",
+    )
+    ap.add_argument(
+        "--unscaled-only", action="store_true", help="skip the tangent_scaled variants of k > 1"
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        help="training minibatch rows (default 256; an accelerator wants thousands)",
+    )
     ap.add_argument("--pool-batch", type=int, help="rows per scoring call (default 65,536)")
     args = ap.parse_args(argv)
     sz = QUICK if args.quick else FULL
     sz = sz._replace(batch=args.batch or sz.batch, pool_batch=args.pool_batch or sz.pool_batch)
     ks = [int(k) for k in (args.every or ("1,3" if args.quick else "1,2,3,4")).split(",")]
-    everies = tuple(str(k) for k in ks) + tuple(f"{k}s" for k in ks if k > 1 and not args.unscaled_only)
+    everies = tuple(str(k) for k in ks) + tuple(
+        f"{k}s" for k in ks if k > 1 and not args.unscaled_only
+    )
     t_start = time.perf_counter()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {platform.machine()}, sizes {sz}", flush=True)
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {platform.machine()}, sizes {sz}",
+        flush=True,
+    )
 
     cases = {"linear": linear_case(sz), "mlp": mlp_case(sz)}
-    lrs = {("linear", "adam"): 1e-2, ("linear", "sgd"): 0.05, ("mlp", "adam"): 1e-3, ("mlp", "sgd"): 0.05}
+    lrs = {
+        ("linear", "adam"): 1e-2,
+        ("linear", "sgd"): 0.05,
+        ("mlp", "adam"): 1e-3,
+        ("mlp", "sgd"): 0.05,
+    }
     rows, scoring, speed = [], {}, []
     for kind, case in cases.items():
         for optimizer in ("adam", "sgd"):
-            r, line, state, rt = run_training(case, kind, optimizer, lrs[kind, optimizer], everies, sz, want_reference=optimizer == "adam")
+            r, line, state, rt = run_training(
+                case,
+                kind,
+                optimizer,
+                lrs[kind, optimizer],
+                everies,
+                sz,
+                want_reference=optimizer == "adam",
+            )
             rows += r
             speed.append((case.name, optimizer, {k: sz.n / t[0] for k, t in rt.items()}))
             print(f"[{time.perf_counter() - t_start:4.0f}s] {line}", flush=True)
             if optimizer == "adam":
                 scoring[kind] = time_scoring(case, state.params, state.tangent, sz)
                 sc = scoring[kind]
-                print(f"[{time.perf_counter() - t_start:4.0f}s] {case.name} scoring {sz.pool} rows: predict {sc['predict'][0]:.2f}s, "
-                      f"SLD/predict {sc['sld'][1]:.2f} (cpu {sc['sld'][2]:.2f})", flush=True)
+                print(
+                    f"[{time.perf_counter() - t_start:4.0f}s] {case.name} scoring {sz.pool} rows: predict {sc['predict'][0]:.2f}s, "
+                    f"SLD/predict {sc['sld'][1]:.2f} (cpu {sc['sld'][2]:.2f})",
+                    flush=True,
+                )
 
-    print(f"\nTotal {time.perf_counter() - t_start:.0f}s. SGDF epoch time / plain epoch time, n={sz.n}, batch {sz.batch}, "
-          f"cosine schedule; medians over the epochs of trainings run side by side (linear {sz.epochs_linear}, MLP {sz.epochs_mlp} epochs):\n")
-    print("| model | optimizer | curvature | tangent_every | SGDF/plain (wall) | SGDF/plain (CPU) | cosine at end | reference |")
+    print(
+        f"\nTotal {time.perf_counter() - t_start:.0f}s. SGDF epoch time / plain epoch time, n={sz.n}, batch {sz.batch}, "
+        f"cosine schedule; medians over the epochs of trainings run side by side (linear {sz.epochs_linear}, MLP {sz.epochs_mlp} epochs):\n"
+    )
+    print(
+        "| model | optimizer | curvature | tangent_every | SGDF/plain (wall) | SGDF/plain (CPU) | cosine at end | reference |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, opt, curv, k, _, rw, rc, acc, ref in rows:
         label = k if not k.endswith("s") else f"{k[:-1]}, scaled"
-        print(f"| {name} | {opt} | {curv} | {label} | {rw:.2f} | {rc:.2f} | {'' if acc is None else f'{acc:.5f}'} | {ref} |")
-    print("\nTargets (Adam; time target met in wall-clock and CPU time, and cosine ≥ 0.999 at the end):\n")
+        print(
+            f"| {name} | {opt} | {curv} | {label} | {rw:.2f} | {rc:.2f} | {'' if acc is None else f'{acc:.5f}'} | {ref} |"
+        )
+    print(
+        "\nTargets (Adam; time target met in wall-clock and CPU time, and cosine ≥ 0.999 at the end):\n"
+    )
     for kind, name in (("linear", cases["linear"].name), ("mlp", cases["mlp"].name)):
         target = TARGETS[f"sgdf_{kind}"]
         for _, opt, _, k, _, rw, rc, acc, _ in (r for r in rows if r[0] == name and r[1] == "adam"):  # noqa: B007
             both = max(rw, rc) <= target and acc is not None and acc >= TARGETS["cosine"]
             every = f"{k.rstrip('s')}{' scaled' if k.endswith('s') else ''}"
-            print(f"- {name}, tangent_every={every}: SGDF/plain {rw:.2f} / {rc:.2f} (≤ {target}), cosine {acc:.5f}: {'met' if both else 'not met'}")
+            print(
+                f"- {name}, tangent_every={every}: SGDF/plain {rw:.2f} / {rc:.2f} (≤ {target}), cosine {acc:.5f}: {'met' if both else 'not met'}"
+            )
     if args.quick:
-        print("\n(--quick: sizes and epochs too small for the targets to mean anything; a smoke run)")
-    print(f"\nSLD scoring time / prediction time ({sz.pool} rows in batches of {sz.pool_batch}, both jitted):\n")
-    print("| model | predict (s) | SLD (s) | SLD/predict (wall) | SLD/predict (CPU) | target | met |")
+        print(
+            "\n(--quick: sizes and epochs too small for the targets to mean anything; a smoke run)"
+        )
+    print(
+        f"\nSLD scoring time / prediction time ({sz.pool} rows in batches of {sz.pool_batch}, both jitted):\n"
+    )
+    print(
+        "| model | predict (s) | SLD (s) | SLD/predict (wall) | SLD/predict (CPU) | target | met |"
+    )
     print("|---|---|---|---|---|---|---|")
     for kind, sc in scoring.items():
         target = TARGETS[f"sld_{kind}"]
         sld = sc["sld"]
-        print(f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sld[0]:.2f} | {sld[1]:.2f} | {sld[2]:.2f} | ≤ {target} | {_ok(sld[1], target)} |")
-    print(f"\nThroughput on {jax.devices()[0].device_kind} (rows per second; training: median epoch of {sz.n} rows in batches of {sz.batch}):\n")
-    print("| model | optimizer | plain training | " + " | ".join(f"SGDF, tangent_every={k}" for k in everies) + " |")
+        print(
+            f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sld[0]:.2f} | {sld[1]:.2f} | {sld[2]:.2f} | ≤ {target} | {_ok(sld[1], target)} |"
+        )
+    print(
+        f"\nThroughput on {jax.devices()[0].device_kind} (rows per second; training: median epoch of {sz.n} rows in batches of {sz.batch}):\n"
+    )
+    print(
+        "| model | optimizer | plain training | "
+        + " | ".join(f"SGDF, tangent_every={k}" for k in everies)
+        + " |"
+    )
     print("|---|---|---|" + "---|" * len(everies))
     for name, opt, rate in speed:
-        print(f"| {name} | {opt} | {rate['0']:,.0f} | " + " | ".join(f"{rate[k]:,.0f}" for k in everies) + " |")
+        print(
+            f"| {name} | {opt} | {rate['0']:,.0f} | "
+            + " | ".join(f"{rate[k]:,.0f}" for k in everies)
+            + " |"
+        )
     print("\n| model | prediction | SLD scoring |")
     print("|---|---|---|")
     for kind, sc in scoring.items():
-        print(f"| {cases[kind].name} | {sz.pool / sc['predict'][0]:,.0f} | {sz.pool / sc['sld'][0]:,.0f} |")
+        print(
+            f"| {cases[kind].name} | {sz.pool / sc['predict'][0]:,.0f} | {sz.pool / sc['sld'][0]:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,10 +41,17 @@ def table(name: str, labels: list[int], reps: int) -> dict:
     """{n: {rule: [test RMSE over the linear model's, per repetition]}}, plus how often the check ruled a candidate out."""
     folder = suite.folder(name)
     data = sim.load_data(str(folder / "pool.parquet"), str(folder / "test.parquet"), name=name)
-    config = sim.config_for(data, sim.SimSettings(model={"kind": "auto"}, s="auto", task="regression"))
+    config = sim.config_for(
+        data, sim.SimSettings(model={"kind": "auto"}, s="auto", task="regression")
+    )
     x_pool = data.x_pool[stopping.stop_rows(config.seed, len(data.x_pool))].astype(np.float32)
     specs = [spec for spec in choose_model.candidates() if spec.kind != "mlp"]
-    features = {spec.label(): ridge.make_features(spec.to_json(), config.standardizer["mean"], config.standardizer["std"]) for spec in specs}
+    features = {
+        spec.label(): ridge.make_features(
+            spec.to_json(), config.standardizer["mean"], config.standardizer["std"]
+        )
+        for spec in specs
+    }
     out: dict = defaultdict(lambda: defaultdict(list))
     for n in labels:
         if n > 0.75 * len(data.y_pool):
@@ -54,18 +61,32 @@ def table(name: str, labels: list[int], reps: int) -> dict:
             x, y = data.x_pool[rows].astype(np.float32), data.y_pool[rows]
             scored, rmse = [], {}
             for spec in specs:
-                s, choice = choose_s.resolve_s(config.replace(model=spec), x, y[:, None], x_pool=x_pool)
+                s, choice = choose_s.resolve_s(
+                    config.replace(model=spec), x, y[:, None], x_pool=x_pool
+                )
                 a = features[spec.label()](data.x_pool[rows])
                 fit = ridge.fit_ridge(a, y, s, ridge.penalty(a.shape[1]))
-                rmse[spec.label()] = float(np.sqrt(np.mean((features[spec.label()](data.x_test) @ fit.theta - data.y_test) ** 2)))
+                rmse[spec.label()] = float(
+                    np.sqrt(
+                        np.mean(
+                            (features[spec.label()](data.x_test) @ fit.theta - data.y_test) ** 2
+                        )
+                    )
+                )
                 scored.append((spec, s, choice))
             cv = {spec.label(): choice.cv_loss for spec, _, choice in scored}
-            dropped = choose_model.ineligible(scored, {spec.label(): choice.spread for spec, _, choice in scored}, n)
-            one_se = choose_model.simplest_within_se([t for t in scored if t[0].label() not in dropped])[0][0].label()
-            picks = {"cv": min(cv, key=cv.get),
-                     "cv + pool check": min((k for k in cv if k not in dropped), key=cv.get),
-                     "+ one SE": one_se,
-                     "hindsight": min(rmse, key=rmse.get)}
+            dropped = choose_model.ineligible(
+                scored, {spec.label(): choice.spread for spec, _, choice in scored}, n
+            )
+            one_se = choose_model.simplest_within_se(
+                [t for t in scored if t[0].label() not in dropped]
+            )[0][0].label()
+            picks = {
+                "cv": min(cv, key=cv.get),
+                "cv + pool check": min((k for k in cv if k not in dropped), key=cv.get),
+                "+ one SE": one_se,
+                "hindsight": min(rmse, key=rmse.get),
+            }
             for rule, label in picks.items():
                 out[n][rule].append(rmse[label] / rmse["linear"])
             out[n]["ruled out"].append(len(dropped) > 0)
@@ -83,16 +104,31 @@ def main() -> None:
     for name in args.datasets.split(","):
         for n, rules in table(name, labels, args.reps).items():
             means = {rule: float(np.mean(rules[rule])) for rule in RULES}
-            print(f"{name:18s} {n:4d} labels  " + "  ".join(f"{rule} {v:.3f}" for rule, v in means.items())
-                  + f"  ruled out in {sum(rules['ruled out'])} of {len(rules['ruled out'])}", flush=True)
+            print(
+                f"{name:18s} {n:4d} labels  "
+                + "  ".join(f"{rule} {v:.3f}" for rule, v in means.items())
+                + f"  ruled out in {sum(rules['ruled out'])} of {len(rules['ruled out'])}",
+                flush=True,
+            )
             for rule, v in means.items():
                 per_n[n][rule].append(v)
             per_n[n]["ruled out"].append(float(np.mean(rules["ruled out"])))
-    print("\n| labels | tables | " + " | ".join(f"{rule}: mean (worst table, tables above 1.05)" for rule in RULES) + " | choices with a candidate ruled out |")
+    print(
+        "\n| labels | tables | "
+        + " | ".join(f"{rule}: mean (worst table, tables above 1.05)" for rule in RULES)
+        + " | choices with a candidate ruled out |"
+    )
     print("|---|---|" + "---|" * (len(RULES) + 1))
     for n, rules in sorted(per_n.items()):
-        cells = [f"{np.mean(rules[rule]):.3f} ({np.max(rules[rule]):.2f}, {sum(v > 1.05 for v in rules[rule])})" for rule in RULES]
-        print(f"| {n} | {len(rules['cv'])} | " + " | ".join(cells) + f" | {np.mean(rules['ruled out']):.0%} |")
+        cells = [
+            f"{np.mean(rules[rule]):.3f} ({np.max(rules[rule]):.2f}, {sum(v > 1.05 for v in rules[rule])})"
+            for rule in RULES
+        ]
+        print(
+            f"| {n} | {len(rules['cv'])} | "
+            + " | ".join(cells)
+            + f" | {np.mean(rules['ruled out']):.0%} |"
+        )
 
 
 if __name__ == "__main__":

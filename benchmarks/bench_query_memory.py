@@ -31,7 +31,9 @@ from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 
 ROW_GROUP = 65536
 
-BASELINE = PEAK + r"""
+BASELINE = (
+    PEAK
+    + r"""
 import sys, time, numpy as np, pyarrow.parquet as pq
 path, cols = sys.argv[1], sys.argv[2].split(",")
 t = time.perf_counter(); n = 0
@@ -41,8 +43,11 @@ for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batch
 dt = time.perf_counter() - t
 print(n / dt, peak_mb())
 """
+)
 
-QUERY = PEAK + r"""
+QUERY = (
+    PEAK
+    + r"""
 import sys, time
 from alloop.commands.query import query as query_cmd
 t = time.perf_counter()
@@ -50,11 +55,15 @@ query_cmd(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
 print(dt, peak_mb())
 """
+)
 
-IDLE = PEAK + r"""
+IDLE = (
+    PEAK
+    + r"""
 import alloop.commands.query  # everything a query loads (JAX, pyarrow), nothing run
 print(0, peak_mb())
 """
+)
 
 
 def make_pool(path: Path, rows: int, d: int, seed: int = 0) -> None:
@@ -75,7 +84,9 @@ def make_pool(path: Path, rows: int, d: int, seed: int = 0) -> None:
 
 
 def py(code: str, *args: str, env=None) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True
+    )
     return [float(v) for v in out.stdout.split()]
 
 
@@ -93,26 +104,60 @@ def main() -> None:
             pool = Path(tmp) / f"pool-{rows}.parquet"
             make_pool(pool, rows, args.features)
             seed = Path(tmp) / "seed.csv"
-            seed.write_text("id,target\n" + "".join(f"{i},{float(i % 7)}\n" for i in range(0, 200, 10)))
+            seed.write_text(
+                "id,target\n" + "".join(f"{i},{float(i % 7)}\n" for i in range(0, 200, 10))
+            )
             name = f"bench-{rows}"
             subprocess.run(
-                [sys.executable, "-m", "alloop", "init", name, "--pool", str(pool), "--labels", str(seed), "--model", args.model],
-                env=env, check=True, capture_output=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "alloop",
+                    "init",
+                    name,
+                    "--pool",
+                    str(pool),
+                    "--labels",
+                    str(seed),
+                    "--model",
+                    args.model,
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
             )
-            subprocess.run([sys.executable, "-m", "alloop", "train", name], env=env, check=True, capture_output=True)
-            base_rate, base_rss = py(BASELINE, str(pool), ",".join(f"f{j}" for j in range(args.features)))
+            subprocess.run(
+                [sys.executable, "-m", "alloop", "train", name],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            base_rate, base_rss = py(
+                BASELINE, str(pool), ",".join(f"f{j}" for j in range(args.features))
+            )
             _, idle_rss = py(IDLE, env=env)
             secs, rss = py(QUERY, name, args.strategy, env=env)
             results.append(
-                {"rows": rows, "read_rows_per_s": base_rate, "read_peak_rss_mb": base_rss, "query_rows_per_s": rows / secs,
-                 "query_peak_rss_mb": rss, "import_rss_mb": idle_rss, "query_seconds": secs}
+                {
+                    "rows": rows,
+                    "read_rows_per_s": base_rate,
+                    "read_peak_rss_mb": base_rss,
+                    "query_rows_per_s": rows / secs,
+                    "query_peak_rss_mb": rss,
+                    "import_rss_mb": idle_rss,
+                    "query_seconds": secs,
+                }
             )
             pool.unlink()
-    print("| pool rows | read+convert rows/s | read peak RSS MB | query rows/s | query peak RSS MB | (alloop+jax imported, idle) MB |")
+    print(
+        "| pool rows | read+convert rows/s | read peak RSS MB | query rows/s | query peak RSS MB | (alloop+jax imported, idle) MB |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['rows']:,} | {r['read_rows_per_s']:,.0f} | {r['read_peak_rss_mb']:.0f} | {r['query_rows_per_s']:,.0f} | "
-              f"{r['query_peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} |")
+        print(
+            f"| {r['rows']:,} | {r['read_rows_per_s']:,.0f} | {r['read_peak_rss_mb']:.0f} | {r['query_rows_per_s']:,.0f} | "
+            f"{r['query_peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} |"
+        )
     print(json.dumps(results))
 
 

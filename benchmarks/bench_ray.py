@@ -47,7 +47,9 @@ from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 FILE_ROWS = 1 << 20
 KEY, SECRET, REGION = "bench", "bench", "us-east-1"
 
-QUERY = PEAK + r"""
+QUERY = (
+    PEAK
+    + r"""
 import json, sys, time
 from alloop.commands.query import query
 name, strategy, engine, address, workers, keep = sys.argv[1:7]
@@ -64,6 +66,7 @@ if engine == "ray":
 rec = query(name, k=20, strategy=strategy, **kw)
 print(json.dumps({"seconds": time.perf_counter() - t, "rss_mb": peak_mb(), "rows": rec["rows"], "file": rec["file"], **marks}))
 """
+)
 
 
 def write_pool(folder: Path, rows: int, d: int, seed: int = 0) -> tuple[Path, np.ndarray]:
@@ -117,7 +120,11 @@ class WorkerPeaks:
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 name, peak = self.peaks.get(p.pid, ("", 0.0))
-                role = "actor" if "Scorer" in cmd or "Scorer" in name else ("" if cmd.startswith("ray::IDLE") else "task")
+                role = (
+                    "actor"
+                    if "Scorer" in cmd or "Scorer" in name
+                    else ("" if cmd.startswith("ray::IDLE") else "task")
+                )
                 self.peaks[p.pid] = (role or name, max(peak, rss) if (role or name) else 0.0)
             self.stop.wait(self.every)
 
@@ -125,14 +132,21 @@ class WorkerPeaks:
         return max([peak for r, peak in self.peaks.values() if r == role] or [0.0])
 
 
-def run_query(runs: Path, src: str, strategy: str, engine: str, address: str, workers: int, keep: float = 0.0) -> dict:
+def run_query(
+    runs: Path, src: str, strategy: str, engine: str, address: str, workers: int, keep: float = 0.0
+) -> dict:
     name = f"{src}-q"
     shutil.rmtree(runs / name, ignore_errors=True)
     shutil.copytree(runs / src, runs / name)
     env = {**os.environ, "ALLOOP_RUNS": str(runs), "JAX_PLATFORMS": "cpu"}
     with WorkerPeaks() as peaks:
-        out = subprocess.run([sys.executable, "-c", QUERY, name, strategy, engine, address, str(workers), str(keep)], env=env,
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", QUERY, name, strategy, engine, address, str(workers), str(keep)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     if out.returncode:
         raise SystemExit(f"query failed ({engine}, {src}):\n{out.stderr[-3000:]}")
     rec = json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,13 +157,21 @@ def run_query(runs: Path, src: str, strategy: str, engine: str, address: str, wo
 
 def alloop(args, runs: Path) -> None:
     env = {**os.environ, "ALLOOP_RUNS": str(runs), "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-m", "alloop", *map(str, args)], env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "alloop", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode:
         raise SystemExit(f"alloop {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--features", type=int, default=16)
     ap.add_argument("--reps", type=int, default=2)
@@ -167,19 +189,26 @@ def main() -> None:
         t = time.perf_counter()
         pool, w = write_pool(tmp / "pool", args.rows, args.features)
         seed = labels(pool, w)
-        print(f"pool: {args.rows:,} rows x {args.features} float32 features, {len(list(pool.glob('*.parquet')))} files, "
-              f"{sum(f.stat().st_size for f in pool.glob('*.parquet')) / 2**20:.0f} MB ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(
+            f"pool: {args.rows:,} rows x {args.features} float32 features, {len(list(pool.glob('*.parquet')))} files, "
+            f"{sum(f.stat().st_size for f in pool.glob('*.parquet')) / 2**20:.0f} MB ({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
         fast = ["--epochs", "5", "--s", "1"]
         alloop(["init", "dir", "--pool", pool, "--labels", seed, *fast], runs)
         alloop(["train", "dir"], runs)
         sources = ["dir"]
         server = None
-        os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION)  # for Ray's workers too
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION
+        )  # for Ray's workers too
         if not args.no_s3:
             import boto3
             from moto.server import ThreadedMotoServer
 
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+            logging.getLogger("werkzeug").setLevel(
+                logging.WARNING
+            )  # moto's server logs every request
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
@@ -187,7 +216,20 @@ def main() -> None:
             s3.create_bucket(Bucket="bench")
             for f in sorted(pool.glob("*.parquet")):
                 s3.upload_fileobj(io.BytesIO(f.read_bytes()), "bench", f"pool/{f.name}")
-            alloop(["init", "s3", "--pool", "s3://bench/pool", "--endpoint-url", endpoint, "--labels", seed, *fast], runs)
+            alloop(
+                [
+                    "init",
+                    "s3",
+                    "--pool",
+                    "s3://bench/pool",
+                    "--endpoint-url",
+                    endpoint,
+                    "--labels",
+                    seed,
+                    *fast,
+                ],
+                runs,
+            )
             alloop(["train", "s3"], runs)
             sources.append("s3")
 
@@ -196,44 +238,91 @@ def main() -> None:
         address = ctx.address_info["gcs_address"]
         from alloop.io.ray_cluster import release
 
-        engines = [("local", 1, False), ("ray", 1, False), ("ray", 2, False), ("ray", 1, True), ("ray", 2, True)]
+        engines = [
+            ("local", 1, False),
+            ("ray", 1, False),
+            ("ray", 2, False),
+            ("ray", 1, True),
+            ("ray", 2, True),
+        ]
         best: dict = {}
         for _ in range(args.reps):
             for src in sources:
                 for engine, workers, warm in engines:
                     if warm:
-                        run_query(runs, src, args.strategy, engine, address, workers, keep=600)  # starts the actors and keeps them
-                    rec = run_query(runs, src, args.strategy, engine, address, workers, keep=600 if warm else 0)
+                        run_query(
+                            runs, src, args.strategy, engine, address, workers, keep=600
+                        )  # starts the actors and keeps them
+                    rec = run_query(
+                        runs, src, args.strategy, engine, address, workers, keep=600 if warm else 0
+                    )
                     if warm:
                         release(ray)
                     key = (src, engine, workers, warm)
                     if key not in best or rec["seconds"] < best[key]["seconds"]:
                         best[key] = rec
-                    first = f" (first file back after {rec['first_s']:.1f} s of {rec['seconds']:.1f} s)" if "first_s" in rec else ""
-                    print(f"  {src:>3} {engine}-{workers}{' warm' if warm else ''}: {args.rows / rec['seconds']:,.0f} rows/s{first}", flush=True)
+                    first = (
+                        f" (first file back after {rec['first_s']:.1f} s of {rec['seconds']:.1f} s)"
+                        if "first_s" in rec
+                        else ""
+                    )
+                    print(
+                        f"  {src:>3} {engine}-{workers}{' warm' if warm else ''}: {args.rows / rec['seconds']:,.0f} rows/s{first}",
+                        flush=True,
+                    )
         ray.shutdown()
 
         figures = []
-        print("\n| source | engine | query rows/s | / local | query s | first file back | query process peak RSS | peak RSS per scoring actor "
-              "| same file as local |")
+        print(
+            "\n| source | engine | query rows/s | / local | query s | first file back | query process peak RSS | peak RSS per scoring actor "
+            "| same file as local |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for src in sources:
             local = best[(src, "local", 1, False)]
             for engine, workers, warm in engines:
                 r = best[(src, engine, workers, warm)]
-                label = "local" if engine == "local" else f"ray, {workers} worker{'s' if workers > 1 else ''}, {'warm' if warm else 'cold'}"
+                label = (
+                    "local"
+                    if engine == "local"
+                    else f"ray, {workers} worker{'s' if workers > 1 else ''}, {'warm' if warm else 'cold'}"
+                )
                 rate = args.rows / r["seconds"]
                 same = r["file_bytes"] == local["file_bytes"]
                 actor = f"{r['actor_mb']:,.0f} MB" if engine == "ray" else "-"
                 first = f"{r['first_s']:.1f} s" if "first_s" in r else "-"
-                print(f"| {'local directory' if src == 'dir' else 'S3 (localhost)'} | {label} | {rate:,.0f} | "
-                      f"{rate / (args.rows / local['seconds']):.2f} | {r['seconds']:.1f} | {first} | {r['rss_mb']:,.0f} MB | {actor} | {same} |")
-                figures.append({"source": src, "engine": engine, "workers": workers, "warm": warm, "rows_per_s": rate, "seconds": r["seconds"],
-                                "first_file_s": r.get("first_s"),
-                                "rss_mb": r["rss_mb"], "actor_mb": r["actor_mb"], "task_mb": r["task_mb"], "same_file": same})
+                print(
+                    f"| {'local directory' if src == 'dir' else 'S3 (localhost)'} | {label} | {rate:,.0f} | "
+                    f"{rate / (args.rows / local['seconds']):.2f} | {r['seconds']:.1f} | {first} | {r['rss_mb']:,.0f} MB | {actor} | {same} |"
+                )
+                figures.append(
+                    {
+                        "source": src,
+                        "engine": engine,
+                        "workers": workers,
+                        "warm": warm,
+                        "rows_per_s": rate,
+                        "seconds": r["seconds"],
+                        "first_file_s": r.get("first_s"),
+                        "rss_mb": r["rss_mb"],
+                        "actor_mb": r["actor_mb"],
+                        "task_mb": r["task_mb"],
+                        "same_file": same,
+                    }
+                )
         if args.json:
-            Path(args.json).write_text(json.dumps({"rows": args.rows, "features": args.features, "strategy": args.strategy,
-                                                   "cpus": cpus, "figures": figures}, indent=1))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "rows": args.rows,
+                        "features": args.features,
+                        "strategy": args.strategy,
+                        "cpus": cpus,
+                        "figures": figures,
+                    },
+                    indent=1,
+                )
+            )
         if server is not None:
             server.stop()
     finally:

@@ -28,7 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from peak import PEAK  # benchmarks/peak.py: the script's folder is on sys.path
 
-READ = PEAK + r"""
+READ = (
+    PEAK
+    + r"""
 import json, sys, time, numpy as np, pyarrow.parquet as pq
 mode, path, d = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cols = [f"f{j}" for j in range(d)]
@@ -44,9 +46,13 @@ else:
         n += len(x)
 print(json.dumps({"rows": n, "seconds": time.perf_counter() - t, "peak_mb": peak_mb()}))
 """
+)
 
-MODES = {"prototype": "pyarrow defaults + column_stack", "no-prebuffer": "pre_buffer=False + column_stack",
-         "alloop": "alloop.io.pool.iter_batches"}
+MODES = {
+    "prototype": "pyarrow defaults + column_stack",
+    "no-prebuffer": "pre_buffer=False + column_stack",
+    "alloop": "alloop.io.pool.iter_batches",
+}
 
 
 def make_pool(path: Path, rows: int, d: int, row_group: int) -> None:
@@ -55,7 +61,12 @@ def make_pool(path: Path, rows: int, d: int, row_group: int) -> None:
     for start in range(0, rows, row_group):
         m = min(row_group, rows - start)
         x = rng.standard_normal((m, d), dtype=np.float32)
-        table = pa.table({"id": np.arange(start, start + m, dtype=np.int64), **{f"f{j}": x[:, j] for j in range(d)}})
+        table = pa.table(
+            {
+                "id": np.arange(start, start + m, dtype=np.int64),
+                **{f"f{j}": x[:, j] for j in range(d)},
+            }
+        )
         if writer is None:
             writer = pq.ParquetWriter(path, table.schema, compression="zstd")
         writer.write_table(table, row_group_size=row_group)
@@ -73,13 +84,24 @@ def main() -> None:
         path = Path(tmp) / "pool.parquet"
         make_pool(path, args.rows, args.features, args.row_group)
         decoded_mb = args.row_group * args.features * 4 / 2**20
-        print(f"{args.rows:,} rows x {args.features} float32, row groups of {args.row_group:,} ({decoded_mb:.0f} MB decoded each), "
-              f"{path.stat().st_size / 2**20:,.0f} MiB on disk", file=sys.stderr)
+        print(
+            f"{args.rows:,} rows x {args.features} float32, row groups of {args.row_group:,} ({decoded_mb:.0f} MB decoded each), "
+            f"{path.stat().st_size / 2**20:,.0f} MiB on disk",
+            file=sys.stderr,
+        )
         print("| reader | rows/s | peak RSS (MB) |\n|---|---|---|")
         for mode, what in MODES.items():
-            out = subprocess.run([sys.executable, "-c", READ, mode, str(path), str(args.features)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", READ, mode, str(path), str(args.features)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout)
-            print(f"| {mode}: {what} | {r['rows'] / r['seconds']:,.0f} | {r['peak_mb']:,.0f} |", flush=True)
+            print(
+                f"| {mode}: {what} | {r['rows'] / r['seconds']:,.0f} | {r['peak_mb']:,.0f} |",
+                flush=True,
+            )
     print(f"total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

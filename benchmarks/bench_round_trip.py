@@ -51,7 +51,18 @@ import tempfile
 import time
 from pathlib import Path
 
-PHASES = ("start", "imports", "open", "s choice", "SGDF", "tangent check", "checkpoint", "scoring", "pick", "commit")
+PHASES = (
+    "start",
+    "imports",
+    "open",
+    "s choice",
+    "SGDF",
+    "tangent check",
+    "checkpoint",
+    "scoring",
+    "pick",
+    "commit",
+)
 MODELS = {"linear": [], "mlp": ["--model", "mlp", "--hidden", "64,64"]}
 N_FEATURES, N_SEED, K = 26, 50, 10
 
@@ -83,10 +94,12 @@ def child(out: str, argv: list[str]) -> None:
                 add(label, dt - inner)
                 if stack:
                     stack[-1][1] += dt
+
         return wrapper
 
     t = time.perf_counter()
     import alloop.cli  # noqa: F401  typer, rich
+
     command = argv[0]
     import jax  # what the command modules import
 
@@ -98,6 +111,7 @@ def child(out: str, argv: list[str]) -> None:
     from alloop.strategies import stream
     from alloop.training import choose_s
     from alloop.training import fit as fitting
+
     add("imports", time.perf_counter() - t)
 
     compile_s = [0.0]
@@ -108,18 +122,26 @@ def child(out: str, argv: list[str]) -> None:
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
 
-    in_training = lambda stack: "checkpoint" if any(name == "train" for name, _ in stack) else "commit"  # noqa: E731
+    in_training = lambda stack: (
+        "checkpoint" if any(name == "train" for name, _ in stack) else "commit"
+    )  # noqa: E731
     choose_s.resolve_s = timed("s choice", choose_s.resolve_s)
     sgdf.fit = timed("SGDF", sgdf.fit)
-    for mod, attr in ((tangents, "relative_residual"), (fitting, "residual_noise"), (fitting.objective, "per_example_loss"),
-                      (fitting.sgdf, "tangent_warnings")):
+    for mod, attr in (
+        (tangents, "relative_residual"),
+        (fitting, "residual_noise"),
+        (fitting.objective, "per_example_loss"),
+        (fitting.sgdf, "tangent_warnings"),
+    ):
         setattr(mod, attr, timed("tangent check", getattr(mod, attr)))
     fitting.metrics = timed("checkpoint", fitting.metrics)
     rundir.commit = timed("commit", rundir.commit, in_training)
     rundir.append_history = timed("commit", rundir.append_history, in_training)
     wrapped_train = timed("train", train.train_locked)
     ingest.train_locked = query.train_locked = wrapped_train
-    strategies_pkg.select = timed("pick", strategies_pkg.select)  # the residual of select: the pick (and the strategy's set-up)
+    strategies_pkg.select = timed(
+        "pick", strategies_pkg.select
+    )  # the residual of select: the pick (and the strategy's set-up)
     stream.stream_top = timed("scoring", stream.stream_top)
     query.commit_query = timed("commit", query.commit_query)
     iter_batches = poolio.iter_batches
@@ -146,10 +168,16 @@ def child(out: str, argv: list[str]) -> None:
     except SystemExit as e:
         code = e.code or 0
     t_end = time.perf_counter()
-    named = sum(v for k, v in times.items() if k not in ("imports", "pool read (overlapped)", "train"))
-    times["open"] = times.pop("train", 0.0) + (t_end - t_cmd) - named  # the residual: run, labels, checkpoint, validation
+    named = sum(
+        v for k, v in times.items() if k not in ("imports", "pool read (overlapped)", "train")
+    )
+    times["open"] = (
+        times.pop("train", 0.0) + (t_end - t_cmd) - named
+    )  # the residual: run, labels, checkpoint, validation
     times["compile (part)"] = compile_s[0]
-    Path(out).write_text(json.dumps({"command": command, "code": code, "seen": t_end - t_start, "phases": times}))
+    Path(out).write_text(
+        json.dumps({"command": command, "code": code, "seen": t_end - t_start, "phases": times})
+    )
     sys.exit(code)
 
 
@@ -170,16 +198,22 @@ def make_data(folder: Path, rows: int, seed: int = 0):
     ids = np.arange(rows, dtype=np.int64) + 100_000
     cols = {f"f{j:02d}": x[:, j] for j in range(N_FEATURES)}
     truth = target(x)
-    pd.DataFrame({"id": ids, **cols, "y": truth}).to_parquet(folder / "pool.parquet", index=False, compression="zstd")
+    pd.DataFrame({"id": ids, **cols, "y": truth}).to_parquet(
+        folder / "pool.parquet", index=False, compression="zstd"
+    )
     xt = rng.normal(size=(2000, N_FEATURES))
-    pd.DataFrame({**{f"f{j:02d}": xt[:, j] for j in range(N_FEATURES)}, "y": target(xt)}).to_parquet(folder / "test.parquet", index=False)
+    pd.DataFrame(
+        {**{f"f{j:02d}": xt[:, j] for j in range(N_FEATURES)}, "y": target(xt)}
+    ).to_parquet(folder / "test.parquet", index=False)
     pick = rng.choice(rows, N_SEED, replace=False)
     pd.DataFrame({"id": ids[pick], "y": truth[pick]}).to_csv(folder / "seed.csv", index=False)
     return pd.Series(truth, index=ids)
 
 
 def alloop(args, env, check=True):
-    r = subprocess.run([sys.executable, "-m", "alloop", *args], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "alloop", *args], env=env, capture_output=True, text=True
+    )
     if check and r.returncode != 0:
         raise SystemExit(f"alloop {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
     return r
@@ -197,7 +231,12 @@ def timed_child(argv, env, tmp: Path) -> dict:
     out = tmp / f"phases-{time.monotonic_ns()}.json"
     t = time.perf_counter()
     with open(out.with_suffix(".err"), "w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", str(out), *argv], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", str(out), *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -206,7 +245,9 @@ def timed_child(argv, env, tmp: Path) -> dict:
             raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err.read()}")
     rec = json.loads(out.read_text())
     rec["wall"] = wall
-    rec["cpu"] = usage.ru_utime + usage.ru_stime  # the process's own CPU time: steadier than wall clock on a shared machine
+    rec["cpu"] = (
+        usage.ru_utime + usage.ru_stime
+    )  # the process's own CPU time: steadier than wall clock on a shared machine
     rec["phases"]["start"] = wall - rec["seen"]
     return rec
 
@@ -225,29 +266,63 @@ def main() -> None:
     ap.add_argument("--models", default="linear,mlp")
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--tree", action="append", default=[], help="NAME=PATH: measure the alloop in PATH (repeatable)")
+    ap.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="NAME=PATH: measure the alloop in PATH (repeatable)",
+    )
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree) or {"installed": None}
     tmp = Path(tempfile.mkdtemp(prefix="alloop-round-trip-"))
     try:
         envs = {}
         for tree, where in trees.items():
-            env = {**os.environ, "ALLOOP_RUNS": str(tmp / tree / "runs"), "ALLOOP_CACHE_DIR": str(tmp / tree / "cache"),
-                   "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
+            env = {
+                **os.environ,
+                "ALLOOP_RUNS": str(tmp / tree / "runs"),
+                "ALLOOP_CACHE_DIR": str(tmp / tree / "cache"),
+                "JAX_PLATFORMS": "cpu",
+                "COLUMNS": "200",
+            }
             env.pop("ALLOOP_NO_CACHE", None)
             if where:
-                env["PYTHONPATH"] = os.pathsep.join([str(Path(where).resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [str(Path(where).resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
+                )
             envs[tree] = env
         truth = make_data(tmp, args.rows)
-        results: dict = {"load_before": os.getloadavg(), "rows": args.rows, "reps": args.reps, "trees": {}}
+        results: dict = {
+            "load_before": os.getloadavg(),
+            "rows": args.rows,
+            "reps": args.reps,
+            "trees": {},
+        }
         prepared = {}
         for tree, env in envs.items():
             for model in args.models.split(","):
                 name = f"prep-{model}"
-                alloop(["init", name, "--pool", str(tmp / "pool.parquet"), "--target", "y", "--test", str(tmp / "test.parquet"),
-                        "--labels", str(tmp / "seed.csv"), *MODELS[model]], env)
+                alloop(
+                    [
+                        "init",
+                        name,
+                        "--pool",
+                        str(tmp / "pool.parquet"),
+                        "--target",
+                        "y",
+                        "--test",
+                        str(tmp / "test.parquet"),
+                        "--labels",
+                        str(tmp / "seed.csv"),
+                        *MODELS[model],
+                    ],
+                    env,
+                )
                 q = json.loads(alloop(["query", name, "-k", str(K), "--json"], env).stdout)
-                prepared[tree, model] = (tmp / tree / "runs" / name, fill(Path(q["path"]), truth, tmp / f"filled-{tree}-{model}.csv"))
+                prepared[tree, model] = (
+                    tmp / tree / "runs" / name,
+                    fill(Path(q["path"]), truth, tmp / f"filled-{tree}-{model}.csv"),
+                )
         samples: dict = {key: {"ingest": [], "query": [], "query again": []} for key in prepared}
         jax_alone = []
         for rep in range(args.reps + 1):  # rep 0: the warm-up (cold cache), not in the medians
@@ -255,11 +330,19 @@ def main() -> None:
             for (tree, model), (src, filled) in prepared.items():
                 env, name = envs[tree], f"r{rep}-{model}"
                 shutil.copytree(src, src.parent / name)
-                for step, argv in (("ingest", ["ingest", name, str(filled)]), ("query", ["query", name, "-k", str(K)]),
-                                   ("query again", ["query", name, "-k", str(K)])):
+                for step, argv in (
+                    ("ingest", ["ingest", name, str(filled)]),
+                    ("query", ["query", name, "-k", str(K)]),
+                    ("query again", ["query", name, "-k", str(K)]),
+                ):
                     samples[tree, model][step].append(timed_child(argv, env, tmp))
-                print(f"rep {rep} {tree} {model}: " + ", ".join(f"{s} {v[-1]['wall']:.2f}s" for s, v in samples[tree, model].items()),
-                      file=sys.stderr)
+                print(
+                    f"rep {rep} {tree} {model}: "
+                    + ", ".join(
+                        f"{s} {v[-1]['wall']:.2f}s" for s, v in samples[tree, model].items()
+                    ),
+                    file=sys.stderr,
+                )
         results["load_after"] = os.getloadavg()
         results["import_jax_optax"] = statistics.median(jax_alone[1:] or jax_alone)
         for (tree, model), steps in samples.items():
@@ -271,7 +354,10 @@ def main() -> None:
                     "wall": statistics.median(r["wall"] for r in timed_recs),
                     "cpu": statistics.median(r["cpu"] for r in timed_recs),
                     "cold": recs[0]["wall"],
-                    "phases": {k: statistics.median(r["phases"].get(k, 0.0) for r in timed_recs) for k in names},
+                    "phases": {
+                        k: statistics.median(r["phases"].get(k, 0.0) for r in timed_recs)
+                        for k in names
+                    },
                 }
         print_table(results)
         if args.json:
@@ -281,8 +367,10 @@ def main() -> None:
 
 
 def print_table(res: dict) -> None:
-    print(f"\n{res['rows']:,}-row pool, {N_FEATURES} features, {N_SEED} labels + {K} returned; medians of {res['reps']} "
-          f"(load average {res['load_before'][0]:.2f} before, {res['load_after'][0]:.2f} after)")
+    print(
+        f"\n{res['rows']:,}-row pool, {N_FEATURES} features, {N_SEED} labels + {K} returned; medians of {res['reps']} "
+        f"(load average {res['load_before'][0]:.2f} before, {res['load_after'][0]:.2f} after)"
+    )
     print(f"`import jax, optax` alone: {res['import_jax_optax']:.2f} s\n")
     cols = [*PHASES, "pool read (overlapped)", "compile (part)"]
     print("| tree | model | step | wall s | CPU s | cold s | " + " | ".join(cols) + " |")
@@ -290,15 +378,24 @@ def print_table(res: dict) -> None:
     for tree, models in res["trees"].items():
         for model, steps in models.items():
             for step, r in steps.items():
-                cells = [f"{r['phases'].get(c, 0.0):.2f}" if r["phases"].get(c, 0.0) >= 0.005 else "" for c in cols]
-                print(f"| {tree} | {model} | {step} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['cold']:.2f} | " + " | ".join(cells) + " |")
+                cells = [
+                    f"{r['phases'].get(c, 0.0):.2f}" if r["phases"].get(c, 0.0) >= 0.005 else ""
+                    for c in cols
+                ]
+                print(
+                    f"| {tree} | {model} | {step} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['cold']:.2f} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
     print()
     for tree, models in res["trees"].items():
         for model, steps in models.items():
             total = steps["ingest"]["wall"] + steps["query"]["wall"]
             cpu = steps["ingest"]["cpu"] + steps["query"]["cpu"]
-            print(f"{tree} {model}: ingest + retrain + next query = {total:.2f} s ({cpu:.2f} s CPU); "
-                  f"a second query {steps['query again']['wall']:.2f} s ({steps['query again']['cpu']:.2f} s CPU)")
+            print(
+                f"{tree} {model}: ingest + retrain + next query = {total:.2f} s ({cpu:.2f} s CPU); "
+                f"a second query {steps['query again']['wall']:.2f} s ({steps['query again']['cpu']:.2f} s CPU)"
+            )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ D = 64
 WRITE_ROWS = 1 << 20  # rows per write (and per row group: pyarrow's default size)
 MODELS = ("linear", "mlp")  # the MLP is 64 -> 256 -> 256 -> 1, tanh
 
-READ = PEAK + r"""
+READ = (
+    PEAK
+    + r"""
 import json, sys, time, numpy as np, pyarrow.parquet as pq
 path, d = sys.argv[1], int(sys.argv[2])
 cols = [f"f{j}" for j in range(d)]
@@ -58,8 +60,11 @@ for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batch
 dt = time.perf_counter() - t
 print(json.dumps({"rows": n, "seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb()}))
 """
+)
 
-SCORE = PEAK + r"""
+SCORE = (
+    PEAK
+    + r"""
 import json, sys, time, numpy as np
 from alloop.commands import common
 from alloop.strategies import stream as streaming
@@ -81,8 +86,11 @@ for i in range(0, n, chunk):
 dt = time.perf_counter() - t
 print(json.dumps({"rows": n, "seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb()}))
 """
+)
 
-QUERY = PEAK + r"""
+QUERY = (
+    PEAK
+    + r"""
 import json, sys, time
 from alloop.commands.query import query as query_cmd
 t, c0 = time.perf_counter(), time.process_time()
@@ -90,6 +98,7 @@ rec = query_cmd(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb(), "strategy": rec["strategy"]}))
 """
+)
 
 GENERATE = r"""
 import sys
@@ -168,7 +177,9 @@ def make_pool(path: Path, rows: int, d: int = D, seed: int = 0) -> None:
         x = rng.standard_normal((m, d), dtype=np.float32)
         cols = {"id": pa.array(np.arange(start, start + m, dtype=np.int64))}
         cols.update({f"f{j}": pa.array(x[:, j]) for j in range(d)})
-        cols["target"] = pa.array(np.tanh(x @ w / np.sqrt(d)) + 0.1 * rng.standard_normal(m, dtype=np.float32))
+        cols["target"] = pa.array(
+            np.tanh(x @ w / np.sqrt(d)) + 0.1 * rng.standard_normal(m, dtype=np.float32)
+        )
         table = pa.table(cols)
         if writer is None:
             writer = pq.ParquetWriter(path, table.schema, compression="zstd", use_dictionary=False)
@@ -177,7 +188,9 @@ def make_pool(path: Path, rows: int, d: int = D, seed: int = 0) -> None:
 
 
 def py(code: str, *args, env=None) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -185,7 +198,12 @@ def py(code: str, *args, env=None) -> dict:
 
 def prepare_run(name: str, pool: Path, model: str, seed_csv: Path, env) -> None:
     """`alloop init NAME --pool POOL --labels SEED --model MODEL --epochs 1 --min-steps 200` then `alloop train NAME`."""
-    out = subprocess.run([sys.executable, "-c", PREPARE, name, str(pool), str(seed_csv), model], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", PREPARE, name, str(pool), str(seed_csv), model],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
 
@@ -197,7 +215,9 @@ def whole_pool_strategy() -> str:
     return "sld-topk" if "sld-topk" in strategies.REGISTRY else "sld"
 
 
-def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows: int, env) -> list[dict]:
+def measure(
+    rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows: int, env
+) -> list[dict]:
     """Best-of-``reps`` rates, the measurements interleaved so that all see the same machine load."""
     name, whole = f"{model}-{rows}", whole_pool_strategy()
     from alloop.strategies import default_for
@@ -225,40 +245,66 @@ def measure(rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows
         # the whole-pool strategy is bound by reading or by scoring; sld, herding and lcmd stream a hash and
         # score or pick among only their candidate buffer, so reading bounds them
         bound = min(best["read"], best["score"]) if strategy == whole else best["read"]
-        out.append({"rows": rows, "model": model, "strategy": strategy, "read_rows_per_s": best["read"], "score_rows_per_s": best["score"],
-                    "query_rows_per_s": best[strategy], "ratio": best[strategy] / bound,
-                    "bound": "read" if bound == best["read"] else "score", "read_rss_mb": rss["read"], "score_rss_mb": rss["score"],
-                    "query_rss_mb": rss[strategy], "read_cpu_s_per_1m": cpu["read"], "score_cpu_s_per_1m": cpu["score"],
-                    "query_cpu_s_per_1m": cpu[strategy]})
+        out.append(
+            {
+                "rows": rows,
+                "model": model,
+                "strategy": strategy,
+                "read_rows_per_s": best["read"],
+                "score_rows_per_s": best["score"],
+                "query_rows_per_s": best[strategy],
+                "ratio": best[strategy] / bound,
+                "bound": "read" if bound == best["read"] else "score",
+                "read_rss_mb": rss["read"],
+                "score_rss_mb": rss["score"],
+                "query_rss_mb": rss[strategy],
+                "read_cpu_s_per_1m": cpu["read"],
+                "score_cpu_s_per_1m": cpu["score"],
+                "query_cpu_s_per_1m": cpu[strategy],
+            }
+        )
     return out
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| pool rows | model | strategy | read+convert rows/s | in-memory score rows/s | alloop query rows/s | query / bound | bound | "
-             "peak RSS read / score / query (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| pool rows | model | strategy | read+convert rows/s | in-memory score rows/s | alloop query rows/s | query / bound | bound | "
+        "peak RSS read / score / query (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_rows_per_s']:,.0f} | {r['score_rows_per_s']:,.0f} | "
-                     f"{r['query_rows_per_s']:,.0f} | {r['ratio']:.2f} | {r['bound']} | "
-                     f"{r['read_rss_mb']:.0f} / {r['score_rss_mb']:.0f} / {r['query_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_rows_per_s']:,.0f} | {r['score_rows_per_s']:,.0f} | "
+            f"{r['query_rows_per_s']:,.0f} | {r['ratio']:.2f} | {r['bound']} | "
+            f"{r['read_rss_mb']:.0f} / {r['score_rss_mb']:.0f} / {r['query_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def cpu_table(results: list[dict]) -> str:
     """Process CPU seconds (all threads) per million rows: steadier than wall time on a shared machine."""
-    lines = ["| pool rows | model | strategy | read CPU s / 1M rows | score CPU s / 1M rows | query CPU s / 1M rows | query / (read + score) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| pool rows | model | strategy | read CPU s / 1M rows | score CPU s / 1M rows | query CPU s / 1M rows | query / (read + score) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_cpu_s_per_1m']:.2f} | {r['score_cpu_s_per_1m']:.2f} | "
-                     f"{r['query_cpu_s_per_1m']:.2f} | {r['query_cpu_s_per_1m'] / (r['read_cpu_s_per_1m'] + r['score_cpu_s_per_1m']):.2f} |")
+        lines.append(
+            f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_cpu_s_per_1m']:.2f} | {r['score_cpu_s_per_1m']:.2f} | "
+            f"{r['query_cpu_s_per_1m']:.2f} | {r['query_cpu_s_per_1m'] / (r['read_cpu_s_per_1m'] + r['score_cpu_s_per_1m']):.2f} |"
+        )
     return "\n".join(lines)
 
 
 def influence_table(results: dict) -> str:
-    lines = ["| model | parameters | SLD, 1,000 points (s) | per-point CG, 1,000 points (s) | CG / SLD | mean CG iterations |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | parameters | SLD, 1,000 points (s) | per-point CG, 1,000 points (s) | CG / SLD | mean CG iterations |",
+        "|---|---|---|---|---|---|",
+    ]
     for model, r in results.items():
-        lines.append(f"| {model} | {r['params']:,} | {r['sld_s_per_1000']:.4f} | {r['cg_s_per_1000']:.2f} (from {r['points_timed']}) | "
-                     f"{r['cg_s_per_1000'] / r['sld_s_per_1000']:,.0f}x | {r['cg_iterations_mean']:.0f} |")
+        lines.append(
+            f"| {model} | {r['params']:,} | {r['sld_s_per_1000']:.4f} | {r['cg_s_per_1000']:.2f} (from {r['points_timed']}) | "
+            f"{r['cg_s_per_1000'] / r['sld_s_per_1000']:,.0f}x | {r['cg_iterations_mean']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -266,11 +312,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1000000,10000000", help="pool sizes, comma-separated")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--reps", type=int, default=2, help="repetitions per measurement (best is kept)")
-    ap.add_argument("--score-rows", type=int, default=None, help="most rows the scoring baseline scores (default: as many as the pool)")
-    ap.add_argument("--influence-points", type=int, default=1000, help="points timed for per-point CG (linear; MLP: 1/50)")
-    ap.add_argument("--quick", action="store_true", help="100k rows, one repetition, few influence points (< 1 min)")
-    ap.add_argument("--tmp", default=None, help="directory for the generated pools (default: the system temp dir)")
+    ap.add_argument(
+        "--reps", type=int, default=2, help="repetitions per measurement (best is kept)"
+    )
+    ap.add_argument(
+        "--score-rows",
+        type=int,
+        default=None,
+        help="most rows the scoring baseline scores (default: as many as the pool)",
+    )
+    ap.add_argument(
+        "--influence-points",
+        type=int,
+        default=1000,
+        help="points timed for per-point CG (linear; MLP: 1/50)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="100k rows, one repetition, few influence points (< 1 min)",
+    )
+    ap.add_argument(
+        "--tmp",
+        default=None,
+        help="directory for the generated pools (default: the system temp dir)",
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     if args.quick:
@@ -280,24 +346,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         free = shutil.disk_usage(tmp).free
         if need > 0.8 * free:
-            sys.exit(f"the {max(sizes):,}-row pool needs about {need / 2**30:.1f} GiB and {tmp} has {free / 2**30:.1f} GiB free: pass smaller --rows or --tmp")
+            sys.exit(
+                f"the {max(sizes):,}-row pool needs about {need / 2**30:.1f} GiB and {tmp} has {free / 2**30:.1f} GiB free: pass smaller --rows or --tmp"
+            )
         runs = Path(tmp) / "runs"
-        env = {**os.environ, "ALLOOP_RUNS": str(runs), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+        env = {
+            **os.environ,
+            "ALLOOP_RUNS": str(runs),
+            "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+        }
         seed_csv = Path(tmp) / "seed.csv"
-        seed_csv.write_text("id,target\n" + "".join(f"{i},{np.sin(i):.6f}\n" for i in range(0, 4000, 200)))
+        seed_csv.write_text(
+            "id,target\n" + "".join(f"{i},{np.sin(i):.6f}\n" for i in range(0, 4000, 200))
+        )
         results, influence = [], {}
         for rows in sizes:
             pool = Path(tmp) / f"pool-{rows}.parquet"
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", GENERATE, str(pool), str(rows), str(Path(__file__).parent)], check=True)  # keeps this process small
-            print(f"generated {rows:,} rows ({pool.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            subprocess.run(
+                [sys.executable, "-c", GENERATE, str(pool), str(rows), str(Path(__file__).parent)],
+                check=True,
+            )  # keeps this process small
+            print(
+                f"generated {rows:,} rows ({pool.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s",
+                file=sys.stderr,
+            )
             for model in args.models.split(","):
                 prepare_run(f"{model}-{rows}", pool, model, seed_csv, env)
                 new = measure(rows, model, pool, runs, args.reps, args.score_rows, env)
                 results += new
                 print("\n".join(table(new).splitlines()[2:]), file=sys.stderr)
                 if rows == sizes[0]:
-                    points = args.influence_points if model == "linear" else max(args.influence_points // 50, 2)
+                    points = (
+                        args.influence_points
+                        if model == "linear"
+                        else max(args.influence_points // 50, 2)
+                    )
                     influence[model] = py(INFLUENCE, f"{model}-{rows}", points, env=env)
             pool.unlink()
     print(table(results))

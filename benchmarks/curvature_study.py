@@ -31,7 +31,14 @@ from jax.flatten_util import ravel_pytree
 
 from alloop.core import losses, models, objective, regularizers, scorers, sgdf, tangents
 
-CHOICES = [("hessian", 0.0), ("gauss-newton", 0.0), ("gauss-newton", 1e-3), ("gauss-newton", 3e-3), ("gauss-newton", 1e-2), ("hessian", 1e-2)]
+CHOICES = [
+    ("hessian", 0.0),
+    ("gauss-newton", 0.0),
+    ("gauss-newton", 1e-3),
+    ("gauss-newton", 3e-3),
+    ("gauss-newton", 1e-2),
+    ("hessian", 1e-2),
+]
 
 
 def spearman(a, b) -> float:
@@ -40,7 +47,9 @@ def spearman(a, b) -> float:
 
 
 def flat(tree) -> np.ndarray:
-    return np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree))[0])
+    return np.asarray(
+        ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree))[0]
+    )
 
 
 def cosine(a, b) -> float:
@@ -50,13 +59,26 @@ def cosine(a, b) -> float:
 def make_problem(act: str, reg: str, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n + 2000, 8)).astype(np.float32)
-    f = np.sin(1.5 * x[:, 0]) + x[:, 1] * x[:, 2] + 0.5 * np.tanh(x[:, 3] - x[:, 4]) + 0.3 * x[:, 5] ** 2
+    f = (
+        np.sin(1.5 * x[:, 0])
+        + x[:, 1] * x[:, 2]
+        + 0.5 * np.tanh(x[:, 3] - x[:, 4])
+        + 0.3 * x[:, 5] ** 2
+    )
     y = f + 0.2 * rng.normal(size=f.shape)
-    y = ((y - y[:n].mean()) / y[:n].std()).astype(np.float32)[:, None]  # as the app does: standardized targets
+    y = ((y - y[:n].mean()) / y[:n].std()).astype(np.float32)[
+        :, None
+    ]  # as the app does: standardized targets
     model = models.mlp(8, 1, hidden=(32, 32), activation=act)
     p0 = model.init(jax.random.PRNGKey(seed))
-    r = regularizers.l2_weights(p0) if reg == "weights" else regularizers.l2(jax.tree_util.tree_map(np.ones_like, p0))
-    prob = objective.Problem(model, losses.squared, r, models.fit_standardizer(x[:n].mean(0), x[:n].std(0)))
+    r = (
+        regularizers.l2_weights(p0)
+        if reg == "weights"
+        else regularizers.l2(jax.tree_util.tree_map(np.ones_like, p0))
+    )
+    prob = objective.Problem(
+        model, losses.squared, r, models.fit_standardizer(x[:n].mean(0), x[:n].std(0))
+    )
     return prob, objective.make_data(x[:n], y[:n]), x[n:]
 
 
@@ -70,7 +92,9 @@ def dense_curvature(prob, params, s, data) -> np.ndarray:
         return np.asarray(jax.jacfwd(g)(f0)), np.asarray(rho)
 
 
-def block(act: str, reg: str, n: int, s: float, cfg: sgdf.TrainConfig, extra_epochs: int) -> list[dict]:
+def block(
+    act: str, reg: str, n: int, s: float, cfg: sgdf.TrainConfig, extra_epochs: int
+) -> list[dict]:
     prob, data, pool = make_problem(act, reg, n)
     rows = []
     base = None
@@ -94,23 +118,46 @@ def block(act: str, reg: str, n: int, s: float, cfg: sgdf.TrainConfig, extra_epo
         cg = tangents.cg(pr, st.params, s, data, tol=1e-8, maxiter=2000)
         # drift: continue with full-batch steps (no minibatch noise) at a tenth of the peak learning rate,
         # Adam's state carried on: a tangent iterated on negative curvature grows, a converging one settles
-        cont_cfg = sgdf.TrainConfig(**{**cfg.to_dict(), "schedule": "constant", "lr": 0.1 * cfg.lr, "batch_size": n,
-                                       "epochs": cfg.epochs + extra_epochs})
+        cont_cfg = sgdf.TrainConfig(
+            **{
+                **cfg.to_dict(),
+                "schedule": "constant",
+                "lr": 0.1 * cfg.lr,
+                "batch_size": n,
+                "epochs": cfg.epochs + extra_epochs,
+            }
+        )
         st2, reps2 = sgdf.fit(pr, data, s, cont_cfg, state=st, start_epoch=cfg.epochs)
-        _, unravel = ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), st.params))
+        _, unravel = ravel_pytree(
+            jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), st.params)
+        )
         sld = lambda t: np.asarray(scorers.sld(prob, st.params, t, [1.0])(jnp.asarray(pool)))  # noqa: E731, B023
-        rows.append(dict(
-            act=act, reg=reg, curvature=curv, damping=damp,
-            eig_h_min=eig_h[0], eig_h_max=eig_h[-1], n_neg=int((eig_h < 0).sum()),
-            eig_c_min=(eig_h[0] if curv == "hessian" else eig_gn[0]) + damp,
-            cg_iterations=cg.iterations, cg_residual=cg.residual,
-            res_end=during[-1], res_max=max(during), res_cont=float(resid(st2.params, st2.tangent)),
-            norm_end=reps[-1].tangent_norm, norm_cont=reps2[-1].tangent_norm, norm_exact=float(np.linalg.norm(exact)),
-            warnings=sgdf.tangent_warnings(reps + reps2), growth_cont=reps2[-1].tangent_norm / reps[-1].tangent_norm,
-            cos_exact=cosine(flat(st.tangent), exact),
-            sld_sgdf=sld(st.tangent), sld_exact=sld(unravel(exact.astype(np.float32))),
-            seconds=time.perf_counter() - t0,
-        ))
+        rows.append(
+            dict(
+                act=act,
+                reg=reg,
+                curvature=curv,
+                damping=damp,
+                eig_h_min=eig_h[0],
+                eig_h_max=eig_h[-1],
+                n_neg=int((eig_h < 0).sum()),
+                eig_c_min=(eig_h[0] if curv == "hessian" else eig_gn[0]) + damp,
+                cg_iterations=cg.iterations,
+                cg_residual=cg.residual,
+                res_end=during[-1],
+                res_max=max(during),
+                res_cont=float(resid(st2.params, st2.tangent)),
+                norm_end=reps[-1].tangent_norm,
+                norm_cont=reps2[-1].tangent_norm,
+                norm_exact=float(np.linalg.norm(exact)),
+                warnings=sgdf.tangent_warnings(reps + reps2),
+                growth_cont=reps2[-1].tangent_norm / reps[-1].tangent_norm,
+                cos_exact=cosine(flat(st.tangent), exact),
+                sld_sgdf=sld(st.tangent),
+                sld_exact=sld(unravel(exact.astype(np.float32))),
+                seconds=time.perf_counter() - t0,
+            )
+        )
     ref = next(r for r in rows if r["curvature"] == "gauss-newton" and r["damping"] == 0.0)
     for r in rows:
         r["rho_own"] = spearman(r["sld_sgdf"], r["sld_exact"])
@@ -128,15 +175,21 @@ def cg_text(r) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| model, L2 on | curvature | λ | min eig H (max) | min eig C | CG converges | SGDF residual: end / max during / after drift check (norm ×) "
-          "| cos(SGDF, exact) | Spearman SLD: SGDF vs exact | vs undamped GN (exact / SGDF) |")
+    print(
+        "| model, L2 on | curvature | λ | min eig H (max) | min eig C | CG converges | SGDF residual: end / max during / after drift check (norm ×) "
+        "| cos(SGDF, exact) | Spearman SLD: SGDF vs exact | vs undamped GN (exact / SGDF) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         undamped_ok = r["reg"] == "all"
-        ref = f"{r['rho_ref_exact']:.2f} / {r['rho_ref_sgdf']:.2f}" if undamped_ok else "(undefined)"
-        print(f"| {r['act']}, {r['reg']} | {r['curvature']} | {r['damping']:g} | {r['eig_h_min']:.1e} ({r['eig_h_max']:.0f}; {r['n_neg']} neg.) "
-              f"| {r['eig_c_min']:.1e} | {cg_text(r)} | {r['res_end']:.2f} / {r['res_max']:.0f} / {r['res_cont']:.2f} ({r['growth_cont']:.2g}×) "
-              f"| {r['cos_exact']:.3f} | {r['rho_own']:.2f} | {ref} |")
+        ref = (
+            f"{r['rho_ref_exact']:.2f} / {r['rho_ref_sgdf']:.2f}" if undamped_ok else "(undefined)"
+        )
+        print(
+            f"| {r['act']}, {r['reg']} | {r['curvature']} | {r['damping']:g} | {r['eig_h_min']:.1e} ({r['eig_h_max']:.0f}; {r['n_neg']} neg.) "
+            f"| {r['eig_c_min']:.1e} | {cg_text(r)} | {r['res_end']:.2f} / {r['res_max']:.0f} / {r['res_cont']:.2f} ({r['growth_cont']:.2g}×) "
+            f"| {r['cos_exact']:.3f} | {r['rho_own']:.2f} | {ref} |"
+        )
 
 
 def main(argv=None) -> None:
@@ -145,17 +198,27 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--s", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--extra", type=int, default=500, help="full-batch steps after training (the drift check)")
+    ap.add_argument(
+        "--extra", type=int, default=500, help="full-batch steps after training (the drift check)"
+    )
     args = ap.parse_args(argv)
-    cfg = sgdf.TrainConfig(optimizer="adam", lr=1e-2, epochs=args.epochs, batch_size=64)  # the app's defaults
-    blocks = [("tanh", "weights")] if args.quick else [("tanh", "weights"), ("tanh", "all"), ("gelu", "weights"), ("gelu", "all")]
+    cfg = sgdf.TrainConfig(
+        optimizer="adam", lr=1e-2, epochs=args.epochs, batch_size=64
+    )  # the app's defaults
+    blocks = (
+        [("tanh", "weights")]
+        if args.quick
+        else [("tanh", "weights"), ("tanh", "all"), ("gelu", "weights"), ("gelu", "all")]
+    )
     rows = []
     for act, reg in blocks:
         t0 = time.perf_counter()
         rows += block(act, reg, args.n, args.s, cfg, extra_epochs=args.extra)
         print(f"# {act}/{reg}: {time.perf_counter() - t0:.0f}s", flush=True)
-    print(f"\nn={args.n}, s={args.s}, Adam lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size}, cosine schedule; "
-          f"drift check {args.extra} full-batch steps\n")
+    print(
+        f"\nn={args.n}, s={args.s}, Adam lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size}, cosine schedule; "
+        f"drift check {args.extra} full-batch steps\n"
+    )
     print_table(rows)
     for r in rows:
         if r["warnings"]:

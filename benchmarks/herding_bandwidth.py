@@ -54,22 +54,48 @@ def main(argv=None) -> int:
     root = Path(a.out) / a.model
     metas = {name: al_suite.suite.build(name) for name in names}
     for name in names:  # shipped first: the patch stays for the rest of the process
-        al_suite.simulate_table(name, metas[name], ["herding", "random"], a.reps, root / "shipped" / name, a.model, jobs=1)
+        al_suite.simulate_table(
+            name,
+            metas[name],
+            ["herding", "random"],
+            a.reps,
+            root / "shipped" / name,
+            a.model,
+            jobs=1,
+        )
     patch(a.power)
     for name in names:
-        al_suite.simulate_table(name, metas[name], ["herding"], a.reps, root / f"power-{a.power:g}" / name, a.model, jobs=1)
-    print(f"| table | herding / random | shrinking bandwidth (power {a.power:g}) / random |\n|---|---|---|")
+        al_suite.simulate_table(
+            name,
+            metas[name],
+            ["herding"],
+            a.reps,
+            root / f"power-{a.power:g}" / name,
+            a.model,
+            jobs=1,
+        )
+    print(
+        f"| table | herding / random | shrinking bandwidth (power {a.power:g}) / random |\n|---|---|---|"
+    )
     rel = []
     for name in names:
         shipped = pd.read_csv(root / "shipped" / name / "curves.csv")
-        probe = pd.read_csv(root / f"power-{a.power:g}" / name / "curves.csv").assign(strategy="herding-bw")
+        probe = pd.read_csv(root / f"power-{a.power:g}" / name / "curves.csv").assign(
+            strategy="herding-bw"
+        )
         reps = set(probe["rep"])  # the same repetitions of random for both
-        df = pd.concat([shipped[shipped["rep"].isin(reps)], probe]).rename(columns={"strategy": "method"}).assign(model="alloop")
+        df = (
+            pd.concat([shipped[shipped["rep"].isin(reps)], probe])
+            .rename(columns={"strategy": "method"})
+            .assign(model="alloop")
+        )
         t = al_suite.summarize(df, al_suite.budget_of(metas[name])).set_index("method")["rel_area"]
         rel.append((t["herding"], t["herding-bw"]))
         print(f"| {name} | {rel[-1][0]:.3f} | {rel[-1][1]:.3f} |")
     b, p = np.array(rel).T
-    print(f"| mean of {len(rel)} | {b.mean():.3f} ({int(np.sum(b > 1.01))} above 1.01) | {p.mean():.3f} ({int(np.sum(p > 1.01))} above 1.01) |")
+    print(
+        f"| mean of {len(rel)} | {b.mean():.3f} ({int(np.sum(b > 1.01))} above 1.01) | {p.mean():.3f} ({int(np.sum(p > 1.01))} above 1.01) |"
+    )
     return 0
 
 

@@ -45,28 +45,62 @@ def main() -> None:
             for model, flags in MODELS.items():
                 row = {"dataset": ds, "labels": n, "model": model}
                 for tree, where in trees.items():
-                    env = {**os.environ, "ALLOOP_RUNS": str(tmp / tree), "ALLOOP_NO_CACHE": "1", "JAX_PLATFORMS": "cpu"}
+                    env = {
+                        **os.environ,
+                        "ALLOOP_RUNS": str(tmp / tree),
+                        "ALLOOP_NO_CACHE": "1",
+                        "JAX_PLATFORMS": "cpu",
+                    }
                     if where:
                         env["PYTHONPATH"] = str(Path(where).resolve())
                     name = f"{ds}-{n}-{model}"
-                    run = lambda *a, env=env: subprocess.run([sys.executable, "-m", "alloop", *a], env=env, capture_output=True, text=True,  # noqa: E731
-                                                             check=True)
-                    run("init", name, "--pool", str(root / ds / "pool.parquet"), "--target", meta["target"], "--id-col", meta["id"],
-                        "--test", str(root / ds / "test.parquet"), "--labels", str(seed), *flags)
+                    run = lambda *a, env=env: subprocess.run(
+                        [sys.executable, "-m", "alloop", *a],
+                        env=env,
+                        capture_output=True,
+                        text=True,  # noqa: E731
+                        check=True,
+                    )
+                    run(
+                        "init",
+                        name,
+                        "--pool",
+                        str(root / ds / "pool.parquet"),
+                        "--target",
+                        meta["target"],
+                        "--id-col",
+                        meta["id"],
+                        "--test",
+                        str(root / ds / "test.parquet"),
+                        "--labels",
+                        str(seed),
+                        *flags,
+                    )
                     rec = json.loads(run("train", name, "--json").stdout)
                     row[tree] = rec["test_rmse"]
                     row[f"{tree} epochs"] = rec["epochs"]
                 rows.append(row)
                 print(row, file=sys.stderr)
     first = next(iter(trees))
-    print("| dataset | labels | model | " + " | ".join(f"{t} RMSE | {t} epochs" for t in trees) + " | change |")
+    print(
+        "| dataset | labels | model | "
+        + " | ".join(f"{t} RMSE | {t} epochs" for t in trees)
+        + " | change |"
+    )
     print("|---|---|---|" + "---|---|" * len(trees) + "---|")
     for r in rows:
         last = list(trees)[-1]
         change = (r[last] - r[first]) / r[first]
-        print(f"| {r['dataset']} | {r['labels']} | {r['model']} | " + " | ".join(f"{r[t]:.4g} | {r[f'{t} epochs']}" for t in trees)
-              + f" | {change:+.2%} |")
-    print(f"largest change: {max(abs((r[list(trees)[-1]] - r[first]) / r[first]) for r in rows):.2%}" if rows else "")
+        print(
+            f"| {r['dataset']} | {r['labels']} | {r['model']} | "
+            + " | ".join(f"{r[t]:.4g} | {r[f'{t} epochs']}" for t in trees)
+            + f" | {change:+.2%} |"
+        )
+    print(
+        f"largest change: {max(abs((r[list(trees)[-1]] - r[first]) / r[first]) for r in rows):.2%}"
+        if rows
+        else ""
+    )
 
 
 if __name__ == "__main__":

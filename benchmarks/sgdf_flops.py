@@ -48,11 +48,17 @@ def main() -> None:
     opt = sgdf.make_optimizer(cfg, 1000)
     rows = []
     for curvature, damping in (objective.default_curvature("mlp"), ("hessian", 0.0)):
-        prob = objective.Problem(model, losses.squared, regularizers.l2_weights(params), stats, curvature, damping)
+        prob = objective.Problem(
+            model, losses.squared, regularizers.l2_weights(params), stats, curvature, damping
+        )
         state = sgdf.init_state(params, opt)
         s = jnp.float32(1.0)
-        plain = flops(lambda st, d, s_, prob=prob: sgdf._plain_step(prob, opt, b, st, d, s_), state, data, s)
-        tang = flops(lambda st, d, s_, prob=prob: sgdf.sgdf_step(prob, opt, b, st, d, s_), state, data, s)
+        plain = flops(
+            lambda st, d, s_, prob=prob: sgdf._plain_step(prob, opt, b, st, d, s_), state, data, s
+        )
+        tang = flops(
+            lambda st, d, s_, prob=prob: sgdf.sgdf_step(prob, opt, b, st, d, s_), state, data, s
+        )
         rows.append((curvature, plain, tang))
     sizes = (p, *hidden, 1)
     layer = [2 * b * m * n for m, n in zip(sizes[:-1], sizes[1:])]
@@ -63,7 +69,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for curvature, plain, tang in rows:
         print(f"| {curvature} | {plain:.3g} | {tang:.3g} | {tang / plain:.2f} |")
-    print(f"by hand (matrix products only): plain {by_hand_plain:.3g}, SGDF Gauss-Newton {by_hand_gn:.3g}, ratio {by_hand_gn / by_hand_plain:.2f}")
+    print(
+        f"by hand (matrix products only): plain {by_hand_plain:.3g}, SGDF Gauss-Newton {by_hand_gn:.3g}, ratio {by_hand_gn / by_hand_plain:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,15 +37,23 @@ def shift_report(meta: dict, pool: pd.DataFrame, test: pd.DataFrame) -> dict:
     """The most shifted feature by KS, its p-value (raw and times the features), and the target's."""
     ps = {f: float(stats.ks_2samp(pool[f], test[f]).pvalue) for f in meta["features"]}
     worst = min(ps, key=ps.get)
-    return {"feature": worst, "p": ps[worst], "p_bonferroni": min(1.0, ps[worst] * len(ps)),
-            "p_target": float(stats.ks_2samp(pool["target"], test["target"]).pvalue), "n_test": len(test)}
+    return {
+        "feature": worst,
+        "p": ps[worst],
+        "p_bonferroni": min(1.0, ps[worst] * len(ps)),
+        "p_target": float(stats.ks_2samp(pool["target"], test["target"]).pvalue),
+        "n_test": len(test),
+    }
 
 
 def matched_test(pool: pd.DataFrame, test: pd.DataFrame, feature: str) -> pd.DataFrame:
     """The test rows repeated so that ``feature``'s quintile bins (over pool and test) have the pool's shares."""
     edges = np.quantile(np.r_[pool[feature], test[feature]], np.linspace(0, 1, BINS + 1))[1:-1]
     bp, bt = np.digitize(pool[feature], edges), np.digitize(test[feature], edges)
-    sp, st = np.bincount(bp, minlength=BINS) / len(pool), np.bincount(bt, minlength=BINS) / len(test)
+    sp, st = (
+        np.bincount(bp, minlength=BINS) / len(pool),
+        np.bincount(bt, minlength=BINS) / len(test),
+    )
     copies = np.round(COPIES * (sp / np.maximum(st, 1e-12))[bt]).astype(int)
     out = test.loc[np.repeat(np.arange(len(test)), copies)].reset_index(drop=True)
     out["id"] = np.arange(len(out)) + int(max(pool["id"].max(), test["id"].max())) + 1
@@ -65,18 +73,25 @@ def run_matched(name: str, model: str, reps: int, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     matched = matched_test(pool, test, feature)
     matched.to_parquet(out / "test_matched.parquet", index=False)
-    print(f"{name}: {feature} median pool {pool[feature].median():.3g}, test {test[feature].median():.3g}, "
-          f"matched test ({len(matched)} rows) {matched[feature].median():.3g}")
+    print(
+        f"{name}: {feature} median pool {pool[feature].median():.3g}, test {test[feature].median():.3g}, "
+        f"matched test ({len(matched)} rows) {matched[feature].median():.3g}"
+    )
     for label, path in (("suite test", None), ("matched test", out / "test_matched.parquet")):
         dest = out / f"{model}-{label.split()[0]}"
-        al_suite.simulate_table(name, meta, ["herding", "random"], reps, dest, model, test=path, jobs=1)
+        al_suite.simulate_table(
+            name, meta, ["herding", "random"], reps, dest, model, test=path, jobs=1
+        )
         rel, se, wins = relative_area(dest / "curves.csv")
         print(f"  {label:12s} herding / random {rel:.3f} ± {se:.3f} ({wins} wins of {reps})")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--matched", help="a regression table: herding vs random on its test set and on one reweighted to the pool")
+    ap.add_argument(
+        "--matched",
+        help="a regression table: herding vs random on its test set and on one reweighted to the pool",
+    )
     ap.add_argument("--model", default="linear")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--out", default=str(HERE / "out" / "shift"))
@@ -84,11 +99,15 @@ def main(argv=None) -> int:
     if a.matched:
         run_matched(a.matched, a.model, a.reps, Path(a.out) / a.matched)
         return 0
-    print("| table | test rows | most shifted feature | KS p | × features | target KS p |\n|---|---|---|---|---|---|")
+    print(
+        "| table | test rows | most shifted feature | KS p | × features | target KS p |\n|---|---|---|---|---|---|"
+    )
     for name in sorted(al_suite.suite.names("regression")):
         pool, test, meta = al_suite.suite.load(name)
         r = shift_report(meta, pool, test)
-        print(f"| {name} | {r['n_test']} | {r['feature']} | {r['p']:.4f} | {r['p_bonferroni']:.3f} | {r['p_target']:.3f} |")
+        print(
+            f"| {name} | {r['n_test']} | {r['feature']} | {r['p']:.4f} | {r['p_bonferroni']:.3f} | {r['p_target']:.3f} |"
+        )
     return 0
 
 

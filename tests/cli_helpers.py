@@ -47,13 +47,26 @@ def make_data(folder: Path, n: int = 240, n_test: int = 80, n_seed: int = 3, see
     x = rng.normal(size=(n, len(FEATURES)))
     y = x @ WEIGHTS + 0.05 * rng.normal(size=n)
     ids = np.arange(FIRST_ID, FIRST_ID + n)
-    pool = pd.DataFrame({"id": ids, **{f: x[:, j] for j, f in enumerate(FEATURES)}, "region": ["north", "south"] * (n // 2), "target": y})
+    pool = pd.DataFrame(
+        {
+            "id": ids,
+            **{f: x[:, j] for j, f in enumerate(FEATURES)},
+            "region": ["north", "south"] * (n // 2),
+            "target": y,
+        }
+    )
     pool.to_parquet(folder / "pool.parquet", index=False)
     xt = rng.normal(size=(n_test, len(FEATURES)))
     test = pd.DataFrame({**{f: xt[:, j] for j, f in enumerate(FEATURES)}, "target": xt @ WEIGHTS})
     test.to_parquet(folder / "test.parquet", index=False)
     pool[["id", "target"]].iloc[:n_seed].to_csv(folder / "seed.csv", index=False)
-    return Data(folder, folder / "pool.parquet", folder / "test.parquet", folder / "seed.csv", pool.set_index("id")["target"])
+    return Data(
+        folder,
+        folder / "pool.parquet",
+        folder / "test.parquet",
+        folder / "seed.csv",
+        pool.set_index("id")["target"],
+    )
 
 
 # --- running the command -----------------------------------------------------------------------
@@ -75,17 +88,27 @@ def alloop_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "alloop"]
 
 
-def run_alloop(args: list, cwd: Path, runs: Path, command: list[str] | None = None, timeout: float = 120) -> Result:
+def run_alloop(
+    args: list, cwd: Path, runs: Path, command: list[str] | None = None, timeout: float = 120
+) -> Result:
     """Run the installed command in a subprocess, with $ALLOOP_RUNS = ``runs``."""
     env = {**os.environ, RUNS_ENV: str(runs), "JAX_PLATFORMS": "cpu", "COLUMNS": "200"}
-    proc = subprocess.run([*(command or alloop_command()), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*(command or alloop_command()), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def invoke(args: list, runs: Path) -> Result:
     """Run a command in this process with typer's CliRunner (the working directory is the caller's)."""
-    res = CliRunner().invoke(app, [str(a) for a in args], env={RUNS_ENV: str(runs), "COLUMNS": "200"}, prog_name="alloop")
+    res = CliRunner().invoke(
+        app, [str(a) for a in args], env={RUNS_ENV: str(runs), "COLUMNS": "200"}, prog_name="alloop"
+    )
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         raise res.exception
     return Result(res.exit_code, res.stdout, res.stderr)
@@ -131,7 +154,7 @@ def fill(query_file: Path, truth: pd.Series, out: Path | None = None, leave_blan
     q = read_any(query_file)
     values = truth.loc[q["id"].to_numpy()].to_numpy().astype(float)
     if leave_blank:
-        values[len(values) - leave_blank:] = np.nan
+        values[len(values) - leave_blank :] = np.nan
     q["target"] = values
     if out.suffix == ".csv":
         q.to_csv(out, index=False)

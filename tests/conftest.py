@@ -35,7 +35,12 @@ def prepared_run(alloop_data, tmp_path_factory):
 
     runs = tmp_path_factory.mktemp("prepared-runs")
     d = alloop_data
-    assert invoke(["init", "base", "--pool", d.pool, "--test", d.test, "--labels", d.seed, *FAST], runs).code == 0
+    assert (
+        invoke(
+            ["init", "base", "--pool", d.pool, "--test", d.test, "--labels", d.seed, *FAST], runs
+        ).code
+        == 0
+    )
     q = invoke(["query", "base", "-k", "5", "--json"], runs)
     assert q.code == 0, q.stderr
     filled = fill(q.json()["path"], d.truth, out=runs / "round1.csv", leave_blank=2)

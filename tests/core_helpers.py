@@ -16,7 +16,12 @@ def ridge_problem(rng, n=200, d=4, k=1):
     x = (rng.normal(size=(n, d)) * np.linspace(0.5, 2.0, d)).astype(np.float32)
     y = (x @ rng.normal(size=(d, k)) + 0.5 + 0.3 * rng.normal(size=(n, k))).astype(np.float32)
     model = models.linear(d, k)
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(model.init(None)), models.identity_standardizer(d))
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2_weights(model.init(None)),
+        models.identity_standardizer(d),
+    )
     return prob, objective.make_data(x, y)
 
 
@@ -34,7 +39,9 @@ def ridge_closed_form(data, s):
 
 def flat_linear(tree) -> np.ndarray:
     """[w; b] flattened per output, matching ridge_closed_form's layout."""
-    return np.r_[np.asarray(tree["w"], np.float64), np.asarray(tree["b"], np.float64)[None, :]].ravel()
+    return np.r_[
+        np.asarray(tree["w"], np.float64), np.asarray(tree["b"], np.float64)[None, :]
+    ].ravel()
 
 
 def cosine(a, b) -> float:

@@ -12,13 +12,20 @@ import pyarrow.parquet as pq
 
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"
 BUCKET = "pools"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET,
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+}
 
 
 def put_table(client, df: pd.DataFrame, key: str, row_group_size: int = 50) -> None:
     """``df`` as one Parquet object at ``key`` in the test bucket."""
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, row_group_size=row_group_size)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), buf, row_group_size=row_group_size
+    )
     client.put_object(Bucket=BUCKET, Key=key, Body=buf.getvalue())
 
 

@@ -41,7 +41,12 @@ def test_clip_bounds_an_outlier_score():
     s = np.ones(100)
     s[50] = 1e9
     labeled = np.array([[5.0]])
-    draw = lambda clip: np.mean([kpp_clip(z, s, labeled, 1, np.random.default_rng(i), clip=clip)[0][0] == 50 for i in range(200)])  # noqa: E731
+    draw = lambda clip: np.mean(
+        [
+            kpp_clip(z, s, labeled, 1, np.random.default_rng(i), clip=clip)[0][0] == 50
+            for i in range(200)
+        ]
+    )  # noqa: E731
     assert draw(1.0) > 0.99
     assert draw(0.9) < 0.1
 
@@ -51,6 +56,7 @@ def test_clip_bounds_an_outlier_score():
 
 def _mmd2(sample: np.ndarray, pool: np.ndarray, h: float) -> float:
     """Squared maximum mean discrepancy with the RBF kernel exp(-d²/h), computed directly."""
+
     def k(a, b):
         return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / h)
 
@@ -81,7 +87,9 @@ def test_herding_brings_the_labeled_sample_closer_to_the_pool_than_random_draws(
     picks = herding(z, labeled, 15, np.random.default_rng(3), reference=600)
     h = rbf_bandwidth(z, np.random.default_rng(3))
     ours = _mmd2(np.r_[labeled, z[picks]], z, h)
-    random_draws = [_mmd2(np.r_[labeled, z[rng.choice(600, 15, replace=False)]], z, h) for _ in range(50)]
+    random_draws = [
+        _mmd2(np.r_[labeled, z[rng.choice(600, 15, replace=False)]], z, h) for _ in range(50)
+    ]
     assert ours < np.quantile(random_draws, 0.05)
 
 
@@ -101,7 +109,17 @@ def test_herding_weights_tilt_the_target_and_uniform_weights_change_nothing():
     rng = np.random.default_rng(6)
     z = _two_clusters(rng)
     plain = herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000)
-    np.testing.assert_array_equal(herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000, weights=np.full(1000, 3.0)), plain)
+    np.testing.assert_array_equal(
+        herding(
+            z,
+            np.zeros((0, 2)),
+            10,
+            np.random.default_rng(1),
+            reference=1000,
+            weights=np.full(1000, 3.0),
+        ),
+        plain,
+    )
     # half the target mass on the small cluster (20% of the rows): about half the batch goes there
     w = np.where(np.arange(1000) >= 800, 0.5 / 200, 0.5 / 800)
     tilted = herding(z, np.zeros((0, 2)), 10, np.random.default_rng(1), reference=1000, weights=w)

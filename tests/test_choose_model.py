@@ -34,8 +34,17 @@ FAST = ["--epochs", "1", "--min-steps", "300", "--lr", "0.05"]
 
 
 def _config(n_features: int, mean=0.0, std=1.0) -> RunConfig:
-    pool = PoolSpec("p.parquet", "p.parquet", "id", tuple(f"x{j}" for j in range(n_features)), "", 100)
-    return RunConfig(pool, {"mean": [mean] * n_features, "std": [std] * n_features}, fitting.model_spec("auto"), "regression", ("target",), s="auto")
+    pool = PoolSpec(
+        "p.parquet", "p.parquet", "id", tuple(f"x{j}" for j in range(n_features)), "", 100
+    )
+    return RunConfig(
+        pool,
+        {"mean": [mean] * n_features, "std": [std] * n_features},
+        fitting.model_spec("auto"),
+        "regression",
+        ("target",),
+        s="auto",
+    )
 
 
 def _xy(f, n=60, d=2, seed=0, noise=0.1):
@@ -60,7 +69,12 @@ def test_the_model_in_use_is_kept_unless_beaten_by_the_margin():
     kept = choose_model.choose(_config(2), x, y, current=linear, margin=1e9)
     assert kept.model.label() == "linear" and not kept.switched and "kept linear" in kept.reason
     moved = choose_model.choose(_config(2), x, y, current=linear)
-    assert moved.model.label() == "poly 3" and moved.switched and moved.previous == "linear" and "switched from linear" in moved.reason
+    assert (
+        moved.model.label() == "poly 3"
+        and moved.switched
+        and moved.previous == "linear"
+        and "switched from linear" in moved.reason
+    )
 
 
 def test_each_candidates_cv_loss_is_its_own_s_search():
@@ -82,7 +96,9 @@ def fitting_choose(spec, x, y):
 
 def test_the_mlp_competes_from_40_labels_with_s_auto_only():
     x, y = _xy(lambda x: np.sin(3.0 * x[:, 0]) + x[:, 1], n=39)
-    assert "mlp 64,64" not in choose_model.choose(_config(2), x, y).cv_loss  # LOOCV here: not the MLP's folds
+    assert (
+        "mlp 64,64" not in choose_model.choose(_config(2), x, y).cv_loss
+    )  # LOOCV here: not the MLP's folds
     x, y = _xy(lambda x: np.sin(3.0 * x[:, 0]) + x[:, 1], n=40)
     assert "mlp 64,64" in choose_model.choose(_config(2), x, y).cv_loss
     assert "mlp 64,64" not in choose_model.choose(_config(2).replace(s="loocv"), x, y).cv_loss
@@ -92,7 +108,9 @@ def test_a_sine_that_no_cubic_follows_picks_the_mlp():
     x, y = _xy(lambda x: np.sin(3.0 * x[:, 0]) + 0.5 * x[:, 1], n=120, seed=1, noise=0.05)
     picked = choose_model.choose(_config(2), x, y)
     assert picked.model.label() == "mlp 64,64" and picked.model.kind == "mlp"
-    assert picked.cv_loss["mlp 64,64"] < 0.5 * min(v for k, v in picked.cv_loss.items() if k != "mlp 64,64")
+    assert picked.cv_loss["mlp 64,64"] < 0.5 * min(
+        v for k, v in picked.cv_loss.items() if k != "mlp 64,64"
+    )
     assert picked.s_choice.route == "grid" and picked.s in choose_s_mod.GRID_S
 
 
@@ -117,15 +135,28 @@ def test_grid_cv_equals_each_fold_trained_alone_on_its_own_rows():
         total = 0.0
         for m in masks:
             tr, va = m > 0, m == 0
-            cfg = sgdf.TrainConfig.from_dict({**fitting.train_config(config, int(tr.sum())).to_dict(), "epochs": steps,
-                                              "batch_size": int(tr.sum()), "tangent_every": 0})
+            cfg = sgdf.TrainConfig.from_dict(
+                {
+                    **fitting.train_config(config, int(tr.sum())).to_dict(),
+                    "epochs": steps,
+                    "batch_size": int(tr.sum()),
+                    "tangent_every": 0,
+                }
+            )
             state, _ = sgdf.fit(problem, objective.make_data(x[tr], yt[tr]), s, cfg, params=init)
-            held = np.asarray(objective.per_example_loss(problem, state.params, jax.numpy.asarray(x[va]), jax.numpy.asarray(yt[va])))
+            held = np.asarray(
+                objective.per_example_loss(
+                    problem, state.params, jax.numpy.asarray(x[va]), jax.numpy.asarray(yt[va])
+                )
+            )
             total += float(np.sum(held))
             if s == got.s:
                 rows_at_chosen[va] = held
         assert value == pytest.approx(total / len(x), rel=2e-3)
-    assert got.s == grid[int(np.argmin([e.loss for e in got.evaluations]))] and got.folds == len(masks) == 5
+    assert (
+        got.s == grid[int(np.argmin([e.loss for e in got.evaluations]))]
+        and got.folds == len(masks) == 5
+    )
     # each label's held-out loss at the chosen s (what the one-standard-error rule pairs across candidates)
     np.testing.assert_allclose(got.row_loss, rows_at_chosen, rtol=5e-3, atol=1e-4)
 
@@ -150,25 +181,58 @@ def _labels(pool, rows, path):
 
 def test_an_auto_run_switches_when_new_labels_show_curvature_and_its_files_follow(runs, tmp_path):
     pool = _cubic_pool(tmp_path)
-    seed = _labels(pool, list(range(0, 12)), tmp_path / "seed.csv")  # all near 0: x³ is invisible under 0.5x
+    seed = _labels(
+        pool, list(range(0, 12)), tmp_path / "seed.csv"
+    )  # all near 0: x³ is invisible under 0.5x
     ok = lambda r: (r.code == 0) or pytest.fail(r.stderr)  # noqa: E731
-    ok(invoke(["init", "a", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, "--model", "auto", *FAST], runs))
+    ok(
+        invoke(
+            [
+                "init",
+                "a",
+                "--pool",
+                str(tmp_path / "pool.parquet"),
+                "--labels",
+                seed,
+                "--model",
+                "auto",
+                *FAST,
+            ],
+            runs,
+        )
+    )
     ok(invoke(["train", "a"], runs))
     st = json.loads(invoke(["status", "a", "--json"], runs).stdout)
     assert (st["model"], st["model_now"]) == ("auto", "linear")
     assert st["model_choice"]["previous"] is None
-    far = _labels(pool, list(range(200, 240)), tmp_path / "far.csv")  # x across [-2, 2]: the cubic shows
+    far = _labels(
+        pool, list(range(200, 240)), tmp_path / "far.csv"
+    )  # x across [-2, 2]: the cubic shows
     ok(invoke(["ingest", "a", far, "--allow-unqueried"], runs))
     st = json.loads(invoke(["status", "a", "--json"], runs).stdout)
-    assert st["model_now"] == "poly 3" and st["model_choice"]["switched"] and st["model_choice"]["previous"] == "linear"
+    assert (
+        st["model_now"] == "poly 3"
+        and st["model_choice"]["switched"]
+        and st["model_choice"]["previous"] == "linear"
+    )
     assert st["figures"]["train_loss"] < 0.05
     run = rundir.open_run(str(runs / "a"))
     assert run.state["model"]["kind"] == "poly" and run.state["model"]["degree"] == 3
-    assert json.loads((runs / "a" / "config.json").read_text())["model"]["kind"] == "auto"  # what the user chose stays
+    assert (
+        json.loads((runs / "a" / "config.json").read_text())["model"]["kind"] == "auto"
+    )  # what the user chose stays
     tree, meta = common.load_checkpoint(run)
-    assert np.asarray(tree["params"]["w"]).shape == (3, 1)  # x, x², x³ of the one feature: poly 3's parameters
+    assert np.asarray(tree["params"]["w"]).shape == (
+        3,
+        1,
+    )  # x, x², x³ of the one feature: poly 3's parameters
     assert meta["model_choice"]["model"] == "poly 3"
-    assert set(meta["model_choice"]["spread"]) == {"linear", "poly 2", "poly 3", "mlp 64,64"}  # checked on the run's stop set
+    assert set(meta["model_choice"]["spread"]) == {
+        "linear",
+        "poly 2",
+        "poly 3",
+        "mlp 64,64",
+    }  # checked on the run's stop set
     ok(invoke(["verify", "a"], runs))
     q = invoke(["query", "a", "-k", "5", "--json", "--strategy", "sld"], runs)
     ok(q)
@@ -181,67 +245,142 @@ def test_an_auto_run_moves_to_the_mlp_when_the_target_is_a_sine_and_queries_with
     rng = np.random.default_rng(4)
     n = 400
     x = rng.uniform(-3.0, 3.0, n)
-    pool = pd.DataFrame({"id": np.arange(n), "x": x, "target": np.sin(2.0 * x) + 0.02 * rng.normal(size=n)})
+    pool = pd.DataFrame(
+        {"id": np.arange(n), "x": x, "target": np.sin(2.0 * x) + 0.02 * rng.normal(size=n)}
+    )
     pool.drop(columns="target").to_parquet(tmp_path / "pool.parquet", index=False)
     ok = lambda r: (r.code == 0) or pytest.fail(r.stderr)  # noqa: E731
-    ok(invoke(["init", "m", "--pool", str(tmp_path / "pool.parquet"), "--labels", _labels(pool, list(range(12)), tmp_path / "a.csv"),
-               "--model", "auto", *FAST], runs))
+    ok(
+        invoke(
+            [
+                "init",
+                "m",
+                "--pool",
+                str(tmp_path / "pool.parquet"),
+                "--labels",
+                _labels(pool, list(range(12)), tmp_path / "a.csv"),
+                "--model",
+                "auto",
+                *FAST,
+            ],
+            runs,
+        )
+    )
     ok(invoke(["train", "m"], runs))
-    assert json.loads(invoke(["status", "m", "--json"], runs).stdout)["model_now"] != "mlp 64,64"  # 12 labels: not a candidate yet
-    ok(invoke(["ingest", "m", _labels(pool, list(range(12, 80)), tmp_path / "b.csv"), "--allow-unqueried"], runs))
+    assert (
+        json.loads(invoke(["status", "m", "--json"], runs).stdout)["model_now"] != "mlp 64,64"
+    )  # 12 labels: not a candidate yet
+    ok(
+        invoke(
+            [
+                "ingest",
+                "m",
+                _labels(pool, list(range(12, 80)), tmp_path / "b.csv"),
+                "--allow-unqueried",
+            ],
+            runs,
+        )
+    )
     st = json.loads(invoke(["status", "m", "--json"], runs).stdout)
     assert st["model_now"] == "mlp 64,64" and st["model_choice"]["switched"], st["model_choice"]
     run = rundir.open_run(str(runs / "m"))
     tree, meta = common.load_checkpoint(run)
-    assert [np.asarray(layer["w"]).shape for layer in tree["params"]["layers"]] == [(1, 64), (64, 64), (64, 1)]
+    assert [np.asarray(layer["w"]).shape for layer in tree["params"]["layers"]] == [
+        (1, 64),
+        (64, 64),
+        (64, 1),
+    ]
     assert meta["s_choice"]["route"] == "grid" and meta["s"] in choose_s_mod.GRID_S
     ok(invoke(["verify", "m"], runs))
     q = invoke(["query", "m", "-k", "5", "--json"], runs)
     ok(q)
     out = json.loads(q.stdout)
-    assert out["rows"] == 5 and out["strategy"] == "herding"  # an auto run keeps its own default strategy, whatever the model now
+    assert (
+        out["rows"] == 5 and out["strategy"] == "herding"
+    )  # an auto run keeps its own default strategy, whatever the model now
     assert "mlp 64,64" in invoke(["status", "m"], runs).stdout
 
 
-@pytest.mark.parametrize("extra,why", [
-    (["--task", "classification"], "--model auto"),
-    (["--s", "1"], "--s auto"),
-])
+@pytest.mark.parametrize(
+    "extra,why",
+    [
+        (["--task", "classification"], "--model auto"),
+        (["--s", "1"], "--s auto"),
+    ],
+)
 def test_auto_where_it_cannot_choose_is_one_line_and_exit_2(runs, tmp_path, extra, why):
     pool = _cubic_pool(tmp_path)
     seed = _labels(pool, [0, 1, 2], tmp_path / "seed.csv")
-    res = invoke(["init", "b", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, "--model", "auto", *extra], runs)
-    assert res.code == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    res = invoke(
+        [
+            "init",
+            "b",
+            "--pool",
+            str(tmp_path / "pool.parquet"),
+            "--labels",
+            seed,
+            "--model",
+            "auto",
+            *extra,
+        ],
+        runs,
+    )
+    assert (
+        res.code == 2
+        and why in res.stderr
+        and len(res.stderr.strip().splitlines()) == 1
+        and "Traceback" not in res.stderr
+    )
     assert not (runs / "b").exists()
 
 
-@pytest.mark.parametrize("extra,model,s", [
-    ([], "auto", "auto"),  # a regression run chooses its model unless told
-    (["--s", "loocv"], "auto", "loocv"),
-    (["--s", "2"], "linear", 2.0),  # a given s leaves auto nothing to choose with
-    (["--model", "mlp"], "mlp", 1.0),
-    (["--model", "linear"], "linear", "auto"),
-])
+@pytest.mark.parametrize(
+    "extra,model,s",
+    [
+        ([], "auto", "auto"),  # a regression run chooses its model unless told
+        (["--s", "loocv"], "auto", "loocv"),
+        (["--s", "2"], "linear", 2.0),  # a given s leaves auto nothing to choose with
+        (["--model", "mlp"], "mlp", 1.0),
+        (["--model", "linear"], "linear", "auto"),
+    ],
+)
 def test_init_defaults_to_auto_for_regression_whose_s_is_chosen(runs, tmp_path, extra, model, s):
     pool = _cubic_pool(tmp_path)
     seed = _labels(pool, [0, 1, 2], tmp_path / "seed.csv")
-    res = invoke(["init", "d", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, *extra], runs)
+    res = invoke(
+        ["init", "d", "--pool", str(tmp_path / "pool.parquet"), "--labels", seed, *extra], runs
+    )
     assert res.code == 0, res.stderr
     config = json.loads((runs / "d" / "config.json").read_text())
     assert (config["model"]["kind"], config["s"]) == (model, s)
 
 
 def test_the_default_model_is_linear_for_classification():
-    assert config_mod.default_model("classification") == "linear" and config_mod.default_model("classification", "auto") == "linear"
-    assert config_mod.default_model("regression") == "auto" and config_mod.default_model("regression", 0.5) == "linear"
+    assert (
+        config_mod.default_model("classification") == "linear"
+        and config_mod.default_model("classification", "auto") == "linear"
+    )
+    assert (
+        config_mod.default_model("regression") == "auto"
+        and config_mod.default_model("regression", 0.5) == "linear"
+    )
 
 
 def test_simulate_replays_inits_default_model(tmp_path):
     pool = _cubic_pool(tmp_path, n=200, seed=2)
     pool.to_parquet(tmp_path / "pool_t.parquet", index=False)
     pool.iloc[:50].drop(columns="id").to_parquet(tmp_path / "test_t.parquet", index=False)
-    sim.run_simulation(pool=str(tmp_path / "pool_t.parquet"), test=str(tmp_path / "test_t.parquet"), strategy_list=["random"], reps=1,
-                       out=str(tmp_path / "o"), jobs=1, initial=10, budget=20, batch=10)
+    sim.run_simulation(
+        pool=str(tmp_path / "pool_t.parquet"),
+        test=str(tmp_path / "test_t.parquet"),
+        strategy_list=["random"],
+        reps=1,
+        out=str(tmp_path / "o"),
+        jobs=1,
+        initial=10,
+        budget=20,
+        batch=10,
+    )
     settings = json.loads((tmp_path / "o" / "config.json").read_text())["settings"]
     assert (settings["model"]["kind"], settings["s"]) == ("auto", "auto")
 
@@ -251,18 +390,35 @@ def test_simulate_replays_the_runs_choice_each_round(tmp_path):
     full = pd.DataFrame({"id": pool["id"], "x": pool["x"], "target": pool["target"]})
     full.to_parquet(tmp_path / "pool_t.parquet", index=False)
     full.iloc[:60].drop(columns="id").to_parquet(tmp_path / "test_t.parquet", index=False)
-    settings = sim.SimSettings(initial=10, budget=40, batch=10, seed=0, model={"kind": "auto"}, s="auto")
+    settings = sim.SimSettings(
+        initial=10, budget=40, batch=10, seed=0, model={"kind": "auto"}, s="auto"
+    )
     data = sim.load_data(str(tmp_path / "pool_t.parquet"), str(tmp_path / "test_t.parquet"))
     learner = sim.make_learner(data, settings)
     assert isinstance(learner, sim_auto.AutoLearner)
     rows = sim.run_curve(learner, settings, "random", 0)
-    assert [r["n_labels"] for r in rows] == [10, 20, 30, 40] and all(np.isfinite(r["metric"]) for r in rows)
+    assert [r["n_labels"] for r in rows] == [10, 20, 30, 40] and all(
+        np.isfinite(r["metric"]) for r in rows
+    )
     labeled = sim.initial_rows(settings, 0, len(data.y_pool))
     state = learner.fit(labeled, None)
-    stop_set = data.x_pool[stopping.stop_rows(settings.seed, len(data.x_pool))].astype(np.float32)  # what a run checks candidates on
-    direct = choose_model.choose(learner.auto_config, data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None], x_pool=stop_set)
-    assert state[3] == direct.model.label() and state[1] == pytest.approx(direct.s) and direct.spread is not None
-    assert learner.config.model.label() == direct.model.label()  # what rounds and stop signals are built from
+    stop_set = data.x_pool[stopping.stop_rows(settings.seed, len(data.x_pool))].astype(
+        np.float32
+    )  # what a run checks candidates on
+    direct = choose_model.choose(
+        learner.auto_config,
+        data.x_pool[labeled].astype(np.float32),
+        data.y_pool[labeled][:, None],
+        x_pool=stop_set,
+    )
+    assert (
+        state[3] == direct.model.label()
+        and state[1] == pytest.approx(direct.s)
+        and direct.spread is not None
+    )
+    assert (
+        learner.config.model.label() == direct.model.label()
+    )  # what rounds and stop signals are built from
 
 
 def test_simulate_fits_the_mlp_when_auto_chooses_it_afresh_after_a_switch(tmp_path):
@@ -270,32 +426,72 @@ def test_simulate_fits_the_mlp_when_auto_chooses_it_afresh_after_a_switch(tmp_pa
 
     rng = np.random.default_rng(5)
     x = rng.uniform(-3.0, 3.0, 300)
-    full = pd.DataFrame({"id": np.arange(300), "x": x, "target": np.sin(2.0 * x) + 0.02 * rng.normal(size=300)})
+    full = pd.DataFrame(
+        {"id": np.arange(300), "x": x, "target": np.sin(2.0 * x) + 0.02 * rng.normal(size=300)}
+    )
     full.to_parquet(tmp_path / "pool.parquet", index=False)
     full.iloc[:80].drop(columns="id").to_parquet(tmp_path / "test.parquet", index=False)
-    settings = sim.SimSettings(initial=60, budget=70, batch=10, seed=0, model={"kind": "auto", "steps": 300}, s="auto")
+    settings = sim.SimSettings(
+        initial=60, budget=70, batch=10, seed=0, model={"kind": "auto", "steps": 300}, s="auto"
+    )
     data = sim.load_data(str(tmp_path / "pool.parquet"), str(tmp_path / "test.parquet"))
     learner = sim.make_learner(data, settings)
     labeled = sim.initial_rows(settings, 0, len(data.y_pool))
-    learner.learners["mlp 64,64"].fit(labeled[:50], None)  # an earlier MLP fit that a fresh start must not continue from
+    learner.learners["mlp 64,64"].fit(
+        labeled[:50], None
+    )  # an earlier MLP fit that a fresh start must not continue from
     state = learner.fit(labeled, None)
-    assert state[3] == "mlp 64,64" and learner.config.model.kind == "mlp" and learner.config.s == state[1]
-    alone = sim_sgdf.SGDFLearner(data, dataclasses.replace(settings, model={"kind": "mlp", "hidden": [64, 64], "steps": 300}),
-                                 learner.auto_config.replace(model=fitting.model_spec("mlp").auto_marked()).with_s(state[1]))
+    assert (
+        state[3] == "mlp 64,64"
+        and learner.config.model.kind == "mlp"
+        and learner.config.s == state[1]
+    )
+    alone = sim_sgdf.SGDFLearner(
+        data,
+        dataclasses.replace(settings, model={"kind": "mlp", "hidden": [64, 64], "steps": 300}),
+        learner.auto_config.replace(model=fitting.model_spec("mlp").auto_marked()).with_s(state[1]),
+    )
     fresh = alone.fit(labeled, None)
-    np.testing.assert_allclose(np.asarray(state[0][0]["layers"][0]["w"]), np.asarray(fresh[0]["layers"][0]["w"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(state[0][0]["layers"][0]["w"]),
+        np.asarray(fresh[0]["layers"][0]["w"]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     rmse = learner.test_metric(state)
-    assert np.isfinite(rmse) and rmse < 0.5 * float(np.std(data.y_test))  # the sine is followed (the best line leaves 0.92 of the spread)
+    assert np.isfinite(rmse) and rmse < 0.5 * float(
+        np.std(data.y_test)
+    )  # the sine is followed (the best line leaves 0.92 of the spread)
     assert learner.model(state, 0).params is state[0][0]
 
 
 def test_simulate_refuses_auto_without_chosen_s(tmp_path):
-    res = invoke(["simulate", "--dataset", "diabetes", "--model", "auto", "--s", "1", "--reps", "1", "--out", str(tmp_path / "o")], tmp_path)
+    res = invoke(
+        [
+            "simulate",
+            "--dataset",
+            "diabetes",
+            "--model",
+            "auto",
+            "--s",
+            "1",
+            "--reps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        tmp_path,
+    )
     assert res.code == 2 and "--model auto" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_candidates_are_the_configs():
-    assert [c.label() for c in choose_model.candidates()] == ["linear", "poly 2", "poly 3", "mlp 64,64"]
+    assert [c.label() for c in choose_model.candidates()] == [
+        "linear",
+        "poly 2",
+        "poly 3",
+        "mlp 64,64",
+    ]
     assert len(config_mod.AUTO_CANDIDATES) == 4
 
 
@@ -312,10 +508,14 @@ def test_a_poly_model_is_its_polynomial_within_3_sd_and_goes_on_linearly_beyond(
         assert f(z) == pytest.approx(1.0 + 0.5 * z - 0.25 * z**2 + 0.125 * z**3, rel=1e-5)
     edge = 1.0 + 0.5 * 3 - 0.25 * 9 + 0.125 * 27
     for z in (3.5, 16.7, 100.0):
-        assert f(z) == pytest.approx(edge + 0.5 * (z - 3.0), rel=1e-5)  # only the linear term keeps growing
+        assert f(z) == pytest.approx(
+            edge + 0.5 * (z - 3.0), rel=1e-5
+        )  # only the linear term keeps growing
     x = np.array([[-20.0, 0.1], [0.0, 1.0], [2.0, -4.0], [50.0, 3.0]])
     feats = ridge.make_features({"kind": "poly", "degree": 3}, np.zeros(2), np.ones(2))
-    np.testing.assert_allclose(feats(x)[:, :-1], np.asarray(models.poly_features(jnp.asarray(x), 3)), rtol=1e-6)  # simulate's ridge = the run's model
+    np.testing.assert_allclose(
+        feats(x)[:, :-1], np.asarray(models.poly_features(jnp.asarray(x), 3)), rtol=1e-6
+    )  # simulate's ridge = the run's model
 
 
 # --- the pool check: a flexible fit that varies more on the pool than the labels allow is ruled out -------
@@ -330,9 +530,16 @@ def test_pool_spread_is_the_variance_of_the_exact_fit_on_the_pool_over_the_label
     for label, s in (("linear", 0.7), ("poly 3", 2.0)):
         spec = next(c for c in choose_model.candidates() if c.label() == label)
         feats = ridge.make_features(spec.to_json(), np.zeros(2), np.ones(2))
-        fit = ridge.fit_ridge(feats(x.astype(np.float64)), y[:, 0].astype(np.float64), s, ridge.penalty(feats(x[:1]).shape[1]))
+        fit = ridge.fit_ridge(
+            feats(x.astype(np.float64)),
+            y[:, 0].astype(np.float64),
+            s,
+            ridge.penalty(feats(x[:1]).shape[1]),
+        )
         want = np.var(feats(x_pool.astype(np.float64)) @ fit.theta) / np.var(y[:, 0], ddof=1)
-        assert choose_s_mod.pool_spread(_config(2).replace(model=spec), x, y, s, x_pool) == pytest.approx(want, rel=1e-6)
+        assert choose_s_mod.pool_spread(
+            _config(2).replace(model=spec), x, y, s, x_pool
+        ) == pytest.approx(want, rel=1e-6)
 
 
 def test_the_grids_spread_is_its_chosen_folds_predictions_on_the_pool():
@@ -344,7 +551,9 @@ def test_the_grids_spread_is_its_chosen_folds_predictions_on_the_pool():
     config = _config(2).replace(model=fitting.model_spec("mlp", hidden=(8,)))
     grid, steps = (0.5, 50.0), 150
     got = choose_s_mod.choose_grid(config, x, y, grid=grid, steps=steps, x_pool=x_pool)
-    assert got.s == 0.5  # a sine: the weaker penalty wins (so the spread must come from the first s's folds)
+    assert (
+        got.s == 0.5
+    )  # a sine: the weaker penalty wins (so the spread must come from the first s's folds)
     tc = choose_s_mod.tune_config(config)
     yt = fitting.make_targets(config, y, fitting.target_stats(config, y))
     init = fitting.build_model(config).init(jax.random.PRNGKey(config.seed))
@@ -352,10 +561,22 @@ def test_the_grids_spread_is_its_chosen_folds_predictions_on_the_pool():
     variances = []
     for m in hyper.fold_masks(len(x), choose_s_mod.n_folds(len(x), tc), tc.seed):
         tr = m > 0
-        cfg = sgdf.TrainConfig.from_dict({**fitting.train_config(config, int(tr.sum())).to_dict(), "epochs": steps,
-                                          "batch_size": int(tr.sum()), "tangent_every": 0})
+        cfg = sgdf.TrainConfig.from_dict(
+            {
+                **fitting.train_config(config, int(tr.sum())).to_dict(),
+                "epochs": steps,
+                "batch_size": int(tr.sum()),
+                "tangent_every": 0,
+            }
+        )
         state, _ = sgdf.fit(problem, objective.make_data(x[tr], yt[tr]), got.s, cfg, params=init)
-        variances.append(np.var(np.asarray(problem.model.apply(state.params, problem.stats, jnp.asarray(x_pool)))[:, 0]))
+        variances.append(
+            np.var(
+                np.asarray(problem.model.apply(state.params, problem.stats, jnp.asarray(x_pool)))[
+                    :, 0
+                ]
+            )
+        )
     assert got.spread == pytest.approx(np.mean(variances) / np.var(yt[:, 0], ddof=1), rel=5e-3)
 
 
@@ -365,7 +586,9 @@ def test_a_polynomial_that_runs_wild_on_the_pool_is_ruled_out_though_its_cv_is_l
     it is ruled out, and the choice says why. On a pool like the labels, it stays the choice."""
     rng = np.random.default_rng(7)
     x = rng.uniform(-1.0, 1.0, size=(30, 1)).astype(np.float32)
-    y = (np.tanh(2.0 * x[:, 0]) + 0.02 * rng.normal(size=30))[:, None]  # bounded: |y| < 1 everywhere
+    y = (np.tanh(2.0 * x[:, 0]) + 0.02 * rng.normal(size=30))[
+        :, None
+    ]  # bounded: |y| < 1 everywhere
     config = _config(1)
     near = rng.uniform(-1.0, 1.0, size=(400, 1)).astype(np.float32)
     far = rng.uniform(-3.0, 3.0, size=(400, 1)).astype(np.float32)
@@ -380,15 +603,21 @@ def test_a_polynomial_that_runs_wild_on_the_pool_is_ruled_out_though_its_cv_is_l
     limit = 29 / stats.chi2.ppf(0.05, 29)  # the exact quantile: 30 labels
     assert choose_model.variance_limit(30) == pytest.approx(limit, rel=2e-3)
     for label, spread in guarded.spread.items():
-        out = label != "linear" and spread > max(limit + guarded.cv_loss[label], guarded.spread["linear"])
+        out = label != "linear" and spread > max(
+            limit + guarded.cv_loss[label], guarded.spread["linear"]
+        )
         assert (f"{label} ruled out" in guarded.reason) == out
     assert guarded.spread["poly 3"] > limit + guarded.cv_loss["poly 3"]
-    assert json.loads(json.dumps(guarded.record()))["spread"]["poly 3"] == pytest.approx(guarded.spread["poly 3"])
+    assert json.loads(json.dumps(guarded.record()))["spread"]["poly 3"] == pytest.approx(
+        guarded.spread["poly 3"]
+    )
 
 
 def test_the_linear_model_is_never_ruled_out():
     x, y = _xy(lambda x: 3.0 * x[:, 0], n=20, seed=8)
-    wide = np.random.default_rng(9).normal(scale=10.0, size=(300, 2)).astype(np.float32)  # linear's own predictions vary 100×
+    wide = (
+        np.random.default_rng(9).normal(scale=10.0, size=(300, 2)).astype(np.float32)
+    )  # linear's own predictions vary 100×
     picked = choose_model.choose(_config(2), x, y, x_pool=wide)
     assert picked.spread["linear"] > 10.0 and "linear ruled out" not in picked.reason
     assert picked.model.label() == "linear"
@@ -403,7 +632,9 @@ def _refit_rows(spec, x, y, s, masks):
 
     config = _config(x.shape[1]).replace(model=spec)
     yt = fitting.make_targets(config, y, fitting.target_stats(config, y))[:, 0]
-    a = ridge.make_features(spec.to_json(), config.standardizer["mean"], config.standardizer["std"])(x)
+    a = ridge.make_features(
+        spec.to_json(), config.standardizer["mean"], config.standardizer["std"]
+    )(x)
     rows = np.zeros(len(x))
     for m in masks:
         tr, va = m > 0, m == 0
@@ -420,10 +651,19 @@ def test_each_labels_held_out_loss_is_its_fold_refitted_without_it(n):
         got = choose_s_mod.choose_s(config, x, y)
         tc = choose_s_mod.tune_config(config)
         masks = hyper.fold_masks(n, choose_s_mod.n_folds(n, tc), tc.seed)
-        np.testing.assert_allclose(got.row_loss, _refit_rows(spec, x, y, got.s, masks), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            got.row_loss, _refit_rows(spec, x, y, got.s, masks), rtol=1e-6, atol=1e-9
+        )
         assert got.row_loss.mean() == pytest.approx(got.cv_loss, rel=1e-9)
-        closed = choose_s_mod.choose_s(config, x, y, mode="loocv")  # the closed form's leave-one-out rows
-        np.testing.assert_allclose(closed.row_loss, _refit_rows(spec, x, y, closed.s, 1.0 - np.eye(n)), rtol=1e-6, atol=1e-9)
+        closed = choose_s_mod.choose_s(
+            config, x, y, mode="loocv"
+        )  # the closed form's leave-one-out rows
+        np.testing.assert_allclose(
+            closed.row_loss,
+            _refit_rows(spec, x, y, closed.s, 1.0 - np.eye(n)),
+            rtol=1e-6,
+            atol=1e-9,
+        )
 
 
 def _one_large_count(seed=6, n=30):
@@ -438,7 +678,10 @@ def _one_large_count(seed=6, n=30):
 
 def _row_losses(x, y) -> dict:
     """Each candidate's per-label held-out losses at its own chosen s, fitted alone (label -> (n,))."""
-    return {spec.label(): fitting_choose(spec, x, y)[1].row_loss for spec in choose_model.candidates(len(x), _config(2))}
+    return {
+        spec.label(): fitting_choose(spec, x, y)[1].row_loss
+        for spec in choose_model.candidates(len(x), _config(2))
+    }
 
 
 def test_a_flexible_models_lower_cv_carried_by_one_label_does_not_choose_it():
@@ -468,18 +711,38 @@ def test_a_flexible_model_in_use_stays_while_it_leads_the_one_se_choice_by_the_m
     lowest = min(fresh.cv_loss, key=fresh.cv_loss.get)
     for now in ("poly 2", "poly 3"):
         d = rows[now] - rows[lowest]
-        assert d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) + 1e-12  # both within one SE of the lowest, written out
+        assert (
+            d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) + 1e-12
+        )  # both within one SE of the lowest, written out
     # poly 3's CV loss is below linear's by more than 2%, poly 2's is not: poly 3 stays, poly 2 gives way
     lead = rows["linear"].mean() / rows["poly 3"].mean() - 1.0
-    assert lead > choose_model.SWITCH_MARGIN and rows["poly 2"].mean() * (1.0 + choose_model.SWITCH_MARGIN) >= rows["linear"].mean()
+    assert (
+        lead > choose_model.SWITCH_MARGIN
+        and rows["poly 2"].mean() * (1.0 + choose_model.SWITCH_MARGIN) >= rows["linear"].mean()
+    )
     poly3, poly2 = fitting.model_spec("poly", degree=3), fitting.model_spec("poly", degree=2)
     kept = choose_model.choose(_config(2), x, y, current=poly3)
-    assert kept.model.label() == "poly 3" and not kept.switched and kept.reason.startswith("kept poly 3") and "below linear's" in kept.reason
+    assert (
+        kept.model.label() == "poly 3"
+        and not kept.switched
+        and kept.reason.startswith("kept poly 3")
+        and "below linear's" in kept.reason
+    )
     moved = choose_model.choose(_config(2), x, y, current=poly2)
-    assert moved.model.label() == "linear" and moved.switched and "does not lead it by more than 2%" in moved.reason
+    assert (
+        moved.model.label() == "linear"
+        and moved.switched
+        and "does not lead it by more than 2%" in moved.reason
+    )
     # the margin is the edge: just under poly 3's lead it stays, just over it gives way
-    assert choose_model.choose(_config(2), x, y, current=poly3, margin=0.9 * lead).model.label() == "poly 3"
-    assert choose_model.choose(_config(2), x, y, current=poly3, margin=1.1 * lead).model.label() == "linear"
+    assert (
+        choose_model.choose(_config(2), x, y, current=poly3, margin=0.9 * lead).model.label()
+        == "poly 3"
+    )
+    assert (
+        choose_model.choose(_config(2), x, y, current=poly3, margin=1.1 * lead).model.label()
+        == "linear"
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 3])
@@ -487,15 +750,23 @@ def test_a_model_in_use_beaten_by_more_than_one_standard_error_gives_way(seed):
     x, y = _xy(lambda x: 2.0 * x[:, 0] - x[:, 1], n=30, seed=seed, noise=0.5)
     rows = _row_losses(x, y)
     d = rows["poly 3"] - rows["linear"]
-    assert d.mean() > max(d.std(ddof=1) / np.sqrt(len(d)), choose_model.SWITCH_MARGIN * rows["linear"].mean())
+    assert d.mean() > max(
+        d.std(ddof=1) / np.sqrt(len(d)), choose_model.SWITCH_MARGIN * rows["linear"].mean()
+    )
     moved = choose_model.choose(_config(2), x, y, current=fitting.model_spec("poly", degree=3))
-    assert moved.model.label() == "linear" and moved.switched and "switched from poly 3 to linear" in moved.reason
+    assert (
+        moved.model.label() == "linear"
+        and moved.switched
+        and "switched from poly 3 to linear" in moved.reason
+    )
 
 
 def test_paired_se_is_the_standard_error_of_the_mean_difference():
     a, b = np.array([1.0, 2.0, 4.0, 8.0]), np.array([1.0, 1.0, 1.0, 1.0])
     d = a - b
-    assert choose_model.paired_se(a, b) == pytest.approx(np.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2)
+    assert choose_model.paired_se(a, b) == pytest.approx(
+        np.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2
+    )
     assert choose_model.paired_se(a, None) == 0.0 and choose_model.paired_se(a[:1], b[:1]) == 0.0
     # one label alone: its difference D makes mean D/n and standard error D/n, never more than one SE apart
     one = np.zeros(50)

@@ -43,8 +43,26 @@ def wine_run(tmp_path_factory, wine_truth):
     runs = tmp_path_factory.mktemp("cls-runs")
     seed = pd.concat([wine_truth[wine_truth == c].iloc[:2] for c in WINE_CLASSES]).reset_index()
     seed.to_csv(runs / "seed.csv", index=False)
-    init = ok(invoke(["init", "wine", "--task", "classification", "--pool", WINE / "pool.parquet", "--test", WINE / "test.parquet",
-                      "--labels", runs / "seed.csv", *FAST, "--json"], runs), "init").json()
+    init = ok(
+        invoke(
+            [
+                "init",
+                "wine",
+                "--task",
+                "classification",
+                "--pool",
+                WINE / "pool.parquet",
+                "--test",
+                WINE / "test.parquet",
+                "--labels",
+                runs / "seed.csv",
+                *FAST,
+                "--json",
+            ],
+            runs,
+        ),
+        "init",
+    ).json()
     assert init["labels"] == 6
     q = ok(invoke(["query", "wine", "-k", "6", "--json"], runs), "query").json()
     assert q["strategy"] == "margin" and q["rows"] == 6  # classification's default
@@ -58,18 +76,31 @@ def test_cycle_on_wine_speaks_the_users_labels(wine_run, runs):
     config = json.loads((run_path / "config.json").read_text())
     assert config["task"] == "classification" and config["classes"] == WINE_CLASSES
     query_file = pd.read_csv(q["path"])
-    assert query_file["target"].isna().all() and len(query_file) == 6  # blank for the labeler, no class indices
-    labels = pd.read_parquet(run_path / json.loads((run_path / "state.json").read_text())["labels_file"])
-    assert set(labels["target"]) <= set(WINE_CLASSES) and len(labels) == 12  # stored as the user's strings
+    assert (
+        query_file["target"].isna().all() and len(query_file) == 6
+    )  # blank for the labeler, no class indices
+    labels = pd.read_parquet(
+        run_path / json.loads((run_path / "state.json").read_text())["labels_file"]
+    )
+    assert (
+        set(labels["target"]) <= set(WINE_CLASSES) and len(labels) == 12
+    )  # stored as the user's strings
     trained = ing["trained"]
     assert trained["labels"] == 12 and trained["residual"] < 0.05
-    assert trained["test_accuracy"] >= 0.8 and trained["test_macro_f1"] >= 0.75 and trained["test_log_loss"] < 0.8
+    assert (
+        trained["test_accuracy"] >= 0.8
+        and trained["test_macro_f1"] >= 0.75
+        and trained["test_log_loss"] < 0.8
+    )
     assert "test_rmse" not in trained
     copy_run(run_path, runs, "w")
     st = ok(invoke(["status", "w", "--json"], runs)).json()
     assert st["task"] == "classification" and st["classes"] == WINE_CLASSES and not st["stale"]
     assert st["figures"]["test_accuracy"] == trained["test_accuracy"]
-    assert "classes" in ok(invoke(["status", "w"], runs)).stdout and "test_accuracy" in ok(invoke(["status", "w"], runs)).stdout
+    assert (
+        "classes" in ok(invoke(["status", "w"], runs)).stdout
+        and "test_accuracy" in ok(invoke(["status", "w"], runs)).stdout
+    )
     history = [json.loads(line) for line in (run_path / "history.jsonl").read_text().splitlines()]
     assert [h["command"] for h in history] == ["init", "train", "query", "ingest", "train"]
     assert history[-1]["test_accuracy"] == trained["test_accuracy"]
@@ -81,7 +112,13 @@ def test_committee_of_a_classifier_scores_disagreement(wine_run, runs, monkeypat
     copy_run(wine_run[0], runs, "w")
     config = rundir.open_run(str(runs / "w")).config
     rng = np.random.default_rng(0)
-    members = [{"w": rng.normal(size=(13, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)} for _ in range(3)]
+    members = [
+        {
+            "w": rng.normal(size=(13, 3)).astype(np.float32),
+            "b": rng.normal(size=3).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
     monkeypatch.setattr(fitting, "bootstrap_members", lambda *a, **k: members)
     rec = ok(invoke(["query", "w", "-k", "5", "--strategy", "committee", "--json"], runs)).json()
     q = pd.read_csv(rec["path"])
@@ -97,19 +134,28 @@ def test_committee_of_a_classifier_scores_disagreement(wine_run, runs, monkeypat
     np.testing.assert_allclose(q["score"], kl, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["sld", "sld-topk", "entropy", "margin", "least-confident", "committee", "random", "greedy"])
+@pytest.mark.parametrize(
+    "strategy",
+    ["sld", "sld-topk", "entropy", "margin", "least-confident", "committee", "random", "greedy"],
+)
 def test_classification_strategies_pick_new_rows(wine_run, runs, strategy, monkeypatch):
     run = copy_run(wine_run[0], runs, "w")
-    monkeypatch.setattr(strategies.builtin, "COMMITTEE_SIZE", 2)  # two bootstrap models are a committee too, and train in half the time
+    monkeypatch.setattr(
+        strategies.builtin, "COMMITTEE_SIZE", 2
+    )  # two bootstrap models are a committee too, and train in half the time
     rec = ok(invoke(["query", "w", "-k", "4", "--strategy", strategy, "--json"], runs)).json()
     assert (rec["strategy"], rec["rows"]) == (strategy, 4)
     picked = pd.read_csv(rec["path"])
-    labeled = set(pd.read_parquet(run / json.loads((run / "state.json").read_text())["labels_file"])["id"])
+    labeled = set(
+        pd.read_parquet(run / json.loads((run / "state.json").read_text())["labels_file"])["id"]
+    )
     assert not set(picked["id"]) & labeled and picked["id"].is_unique
     if strategy not in ("random", "greedy"):
         assert np.all(np.diff(picked["score"]) <= 1e-9), "rows are not in score order"
         top = picked["score"].iloc[0]
-        assert -1 < top <= 0 if strategy == "margin" else top > 0  # margin scores minus the gap between the top two
+        assert (
+            -1 < top <= 0 if strategy == "margin" else top > 0
+        )  # margin scores minus the gap between the top two
 
 
 def test_strategies_of_the_other_task_are_refused(runs, alloop_data):
@@ -117,10 +163,16 @@ def test_strategies_of_the_other_task_are_refused(runs, alloop_data):
     ok(invoke(["init", "r", "--pool", alloop_data.pool, "--labels", alloop_data.seed, *FAST], runs))
     run = runs / "r"
     before = digest(run)
-    assert_user_error(invoke(["query", "r", "--strategy", "entropy"], runs), "--strategy entropy is for classification runs",
-                      "choose one of sld", "committee, greedy")
+    assert_user_error(
+        invoke(["query", "r", "--strategy", "entropy"], runs),
+        "--strategy entropy is for classification runs",
+        "choose one of sld",
+        "committee, greedy",
+    )
     assert digest(run) == before
-    assert_user_error(invoke(["query", "r", "--strategy", "nope"], runs), "unknown --strategy 'nope'")
+    assert_user_error(
+        invoke(["query", "r", "--strategy", "nope"], runs), "unknown --strategy 'nope'"
+    )
 
 
 def test_unknown_class_is_refused_and_changes_nothing(wine_run, runs, wine_truth):
@@ -131,7 +183,12 @@ def test_unknown_class_is_refused_and_changes_nothing(wine_run, runs, wine_truth
     df.loc[1, "target"] = "class_9"
     df.to_csv(filled, index=False)
     before = digest(run)
-    assert_user_error(invoke(["ingest", "w", filled], runs), "label 'class_9' is not a known class", "class_0, class_1, class_2", "--add-class")
+    assert_user_error(
+        invoke(["ingest", "w", filled], runs),
+        "label 'class_9' is not a known class",
+        "class_0, class_1, class_2",
+        "--add-class",
+    )
     assert digest(run) == before
 
 
@@ -148,10 +205,18 @@ def _blobs(folder: Path):
     pool.to_parquet(folder / "pool.parquet", index=False)
     yt = np.repeat([0, 1], 10)
     xt = centers[yt] + 0.6 * rng.normal(size=(len(yt), 2))
-    pd.DataFrame({"x0": xt[:, 0], "x1": xt[:, 1], "target": yt}).to_parquet(folder / "test.parquet", index=False)
-    pool.drop(columns="id").iloc[::10].to_parquet(folder / "test3.parquet", index=False)  # all three classes
-    pool[pool["target"] < 2].groupby("target").head(3)[["id", "target"]].to_csv(folder / "seed.csv", index=False)
-    pool[pool["target"] == 2].head(3)[["id", "target"]].assign(target=["2", "2.0", 2]).to_csv(folder / "new.csv", index=False)
+    pd.DataFrame({"x0": xt[:, 0], "x1": xt[:, 1], "target": yt}).to_parquet(
+        folder / "test.parquet", index=False
+    )
+    pool.drop(columns="id").iloc[::10].to_parquet(
+        folder / "test3.parquet", index=False
+    )  # all three classes
+    pool[pool["target"] < 2].groupby("target").head(3)[["id", "target"]].to_csv(
+        folder / "seed.csv", index=False
+    )
+    pool[pool["target"] == 2].head(3)[["id", "target"]].assign(target=["2", "2.0", 2]).to_csv(
+        folder / "new.csv", index=False
+    )
     return pool
 
 
@@ -162,8 +227,25 @@ def _checkpoint(run_path: Path):
 
 def test_add_class_grows_the_model_and_keeps_its_weights(runs, tmp_path):
     pool = _blobs(tmp_path)
-    ok(invoke(["init", "b", "--task", "classification", "--pool", tmp_path / "pool.parquet", "--test", tmp_path / "test.parquet",
-               "--labels", tmp_path / "seed.csv", *FAST], runs), "init")
+    ok(
+        invoke(
+            [
+                "init",
+                "b",
+                "--task",
+                "classification",
+                "--pool",
+                tmp_path / "pool.parquet",
+                "--test",
+                tmp_path / "test.parquet",
+                "--labels",
+                tmp_path / "seed.csv",
+                *FAST,
+            ],
+            runs,
+        ),
+        "init",
+    )
     ok(invoke(["train", "b"], runs), "train")
     run = runs / "b"
     assert json.loads((run / "config.json").read_text())["classes"] == ["0", "1"]
@@ -183,7 +265,9 @@ def test_add_class_grows_the_model_and_keeps_its_weights(runs, tmp_path):
     grown, meta = _checkpoint(run)
     for part in ("params", "tangent"):
         assert grown[part]["w"].shape == (2, 3) and grown[part]["b"].shape == (3,)
-        np.testing.assert_array_equal(grown[part]["w"][:, :2], old[part]["w"])  # trained weights kept exactly
+        np.testing.assert_array_equal(
+            grown[part]["w"][:, :2], old[part]["w"]
+        )  # trained weights kept exactly
         np.testing.assert_array_equal(grown[part]["b"][:2], old[part]["b"])
         assert not grown[part]["w"][:, 2].any() and grown[part]["b"][2] == 0.0
     assert meta["classes"] == ["0", "1", "2"]
@@ -193,7 +277,9 @@ def test_add_class_grows_the_model_and_keeps_its_weights(runs, tmp_path):
     final, _ = _checkpoint(run)
     x2 = pool.loc[pool["target"] == 2, ["x0", "x1"]].to_numpy(np.float32)
     config = rundir.open_run(str(run)).config
-    assert (fitting.predict(config, final["params"], x2).argmax(1) == 2).mean() > 0.9  # the new class is learned
+    assert (
+        fitting.predict(config, final["params"], x2).argmax(1) == 2
+    ).mean() > 0.9  # the new class is learned
     ok(invoke(["query", "b", "-k", "3", "--strategy", "entropy"], runs), "query after add-class")
     assert ok(invoke(["verify", "b", "--json"], runs)).json()["ok"]
 
@@ -201,14 +287,40 @@ def test_add_class_grows_the_model_and_keeps_its_weights(runs, tmp_path):
 def test_init_class_options(runs, tmp_path):
     _blobs(tmp_path)
     common = ["--pool", tmp_path / "pool.parquet", "--labels", tmp_path / "seed.csv", *FAST]
-    assert_user_error(invoke(["init", "a", "--task", "classification", "--classes", "0,2", *common], runs),
-                      "class '1', which --classes does not list")
-    assert_user_error(invoke(["init", "a", "--classes", "0,1", *common], runs), "--classes only applies to --task classification")
+    assert_user_error(
+        invoke(["init", "a", "--task", "classification", "--classes", "0,2", *common], runs),
+        "class '1', which --classes does not list",
+    )
+    assert_user_error(
+        invoke(["init", "a", "--classes", "0,1", *common], runs),
+        "--classes only applies to --task classification",
+    )
     assert not (runs / "a").exists()
     ok(invoke(["init", "a", "--task", "classification", "--classes", "1,0,2", *common], runs))
-    assert json.loads((runs / "a" / "config.json").read_text())["classes"] == ["1", "0", "2"]  # the order given
-    ok(invoke(["init", "t", "--task", "classification", "--test", tmp_path / "test3.parquet", *common], runs))
-    assert json.loads((runs / "t" / "config.json").read_text())["classes"] == ["0", "1", "2"]  # the test set's class 2 too
+    assert json.loads((runs / "a" / "config.json").read_text())["classes"] == [
+        "1",
+        "0",
+        "2",
+    ]  # the order given
+    ok(
+        invoke(
+            [
+                "init",
+                "t",
+                "--task",
+                "classification",
+                "--test",
+                tmp_path / "test3.parquet",
+                *common,
+            ],
+            runs,
+        )
+    )
+    assert json.loads((runs / "t" / "config.json").read_text())["classes"] == [
+        "0",
+        "1",
+        "2",
+    ]  # the test set's class 2 too
 
 
 def test_demo_on_a_classification_dataset(runs, monkeypatch, tmp_path):
@@ -224,10 +336,20 @@ def test_demo_on_a_classification_dataset(runs, monkeypatch, tmp_path):
     test[test["target"] != "class_2"].to_parquet(tmp_path / "wine" / "test.parquet", index=False)
     monkeypatch.setenv("ALLOOP_DATASETS", str(tmp_path))
     monkeypatch.setattr(fitting, "MIN_STEPS", 150)  # the demo's trainings, shortened
-    res = ok(invoke(["demo", "--dataset", "wine", "--rounds", "1", "-k", "5", "--initial", "2", "--json"], runs)).json()
+    res = ok(
+        invoke(
+            ["demo", "--dataset", "wine", "--rounds", "1", "-k", "5", "--initial", "2", "--json"],
+            runs,
+        )
+    ).json()
     rounds = res["rounds"]
     assert [r["labels"] for r in rounds] == [2, 7]
-    assert all(0 <= r["test_accuracy"] <= 1 and r["test_log_loss"] > 0 and 0 <= r["test_macro_f1"] <= 1 for r in rounds)
+    assert all(
+        0 <= r["test_accuracy"] <= 1 and r["test_log_loss"] > 0 and 0 <= r["test_macro_f1"] <= 1
+        for r in rounds
+    )
     run = rundir.open_run(res["run"])
     assert run.config["classes"] == WINE_CLASSES
-    assert "class_2" in set(rundir.read_labels(run)["target"])  # the labeler's strings; init from the seeds alone would refuse it
+    assert "class_2" in set(
+        rundir.read_labels(run)["target"]
+    )  # the labeler's strings; init from the seeds alone would refuse it

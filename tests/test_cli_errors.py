@@ -42,15 +42,29 @@ def state_ids(run):
 # --- unknown runs and init ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["query", "nosuch"], ["train", "nosuch"], ["status", "nosuch"], ["verify", "nosuch"],
-                                  ["ingest", "nosuch", "x.csv"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query", "nosuch"],
+        ["train", "nosuch"],
+        ["status", "nosuch"],
+        ["verify", "nosuch"],
+        ["ingest", "nosuch", "x.csv"],
+    ],
+)
 def test_unknown_run(runs, args):
     assert_user_error(invoke(args, runs), "no run named 'nosuch'", "alloop init nosuch --pool")
     assert list(runs.iterdir()) == []
 
 
 def test_init_refuses_an_existing_run(run, runs, alloop_data):
-    refused(run, runs, ["init", "r", "--pool", alloop_data.pool], "run 'r' already exists", "pick another name")
+    refused(
+        run,
+        runs,
+        ["init", "r", "--pool", alloop_data.pool],
+        "run 'r' already exists",
+        "pick another name",
+    )
 
 
 @pytest.fixture
@@ -63,31 +77,61 @@ def bad_pools(tmp_path, alloop_data):
     return tmp_path
 
 
-@pytest.mark.parametrize("extra, needles", [
-    (["--pool", "missing.parquet"], ["pool 'missing.parquet' not found", "--pool"]),
-    (["--pool", "{bad}/garbage.parquet"], ["not a readable Parquet file", "replace it"]),
-    (["--pool", "{bad}/half.parquet"], ["not a readable Parquet file"]),
-    (["--pool", "{bad}/pool.csv"], ["not a readable Parquet file"]),
-    (["--pool", "{pool}", "--id-col", "key"], ["no id column 'key'", "--id-col"]),
-    (["--pool", "{pool}", "--features", "x0,x9"], ["no feature column 'x9'", "--features"]),
-    (["--pool", "{pool}", "--features", "x0,region"], ["feature 'region'", "not a number", "--features"]),
-    (["--pool", "{pool}", "--features", "x0,target"], ["'target' cannot be both a feature and the id or a target"]),
-    (["--pool", "{pool}", "--s", "-1"], ["--s must be a positive number"]),
-    (["--pool", "{pool}", "--s", "0"], ["--s must be a positive number"]),
-    (["--pool", "{pool}", "--s", "nan"], ["--s must be a positive number"]),
-    (["--pool", "{pool}", "--s", "inf"], ["--s must be a positive number"]),
-    (["--pool", "{pool}", "--s", "abc"], ["--s"]),
-    (["--pool", "{pool}", "--model", "forest"], ["unknown --model 'forest'", "linear, poly, mlp or auto"]),
-    (["--pool", "{pool}", "--min-steps", "-1"], ["--min-steps must be 0 or more"]),
-    (["--pool", "{pool}", "--model", "mlp", "--hidden", "a,b"], ["--hidden takes comma-separated integers", "--hidden 64,64"]),
-    (["--pool", "{pool}", "--model", "mlp", "--hidden", "8,0"], ["--hidden sizes must be at least 1"]),
-    (["--pool", "{pool}", "--model", "mlp", "--activation", "swish"], ["unknown --activation 'swish'", "tanh"]),
-    (["--pool", "{pool}", "--model", "poly", "--degree", "0"], ["--degree must be at least 1"]),
-    (["--pool", "{pool}", "--curvature", "fisher"], ["unknown --curvature 'fisher'", "hessian or gauss-newton"]),
-    (["--pool", "{pool}", "--target", "round"], ["target column 'round' clashes with a column alloop writes"]),
-    (["--pool", "{pool}", "--labels", "{bad}/missing.csv"], ["label file", "not found"]),
-    (["--pool", "{pool}", "--test", "{bad}/garbage.parquet"], ["cannot read", "garbage.parquet"]),
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--pool", "missing.parquet"], ["pool 'missing.parquet' not found", "--pool"]),
+        (["--pool", "{bad}/garbage.parquet"], ["not a readable Parquet file", "replace it"]),
+        (["--pool", "{bad}/half.parquet"], ["not a readable Parquet file"]),
+        (["--pool", "{bad}/pool.csv"], ["not a readable Parquet file"]),
+        (["--pool", "{pool}", "--id-col", "key"], ["no id column 'key'", "--id-col"]),
+        (["--pool", "{pool}", "--features", "x0,x9"], ["no feature column 'x9'", "--features"]),
+        (
+            ["--pool", "{pool}", "--features", "x0,region"],
+            ["feature 'region'", "not a number", "--features"],
+        ),
+        (
+            ["--pool", "{pool}", "--features", "x0,target"],
+            ["'target' cannot be both a feature and the id or a target"],
+        ),
+        (["--pool", "{pool}", "--s", "-1"], ["--s must be a positive number"]),
+        (["--pool", "{pool}", "--s", "0"], ["--s must be a positive number"]),
+        (["--pool", "{pool}", "--s", "nan"], ["--s must be a positive number"]),
+        (["--pool", "{pool}", "--s", "inf"], ["--s must be a positive number"]),
+        (["--pool", "{pool}", "--s", "abc"], ["--s"]),
+        (
+            ["--pool", "{pool}", "--model", "forest"],
+            ["unknown --model 'forest'", "linear, poly, mlp or auto"],
+        ),
+        (["--pool", "{pool}", "--min-steps", "-1"], ["--min-steps must be 0 or more"]),
+        (
+            ["--pool", "{pool}", "--model", "mlp", "--hidden", "a,b"],
+            ["--hidden takes comma-separated integers", "--hidden 64,64"],
+        ),
+        (
+            ["--pool", "{pool}", "--model", "mlp", "--hidden", "8,0"],
+            ["--hidden sizes must be at least 1"],
+        ),
+        (
+            ["--pool", "{pool}", "--model", "mlp", "--activation", "swish"],
+            ["unknown --activation 'swish'", "tanh"],
+        ),
+        (["--pool", "{pool}", "--model", "poly", "--degree", "0"], ["--degree must be at least 1"]),
+        (
+            ["--pool", "{pool}", "--curvature", "fisher"],
+            ["unknown --curvature 'fisher'", "hessian or gauss-newton"],
+        ),
+        (
+            ["--pool", "{pool}", "--target", "round"],
+            ["target column 'round' clashes with a column alloop writes"],
+        ),
+        (["--pool", "{pool}", "--labels", "{bad}/missing.csv"], ["label file", "not found"]),
+        (
+            ["--pool", "{pool}", "--test", "{bad}/garbage.parquet"],
+            ["cannot read", "garbage.parquet"],
+        ),
+    ],
+)
 def test_init_bad_input_creates_nothing(runs, alloop_data, bad_pools, extra, needles):
     args = [a.format(bad=bad_pools, pool=alloop_data.pool) for a in extra]
     assert_user_error(invoke(["init", "new", *args], runs), *needles)
@@ -97,37 +141,57 @@ def test_init_bad_input_creates_nothing(runs, alloop_data, bad_pools, extra, nee
 def test_init_onto_an_existing_file(runs, alloop_data, tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    assert_user_error(invoke(["init", str(target), "--pool", alloop_data.pool], runs), "is a file, not a run directory")
+    assert_user_error(
+        invoke(["init", str(target), "--pool", alloop_data.pool], runs),
+        "is a file, not a run directory",
+    )
     assert target.read_text() == "keep me"
 
 
 def test_init_seed_labels_are_checked(runs, alloop_data, tmp_path):
-    seeds = {"unknown.csv": (["99999,1.0"], "id 99999 is not in the pool"),
-             "dup.csv": (["1000,1.0", "1000,1.0"], "has id 1000 twice"),
-             "nan.csv": (["1000,nan"], "non-finite value 'nan'")}
+    seeds = {
+        "unknown.csv": (["99999,1.0"], "id 99999 is not in the pool"),
+        "dup.csv": (["1000,1.0", "1000,1.0"], "has id 1000 twice"),
+        "nan.csv": (["1000,nan"], "non-finite value 'nan'"),
+    }
     for name, (rows, needle) in seeds.items():
         f = labels_file(tmp_path / name, rows)
-        assert_user_error(invoke(["init", "new", "--pool", alloop_data.pool, "--labels", f], runs), needle)
+        assert_user_error(
+            invoke(["init", "new", "--pool", alloop_data.pool, "--labels", f], runs), needle
+        )
     assert list(runs.iterdir()) == []
 
 
 # --- query -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--strategy", "best"], ["unknown --strategy 'best'", "sld, sld-topk, random, committee, greedy"]),
-    (["--format", "xlsx"], ["unknown --format 'xlsx'", "csv, parquet, jsonl or labelstudio"]),
-    (["-k", "0"], ["-k must be at least 1"]),
-    (["-k", "-3"], ["-k must be at least 1"]),
-    (["-k", "abc"], ["Invalid value for '-k'", "alloop query --help"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (
+            ["--strategy", "best"],
+            ["unknown --strategy 'best'", "sld, sld-topk, random, committee, greedy"],
+        ),
+        (["--format", "xlsx"], ["unknown --format 'xlsx'", "csv, parquet, jsonl or labelstudio"]),
+        (["-k", "0"], ["-k must be at least 1"]),
+        (["-k", "-3"], ["-k must be at least 1"]),
+        (["-k", "abc"], ["Invalid value for '-k'", "alloop query --help"]),
+    ],
+)
 def test_query_bad_options(run, runs, args, needles):
     refused(run, runs, ["query", "r", *args], *needles)
 
 
 def test_train_with_no_labels(runs, alloop_data):
     assert invoke(["init", "cold", "--pool", alloop_data.pool, *FAST], runs).code == 0
-    refused(runs / "cold", runs, ["train", "cold"], "has no labels yet", "alloop query cold", "alloop ingest cold")
+    refused(
+        runs / "cold",
+        runs,
+        ["train", "cold"],
+        "has no labels yet",
+        "alloop query cold",
+        "alloop ingest cold",
+    )
 
 
 def test_train_bad_epochs(run, runs):
@@ -139,7 +203,14 @@ def test_train_bad_epochs(run, runs):
 
 def test_ids_not_in_the_pool(run, runs, tmp_path):
     f = labels_file(tmp_path / "l.csv", ["99999,1.5", "99998,2.5"])
-    line = refused(run, runs, ["ingest", "r", f], "2 ids are not in the pool", "99999", "check the file's id column")
+    line = refused(
+        run,
+        runs,
+        ["ingest", "r", f],
+        "2 ids are not in the pool",
+        "99999",
+        "check the file's id column",
+    )
     assert "--allow-unqueried" not in line  # that flag would not help
     refused(run, runs, ["ingest", "r", f, "--allow-unqueried"], "not in the pool")
 
@@ -155,8 +226,18 @@ def test_never_queried_ids_need_the_flag(run, runs, tmp_path):
 
 def test_duplicate_ids(run, runs, tmp_path):
     _, outstanding, _ = state_ids(run)
-    f = labels_file(tmp_path / "l.csv", [f"{outstanding[0]},1.0", f"{outstanding[1]},2.0", f"{outstanding[0]},1.0"])
-    refused(run, runs, ["ingest", "r", f], f"has id {outstanding[0]} twice", "line 2 and line 4", "keep one row per id")
+    f = labels_file(
+        tmp_path / "l.csv",
+        [f"{outstanding[0]},1.0", f"{outstanding[1]},2.0", f"{outstanding[0]},1.0"],
+    )
+    refused(
+        run,
+        runs,
+        ["ingest", "r", f],
+        f"has id {outstanding[0]} twice",
+        "line 2 and line 4",
+        "keep one row per id",
+    )
 
 
 def test_relabeling_needs_overwrite(run, runs, tmp_path, alloop_data):
@@ -180,9 +261,16 @@ def test_same_label_again_is_a_note_not_an_error(run, runs, tmp_path, alloop_dat
     assert digest(run) == before
 
 
-@pytest.mark.parametrize("value, needle", [("nan", "non-finite value 'nan'"), ("inf", "non-finite value 'inf'"),
-                                           ("-inf", "non-finite"), ("abc", "non-numeric value 'abc'"),
-                                           ("1.5.2", "non-numeric value '1.5.2'")])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("nan", "non-finite value 'nan'"),
+        ("inf", "non-finite value 'inf'"),
+        ("-inf", "non-finite"),
+        ("abc", "non-numeric value 'abc'"),
+        ("1.5.2", "non-numeric value '1.5.2'"),
+    ],
+)
 def test_bad_target_values(run, runs, tmp_path, value, needle):
     _, outstanding, _ = state_ids(run)
     f = labels_file(tmp_path / "l.csv", [f"{outstanding[0]},1.0", f"{outstanding[1]},{value}"])
@@ -209,11 +297,17 @@ def bad_files(tmp_path, run):
     pq.write_table(pa.table({"id": list(range(1000, 1200)), "target": [1.0] * 200}), good)
     data = good.read_bytes()
     files = {
-        "empty.csv": b"", "empty.parquet": b"", "empty.jsonl": b"", "header-only.csv": b"id,target\n",
-        "half.parquet": data[: len(data) // 2], "garbage.parquet": b"PAR1 garbage \x00\xff" * 30,
-        "binary.csv": b"\xff\xfe\x00\x81\x00garbage", "ragged.csv": b"id,target\n1000,1.0\n1001,2.0,3,4,5\n",
+        "empty.csv": b"",
+        "empty.parquet": b"",
+        "empty.jsonl": b"",
+        "header-only.csv": b"id,target\n",
+        "half.parquet": data[: len(data) // 2],
+        "garbage.parquet": b"PAR1 garbage \x00\xff" * 30,
+        "binary.csv": b"\xff\xfe\x00\x81\x00garbage",
+        "ragged.csv": b"id,target\n1000,1.0\n1001,2.0,3,4,5\n",
         "prose.csv": b"Dear labeler,\nplease find the labels attached.\n",
-        "bad.jsonl": b'{"id": 1000, "target": 1.0}\n{"id": 1001, "target": \n', "labels.xlsx": b"PK\x03\x04",
+        "bad.jsonl": b'{"id": 1000, "target": 1.0}\n{"id": 1001, "target": \n',
+        "labels.xlsx": b"PK\x03\x04",
         "no-target.csv": b"id,price\n1000,1.0\n",
     }
     for name, content in files.items():
@@ -221,15 +315,24 @@ def bad_files(tmp_path, run):
     return tmp_path
 
 
-@pytest.mark.parametrize("name, needles", [
-    ("empty.csv", ["is empty"]), ("empty.jsonl", ["has no rows"]), ("header-only.csv", ["has no rows"]),
-    ("empty.parquet", ["not a readable Parquet file", "re-export"]),
-    ("half.parquet", ["not a readable Parquet file"]), ("garbage.parquet", ["not a readable Parquet file"]),
-    ("binary.csv", ["not a readable CSV file", "re-export it as CSV"]), ("ragged.csv", ["not a readable CSV file"]),
-    ("prose.csv", ["has no id column 'id'", "add it"]), ("bad.jsonl", ["bad JSON on line 2", "fix or delete that line"]),
-    ("labels.xlsx", ["unknown extension '.xlsx'", ".csv, .parquet or .jsonl"]),
-    ("no-target.csv", ["has no column 'target'", "--target"]), ("missing.csv", ["not found", "check the path"]),
-])
+@pytest.mark.parametrize(
+    "name, needles",
+    [
+        ("empty.csv", ["is empty"]),
+        ("empty.jsonl", ["has no rows"]),
+        ("header-only.csv", ["has no rows"]),
+        ("empty.parquet", ["not a readable Parquet file", "re-export"]),
+        ("half.parquet", ["not a readable Parquet file"]),
+        ("garbage.parquet", ["not a readable Parquet file"]),
+        ("binary.csv", ["not a readable CSV file", "re-export it as CSV"]),
+        ("ragged.csv", ["not a readable CSV file"]),
+        ("prose.csv", ["has no id column 'id'", "add it"]),
+        ("bad.jsonl", ["bad JSON on line 2", "fix or delete that line"]),
+        ("labels.xlsx", ["unknown extension '.xlsx'", ".csv, .parquet or .jsonl"]),
+        ("no-target.csv", ["has no column 'target'", "--target"]),
+        ("missing.csv", ["not found", "check the path"]),
+    ],
+)
 def test_bad_label_files(run, runs, bad_files, name, needles):
     refused(run, runs, ["ingest", "r", bad_files / name], *needles)
 
@@ -242,7 +345,10 @@ def own_pool_run(runs, tmp_path, alloop_data):
     """A run (no labels, no training) over a private copy of the pool, which the test may rewrite."""
     pool = tmp_path / "mine.parquet"
     pool.write_bytes(alloop_data.pool.read_bytes())
-    assert invoke(["init", "mine", "--pool", pool, "--labels", alloop_data.seed, *FAST], runs).code == 0
+    assert (
+        invoke(["init", "mine", "--pool", pool, "--labels", alloop_data.seed, *FAST], runs).code
+        == 0
+    )
     return runs / "mine", pool
 
 
@@ -255,12 +361,20 @@ def test_pool_schema_changed_since_init(own_pool_run, runs, tmp_path, change):
     if what == "removed":
         table = table.remove_column(i)
     else:
-        new_type = {"as text": pa.string(), "as float32": pa.float32(), "as float": pa.float64()}[what]
+        new_type = {"as text": pa.string(), "as float32": pa.float32(), "as float": pa.float64()}[
+            what
+        ]
         table = table.set_column(i, col, table.column(col).cast(new_type))
     pq.write_table(table, pool)
     (tmp_path / "l.csv").write_text("id,target\n1000,1.0\n")
     for args in (["query", "mine"], ["train", "mine"], ["ingest", "mine", tmp_path / "l.csv"]):
-        refused(run, runs, args, "pool schema changed since `alloop init mine`", "restore the pool or init a new run")
+        refused(
+            run,
+            runs,
+            args,
+            "pool schema changed since `alloop init mine`",
+            "restore the pool or init a new run",
+        )
 
 
 def test_pool_gone(own_pool_run, runs):
@@ -276,14 +390,18 @@ def test_installed_command_errors(run, runs, bad_files, alloop_data):
     """A handful of the cases above through the console script: one line, exit 2, run unchanged."""
     cwd = runs.parent
     before = digest(run)
-    cases = [(["query", "nosuch"], "no run named 'nosuch'"),
-             (["ingest", "r", bad_files / "half.parquet"], "not a readable Parquet file"),
-             (["query", "r", "--format", "xlsx"], "unknown --format 'xlsx'"),
-             (["init", "new", "--pool", "missing.parquet"], "pool 'missing.parquet' not found")]
+    cases = [
+        (["query", "nosuch"], "no run named 'nosuch'"),
+        (["ingest", "r", bad_files / "half.parquet"], "not a readable Parquet file"),
+        (["query", "r", "--format", "xlsx"], "unknown --format 'xlsx'"),
+        (["init", "new", "--pool", "missing.parquet"], "pool 'missing.parquet' not found"),
+    ]
     for args, needle in cases:
         assert_user_error(run_alloop(args, cwd, runs), needle)
     python_m = [sys.executable, "-m", "alloop"]
-    assert_user_error(run_alloop(["query", "r", "-k", "x"], cwd, runs, command=python_m), "Invalid value for '-k'")
+    assert_user_error(
+        run_alloop(["query", "r", "-k", "x"], cwd, runs, command=python_m), "Invalid value for '-k'"
+    )
     assert digest(run) == before
     assert not (runs / "new").exists()
 
@@ -305,13 +423,28 @@ def _damage(run, what):
         (run / "test.parquet").unlink()
 
 
-@pytest.mark.parametrize("what, command, needles", [
-    ("checkpoint missing", "train", ["checkpoint checkpoints/", "is missing", "alloop verify r"]),
-    ("checkpoint garbage", "train", ["checkpoint checkpoints/", "is corrupt", "alloop verify r"]),
-    ("labels missing", "query", ["labels file labels/", "is missing", "alloop verify r"]),
-    ("state garbage", "status", ["unreadable state.json", "restore it from a backup"]),
-    ("test set missing", "train", ["test set test.parquet of run 'r' is missing", "alloop verify r"]),
-])
+@pytest.mark.parametrize(
+    "what, command, needles",
+    [
+        (
+            "checkpoint missing",
+            "train",
+            ["checkpoint checkpoints/", "is missing", "alloop verify r"],
+        ),
+        (
+            "checkpoint garbage",
+            "train",
+            ["checkpoint checkpoints/", "is corrupt", "alloop verify r"],
+        ),
+        ("labels missing", "query", ["labels file labels/", "is missing", "alloop verify r"]),
+        ("state garbage", "status", ["unreadable state.json", "restore it from a backup"]),
+        (
+            "test set missing",
+            "train",
+            ["test set test.parquet of run 'r' is missing", "alloop verify r"],
+        ),
+    ],
+)
 def test_damaged_run_is_refused_not_made_worse(run, runs, what, command, needles):
     _damage(run, what)
     refused(run, runs, [command, "r"], *needles)
@@ -334,7 +467,10 @@ def test_ctrl_c_is_one_line_and_exit_130(run, runs, monkeypatch):
     monkeypatch.setattr(query_module, "query", interrupted)
     before = digest(run)
     res = invoke(["query", "r"], runs)
-    assert res.code == 130 and res.stderr.strip() == "interrupted: the run is at its last committed state"
+    assert (
+        res.code == 130
+        and res.stderr.strip() == "interrupted: the run is at its last committed state"
+    )
     assert digest(run) == before
 
 

@@ -20,7 +20,12 @@ def _query(runs, name, k=6):
 
 def test_base_users_and_fold_back(alloop_data, runs):
     d = alloop_data
-    assert invoke(["init", "base", "--pool", d.pool, "--test", d.test, "--labels", d.seed, *FAST], runs).code == 0
+    assert (
+        invoke(
+            ["init", "base", "--pool", d.pool, "--test", d.test, "--labels", d.seed, *FAST], runs
+        ).code
+        == 0
+    )
     q = _query(runs, "base")
     assert invoke(["ingest", "base", fill(q["path"], d.truth, out=runs / "b1.csv")], runs).code == 0
     for user in ("alice", "bob"):
@@ -33,7 +38,12 @@ def test_base_users_and_fold_back(alloop_data, runs):
     pool = pd.read_parquet(d.pool)
     labeled = set(rundir.read_labels(base)["id"]) | set(int(i) for i in base.outstanding)
     cand = pool[~pool["id"].isin(labeled)]
-    fn = scorers.sld(fitting.build_problem(base.config, tree["params"]), tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
+    fn = scorers.sld(
+        fitting.build_problem(base.config, tree["params"]),
+        tree["params"],
+        tree["tangent"],
+        np.asarray(meta["noise"], np.float32),
+    )
     sld = np.asarray(fn(cand[list(info.features)].to_numpy(np.float32)))
     expected = cand["id"].to_numpy()[np.lexsort((cand["id"].to_numpy(), -sld))][:6]
     firsts = {}
@@ -53,7 +63,9 @@ def test_base_users_and_fold_back(alloop_data, runs):
     before = rundir.open_run(str(runs / "base")).n_labels
     res = invoke(["base-update", "base", "--from", "alice", "--from", "bob", "--json"], runs)
     assert res.code == 0, res.stderr
-    assert res.json()["labels"] == before + 6  # both users picked the same rows: each label counted once
+    assert (
+        res.json()["labels"] == before + 6
+    )  # both users picked the same rows: each label counted once
     st = invoke(["status", "alice", "--json"], runs).json()
     assert st["base"]["base_unchanged"] is False
     assert invoke(["verify", "alice"], runs).code == 0
@@ -63,12 +75,16 @@ def test_base_update_refuses_a_run_that_is_not_its_user(alloop_data, runs, run):
     d = alloop_data
     assert invoke(["init", "other", "--pool", d.pool, "--labels", d.seed, *FAST], runs).code == 0
     before = digest(run)
-    assert_user_error(invoke(["base-update", "r", "--from", "other"], runs), "was not made with --base")
+    assert_user_error(
+        invoke(["base-update", "r", "--from", "other"], runs), "was not made with --base"
+    )
     assert digest(run) == before
 
 
 def test_user_run_needs_a_trained_base(alloop_data, runs):
     d = alloop_data
     assert invoke(["init", "untrained", "--pool", d.pool, *FAST], runs).code == 0
-    assert_user_error(invoke(["init", "u", "--base", "untrained"], runs), "no up-to-date trained model")
+    assert_user_error(
+        invoke(["init", "u", "--base", "untrained"], runs), "no up-to-date trained model"
+    )
     assert not (runs / "u").exists()

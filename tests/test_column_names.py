@@ -27,7 +27,9 @@ def _pool(folder, features, n=80, seed=0):
 
 @pytest.mark.parametrize("name", RESERVED)
 @pytest.mark.parametrize("strategy", [None, "random", "greedy", "sld-topk"])
-def test_a_feature_named_like_alloops_own_columns_goes_through_the_cycle(runs, tmp_path, name, strategy):
+def test_a_feature_named_like_alloops_own_columns_goes_through_the_cycle(
+    runs, tmp_path, name, strategy
+):
     features = [name, "other"]
     df, truth = _pool(tmp_path, features)
     init_run("r", str(tmp_path / "pool.parquet"), s=1.0, train={"epochs": 1, "min_steps": 50})

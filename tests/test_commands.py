@@ -27,13 +27,24 @@ FAST = {"epochs": 1, "min_steps": 150, "lr": 0.05}
 
 
 def test_init_stores_the_configuration_as_given(runs, alloop_data):
-    res = init_run("a", str(alloop_data.pool), labels=str(alloop_data.seed), test=str(alloop_data.test), train=FAST, s=0.5)
+    res = init_run(
+        "a",
+        str(alloop_data.pool),
+        labels=str(alloop_data.seed),
+        test=str(alloop_data.test),
+        train=FAST,
+        s=0.5,
+    )
     run = runs / "a"
     assert res == {"run": str(run), "pool_rows": 240, "features": list(FEATURES), "labels": 3}
     config = json.loads((run / "config.json").read_text())
-    assert config["s"] == 0.5 and config["train"]["min_steps"] == 150 and config["train"]["lr"] == 0.05
+    assert (
+        config["s"] == 0.5 and config["train"]["min_steps"] == 150 and config["train"]["lr"] == 0.05
+    )
     assert config["pool"]["path"] == str(alloop_data.pool)
-    assert (run / config["pool"]["from_run"]).resolve() == alloop_data.pool  # relative to the run, for copies
+    assert (
+        run / config["pool"]["from_run"]
+    ).resolve() == alloop_data.pool  # relative to the run, for copies
     assert config["test"]["rows"] == 80 and config["pool"]["targets_in_pool"] == ["target"]
     assert len(config["standardizer"]["mean"]) == 3
     state = json.loads((run / "state.json").read_text())
@@ -41,14 +52,25 @@ def test_init_stores_the_configuration_as_given(runs, alloop_data):
 
 
 def test_min_steps_sets_the_training_length(runs, alloop_data):
-    init_run("a", str(alloop_data.pool), labels=str(alloop_data.seed), train={"epochs": 1, "min_steps": 40})
+    init_run(
+        "a",
+        str(alloop_data.pool),
+        labels=str(alloop_data.seed),
+        train={"epochs": 1, "min_steps": 40},
+    )
     assert train_cmd("a")["epochs"] == 40  # 3 labels: one step per epoch
 
 
 def test_status_of_a_new_run(runs, alloop_data):
     init_run("a", str(alloop_data.pool), train=FAST)
     st = status_cmd("a")
-    assert (st["labels"], st["outstanding"], st["round"], st["trained_on"], st["stale"]) == (0, 0, 0, None, False)
+    assert (st["labels"], st["outstanding"], st["round"], st["trained_on"], st["stale"]) == (
+        0,
+        0,
+        0,
+        None,
+        False,
+    )
     assert st["figures"] == {} and st["warnings"] == [] and st["queries"] == []
 
 
@@ -57,7 +79,11 @@ def test_cold_start_note_goes_to_the_reporter(runs, alloop_data):
     rec = Recorder()
     out = query_cmd("a", k=4, strategy="sld", reporter=rec)
     assert out["strategy"] == "greedy" and out["requested"] == "sld"
-    assert len(rec.infos) == 1 and rec.infos[0].startswith("cold start") and rec.infos[0] == out["note"]
+    assert (
+        len(rec.infos) == 1
+        and rec.infos[0].startswith("cold start")
+        and rec.infos[0] == out["note"]
+    )
 
 
 def test_greedy_spreads_its_picks(runs, alloop_data):
@@ -118,7 +144,9 @@ def test_queries_record_their_uniform_draws_and_the_next_round_sees_them(run, al
 
     mixed = query_cmd("r", k=6, strategy="sld-mix-auto", fmt="parquet")
     picks = pd.read_parquet(mixed["path"])
-    drawn = picks["id"][picks["score"].isna()].astype(str).tolist()  # the uniform share has no score
+    drawn = (
+        picks["id"][picks["score"].isna()].astype(str).tolist()
+    )  # the uniform share has no score
     assert len(drawn) == 3  # no uniform labels yet: the prior share, half of 6
     assert rundir.open_run("r").state["uniform"] == drawn
     ingest_cmd("r", str(fill(mixed["path"], alloop_data.truth)))
@@ -130,7 +158,9 @@ def test_queries_record_their_uniform_draws_and_the_next_round_sees_them(run, al
     info = common.open_pool_of(run_)
     rnd = query_mod.round_of(run_, info, 0)
     ids = rundir.read_labels(run_)["id"].astype(str).tolist()
-    assert rnd.labeled_uniform.tolist() == [i in drawn for i in ids] and rnd.labeled_uniform.sum() == 7
+    assert (
+        rnd.labeled_uniform.tolist() == [i in drawn for i in ids] and rnd.labeled_uniform.sum() == 7
+    )
     before = digest(run)
     query_cmd("r", k=5, strategy="herding")
     assert rundir.open_run("r").state["uniform"] == drawn  # a batch with no uniform draw adds none
@@ -153,7 +183,12 @@ def test_copied_run_uses_the_pool_beside_it(runs, tmp_path, alloop_data):
     project = tmp_path / "p"
     (project / "data").mkdir(parents=True)
     (project / "data" / "pool.parquet").write_bytes(alloop_data.pool.read_bytes())
-    init_run(str(project / "runs" / "x"), str(project / "data" / "pool.parquet"), labels=str(alloop_data.seed), train=FAST)
+    init_run(
+        str(project / "runs" / "x"),
+        str(project / "data" / "pool.parquet"),
+        labels=str(alloop_data.seed),
+        train=FAST,
+    )
     os.rename(project, tmp_path / "q")
     info = common.open_pool_of(rundir.open_run(str(tmp_path / "q" / "runs" / "x")))
     assert info.path == str(tmp_path / "q" / "data" / "pool.parquet")

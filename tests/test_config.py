@@ -34,7 +34,11 @@ def old_run(tmp_path, monkeypatch):
 def test_a_config_written_by_0_1_0_round_trips(old_run):
     stored = json.loads((old_run / "config.json").read_text())
     config = RunConfig.from_json(stored)
-    assert config.model.kind == "linear" and config.s == 0.5 and config.pool.features == ("a", "b", "c")
+    assert (
+        config.model.kind == "linear"
+        and config.s == 0.5
+        and config.pool.features == ("a", "b", "c")
+    )
     assert config.to_json() == stored  # nothing lost, nothing added
     assert RunConfig.from_json(config.to_json()) == config
 
@@ -62,7 +66,10 @@ def test_a_run_written_by_0_1_0_keeps_working(old_run):
     [
         ({"task": "ranking"}, "unknown --task 'ranking'"),
         ({"s": -1.0}, "--s must be a positive number"),
-        ({"s": "loocv", "task": "classification"}, "--s loocv needs a linear or poly regression model"),
+        (
+            {"s": "loocv", "task": "classification"},
+            "--s loocv needs a linear or poly regression model",
+        ),
         ({"tangent": "lissa"}, "unknown --tangent 'lissa'"),
         ({"trainer": "adam"}, "unknown --trainer 'adam'"),
         ({"train": {"epochs": 0}}, "--epochs must be at least 1"),
@@ -80,11 +87,16 @@ def test_validate_names_the_option_and_the_fix(old_run, change, message):
         config.replace(**change).validate()
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"kind": "forest"}, "unknown --model 'forest'"), ({"kind": "poly", "degree": 0}, "--degree must be at least 1"),
-    ({"kind": "mlp", "hidden": [0]}, "--hidden sizes must be at least 1"), ({"kind": "mlp", "activation": "swish"}, "unknown --activation"),
-    ({"curvature": "fisher"}, "unknown --curvature"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"kind": "forest"}, "unknown --model 'forest'"),
+        ({"kind": "poly", "degree": 0}, "--degree must be at least 1"),
+        ({"kind": "mlp", "hidden": [0]}, "--hidden sizes must be at least 1"),
+        ({"kind": "mlp", "activation": "swish"}, "unknown --activation"),
+        ({"curvature": "fisher"}, "unknown --curvature"),
+    ],
+)
 def test_model_options_are_checked_before_training(old_run, model, message):
     stored = json.loads((old_run / "config.json").read_text())
     with pytest.raises(UserError, match=message):
@@ -95,7 +107,9 @@ def test_activation_names_are_the_core_models(old_run):
     assert set(ACTIVATIONS) == set(models.ACTIVATIONS)
 
 
-@pytest.mark.parametrize("text, value", [("auto", "auto"), (" LOOCV ", "loocv"), ("2.5", 2.5), (3, 3.0)])
+@pytest.mark.parametrize(
+    "text, value", [("auto", "auto"), (" LOOCV ", "loocv"), ("2.5", 2.5), (3, 3.0)]
+)
 def test_parse_s(text, value):
     assert parse_s(text) == value
 

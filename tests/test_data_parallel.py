@@ -94,7 +94,13 @@ CORE = textwrap.dedent("""
 def _run(script: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **FORCED}
     prelude = f"TESTS = {str(TESTS)!r}\n"
-    return subprocess.run([sys.executable, "-c", prelude + script], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_data_parallel_sgdf_equals_one_device():
@@ -114,7 +120,9 @@ def test_cli_train_on_two_devices_writes_the_one_device_checkpoint(prepared_run,
     copy_run(prepared_run, runs, "one")
     copy_run(prepared_run, runs, "two")
     for name, d in (("one", "1"), ("two", "2")):
-        r = run_alloop(["train", name, "--fresh", "--s", "1", "--devices", d, "--json"], runs.parent, runs)  # s fixed: well posed
+        r = run_alloop(
+            ["train", name, "--fresh", "--s", "1", "--devices", d, "--json"], runs.parent, runs
+        )  # s fixed: well posed
         assert r.code == 0, r.stderr
     a, b = _checkpoint_arrays(runs / "one"), _checkpoint_arrays(runs / "two")
     assert a.keys() == b.keys() and a

@@ -21,14 +21,33 @@ from cli_helpers import FIRST_ID, digest, invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 cells = st.one_of(
     st.none(),
     st.integers(-(2**63), 2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["", " ", "nan", "NaN", "inf", "-inf", "1e400", "=1+1", "+1", "@x", "3.0", "0x10", "\u00e9\u4e2d", "1,5"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e400",
+            "=1+1",
+            "+1",
+            "@x",
+            "3.0",
+            "0x10",
+            "\u00e9\u4e2d",
+            "1,5",
+        ]
+    ),
 )
 ids = st.one_of(st.integers(FIRST_ID - 5, FIRST_ID + 300), st.integers(-(2**40), 2**40), cells)
 columns = st.sampled_from(["id", "target", "x0", "ID", "Target", "", "id ", "extra", "\u00e9"])
@@ -50,14 +69,20 @@ def _csv_bytes(recs, draw_bytes: bytes) -> bytes:
 @st.composite
 def label_files(draw):
     """(file name, bytes) of a CSV, JSONL or Parquet label file that may be malformed in any way."""
-    kind = draw(st.sampled_from(["csv", "jsonl", "parquet", "garbage-csv", "truncated-parquet", "wrong-ext"]))
+    kind = draw(
+        st.sampled_from(
+            ["csv", "jsonl", "parquet", "garbage-csv", "truncated-parquet", "wrong-ext"]
+        )
+    )
     recs = draw(records())
     if kind == "csv":
         return "labels.csv", _csv_bytes(recs, draw(st.binary(max_size=64)))
     if kind == "garbage-csv":
         return "labels.csv", draw(st.binary(max_size=200))
     if kind == "jsonl":
-        lines = [json.dumps(r, default=str) for r in recs] + draw(st.lists(st.text(max_size=20), max_size=2))
+        lines = [json.dumps(r, default=str) for r in recs] + draw(
+            st.lists(st.text(max_size=20), max_size=2)
+        )
         return "labels.jsonl", "\n".join(lines).encode("utf-8", "surrogatepass")
     if kind == "wrong-ext":
         return "labels.xlsx", _csv_bytes(recs, b"")
@@ -100,7 +125,9 @@ def test_any_label_file_is_accepted_or_refused_cleanly(prepared_run, f):
             assert digest(runs / "r") == before
 
 
-pool_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), st.integers(-(10**6), 10**6))
+pool_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64), st.integers(-(10**6), 10**6)
+)
 
 
 @st.composite
@@ -114,14 +141,31 @@ def pools(draw):
     id_kind = draw(st.sampled_from(["int", "str", "float", "dup", "missing", "null"]))
     if id_kind != "missing":
         base = list(range(n))
-        vals = {"int": base, "str": [f"r{i}" for i in base], "float": [i + 0.5 for i in base],
-                "dup": [i // 2 for i in base], "null": [None] + base[1:] if n else []}[id_kind]
+        vals = {
+            "int": base,
+            "str": [f"r{i}" for i in base],
+            "float": [i + 0.5 for i in base],
+            "dup": [i // 2 for i in base],
+            "null": [None] + base[1:] if n else [],
+        }[id_kind]
         cols["id"] = pa.array(vals)
-    for name in draw(st.lists(st.sampled_from(["a", "b", "\u00e9t\u00e9", "target", "c d"]), min_size=0, max_size=3, unique=True)):
+    for name in draw(
+        st.lists(
+            st.sampled_from(["a", "b", "\u00e9t\u00e9", "target", "c d"]),
+            min_size=0,
+            max_size=3,
+            unique=True,
+        )
+    ):
         vals = draw(st.lists(pool_values, min_size=n, max_size=n))
         if draw(st.booleans()):
             vals = [str(v) for v in vals]
-        cols[name] = pa.array(vals, pa.float64() if not vals or not isinstance(vals[0], str) and any(isinstance(v, float) for v in vals) else None)
+        cols[name] = pa.array(
+            vals,
+            pa.float64()
+            if not vals or not isinstance(vals[0], str) and any(isinstance(v, float) for v in vals)
+            else None,
+        )
     if not cols:
         cols["id"] = pa.array([], pa.int64())
     buf = io.BytesIO()
@@ -181,7 +225,9 @@ def test_checkpoints_are_never_unpickled(prepared_run, tmp_path):
 def test_query_csv_cells_cannot_start_a_formula(tmp_path):
     from alloop.io.atomic import encode_table
 
-    df = pd.DataFrame({"id": ["=HYPERLINK(1)", "+1", "-2", "@x", "ok"], "v": [1.0, -2.0, 3.0, 4.0, 5.0]})
+    df = pd.DataFrame(
+        {"id": ["=HYPERLINK(1)", "+1", "-2", "@x", "ok"], "v": [1.0, -2.0, 3.0, 4.0, 5.0]}
+    )
     text = encode_table(df, "csv").decode()
     for line in text.splitlines()[1:]:
         assert line[0] not in "=+-@", line

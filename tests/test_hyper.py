@@ -22,13 +22,17 @@ DEGREE = 3
 
 def _problem(rng, n=40, d=2, k=1, degree=DEGREE, anchor=False):
     """A poly model on inputs whose standardizer is deliberately not the data's own moments."""
-    x = (rng.normal(size=(n, d)) * np.linspace(0.5, 3.0, d) + np.linspace(-1.0, 4.0, d)).astype(np.float32)
+    x = (rng.normal(size=(n, d)) * np.linspace(0.5, 3.0, d) + np.linspace(-1.0, 4.0, d)).astype(
+        np.float32
+    )
     y = (np.sin(x[:, :1]) + 0.1 * x[:, -1:] ** 2 + 0.3 * rng.normal(size=(n, k))).astype(np.float32)
     model = models.poly(d, k, degree)
     stats = models.fit_standardizer(x.mean(0) + 0.3, x.std(0) * 1.5)
     params0 = model.init(None)
     if anchor:
-        theta0 = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params0)
+        theta0 = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params0
+        )
         reg = regularizers.anchor(theta0)
     else:
         reg = regularizers.l2_weights(params0)
@@ -42,7 +46,9 @@ def _features(prob, x, degree=DEGREE):
     scale = np.asarray(prob.stats.scale, np.float64)
     z = (np.asarray(x, np.float64) - mean) / scale
     c = np.minimum(np.maximum(z, -3.0), 3.0)
-    return np.c_[np.concatenate([z] + [c**j for j in range(2, degree + 1)], axis=1), np.ones(len(z))]
+    return np.c_[
+        np.concatenate([z] + [c**j for j in range(2, degree + 1)], axis=1), np.ones(len(z))
+    ]
 
 
 def _ridge(a, y, s, w=None):
@@ -101,8 +107,12 @@ def test_linear_form_reproduces_model_and_regularizer(rng, anchor):
         params = form.unravel(flat)
         p32, x = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params), data.x
         out = np.asarray(prob.model.apply(p32, prob.stats, x), np.float64)
-        np.testing.assert_allclose(np.einsum("nkp,p->nk", form.jac, flat) + form.offset, out, rtol=1e-4, atol=1e-4)
-        r = float(flat @ form.dmat @ flat + form.lin @ flat) + float(prob.reg.value(form.unravel(jnp.zeros_like(flat))))
+        np.testing.assert_allclose(
+            np.einsum("nkp,p->nk", form.jac, flat) + form.offset, out, rtol=1e-4, atol=1e-4
+        )
+        r = float(flat @ form.dmat @ flat + form.lin @ flat) + float(
+            prob.reg.value(form.unravel(jnp.zeros_like(flat)))
+        )
         assert r == pytest.approx(float(prob.reg.value(params)), rel=1e-10)
 
 
@@ -114,8 +124,12 @@ def test_fold_solutions_are_the_folds_ridge_and_its_s_derivative(poly):
         theta, tdot = map(np.asarray, hyper.fold_solutions(form, y, data.w, masks, s))
     for j, m in enumerate(masks):
         keep = m > 0
-        np.testing.assert_allclose(theta[j], _flat(_ridge(a[keep], y[keep], s)), rtol=1e-8, atol=1e-10)
-        fd = (_ridge(a[keep], y[keep], s + delta) - _ridge(a[keep], y[keep], s - delta)) / (2 * delta)
+        np.testing.assert_allclose(
+            theta[j], _flat(_ridge(a[keep], y[keep], s)), rtol=1e-8, atol=1e-10
+        )
+        fd = (_ridge(a[keep], y[keep], s + delta) - _ridge(a[keep], y[keep], s - delta)) / (
+            2 * delta
+        )
         np.testing.assert_allclose(tdot[j], _flat(fd), rtol=1e-5, atol=1e-9)
 
 
@@ -143,8 +157,12 @@ def test_hypergradient_of_a_wrong_tangent_is_wrong(poly):
     with jax.enable_x64(True):
         theta, tdot = hyper.fold_solutions(form, y, data.w, masks, s)
         params = jax.vmap(form.unravel)(theta)
-        good = hyper.cv_loss_and_hypergradient(prob, params, jax.vmap(form.unravel)(tdot), hyper.cast(data, jnp.float64), masks)[1]
-        bad = hyper.cv_loss_and_hypergradient(prob, params, jax.vmap(form.unravel)(-tdot), hyper.cast(data, jnp.float64), masks)[1]
+        good = hyper.cv_loss_and_hypergradient(
+            prob, params, jax.vmap(form.unravel)(tdot), hyper.cast(data, jnp.float64), masks
+        )[1]
+        bad = hyper.cv_loss_and_hypergradient(
+            prob, params, jax.vmap(form.unravel)(-tdot), hyper.cast(data, jnp.float64), masks
+        )[1]
     fd = (_brute_cv(a, y, masks, s + 1e-4) - _brute_cv(a, y, masks, s - 1e-4)) / 2e-4
     assert float(good) == pytest.approx(fd, rel=1e-5)
     assert float(bad) != pytest.approx(fd, rel=0.5)
@@ -156,7 +174,9 @@ def test_hypergradient_of_a_wrong_tangent_is_wrong(poly):
 @pytest.mark.parametrize("s", [1e-3, 0.3, 10.0, 300.0])
 def test_loocv_closed_form_equals_brute_force_retraining(poly, s):
     prob, data, _, form, a, y = poly
-    brute = np.array([y[i] - a[i] @ _ridge(np.delete(a, i, 0), np.delete(y, i, 0), s) for i in range(len(y))])
+    brute = np.array(
+        [y[i] - a[i] @ _ridge(np.delete(a, i, 0), np.delete(y, i, 0), s) for i in range(len(y))]
+    )
     with jax.enable_x64(True):
         loo = hyper.loocv(form, y, data.w, s)
     np.testing.assert_allclose(np.asarray(loo.residuals), brute, rtol=1e-7, atol=1e-10)
@@ -169,7 +189,12 @@ def test_loocv_closed_form_multi_output_with_weights(rng):
     w = rng.choice([0.5, 1.0, 2.0], size=25)
     data = data._replace(w=jnp.asarray(w, jnp.float32))
     a, y, s = _features(prob, data.x, degree=2), np.asarray(data.y, np.float64), 0.7
-    brute = np.array([y[i] - a[i] @ _ridge(np.delete(a, i, 0), np.delete(y, i, 0), s, np.delete(w, i)) for i in range(25)])
+    brute = np.array(
+        [
+            y[i] - a[i] @ _ridge(np.delete(a, i, 0), np.delete(y, i, 0), s, np.delete(w, i))
+            for i in range(25)
+        ]
+    )
     with jax.enable_x64(True):
         form = hyper.linear_form(prob, params0, data.x)
         loo = hyper.loocv(form, y, w, s)
@@ -183,7 +208,11 @@ def test_loocv_closed_form_outputs_sharing_parameters(rng):
     y = rng.normal(size=(n, 2))
 
     def init(key):
-        return {"w": jnp.zeros((d,), jnp.float32), "v": jnp.zeros((d,), jnp.float32), "b": jnp.zeros((2,), jnp.float32)}
+        return {
+            "w": jnp.zeros((d,), jnp.float32),
+            "v": jnp.zeros((d,), jnp.float32),
+            "b": jnp.zeros((2,), jnp.float32),
+        }
 
     def apply(p, stats, x):
         z = models.standardize(stats, x)
@@ -191,10 +220,14 @@ def test_loocv_closed_form_outputs_sharing_parameters(rng):
 
     model = models.Model("linear", init, apply, d, 2)
     mask = {"w": jnp.ones(d), "v": jnp.ones(d), "b": jnp.zeros(2)}
-    prob = objective.Problem(model, losses.squared, regularizers.l2(mask), models.identity_standardizer(d))
+    prob = objective.Problem(
+        model, losses.squared, regularizers.l2(mask), models.identity_standardizer(d)
+    )
     xs = np.asarray(x, np.float64)
     one, nil = np.ones((n, 1)), np.zeros((n, 1))
-    rows = np.stack([np.c_[one, nil, 0 * xs, xs], np.c_[nil, one, xs, xs]], axis=1)  # (n, 2, p), columns b1, b2, v, w
+    rows = np.stack(
+        [np.c_[one, nil, 0 * xs, xs], np.c_[nil, one, xs, xs]], axis=1
+    )  # (n, 2, p), columns b1, b2, v, w
     dmat = np.diag([0.0, 0.0] + [1.0] * (2 * d))
 
     def fit(keep):
@@ -258,7 +291,9 @@ def _wavy(u):
 
 @pytest.mark.parametrize("s0", [1e-3, 0.2, 1.0, 30.0, 1e3])
 def test_search_ends_at_a_local_minimum_no_worse_than_its_start(s0):
-    res = hyper.minimize_log_s(lambda s: (_wavy(math.log(s))[0], _wavy(math.log(s))[1] / s), s0, 1e-4, 1e5, tol=1e-3)
+    res = hyper.minimize_log_s(
+        lambda s: (_wavy(math.log(s))[0], _wavy(math.log(s))[1] / s), s0, 1e-4, 1e5, tol=1e-3
+    )
     u = math.log(res.s)
     value, slope = _wavy(u)
     assert res.stop == "converged"

@@ -17,7 +17,9 @@ def _poly_problem(rng, n=30):
     y = (np.cos(3 * x) + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
     model = models.poly(1, 1, degree=4)
     p0 = model.init(None)
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(1))
+    prob = objective.Problem(
+        model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(1)
+    )
     return prob, x, y, p0
 
 
@@ -26,7 +28,12 @@ def _mlp_problem(rng, n=40):
     y = (np.sin(x[:, :1]) * x[:, 1:] + 0.1 * rng.normal(size=(n, 1))).astype(np.float32)
     model = models.mlp(2, 1, hidden=(5,), activation="softplus")
     p0 = model.init(jax.random.PRNGKey(1))
-    prob = objective.Problem(model, losses.squared, regularizers.l2(jax.tree_util.tree_map(np.ones_like, p0)), models.identity_standardizer(2))
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2(jax.tree_util.tree_map(np.ones_like, p0)),
+        models.identity_standardizer(2),
+    )
     return prob, x, y, p0
 
 
@@ -42,7 +49,9 @@ def test_duality_loss_derivative_is_complexity_change(make):
     base = objective.make_data(x, y)
     theta, _ = minimize64(prob, base, s, p0)
     tdot = tangents.exact(prob, theta, s, base).tangent
-    predicted = float(scorers.loss_derivative(prob, theta, tdot, jnp.asarray(xz), jnp.asarray(yz))[0])
+    predicted = float(
+        scorers.loss_derivative(prob, theta, tdot, jnp.asarray(xz), jnp.asarray(yz))[0]
+    )
 
     eps = 1e-3
     r = []
@@ -59,7 +68,9 @@ def test_duality_loss_derivative_is_complexity_change(make):
 
 
 def _flat(t):
-    return np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), t))[0])
+    return np.asarray(
+        ravel_pytree(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), t))[0]
+    )
 
 
 def test_total_influence_equals_s_squared_times_labeled_sld():
@@ -75,9 +86,13 @@ def test_total_influence_equals_s_squared_times_labeled_sld():
         flat, unravel = ravel_pytree(th)
         xs, ys = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
         stats = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), prob.stats)
-        loss_i = lambda f, xi, yi: jnp.sum((prob.model.apply(unravel(f), stats, xi[None]) - yi[None]) ** 2)  # noqa: E731
+        loss_i = lambda f, xi, yi: jnp.sum(
+            (prob.model.apply(unravel(f), stats, xi[None]) - yi[None]) ** 2
+        )  # noqa: E731
         grads = jax.vmap(jax.grad(loss_i), (None, 0, 0))(flat, xs, ys)
-        f_total = lambda f: jnp.sum(jax.vmap(loss_i, (None, 0, 0))(f, xs, ys)) + s * prob.reg.value(unravel(f))  # noqa: E731
+        f_total = lambda f: (
+            jnp.sum(jax.vmap(loss_i, (None, 0, 0))(f, xs, ys)) + s * prob.reg.value(unravel(f))
+        )  # noqa: E731
         hess = np.asarray(jax.hessian(f_total)(flat))
         rho = np.asarray(jax.grad(lambda f: prob.reg.value(unravel(f)))(flat))
         total_grad = np.asarray(grads).sum(0)
@@ -96,7 +111,10 @@ def test_sgdf_with_frozen_theta_is_lissa():
     rng = np.random.default_rng(2)
     prob, data = ridge_problem(rng, n=64, d=3)
     s, lr, n = 20.0, 0.01, 64
-    params = {"w": jnp.asarray(rng.normal(size=(3, 1)), jnp.float32), "b": jnp.asarray([0.2], jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(3, 1)), jnp.float32),
+        "b": jnp.asarray([0.2], jnp.float32),
+    }
     batches = np.stack([rng.permutation(n)[:16] for _ in range(25)])
     iterates = tangents.lissa(prob, params, s, data, batches, lr)
 

@@ -22,7 +22,9 @@ S = 2.0
 
 def _flat(t):
     """float64 flattening (jax's ravel_pytree would round to float32 outside x64 mode)."""
-    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree_util.tree_leaves(t)])
+    return np.concatenate(
+        [np.ravel(np.asarray(a, np.float64)) for a in jax.tree_util.tree_leaves(t)]
+    )
 
 
 def _setup():
@@ -31,7 +33,9 @@ def _setup():
     p0 = model.init(None)
     stats = models.identity_standardizer(2)
     xb = rng.normal(size=(80, 2)).astype(np.float32)
-    yb = (xb @ np.array([[1.0], [-1.0]]) + 0.3 * xb[:, :1] ** 2 + 0.1 * rng.normal(size=(80, 1))).astype(np.float32)
+    yb = (
+        xb @ np.array([[1.0], [-1.0]]) + 0.3 * xb[:, :1] ** 2 + 0.1 * rng.normal(size=(80, 1))
+    ).astype(np.float32)
     xu = rng.normal(size=(6, 2)).astype(np.float32)
     yu = (xu @ np.array([[1.5], [-0.5]]) + 0.2).astype(np.float32)
     base = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), stats)
@@ -39,7 +43,9 @@ def _setup():
 
 
 def _user_problem(model, stats, theta0, theta0_dot, s0):
-    return objective.Problem(model, losses.squared, regularizers.inherited_anchor(theta0, theta0_dot, s0), stats)
+    return objective.Problem(
+        model, losses.squared, regularizers.inherited_anchor(theta0, theta0_dot, s0), stats
+    )
 
 
 class Inherited(NamedTuple):
@@ -60,7 +66,17 @@ def inherited() -> Inherited:
     model, p0, stats, base_data, user_data, base = _setup()
     theta0, _ = minimize64(base, base_data, S, p0)
     theta0_dot = tangents.exact(base, theta0, S, base_data).tangent
-    return Inherited(model, p0, stats, base_data, user_data, base, theta0, theta0_dot, _user_problem(model, stats, theta0, theta0_dot, S))
+    return Inherited(
+        model,
+        p0,
+        stats,
+        base_data,
+        user_data,
+        base,
+        theta0,
+        theta0_dot,
+        _user_problem(model, stats, theta0, theta0_dot, S),
+    )
 
 
 def test_no_user_labels_inherits_the_base_tangent_exactly(inherited):
@@ -95,7 +111,12 @@ def test_inherited_tangent_matches_finite_differences_of_the_pipeline(inherited)
 
 
 def test_sgdf_carries_the_inherited_tangent(inherited):
-    user, user_data, theta0, theta0_dot = inherited.user, inherited.user_data, inherited.theta0, inherited.theta0_dot
+    user, user_data, theta0, theta0_dot = (
+        inherited.user,
+        inherited.user_data,
+        inherited.theta0,
+        inherited.theta0_dot,
+    )
     ref = second_order.fit(user, user_data, S, theta0, method="newton")
     cfg = sgdf.TrainConfig(optimizer="adam", lr=0.02, epochs=2000, batch_size=6)
     state, _ = sgdf.fit(user, user_data, S, cfg, params=theta0, tangent=theta0_dot)
@@ -114,12 +135,23 @@ def test_users_simulation_closed_forms_agree_with_the_trainer():
     base = sim_users.fit_l2(xb, yb, S)
     user = sim_users.fit_inherited(xu, yu, S, base)
     model = models.linear(2, 1)
-    as_tree = lambda v: {"w": jnp.asarray(v[:2, None], jnp.float32), "b": jnp.asarray(v[2:], jnp.float32)}  # noqa: E731
-    prob = objective.Problem(model, losses.squared, regularizers.inherited_anchor(as_tree(base.theta), as_tree(base.tangent), S),
-                             models.identity_standardizer(2))
+    as_tree = lambda v: {
+        "w": jnp.asarray(v[:2, None], jnp.float32),
+        "b": jnp.asarray(v[2:], jnp.float32),
+    }  # noqa: E731
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.inherited_anchor(as_tree(base.theta), as_tree(base.tangent), S),
+        models.identity_standardizer(2),
+    )
     res = second_order.fit(prob, objective.make_data(xu, yu[:, None]), S, as_tree(base.theta))
-    np.testing.assert_allclose(np.r_[res.params["w"].ravel(), res.params["b"]], user.theta, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.r_[res.tangent["w"].ravel(), res.tangent["b"]], user.tangent, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.r_[res.params["w"].ravel(), res.params["b"]], user.theta, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.r_[res.tangent["w"].ravel(), res.tangent["b"]], user.tangent, rtol=1e-4, atol=1e-6
+    )
 
 
 def test_users_simulation_shape(tmp_path):
@@ -129,7 +161,9 @@ def test_users_simulation_shape(tmp_path):
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 2))
-    df = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "target": x @ [1.0, 2.0] + 0.1 * rng.normal(size=300)})
+    df = pd.DataFrame(
+        {"a": x[:, 0], "b": x[:, 1], "target": x @ [1.0, 2.0] + 0.1 * rng.normal(size=300)}
+    )
     cfg = sim_users.UsersConfig(groups=2, rounds=2, k=3, reps=2, base_labels=30)
     c1 = sim_users.run_users(df.iloc[:200], df.iloc[200:], ["a", "b"], "target", cfg)
     c2 = sim_users.run_users(df.iloc[:200], df.iloc[200:], ["a", "b"], "target", cfg)

@@ -13,17 +13,27 @@ import pyarrow.parquet as pq
 import pytest
 
 from alloop.io import atomic
-from alloop.io.atomic import encode_table, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic, write_table_atomic, write_text_atomic
+from alloop.io.atomic import (
+    encode_table,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_table_atomic,
+    write_text_atomic,
+)
 
 
 def frame():
-    return pd.DataFrame({
-        "id": np.array([3, 1, 2], dtype=np.int64),
-        "name": ["=SUM(A1)", "plain", "-bad"],
-        "obj": pd.Series(["@x", None, "+1"], dtype=object),
-        "score": [-1.5, 0.25, np.nan],
-        "neg": np.array([-3, -2, -1], dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "id": np.array([3, 1, 2], dtype=np.int64),
+            "name": ["=SUM(A1)", "plain", "-bad"],
+            "obj": pd.Series(["@x", None, "+1"], dtype=object),
+            "score": [-1.5, 0.25, np.nan],
+            "neg": np.array([-3, -2, -1], dtype=np.int64),
+        }
+    )
 
 
 def test_write_bytes_replaces_and_leaves_no_temp(tmp_path):
@@ -91,11 +101,17 @@ def test_tables_are_byte_identical_for_identical_input(tmp_path, fmt):
 
 def test_parquet_bytes_identical_across_processes():
     """No timestamps or per-process state leak into the Parquet bytes."""
-    code = ("import numpy as np, pandas as pd, hashlib; from alloop.io.atomic import encode_table;"
-            "df = pd.DataFrame({'id': np.arange(5), 'x': np.linspace(0, 1, 5), 's': list('abcde')});"
-            "print(hashlib.sha256(encode_table(df, 'parquet')).hexdigest())")
-    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}
+    code = (
+        "import numpy as np, pandas as pd, hashlib; from alloop.io.atomic import encode_table;"
+        "df = pd.DataFrame({'id': np.arange(5), 'x': np.linspace(0, 1, 5), 's': list('abcde')});"
+        "print(hashlib.sha256(encode_table(df, 'parquet')).hexdigest())"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
     assert len(runs) == 1
 
 
@@ -169,8 +185,10 @@ def test_sha256_helpers_agree_with_hashlib(tmp_path):
 
 
 def test_io_shell_never_imports_jax_typer_or_rich():
-    code = ("import sys, alloop.io, alloop.io.pool, alloop.io.labels, alloop.io.rundir, alloop.io.checkpoint;"
-            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'typer', 'rich', 'optax'});"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, alloop.io, alloop.io.pool, alloop.io.labels, alloop.io.rundir, alloop.io.checkpoint;"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'typer', 'rich', 'optax'});"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

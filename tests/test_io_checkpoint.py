@@ -60,7 +60,14 @@ def test_file_is_a_plain_npz_without_pickle(tmp_path):
     p = tmp_path / "c.npz"
     save_tree(p, tree(), {"k": "v"})
     with np.load(p, allow_pickle=False) as z:
-        assert set(z.files) == {"params/w", "params/b", "opt/0/mu/w", "opt/0/count", "step", "__meta__"}
+        assert set(z.files) == {
+            "params/w",
+            "params/b",
+            "opt/0/mu/w",
+            "opt/0/count",
+            "step",
+            "__meta__",
+        }
         assert z["__meta__"].shape == () and z["__meta__"].dtype.kind == "U"
         assert json.loads(str(z["__meta__"])) == {"k": "v"}
     with zipfile.ZipFile(p) as zf:
@@ -96,8 +103,12 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path):
     p = tmp_path / "checkpoints" / "ckpt-000002.npz"
     p.parent.mkdir()
     save_tree(p, {"params": {"w": np.zeros((3, 1))}}, {})
-    with pytest.raises(UserError, match=r"at params/w: shape \(3,1\) stored, \(4,1\) expected.*alloop train "
-                                        + tmp_path.name + " --fresh"):
+    with pytest.raises(
+        UserError,
+        match=r"at params/w: shape \(3,1\) stored, \(4,1\) expected.*alloop train "
+        + tmp_path.name
+        + " --fresh",
+    ):
         load_tree(p, {"params": {"w": np.zeros((4, 1))}})
 
 
@@ -132,7 +143,9 @@ def test_corrupt_file_is_a_user_error(tmp_path, damage):
     p = tmp_path / "c.npz"
     save_tree(p, {"w": np.arange(100.0)}, {"a": 1})
     data = p.read_bytes()
-    p.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a zip at all", "empty": b""}[damage])
+    p.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"not a zip at all", "empty": b""}[damage]
+    )
     with pytest.raises(UserError, match="is unreadable"):
         load_tree(p, {"w": np.zeros(100)})
     with pytest.raises(UserError, match="is unreadable"):

@@ -8,12 +8,24 @@ import pytest
 
 from alloop.errors import UserError
 from alloop.io import pool as pool_mod
-from alloop.io.pool import check_fingerprint, check_unique_ids, feature_moments, iter_batches, missing_ids, open_pool, require_ids, scan_ids, take_rows
+from alloop.io.pool import (
+    check_fingerprint,
+    check_unique_ids,
+    feature_moments,
+    iter_batches,
+    missing_ids,
+    open_pool,
+    require_ids,
+    scan_ids,
+    take_rows,
+)
 
 
 def write(path, df, row_group_size=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size
+    )
     return path
 
 
@@ -25,8 +37,15 @@ def text(path, content):
 def small(n=10, start=0, seed=0):
     rng = np.random.default_rng(seed)
     ids = np.arange(start, start + n, dtype=np.int64)
-    return pd.DataFrame({"id": ids, "x1": rng.normal(size=n), "name": [f"r{i}" for i in ids],
-                         "x2": rng.integers(0, 5, n).astype(np.int32), "y": rng.normal(size=n)})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "x1": rng.normal(size=n),
+            "name": [f"r{i}" for i in ids],
+            "x2": rng.integers(0, 5, n).astype(np.int32),
+            "y": rng.normal(size=n),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +54,21 @@ def big_pool(tmp_path_factory):
     root = tmp_path_factory.mktemp("big")
     rng = np.random.default_rng(1)
     n = 300_000
-    df = pd.DataFrame({"id": np.arange(n, dtype=np.int64),
-                       "x0": 1e6 + rng.normal(size=n) * 1e-2,
-                       "x1": rng.normal(size=n) * 3 - 7,
-                       "x2": rng.integers(-50, 50, n),
-                       "const": np.full(n, 0.1)})
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "x0": 1e6 + rng.normal(size=n) * 1e-2,
+            "x1": rng.normal(size=n) * 3 - 7,
+            "x2": rng.integers(-50, 50, n),
+            "const": np.full(n, 0.1),
+        }
+    )
     for k in range(3):
-        write(root / f"part-{k}.parquet", df.iloc[k * 100_000:(k + 1) * 100_000], row_group_size=7_000)
+        write(
+            root / f"part-{k}.parquet",
+            df.iloc[k * 100_000 : (k + 1) * 100_000],
+            row_group_size=7_000,
+        )
     return root, df
 
 
@@ -76,11 +103,18 @@ def test_hive_partitioned_directory_streams_and_names_a_partition_key_it_cannot_
     write(tmp_path / "region=1" / "part-0.parquet", small(5, 0))
     write(tmp_path / "region=2" / "part-0.parquet", small(5, 10))
     info = open_pool(tmp_path, features=["x1", "x2"], targets=("y",))
-    assert info.n_rows == 10 and sorted(scan_ids(info).tolist()) == list(range(5)) + list(range(10, 15))
+    assert info.n_rows == 10 and sorted(scan_ids(info).tolist()) == list(range(5)) + list(
+        range(10, 15)
+    )
     for kwargs in ({"features": ["x1", "region"]}, {"targets": ("region",)}, {"id_col": "region"}):
-        with pytest.raises(UserError, match=r"'region' .* is a directory partition key .* write 'region' into the Parquet files"):
+        with pytest.raises(
+            UserError,
+            match=r"'region' .* is a directory partition key .* write 'region' into the Parquet files",
+        ):
             open_pool(tmp_path, **kwargs)
-    with pytest.raises(UserError, match="has no feature column 'nope'"):  # other missing columns keep their message
+    with pytest.raises(
+        UserError, match="has no feature column 'nope'"
+    ):  # other missing columns keep their message
         open_pool(tmp_path, features=["x1", "nope"])
 
 
@@ -94,7 +128,10 @@ def test_fingerprint_ignores_rows_but_not_schema(tmp_path):
     changed = small(5).assign(x2=lambda d: d.x2.astype(np.float64))
     other = open_pool(write(tmp_path.parent / (tmp_path.name + "-other") / "a.parquet", changed))
     assert other.fingerprint != fp
-    with pytest.raises(UserError, match="pool schema changed since `alloop init exp`.*restore the pool or init a new run"):
+    with pytest.raises(
+        UserError,
+        match="pool schema changed since `alloop init exp`.*restore the pool or init a new run",
+    ):
         check_fingerprint(other, fp, "exp")
     assert open_pool(tmp_path, features=["x1"]).fingerprint != fp
 
@@ -108,22 +145,47 @@ def test_named_features_and_str_ids(tmp_path):
     np.testing.assert_allclose(b.X[:, 1], df.x1.to_numpy(np.float32))
 
 
-@pytest.mark.parametrize("setup, kwargs, message", [
-    (lambda d: d / "missing.parquet", {}, "pool '.*missing.parquet' not found: pass --pool"),
-    (lambda d: d, {}, "has no .parquet files"),
-    (lambda d: text(d / "x.parquet", "id,x\n1,2\n"), {}, "not a readable Parquet file"),
-    (lambda d: write(d / "p.parquet", small()), {"id_col": "key"},
-     r"no id column 'key' \(columns: id, x1, name, x2, y\): pass --id-col NAME"),
-    (lambda d: write(d / "p.parquet", small()), {"id_col": "x1"}, "id column 'x1' has type double.*--id-col"),
-    (lambda d: write(d / "p.parquet", small()), {"features": ["x9"]}, "no feature column 'x9'.*fix --features"),
-    (lambda d: write(d / "p.parquet", small()), {"features": ["name"]},
-     "feature 'name' has type (large_)?string, not a number"),
-    (lambda d: write(d / "p.parquet", small()), {"features": ["id"]}, "both a feature and the id"),
-    (lambda d: write(d / "p.parquet", small()), {"features": []}, "no features given"),
-    (lambda d: write(d / "p.parquet", small()), {"targets": ("z",)}, "no target column 'z'"),
-    (lambda d: write(d / "p.parquet", small()[["id", "name"]]), {}, "no numeric feature columns"),
-    (lambda d: write(d / "p.parquet", small().iloc[:0]), {}, "has no rows"),
-])
+@pytest.mark.parametrize(
+    "setup, kwargs, message",
+    [
+        (lambda d: d / "missing.parquet", {}, "pool '.*missing.parquet' not found: pass --pool"),
+        (lambda d: d, {}, "has no .parquet files"),
+        (lambda d: text(d / "x.parquet", "id,x\n1,2\n"), {}, "not a readable Parquet file"),
+        (
+            lambda d: write(d / "p.parquet", small()),
+            {"id_col": "key"},
+            r"no id column 'key' \(columns: id, x1, name, x2, y\): pass --id-col NAME",
+        ),
+        (
+            lambda d: write(d / "p.parquet", small()),
+            {"id_col": "x1"},
+            "id column 'x1' has type double.*--id-col",
+        ),
+        (
+            lambda d: write(d / "p.parquet", small()),
+            {"features": ["x9"]},
+            "no feature column 'x9'.*fix --features",
+        ),
+        (
+            lambda d: write(d / "p.parquet", small()),
+            {"features": ["name"]},
+            "feature 'name' has type (large_)?string, not a number",
+        ),
+        (
+            lambda d: write(d / "p.parquet", small()),
+            {"features": ["id"]},
+            "both a feature and the id",
+        ),
+        (lambda d: write(d / "p.parquet", small()), {"features": []}, "no features given"),
+        (lambda d: write(d / "p.parquet", small()), {"targets": ("z",)}, "no target column 'z'"),
+        (
+            lambda d: write(d / "p.parquet", small()[["id", "name"]]),
+            {},
+            "no numeric feature columns",
+        ),
+        (lambda d: write(d / "p.parquet", small().iloc[:0]), {}, "has no rows"),
+    ],
+)
 def test_open_pool_errors(tmp_path, setup, kwargs, message):
     with pytest.raises(UserError, match=message):
         open_pool(setup(tmp_path), **kwargs)
@@ -146,14 +208,22 @@ def test_file_damaged_after_open_is_a_user_error_while_streaming(tmp_path):
         list(iter_batches(info))
 
 
-@pytest.mark.parametrize("other, detail", [
-    (lambda d: d.assign(x2=d.x2.astype(np.float64)), "column 'x2' is int32 in the first, double in the second"),
-    (lambda d: d.drop(columns="y"), r"only in the first: \['y'\]"),
-])
+@pytest.mark.parametrize(
+    "other, detail",
+    [
+        (
+            lambda d: d.assign(x2=d.x2.astype(np.float64)),
+            "column 'x2' is int32 in the first, double in the second",
+        ),
+        (lambda d: d.drop(columns="y"), r"only in the first: \['y'\]"),
+    ],
+)
 def test_differing_schemas_are_refused(tmp_path, other, detail):
     write(tmp_path / "a.parquet", small())
     write(tmp_path / "b.parquet", other(small(10, 50)))
-    with pytest.raises(UserError, match=f"'a.parquet' and 'b.parquet' have different schemas.*{detail}"):
+    with pytest.raises(
+        UserError, match=f"'a.parquet' and 'b.parquet' have different schemas.*{detail}"
+    ):
         open_pool(tmp_path)
 
 
@@ -180,8 +250,11 @@ def test_only_needed_columns_are_read(tmp_path, monkeypatch):
     info = open_pool(write(tmp_path / "p.parquet", small()), targets=("y",))
     asked = []
     real = pq.ParquetFile.iter_batches
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
-                        lambda self, **kw: (asked.append(kw["columns"]), real(self, **kw))[1])
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "iter_batches",
+        lambda self, **kw: (asked.append(kw["columns"]), real(self, **kw))[1],
+    )
     list(iter_batches(info))
     list(iter_batches(info, with_targets=True))
     scan_ids(info)
@@ -205,7 +278,9 @@ def test_nonfinite_feature_names_column_and_id(tmp_path, bad):
     df.loc[17, "x1"] = bad
     df["x1"] = df["x1"].astype(np.float64)
     info = open_pool(write(tmp_path / "p.parquet", df))
-    with pytest.raises(UserError, match=r"missing or non-finite value in feature 'x1' \(id 117\): clean the pool"):
+    with pytest.raises(
+        UserError, match=r"missing or non-finite value in feature 'x1' \(id 117\): clean the pool"
+    ):
         list(iter_batches(info))
 
 
@@ -274,7 +349,10 @@ def test_take_rows_with_targets_and_str_ids(tmp_path):
 
 def test_take_rows_missing_ids_listed(big_pool):
     info = open_pool(big_pool[0])
-    with pytest.raises(UserError, match=r"^3 ids are not in the pool \(e.g. 991000, 992000, -1\): check the file's id column$"):
+    with pytest.raises(
+        UserError,
+        match=r"^3 ids are not in the pool \(e.g. 991000, 992000, -1\): check the file's id column$",
+    ):
         take_rows(info, np.array([5, 991_000, 992_000, -1]))
     with pytest.raises(UserError, match=r"^id 991000 is not in the pool: check"):
         require_ids(info, [1, 991_000])

@@ -48,8 +48,14 @@ def run(runs):
 
 def labels(ids, round_=1):
     ids = np.asarray(ids, dtype=np.int64)
-    return pd.DataFrame({"id": ids, "y": ids * 0.5, "round": np.full(len(ids), round_, np.int64),
-                         "time": ["2024-01-01T00:00:00Z"] * len(ids)})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "y": ids * 0.5,
+            "round": np.full(len(ids), round_, np.int64),
+            "time": ["2024-01-01T00:00:00Z"] * len(ids),
+        }
+    )
 
 
 def params(scale=1.0):
@@ -57,7 +63,9 @@ def params(scale=1.0):
 
 
 def query(ids):
-    return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "id": ids, "score": np.linspace(1, 0, len(ids))})
+    return pd.DataFrame(
+        {"rank": np.arange(1, len(ids) + 1), "id": ids, "score": np.linspace(1, 0, len(ids))}
+    )
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -70,10 +78,17 @@ def test_runs_root_default_and_env(runs, monkeypatch, tmp_path):
     assert resolve_run_path("exp") == tmp_path / "elsewhere" / "exp"
 
 
-@pytest.mark.parametrize("name, expect", [
-    ("exp1", "runs/exp1"), ("a.b_c-d", "runs/a.b_c-d"), ("./exp", "exp"), ("sub/exp", "sub/exp"),
-    ("..", ".."), (".hidden", ".hidden"),
-])
+@pytest.mark.parametrize(
+    "name, expect",
+    [
+        ("exp1", "runs/exp1"),
+        ("a.b_c-d", "runs/a.b_c-d"),
+        ("./exp", "exp"),
+        ("sub/exp", "sub/exp"),
+        ("..", ".."),
+        (".hidden", ".hidden"),
+    ],
+)
 def test_resolve_run_path(runs, name, expect):
     assert resolve_run_path(name) == (runs.parent / expect).resolve()
 
@@ -84,10 +99,16 @@ def test_resolve_absolute_and_home(runs, monkeypatch, tmp_path):
     assert resolve_run_path(str(tmp_path / "x")) == tmp_path / "x"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("", "run name is empty"), ("  ", "run name is empty"),
-    ("-x", "not valid: use letters, digits"), ("a b", "not valid"), ("exp!", "not valid"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("", "run name is empty"),
+        ("  ", "run name is empty"),
+        ("-x", "not valid: use letters, digits"),
+        ("a b", "not valid"),
+        ("exp!", "not valid"),
+    ],
+)
 def test_bad_run_names(runs, name, message):
     with pytest.raises(UserError, match=message):
         resolve_run_path(name)
@@ -98,17 +119,36 @@ def test_bad_run_names(runs, name, message):
 
 def test_create_run_layout_and_initial_state(run, runs):
     assert run.path == runs / "exp" and run.name == "exp"
-    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.json", "labels", "queries", "state.json"]
+    assert sorted(p.name for p in run.path.iterdir()) == [
+        "checkpoints",
+        "config.json",
+        "labels",
+        "queries",
+        "state.json",
+    ]
     assert json.loads((run.path / "config.json").read_text()) == CONFIG
     state = json.loads((run.path / "state.json").read_text())
-    assert state == {"generation": 0, "round": 0, "labels_file": None, "labels_sha256": None,
-                     "checkpoint": None, "checkpoint_sha256": None, "outstanding": {}, "n_labels": 0,
-                     "labels_at_checkpoint": 0, "queries": []}
+    assert state == {
+        "generation": 0,
+        "round": 0,
+        "labels_file": None,
+        "labels_sha256": None,
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "outstanding": {},
+        "n_labels": 0,
+        "labels_at_checkpoint": 0,
+        "queries": [],
+    }
     assert sorted(p.name for p in runs.iterdir()) == ["exp"]  # no temp dir left behind
     opened = open_run("exp")
     assert opened == run
     assert opened.targets == ("y",) and opened.id_kind == "int" and opened.task == "regression"
-    assert opened.labels_path is None and opened.checkpoint_path is None and opened.outstanding_ids.size == 0
+    assert (
+        opened.labels_path is None
+        and opened.checkpoint_path is None
+        and opened.outstanding_ids.size == 0
+    )
 
 
 def test_create_run_with_extra_state_and_into_empty_dir(runs):
@@ -127,7 +167,9 @@ def test_create_run_refuses_existing(runs, existing):
     else:
         target.write_text("mine")
     before = run_files_digest(runs)
-    with pytest.raises(UserError, match="run 'exp' already exists at runs/exp: pick another name or delete it"):
+    with pytest.raises(
+        UserError, match="run 'exp' already exists at runs/exp: pick another name or delete it"
+    ):
         create_run(target, CONFIG)
     assert run_files_digest(runs) == before
 
@@ -150,7 +192,9 @@ def test_create_run_is_invisible_until_complete(runs, monkeypatch):
     """The run appears at its path only once config.json and state.json are both written."""
     seen = []
     real = rundir.write_json_atomic
-    monkeypatch.setattr(rundir, "write_json_atomic", lambda p, o: (seen.append((runs / "exp").exists()), real(p, o)))
+    monkeypatch.setattr(
+        rundir, "write_json_atomic", lambda p, o: (seen.append((runs / "exp").exists()), real(p, o))
+    )
     create_run(runs / "exp", CONFIG)
     assert seen == [False, False] and open_run("exp").generation == 0
 
@@ -162,17 +206,23 @@ def test_create_run_refuses_unjsonable_config(runs):
 
 
 def test_open_missing_run(runs):
-    with pytest.raises(UserError, match=r"^no run named 'nope' \(looked in runs/nope\): create it with `alloop init nope --pool PATH`$"):
+    with pytest.raises(
+        UserError,
+        match=r"^no run named 'nope' \(looked in runs/nope\): create it with `alloop init nope --pool PATH`$",
+    ):
         open_run("nope")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda r: (r / "state.json").write_text("{\"generation\": 1,"), "unreadable state.json"),
-    (lambda r: (r / "config.json").write_text("not json"), "unreadable config.json"),
-    (lambda r: (r / "state.json").write_text("[1, 2]"), "state.json that is not a JSON object"),
-    (lambda r: (r / "state.json").write_text("{}"), "state.json without a generation"),
-    (lambda r: (r / "state.json").unlink(), "is not an alloop run \\(no state.json\\)"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "state.json").write_text('{"generation": 1,'), "unreadable state.json"),
+        (lambda r: (r / "config.json").write_text("not json"), "unreadable config.json"),
+        (lambda r: (r / "state.json").write_text("[1, 2]"), "state.json that is not a JSON object"),
+        (lambda r: (r / "state.json").write_text("{}"), "state.json without a generation"),
+        (lambda r: (r / "state.json").unlink(), "is not an alloop run \\(no state.json\\)"),
+    ],
+)
 def test_open_damaged_run(run, damage, message):
     damage(run.path)
     with pytest.raises(UserError, match=message):
@@ -194,14 +244,24 @@ def test_read_labels_empty_frame(run):
 
 
 def test_commit_everything_then_reopen(run):
-    r = commit(run, labels=labels([4, 2]), checkpoint=(params(), {"epochs": 5}), query=(query([7, 8]), "csv"),
-               state={"round": 1, "outstanding": {"7": 1, "8": 1}, "extra": "kept"})
+    r = commit(
+        run,
+        labels=labels([4, 2]),
+        checkpoint=(params(), {"epochs": 5}),
+        query=(query([7, 8]), "csv"),
+        state={"round": 1, "outstanding": {"7": 1, "8": 1}, "extra": "kept"},
+    )
     s = r.state
     assert s["generation"] == 1 and s["round"] == 1 and s["extra"] == "kept"
     assert s["labels_file"] == "labels/labels-000001.parquet" and s["n_labels"] == 2
     assert s["checkpoint"] == "checkpoints/ckpt-000001.npz" and s["labels_at_checkpoint"] == 2
-    assert s["queries"] == [{"round": 1, "file": "queries/round-0001.csv",
-                             "sha256": atomic.sha256_file(r.path / "queries/round-0001.csv")}]
+    assert s["queries"] == [
+        {
+            "round": 1,
+            "file": "queries/round-0001.csv",
+            "sha256": atomic.sha256_file(r.path / "queries/round-0001.csv"),
+        }
+    ]
     assert s["labels_sha256"] == atomic.sha256_file(r.path / s["labels_file"])
     again = open_run("exp")
     assert again.state == s and again.outstanding_ids.tolist() == [7, 8]
@@ -218,16 +278,32 @@ def test_load_checkpoint_none_before_training(run):
 def test_gc_keeps_previous_generation_only(run):
     r = run
     for g in range(1, 5):
-        r = commit(r, labels=labels(range(g)), checkpoint=(params(g), {}),
-                   query=(query([g]), "jsonl"), state={"round": g})
-    assert sorted(p.name for p in (r.path / "labels").iterdir()) == ["labels-000003.parquet", "labels-000004.parquet"]
-    assert sorted(p.name for p in (r.path / "checkpoints").iterdir()) == ["ckpt-000003.npz", "ckpt-000004.npz"]
-    assert len(list((r.path / "queries").iterdir())) == 4 and [q["round"] for q in r.state["queries"]] == [1, 2, 3, 4]
+        r = commit(
+            r,
+            labels=labels(range(g)),
+            checkpoint=(params(g), {}),
+            query=(query([g]), "jsonl"),
+            state={"round": g},
+        )
+    assert sorted(p.name for p in (r.path / "labels").iterdir()) == [
+        "labels-000003.parquet",
+        "labels-000004.parquet",
+    ]
+    assert sorted(p.name for p in (r.path / "checkpoints").iterdir()) == [
+        "ckpt-000003.npz",
+        "ckpt-000004.npz",
+    ]
+    assert len(list((r.path / "queries").iterdir())) == 4 and [
+        q["round"] for q in r.state["queries"]
+    ] == [1, 2, 3, 4]
     r = commit(r, state={"round": 4, "note": "no files"})
     assert r.state["labels_file"] == "labels/labels-000004.parquet"
     # state.json remembers the file each kind replaced last, so generation 3 stays as the fallback
     assert r.state["previous"]["labels_file"] == "labels/labels-000003.parquet"
-    assert sorted(p.name for p in (r.path / "labels").iterdir()) == ["labels-000003.parquet", "labels-000004.parquet"]
+    assert sorted(p.name for p in (r.path / "labels").iterdir()) == [
+        "labels-000003.parquet",
+        "labels-000004.parquet",
+    ]
 
 
 def test_state_only_commit_keeps_files(run):
@@ -253,7 +329,13 @@ def test_labels_frame_must_have_columns(run):
 @pytest.mark.parametrize("fail_at", [0, 1, 2, 3])
 def test_failed_commit_changes_nothing(run, monkeypatch, fail_at):
     """os.replace fails at the labels, checkpoint, query or state.json write: files stay exactly as they were."""
-    r = commit(run, labels=labels([1]), checkpoint=(params(), {}), query=(query([1]), "csv"), state={"round": 1})
+    r = commit(
+        run,
+        labels=labels([1]),
+        checkpoint=(params(), {}),
+        query=(query([1]), "csv"),
+        state={"round": 1},
+    )
     before = run_files_digest(r.path)
     calls, real = [], os.replace
 
@@ -265,8 +347,17 @@ def test_failed_commit_changes_nothing(run, monkeypatch, fail_at):
 
     monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OSError, match="power cut"):
-        commit(r, labels=labels([1, 2]), checkpoint=(params(2), {}), query=(query([3]), "csv"), state={"round": 2})
-    assert Path(calls[-1]).name == ["labels-000002.parquet", "ckpt-000002.npz", "round-0002.csv", "state.json"][fail_at]
+        commit(
+            r,
+            labels=labels([1, 2]),
+            checkpoint=(params(2), {}),
+            query=(query([3]), "csv"),
+            state={"round": 2},
+        )
+    assert (
+        Path(calls[-1]).name
+        == ["labels-000002.parquet", "ckpt-000002.npz", "round-0002.csv", "state.json"][fail_at]
+    )
     assert run_files_digest(r.path) == before
     assert open_run("exp").state == r.state
 
@@ -288,8 +379,13 @@ def test_kill_before_state_leaves_orphans_that_the_next_commit_removes(run, monk
             commit(r, labels=labels([1, 2]), query=(query([5]), "csv"), state={"round": 2})
     assert open_run("exp").state == before  # the commit point was never passed
     assert (r.path / "labels/labels-000002.parquet").exists()
-    r2 = commit(open_run("exp"), labels=labels([1, 2, 3]), query=(query([5]), "csv"), state={"round": 2})
-    assert sorted(p.name for p in (r2.path / "labels").iterdir()) == ["labels-000001.parquet", "labels-000002.parquet"]
+    r2 = commit(
+        open_run("exp"), labels=labels([1, 2, 3]), query=(query([5]), "csv"), state={"round": 2}
+    )
+    assert sorted(p.name for p in (r2.path / "labels").iterdir()) == [
+        "labels-000001.parquet",
+        "labels-000002.parquet",
+    ]
     assert r2.state["labels_sha256"] == atomic.sha256_file(r2.path / "labels/labels-000002.parquet")
     assert read_labels(r2).id.tolist() == [1, 2, 3]
 
@@ -297,7 +393,9 @@ def test_kill_before_state_leaves_orphans_that_the_next_commit_removes(run, monk
 def test_kill_after_state_before_gc_is_a_complete_new_state(run, monkeypatch):
     r = commit(run, labels=labels([1]), state={"round": 1})
     r = commit(r, labels=labels([1, 2]), state={"round": 1})
-    monkeypatch.setattr(rundir, "_collect_garbage", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        rundir, "_collect_garbage", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         commit(r, labels=labels([1, 2, 3]), state={"round": 1})
     now = open_run("exp")
@@ -333,10 +431,15 @@ def test_corrupt_or_missing_files_are_reported(run):
     data = bytearray(ckpt.read_bytes())
     data[-1] ^= 1
     ckpt.write_bytes(bytes(data))
-    with pytest.raises(UserError, match=r"checkpoint checkpoints/ckpt-000001.npz of run 'exp' is corrupt: run `alloop verify exp`"):
+    with pytest.raises(
+        UserError,
+        match=r"checkpoint checkpoints/ckpt-000001.npz of run 'exp' is corrupt: run `alloop verify exp`",
+    ):
         load_checkpoint(r, params())
     (r.path / r.state["labels_file"]).write_bytes(b"junk")
-    with pytest.raises(UserError, match="labels file labels/labels-000001.parquet of run 'exp' is corrupt"):
+    with pytest.raises(
+        UserError, match="labels file labels/labels-000001.parquet of run 'exp' is corrupt"
+    ):
         read_labels(r)
     (r.path / r.state["labels_file"]).unlink()
     with pytest.raises(UserError, match="is missing: run `alloop verify exp`"):
@@ -345,12 +448,16 @@ def test_corrupt_or_missing_files_are_reported(run):
 
 def test_checkpoint_model_mismatch_names_run(run):
     r = commit(run, checkpoint=(params(), {}))
-    with pytest.raises(UserError, match=r"at w: shape \(3,1\) stored, \(4,1\) expected.*alloop train exp --fresh"):
+    with pytest.raises(
+        UserError, match=r"at w: shape \(3,1\) stored, \(4,1\) expected.*alloop train exp --fresh"
+    ):
         load_checkpoint(r, {"w": np.zeros((4, 1), np.float32), "b": np.zeros(1, np.float32)})
 
 
 def test_str_id_run_labels(runs):
-    r = create_run(runs / "s", {**CONFIG, "id_kind": "str", "task": "classification", "targets": ["label"]})
+    r = create_run(
+        runs / "s", {**CONFIG, "id_kind": "str", "task": "classification", "targets": ["label"]}
+    )
     empty = read_labels(r)
     assert list(empty.columns) == ["id", "label", "round", "time"] and empty["id"].dtype == object
     df = pd.DataFrame({"id": ["a", "b"], "label": ["x", "y"], "round": [1, 1], "time": ["t", "t"]})
@@ -392,8 +499,11 @@ def test_lock_is_exclusive_and_names_the_holder(run):
     with run_lock(run.path):
         assert (run.path / ".lock").read_text().strip() == str(os.getpid())
         t0 = time.monotonic()
-        with pytest.raises(UserError, match=rf"^run 'exp' is busy: another alloop command \(pid {os.getpid()}\) is using it; "
-                                            "wait for it to finish or pass --wait SECONDS$"):
+        with pytest.raises(
+            UserError,
+            match=rf"^run 'exp' is busy: another alloop command \(pid {os.getpid()}\) is using it; "
+            "wait for it to finish or pass --wait SECONDS$",
+        ):
             with run_lock(run.path, wait=0.3):
                 pass
         assert 0.25 < time.monotonic() - t0 < 2
@@ -427,10 +537,16 @@ def test_lock_released_on_exception(run):
 
 
 def test_lock_of_sigkilled_holder_is_free(run):
-    code = ("import sys, time; from alloop.io.lock import run_lock\n"
-            "with run_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run.path)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, time; from alloop.io.lock import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run.path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(UserError, match=rf"pid {proc.pid}\)"):

@@ -26,18 +26,37 @@ def ok(res, what=""):
 
 # --- exports as Label Studio writes them ---------------------------------------------------------
 
+
 def _annotation(n: int, target: str, value, kind: str = "number", cancelled: bool = False) -> dict:
     if cancelled:
         result = []
     elif kind == "number":
-        result = [{"from_name": target, "to_name": "row", "type": "number", "value": {"number": value}}]
+        result = [
+            {"from_name": target, "to_name": "row", "type": "number", "value": {"number": value}}
+        ]
     else:
-        result = [{"from_name": target, "to_name": "row", "type": "choices", "value": {"choices": [value]}}]
+        result = [
+            {
+                "from_name": target,
+                "to_name": "row",
+                "type": "choices",
+                "value": {"choices": [value]},
+            }
+        ]
     stamp = f"2026-01-01T00:00:{n:02d}.000000Z"
-    return {"id": n, "result": result, "was_cancelled": cancelled, "completed_by": 1 + n % 2, "created_at": stamp, "updated_at": stamp}
+    return {
+        "id": n,
+        "result": result,
+        "was_cancelled": cancelled,
+        "completed_by": 1 + n % 2,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
 
 
-def json_export(tasks: list[dict], answers: dict, target: str = "target", kind: str = "number") -> list[dict]:
+def json_export(
+    tasks: list[dict], answers: dict, target: str = "target", kind: str = "number"
+) -> list[dict]:
     """Label Studio's JSON export. ``answers``: alloop id -> list of values (None: the annotator skipped)."""
     out, n = [], 0
     for i, t in enumerate(tasks):
@@ -55,13 +74,31 @@ def json_min_export(full: list[dict], target: str = "target") -> list[dict]:
     for t in full:
         anns = [a for a in t["annotations"] if not a["was_cancelled"]]
         if not t["annotations"]:
-            out.append({**t["data"], "id": t["id"], "annotator": None, "annotation_id": None, "created_at": None, "updated_at": None, "lead_time": None})
+            out.append(
+                {
+                    **t["data"],
+                    "id": t["id"],
+                    "annotator": None,
+                    "annotation_id": None,
+                    "created_at": None,
+                    "updated_at": None,
+                    "lead_time": None,
+                }
+            )
         for a in sorted(anns, key=lambda a: a["created_at"], reverse=True):
             rec = {**t["data"], "id": t["id"]}
             for r in a["result"]:
                 v = r["value"]
-                rec[r["from_name"]] = v["choices"][0] if "choices" in v else [{"number": v["number"]}]
-            rec.update(annotator=a["completed_by"], annotation_id=a["id"], created_at=a["created_at"], updated_at=a["updated_at"], lead_time=1.0)
+                rec[r["from_name"]] = (
+                    v["choices"][0] if "choices" in v else [{"number": v["number"]}]
+                )
+            rec.update(
+                annotator=a["completed_by"],
+                annotation_id=a["id"],
+                created_at=a["created_at"],
+                updated_at=a["updated_at"],
+                lead_time=1.0,
+            )
             out.append(rec)
     return out
 
@@ -74,7 +111,9 @@ def csv_export(full: list[dict], path: Path, target: str = "target") -> Path:
         w = csv.DictWriter(f, fieldnames=keys, quoting=csv.QUOTE_NONNUMERIC)
         w.writeheader()
         for r in recs:
-            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+            w.writerow(
+                {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+            )
     return path
 
 
@@ -85,10 +124,13 @@ def write(path: Path, doc) -> Path:
 
 # --- a regression run with a Label Studio round --------------------------------------------------
 
+
 @pytest.fixture
 def ls_run(run, runs):
     """The prepared run with round 2 asked as Label Studio tasks (4 rows)."""
-    q = ok(invoke(["query", "r", "-k", "4", "--format", "labelstudio", "--json"], runs), "query").json()
+    q = ok(
+        invoke(["query", "r", "-k", "4", "--format", "labelstudio", "--json"], runs), "query"
+    ).json()
     tasks = json.loads(Path(q["path"]).read_text())
     return run, q, tasks
 
@@ -104,12 +146,19 @@ def outstanding_of(run: Path) -> set:
 
 def test_tasks_file_and_labeling_config(ls_run):
     run, q, tasks = ls_run
-    assert q["file"] == "queries/round-0002.labelstudio.json" and q["labeling_config"] == "queries/round-0002.labelstudio.xml"
+    assert (
+        q["file"] == "queries/round-0002.labelstudio.json"
+        and q["labeling_config"] == "queries/round-0002.labelstudio.xml"
+    )
     assert len(tasks) == 4
     ids = [t["data"]["alloop_id"] for t in tasks]
     assert all(isinstance(i, int) for i in ids) and {str(i) for i in ids} <= outstanding_of(run)
     for rank, t in enumerate(tasks, 1):
-        assert t["data"]["alloop_run"] == "r" and t["data"]["alloop_round"] == 2 and t["data"]["alloop_rank"] == rank
+        assert (
+            t["data"]["alloop_run"] == "r"
+            and t["data"]["alloop_round"] == 2
+            and t["data"]["alloop_rank"] == rank
+        )
         assert set(t["data"]["item"]) == set(FEATURES)
         (pred,) = t["predictions"]
         assert pred["model_version"] == "alloop r round 2"
@@ -117,11 +166,16 @@ def test_tasks_file_and_labeling_config(ls_run):
         assert res["from_name"] == "target" and res["to_name"] == "row" and res["type"] == "number"
         assert isinstance(res["value"]["number"], float)
     scores = [t["predictions"][0]["score"] for t in tasks]
-    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 4  # sorting by score, descending, is alloop's rank
+    assert (
+        scores == sorted(scores, reverse=True) and len(set(scores)) == 4
+    )  # sorting by score, descending, is alloop's rank
     root = ET.fromstring((run / q["labeling_config"]).read_text())
     assert root.tag == "View"
     assert root.find("Table").attrib == {"name": "row", "value": "$item"}
-    assert root.find("Number").attrib["name"] == "target" and root.find("Number").attrib["toName"] == "row"
+    assert (
+        root.find("Number").attrib["name"] == "target"
+        and root.find("Number").attrib["toName"] == "row"
+    )
     state = json.loads((run / "state.json").read_text())
     assert state["queries"][-1]["config"] == q["labeling_config"]
     ok(invoke(["verify", "r"], run.parent))
@@ -142,11 +196,20 @@ def test_predictions_are_the_models(ls_run):
 def test_ingest_an_export(ls_run, runs, tmp_path, fmt):
     run, _, tasks = ls_run
     ids = [t["data"]["alloop_id"] for t in tasks]
-    answers = {ids[0]: [None], ids[1]: [1.5, 2.5], ids[2]: [-3.25]}  # skipped; two annotators; one; ids[3] never opened
+    answers = {
+        ids[0]: [None],
+        ids[1]: [1.5, 2.5],
+        ids[2]: [-3.25],
+    }  # skipped; two annotators; one; ids[3] never opened
     full = json_export(tasks, answers)
-    path = {"json": lambda: write(tmp_path / "export.json", full), "json-min": lambda: write(tmp_path / "min.json", json_min_export(full)),
-            "csv": lambda: csv_export(full, tmp_path / "export.csv")}[fmt]()
-    res = ok(invoke(["ingest", "r", path, "--resolve", "mean", "--no-train", "--json"], runs), "ingest").json()
+    path = {
+        "json": lambda: write(tmp_path / "export.json", full),
+        "json-min": lambda: write(tmp_path / "min.json", json_min_export(full)),
+        "csv": lambda: csv_export(full, tmp_path / "export.csv"),
+    }[fmt]()
+    res = ok(
+        invoke(["ingest", "r", path, "--resolve", "mean", "--no-train", "--json"], runs), "ingest"
+    ).json()
     assert res["added"] == 2
     labels = labels_of(run)
     assert labels.loc[ids[1], "target"] == 2.0 and labels.loc[ids[2], "target"] == -3.25
@@ -179,12 +242,18 @@ def test_a_task_of_another_run_is_refused(ls_run, runs, tmp_path):
     _refused(run, runs, [write(tmp_path / "e.json", full)], "alloop did not write")
 
 
-@pytest.mark.parametrize("doc, needle", [
-    ("[{\"data\": ", "not readable JSON"),
-    ("42", "not a list of tasks"),
-    ("[]", "has no tasks"),
-    ("[{\"id\": 1, \"data\": {\"alloop_id\": 1, \"alloop_run\": \"r\"}, \"annotations\": 3}]", "not a list"),
-])
+@pytest.mark.parametrize(
+    "doc, needle",
+    [
+        ('[{"data": ', "not readable JSON"),
+        ("42", "not a list of tasks"),
+        ("[]", "has no tasks"),
+        (
+            '[{"id": 1, "data": {"alloop_id": 1, "alloop_run": "r"}, "annotations": 3}]',
+            "not a list",
+        ),
+    ],
+)
 def test_malformed_exports_are_refused(ls_run, runs, tmp_path, doc, needle):
     run, _, _ = ls_run
     (tmp_path / "e.json").write_text(doc)
@@ -219,19 +288,49 @@ def test_resolve_rules_that_do_not_fit_the_task_are_refused(ls_run, runs, tmp_pa
 def test_a_task_already_labeled_differently_needs_overwrite(ls_run, runs, tmp_path):
     run, _, tasks = ls_run
     id_ = tasks[0]["data"]["alloop_id"]
-    ok(invoke(["ingest", "r", write(tmp_path / "a.json", json_export(tasks, {id_: [1.0]})), "--no-train"], runs))
-    _refused(run, runs, [write(tmp_path / "b.json", json_export(tasks, {id_: [2.0]}))], "--overwrite")
+    ok(
+        invoke(
+            [
+                "ingest",
+                "r",
+                write(tmp_path / "a.json", json_export(tasks, {id_: [1.0]})),
+                "--no-train",
+            ],
+            runs,
+        )
+    )
+    _refused(
+        run, runs, [write(tmp_path / "b.json", json_export(tasks, {id_: [2.0]}))], "--overwrite"
+    )
 
 
 # --- classification ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def wine_ls(tmp_path_factory):
     runs = tmp_path_factory.mktemp("ls-wine")
     truth = pd.read_parquet(WINE / "pool.parquet").set_index("id")["target"]
-    seed = pd.concat([truth[truth == c].iloc[:2] for c in ("class_0", "class_1", "class_2")]).reset_index()
+    seed = pd.concat(
+        [truth[truth == c].iloc[:2] for c in ("class_0", "class_1", "class_2")]
+    ).reset_index()
     seed.to_csv(runs / "seed.csv", index=False)
-    ok(invoke(["init", "wine", "--task", "classification", "--pool", WINE / "pool.parquet", "--labels", runs / "seed.csv", *FAST], runs))
+    ok(
+        invoke(
+            [
+                "init",
+                "wine",
+                "--task",
+                "classification",
+                "--pool",
+                WINE / "pool.parquet",
+                "--labels",
+                runs / "seed.csv",
+                *FAST,
+            ],
+            runs,
+        )
+    )
     q = ok(invoke(["query", "wine", "-k", "3", "--format", "labelstudio", "--json"], runs)).json()
     return runs, q
 
@@ -246,16 +345,27 @@ def test_classification_tasks_and_majority(wine_ls, runs, tmp_path):
         assert res["type"] == "choices" and res["value"]["choices"][0] in classes
     root = ET.fromstring((run / q["labeling_config"]).read_text())
     choices = root.find("Choices")
-    assert choices.attrib["name"] == "target" and [c.attrib["value"] for c in choices.findall("Choice")] == classes
+    assert (
+        choices.attrib["name"] == "target"
+        and [c.attrib["value"] for c in choices.findall("Choice")] == classes
+    )
     ids = [t["data"]["alloop_id"] for t in tasks]
     for t in tasks:
         t["data"]["alloop_run"] = "r"  # the copy is named r
-    full = json_export(tasks, {ids[0]: ["class_1", "class_2", "class_1"], ids[1]: ["class_0", "class_2"]}, kind="choices")
+    full = json_export(
+        tasks,
+        {ids[0]: ["class_1", "class_2", "class_1"], ids[1]: ["class_0", "class_2"]},
+        kind="choices",
+    )
     path = write(tmp_path / "e.json", full)
     before = digest(run)
-    assert_user_error(invoke(["ingest", "r", path, "--resolve", "mean"], runs), "--resolve mean", "majority")
+    assert_user_error(
+        invoke(["ingest", "r", path, "--resolve", "mean"], runs), "--resolve mean", "majority"
+    )
     assert digest(run) == before
-    res = ok(invoke(["ingest", "r", path, "--resolve", "majority", "--no-train", "--json"], runs)).json()
+    res = ok(
+        invoke(["ingest", "r", path, "--resolve", "majority", "--no-train", "--json"], runs)
+    ).json()
     labels = labels_of(run)
     assert labels.loc[ids[0], "target"] == "class_1"  # two of three
     assert labels.loc[ids[1], "target"] == "class_2"  # a tie goes to the latest
@@ -264,7 +374,7 @@ def test_classification_tasks_and_majority(wine_ls, runs, tmp_path):
 
 
 def test_labeling_config_escapes_names():
-    xml = labelstudio.labeling_config(["a\"b"], "classification", ["x<y", "z&w"])
+    xml = labelstudio.labeling_config(['a"b'], "classification", ["x<y", "z&w"])
     root = ET.fromstring(xml)
     assert [c.attrib["value"] for c in root.find("Choices").findall("Choice")] == ["x<y", "z&w"]
-    assert root.find("Choices").attrib["name"] == "a\"b"
+    assert root.find("Choices").attrib["name"] == 'a"b'

@@ -38,11 +38,24 @@ def ok(res, what=""):
 def ray_cluster(tmp_path_factory, aws_env):
     """A local Ray cluster with 2 CPUs for the whole session; yields the path whose creation arms one actor kill."""
     arm = tmp_path_factory.mktemp("ray-faults") / "kill-one-actor"
-    env = {distributed.KILL_ENV: str(arm), "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
-           "JAX_PLATFORMS": "cpu"}
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)  # fork-and-exec of Ray's processes
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"env_vars": env})
+    env = {
+        distributed.KILL_ENV: str(arm),
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": REGION,
+        "JAX_PLATFORMS": "cpu",
+    }
+    warnings.filterwarnings(
+        "ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning
+    )  # fork-and-exec of Ray's processes
+    ray.init(
+        num_cpus=2,
+        object_store_memory=256 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        runtime_env={"env_vars": env},
+    )
     yield arm
     ray.shutdown()
 
@@ -61,9 +74,35 @@ def regression_run(alloop_data, tmp_path_factory):
     """A trained regression run over a pool directory, mid-cycle: labels and 2 outstanding rows (both left out)."""
     runs = tmp_path_factory.mktemp("ray-runs")
     pool = split_pool(pd.read_parquet(alloop_data.pool), runs / "pooldir")
-    ok(invoke(["init", "reg", "--pool", pool, "--test", alloop_data.test, "--labels", alloop_data.seed, *FAST], runs), "init")
+    ok(
+        invoke(
+            [
+                "init",
+                "reg",
+                "--pool",
+                pool,
+                "--test",
+                alloop_data.test,
+                "--labels",
+                alloop_data.seed,
+                *FAST,
+            ],
+            runs,
+        ),
+        "init",
+    )
     q = ok(invoke(["query", "reg", "-k", "5", "--json"], runs), "query").json()
-    ok(invoke(["ingest", "reg", fill(q["path"], alloop_data.truth, out=runs / "r1.csv", leave_blank=2)], runs), "ingest")
+    ok(
+        invoke(
+            [
+                "ingest",
+                "reg",
+                fill(q["path"], alloop_data.truth, out=runs / "r1.csv", leave_blank=2),
+            ],
+            runs,
+        ),
+        "ingest",
+    )
     return runs / "reg"
 
 
@@ -76,8 +115,25 @@ def classification_run(tmp_path_factory):
     truth = df.set_index("id")["target"]
     seed = pd.concat([truth[truth == c].iloc[:2] for c in sorted(truth.unique())]).reset_index()
     seed.to_csv(runs / "seed.csv", index=False)
-    ok(invoke(["init", "wine", "--task", "classification", "--pool", pool, "--test", WINE / "test.parquet", "--labels", runs / "seed.csv",
-               *FAST], runs), "init")
+    ok(
+        invoke(
+            [
+                "init",
+                "wine",
+                "--task",
+                "classification",
+                "--pool",
+                pool,
+                "--test",
+                WINE / "test.parquet",
+                "--labels",
+                runs / "seed.csv",
+                *FAST,
+            ],
+            runs,
+        ),
+        "init",
+    )
     ok(invoke(["train", "wine"], runs), "train")
     return runs / "wine"
 
@@ -94,13 +150,17 @@ def assert_same_query(runs: Path, a: dict, b: dict) -> None:
     assert Path(a["path"]).name == Path(b["path"]).name
     assert Path(a["path"]).read_bytes() == Path(b["path"]).read_bytes()
     sa, sb = (json.loads((runs / n / "state.json").read_text()) for n in ("local", "onray"))
-    assert {k: v for k, v in sa.items() if k != "queries"} == {k: v for k, v in sb.items() if k != "queries"}
+    assert {k: v for k, v in sa.items() if k != "queries"} == {
+        k: v for k, v in sb.items() if k != "queries"
+    }
     assert [q["sha256"] for q in sa["queries"]] == [q["sha256"] for q in sb["queries"]]
 
 
 def query_both(runs: Path, *opts, ray_opts=("--workers", "1")) -> tuple[dict, dict]:
     a = ok(invoke(["query", "local", "--json", *opts], runs), "local query").json()
-    b = ok(invoke(["query", "onray", "--json", "--engine", "ray", *ray_opts, *opts], runs), "ray query").json()
+    b = ok(
+        invoke(["query", "onray", "--json", "--engine", "ray", *ray_opts, *opts], runs), "ray query"
+    ).json()
     return a, b
 
 
@@ -121,8 +181,28 @@ def test_ray_query_equals_local_classification(ray_cluster, classification_run, 
 def test_two_actors_share_the_files_and_give_the_same_file(ray_cluster, regression_run, runs):
     """The pool's three files handed out to two actors (whichever is free takes the next): the same file as the local engine."""
     twins(regression_run, runs)
-    a = ok(invoke(["query", "local", "--json", "-k", "6", "--strategy", "sld"], runs), "local query").json()
-    b = ok(invoke(["query", "onray", "--json", "--engine", "ray", "--workers", "2", "-k", "6", "--strategy", "sld"], runs), "ray query").json()
+    a = ok(
+        invoke(["query", "local", "--json", "-k", "6", "--strategy", "sld"], runs), "local query"
+    ).json()
+    b = ok(
+        invoke(
+            [
+                "query",
+                "onray",
+                "--json",
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "-k",
+                "6",
+                "--strategy",
+                "sld",
+            ],
+            runs,
+        ),
+        "ray query",
+    ).json()
     assert_same_query(runs, a, b)
 
 
@@ -144,7 +224,10 @@ def test_a_failed_ray_query_leaves_the_run_unchanged(ray_cluster, alloop_data, r
     bad.loc[bad.index[5], "x1"] = np.nan
     bad.to_parquet(pool / "part-2.parquet", index=False)
     before = digest(runs / "r")
-    assert_user_error(invoke(["query", "r", "--engine", "ray", "--strategy", "sld-topk"], runs), "non-finite value in feature 'x1'")
+    assert_user_error(
+        invoke(["query", "r", "--engine", "ray", "--strategy", "sld-topk"], runs),
+        "non-finite value in feature 'x1'",
+    )
     assert digest(runs / "r") == before
 
 
@@ -172,10 +255,28 @@ def test_init_and_query_over_s3_with_both_engines(ray_cluster, s3, alloop_data, 
     df = pd.read_parquet(alloop_data.pool)
     put_pool(client, df, "houses")
     uri = f"s3://{BUCKET}/houses"
-    init = ok(invoke(["init", "s3run", "--pool", uri, "--endpoint-url", endpoint, "--labels", alloop_data.seed, *FAST, "--json"], runs)).json()
+    init = ok(
+        invoke(
+            [
+                "init",
+                "s3run",
+                "--pool",
+                uri,
+                "--endpoint-url",
+                endpoint,
+                "--labels",
+                alloop_data.seed,
+                *FAST,
+                "--json",
+            ],
+            runs,
+        )
+    ).json()
     assert init["pool_rows"] == len(df)
     config = json.loads((runs / "s3run" / "config.json").read_text())
-    assert config["pool"]["path"].startswith(uri + "?")  # the endpoint goes with the URI; credentials never do
+    assert config["pool"]["path"].startswith(
+        uri + "?"
+    )  # the endpoint goes with the URI; credentials never do
     ok(invoke(["train", "s3run"], runs))
     twins(runs / "s3run", runs)
     a, b = query_both(runs, "-k", "6", "--strategy", "sld")
@@ -195,45 +296,78 @@ def test_aws_endpoint_url_from_the_environment(s3, alloop_data, runs, monkeypatc
 
 def test_a_missing_bucket_is_one_line(s3, runs):
     endpoint, _ = s3
-    assert_user_error(invoke(["init", "m", "--pool", "s3://no-such-bucket/pool", "--endpoint-url", endpoint], runs),
-                      "s3://no-such-bucket/pool", "bucket does not exist")
+    assert_user_error(
+        invoke(
+            ["init", "m", "--pool", "s3://no-such-bucket/pool", "--endpoint-url", endpoint], runs
+        ),
+        "s3://no-such-bucket/pool",
+        "bucket does not exist",
+    )
     assert not (runs / "m").exists()
 
 
 def test_a_missing_prefix_is_one_line(s3, runs):
     endpoint, _ = s3
-    assert_user_error(invoke(["init", "m", "--pool", f"s3://{BUCKET}/nothing-here", "--endpoint-url", endpoint], runs), "not found")
+    assert_user_error(
+        invoke(
+            ["init", "m", "--pool", f"s3://{BUCKET}/nothing-here", "--endpoint-url", endpoint], runs
+        ),
+        "not found",
+    )
 
 
-def test_bad_credentials_are_one_line_and_leave_the_run_unchanged(s3, alloop_data, runs, monkeypatch):
+def test_bad_credentials_are_one_line_and_leave_the_run_unchanged(
+    s3, alloop_data, runs, monkeypatch
+):
     from moto import settings
     from moto.core import responses
 
     endpoint, client = s3
     put_pool(client, pd.read_parquet(alloop_data.pool), "creds")
-    ok(invoke(["init", "c", "--pool", f"s3://{BUCKET}/creds", "--endpoint-url", endpoint, *FAST], runs))
+    ok(
+        invoke(
+            ["init", "c", "--pool", f"s3://{BUCKET}/creds", "--endpoint-url", endpoint, *FAST], runs
+        )
+    )
     before = digest(runs / "c")
-    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the endpoint now checks access keys
+    monkeypatch.setattr(
+        settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0
+    )  # the endpoint now checks access keys
     monkeypatch.setattr(responses.ActionAuthenticatorMixin, "request_count", 0)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAKEY")
     assert_user_error(invoke(["query", "c", "-k", "3"], runs), "access denied")
-    assert_user_error(invoke(["init", "c2", "--pool", f"s3://{BUCKET}/creds", "--endpoint-url", endpoint], runs), "access denied")
+    assert_user_error(
+        invoke(["init", "c2", "--pool", f"s3://{BUCKET}/creds", "--endpoint-url", endpoint], runs),
+        "access denied",
+    )
     assert digest(runs / "c") == before and not (runs / "c2").exists()
 
 
 def test_an_unreachable_endpoint_is_one_line(runs):
-    assert_user_error(invoke(["init", "u", "--pool", "s3://pools/x", "--endpoint-url", "http://127.0.0.1:9"], runs), "unreachable")
+    assert_user_error(
+        invoke(
+            ["init", "u", "--pool", "s3://pools/x", "--endpoint-url", "http://127.0.0.1:9"], runs
+        ),
+        "unreachable",
+    )
 
 
 def test_endpoint_url_is_for_s3_only(runs, alloop_data):
-    assert_user_error(invoke(["init", "x", "--pool", "gs://b/p", "--endpoint-url", "http://127.0.0.1:9"], runs), "s3:// pools only")
+    assert_user_error(
+        invoke(["init", "x", "--pool", "gs://b/p", "--endpoint-url", "http://127.0.0.1:9"], runs),
+        "s3:// pools only",
+    )
 
 
 # --- actors kept between queries (--keep-workers) ----------------------------------------------------
 
 
 def kept_actors() -> list[str]:
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == ray_cluster_mod.NAMESPACE)
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == ray_cluster_mod.NAMESPACE
+    )
 
 
 def actor_state(name: str) -> dict:
@@ -249,7 +383,9 @@ def wait_for(predicate, seconds: float = 60.0) -> bool:
     return predicate()
 
 
-def test_kept_actors_serve_the_next_queries_and_give_the_same_files(ray_cluster, regression_run, classification_run, runs):
+def test_kept_actors_serve_the_next_queries_and_give_the_same_files(
+    ray_cluster, regression_run, classification_run, runs
+):
     """--keep-workers: the second query on the cluster runs on the actor the first one started (same process, no new start)
     and still gives the local engine's file; a run of another model and features gets actors of its own."""
     twins(regression_run, runs)
@@ -259,13 +395,17 @@ def test_kept_actors_serve_the_next_queries_and_give_the_same_files(ray_cluster,
         (name,) = kept_actors()
         first = actor_state(name)
         assert first["queries"] == 1
-        assert_same_query(runs, *query_both(runs, "-k", "4", "--strategy", "sld-topk", ray_opts=keep))  # round 2: other rows left out
+        assert_same_query(
+            runs, *query_both(runs, "-k", "4", "--strategy", "sld-topk", ray_opts=keep)
+        )  # round 2: other rows left out
         assert kept_actors() == [name]
         again = actor_state(name)
         assert again["pid"] == first["pid"] and again["queries"] == 2
         shutil.copytree(classification_run, runs / "wine")
         ok(invoke(["query", "wine", "-k", "3", "--engine", "ray", *keep], runs))
-        assert len(kept_actors()) == 2 and actor_state(name)["queries"] == 2  # not reused for another model
+        assert (
+            len(kept_actors()) == 2 and actor_state(name)["queries"] == 2
+        )  # not reused for another model
         assert ok(invoke(["release-workers", "--json"], runs)).json() == {"released": 2}
         assert wait_for(lambda: kept_actors() == [])
     finally:
@@ -275,7 +415,23 @@ def test_kept_actors_serve_the_next_queries_and_give_the_same_files(ray_cluster,
 def test_a_kept_actor_leaves_when_idle(ray_cluster, regression_run, runs):
     shutil.copytree(regression_run, runs / "r")
     try:
-        ok(invoke(["query", "r", "-k", "3", "--engine", "ray", "--workers", "1", "--keep-workers", "1"], runs))
+        ok(
+            invoke(
+                [
+                    "query",
+                    "r",
+                    "-k",
+                    "3",
+                    "--engine",
+                    "ray",
+                    "--workers",
+                    "1",
+                    "--keep-workers",
+                    "1",
+                ],
+                runs,
+            )
+        )
         assert wait_for(lambda: kept_actors() == [])
     finally:
         ray_cluster_mod.release(ray)
@@ -290,9 +446,15 @@ def test_a_kept_actor_is_never_idle_while_it_serves_a_file(monkeypatch):
     scorer.last, scorer.busy = time.monotonic() - 100.0, False
     assert scorer.idle_for(1.0)
     during = []
-    monkeypatch.setattr(distributed.Scorer, "_top", lambda self, files, token, box: during.append(self.idle_for(1.0)) or "rows")
+    monkeypatch.setattr(
+        distributed.Scorer,
+        "_top",
+        lambda self, files, token, box: during.append(self.idle_for(1.0)) or "rows",
+    )
     assert scorer.top(("f",), "t", []) == "rows" and during == [False]
-    assert not scorer.idle_for(1.0) and scorer.idle_for(-1.0) and not scorer.busy  # the clock restarts when the file is done
+    assert (
+        not scorer.idle_for(1.0) and scorer.idle_for(-1.0) and not scorer.busy
+    )  # the clock restarts when the file is done
     monkeypatch.setattr(distributed.Scorer, "_top", lambda self, files, token, box: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         scorer.top(("f",), "t", [])
@@ -308,7 +470,10 @@ def test_what_a_kept_actor_may_be_reused_for(regression_run, monkeypatch):
     recipe = lambda cfg: RoundRecipe(cfg, "regression", np.zeros((1, 3)), np.zeros((1, 1)), 0, 64)
     key = distributed.actor_key(recipe(config), info)
     assert distributed.actor_key(recipe(json.loads(json.dumps(config))), info) == key
-    assert distributed.actor_key(recipe({**config, "model": {**config["model"], "kind": "mlp"}}), info) != key
+    assert (
+        distributed.actor_key(recipe({**config, "model": {**config["model"], "kind": "mlp"}}), info)
+        != key
+    )
     assert distributed.actor_key(recipe(config), SimpleNamespace(features=("x0", "x1"))) != key
     monkeypatch.setattr(distributed, "_CODE", "other-code")
     assert distributed.actor_key(recipe(config), info) != key
@@ -318,7 +483,9 @@ def test_keep_workers_needs_ray_and_a_number(runs, regression_run):
     shutil.copytree(regression_run, runs / "r")
     before = digest(runs / "r")
     assert_user_error(invoke(["query", "r", "--keep-workers", "60"], runs), "--engine ray")
-    assert_user_error(invoke(["query", "r", "--engine", "ray", "--keep-workers", "-1"], runs), "--keep-workers")
+    assert_user_error(
+        invoke(["query", "r", "--engine", "ray", "--keep-workers", "-1"], runs), "--keep-workers"
+    )
     assert digest(runs / "r") == before
 
 
@@ -344,9 +511,32 @@ def test_a_killed_actor_still_gives_the_same_file(ray_cluster, regression_run, r
     user reads one note of it, not Ray's notices and tracebacks."""
     twins(regression_run, runs)
     ray_cluster.write_text("armed")
-    a = ok(invoke(["query", "local", "--json", "-k", "6", "--strategy", "sld-topk"], runs), "local query").json()
-    res = ok(invoke(["query", "onray", "--json", "--engine", "ray", "--workers", "1", "-k", "6", "--strategy", "sld-topk"], runs), "ray query")
-    assert not ray_cluster.exists() and ray_cluster.with_name(ray_cluster.name + ".fired").exists()  # the kill happened
+    a = ok(
+        invoke(["query", "local", "--json", "-k", "6", "--strategy", "sld-topk"], runs),
+        "local query",
+    ).json()
+    res = ok(
+        invoke(
+            [
+                "query",
+                "onray",
+                "--json",
+                "--engine",
+                "ray",
+                "--workers",
+                "1",
+                "-k",
+                "6",
+                "--strategy",
+                "sld-topk",
+            ],
+            runs,
+        ),
+        "ray query",
+    )
+    assert (
+        not ray_cluster.exists() and ray_cluster.with_name(ray_cluster.name + ".fired").exists()
+    )  # the kill happened
     ray_cluster.with_name(ray_cluster.name + ".fired").unlink()
     assert_same_query(runs, a, res.json())
     notes = [ln for ln in res.stderr.splitlines() if "Ray" in ln]

@@ -27,7 +27,9 @@ N_POOL = 400
 
 
 def _alloop(*args, env, **kw):
-    return subprocess.run([sys.executable, "-m", "alloop", *args], env=env, capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "alloop", *args], env=env, capture_output=True, text=True, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,15 @@ def template(tmp_path_factory):
     pool.to_parquet(root / "pool.parquet", index=False)
     pool.iloc[:12][["id", "target"]].to_csv(root / "seed.csv", index=False)
     env = {**os.environ, "ALLOOP_RUNS": str(root / "runs")}
-    r = _alloop("init", "base", "--pool", str(root / "pool.parquet"), "--labels", str(root / "seed.csv"), env=env)
+    r = _alloop(
+        "init",
+        "base",
+        "--pool",
+        str(root / "pool.parquet"),
+        "--labels",
+        str(root / "seed.csv"),
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     for cmd in (["train", "base"], ["query", "base", "-k", "8"]):
         assert _alloop(*cmd, env=env).returncode == 0
@@ -64,7 +74,12 @@ def _labels(run_path: Path) -> dict:
 
 
 def _kill_during(cmd: list[str], delay: float, env) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "alloop", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alloop", *cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -111,8 +126,21 @@ def test_concurrent_ingests_keep_every_label_once(template, tmp_path):
         part.to_csv(f, index=False)
         files.append(f)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "alloop", "ingest", str(run_path), str(f), "--no-train", "--wait", "120"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "alloop",
+                "ingest",
+                str(run_path),
+                str(f),
+                "--no-train",
+                "--wait",
+                "120",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for f in files
     ]
     for p in procs:
@@ -147,8 +175,11 @@ def test_killed_training_resumes_to_the_uninterrupted_result(template, tmp_path)
     straight = _copy(template, tmp_path / "straight")
     train_cmd(str(straight), fresh=True, epochs=6000)
     killed = _copy(template, tmp_path / "killed")
-    proc = subprocess.Popen([sys.executable, "-m", "alloop", "train", str(killed), "--fresh", "--epochs", "6000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alloop", "train", str(killed), "--fresh", "--epochs", "6000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a mid-training checkpoint is committed, then kill
         st = rundir.open_run(str(killed)).state

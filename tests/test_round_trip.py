@@ -32,13 +32,23 @@ def _env(runs: Path, cache: Path | None) -> dict:
 
 
 def _alloop(args: list, runs: Path, cache: Path | None) -> dict:
-    proc = subprocess.run([*alloop_command(), *map(str, args)], env=_env(runs, cache), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*alloop_command(), *map(str, args)],
+        env=_env(runs, cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout) if "--json" in args else {}
 
 
 def _files(folder: Path) -> set:
-    return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+    return (
+        {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+        if folder.exists()
+        else set()
+    )
 
 
 def test_cache_is_filled_then_used_and_changes_no_output(prepared_run, tmp_path):
@@ -90,20 +100,42 @@ print("JAX-IMPORTED" if any(m == "jax" or m.startswith(("jax.", "jaxlib", "optax
 """
 
 
-@pytest.mark.parametrize("args", [["status", "r"], ["status", "r", "--json"], ["ingest", "r", "LABELS", "--no-train"], ["verify", "r"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "r"],
+        ["status", "r", "--json"],
+        ["ingest", "r", "LABELS", "--no-train"],
+        ["verify", "r"],
+    ],
+)
 def test_commands_that_need_no_model_never_import_jax(run, runs, tmp_path, args):
     labels = tmp_path / "late.csv"
     outstanding = next(iter(json.loads((run / "state.json").read_text())["outstanding"]))
-    labels.write_text(f"id,target\n{outstanding},1.5\n")  # one outstanding row answered: stored, not trained on
+    labels.write_text(
+        f"id,target\n{outstanding},1.5\n"
+    )  # one outstanding row answered: stored, not trained on
     argv = [str(labels) if a == "LABELS" else a for a in args]
-    proc = subprocess.run([sys.executable, "-c", NO_JAX, *argv], env=_env(runs, tmp_path / "cache"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_JAX, *argv],
+        env=_env(runs, tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     last = proc.stdout.strip().splitlines()[-1]
     assert last.split() == ["NO-JAX", "0"], (last, proc.stderr)
 
 
 def test_the_query_command_does_import_jax(run, runs, tmp_path):
     """The check above can fail: a command that scores the pool does import JAX."""
-    proc = subprocess.run([sys.executable, "-c", NO_JAX, "query", "r", "-k", "2"], env=_env(runs, None), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_JAX, "query", "r", "-k", "2"],
+        env=_env(runs, None),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.stdout.strip().splitlines()[-1].split() == ["JAX-IMPORTED", "0"], proc.stderr
 
 
@@ -113,7 +145,10 @@ def test_the_query_command_does_import_jax(run, runs, tmp_path):
 def _leaves(state) -> list:
     import jax
 
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves((state.params, state.tangent, state.opt_state))]
+    return [
+        np.asarray(x)
+        for x in jax.tree_util.tree_leaves((state.params, state.tangent, state.opt_state))
+    ]
 
 
 def test_chunked_epochs_take_the_same_steps_as_one_epoch_per_call():
@@ -126,7 +161,9 @@ def test_chunked_epochs_take_the_same_steps_as_one_epoch_per_call():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert [r.epoch for r in rep2] == list(range(30))
     np.testing.assert_allclose([r.loss for r in rep1], [r.loss for r in rep2], rtol=1e-4)
-    np.testing.assert_allclose([r.tangent_norm for r in rep1], [r.tangent_norm for r in rep2], rtol=1e-4)
+    np.testing.assert_allclose(
+        [r.tangent_norm for r in rep1], [r.tangent_norm for r in rep2], rtol=1e-4
+    )
 
 
 def test_sgdf_stops_once_converged_at_the_ridge_solution_and_a_resumed_run_stops_there_too():
@@ -148,9 +185,16 @@ def test_sgdf_stops_once_converged_at_the_ridge_solution_and_a_resumed_run_stops
     theta, tdot = ridge_closed_form(data, s)
     assert rel_err(flat_linear(state.params), theta.ravel()) < 1e-3
     assert rel_err(flat_linear(state.tangent), tdot.ravel()) < 5e-3
-    g, r = (float(v) for v in sgdf.convergence(prob, states[done - chunk].params, states[done - chunk].tangent, jnp.float32(s), data))
+    g, r = (
+        float(v)
+        for v in sgdf.convergence(
+            prob, states[done - chunk].params, states[done - chunk].tangent, jnp.float32(s), data
+        )
+    )
     assert g > rule.grad_tol or r > rule.residual_tol  # not converged one chunk earlier
-    resumed, rest = sgdf.fit(prob, data, s, cfg, state=states[chunk], start_epoch=chunk, chunk=chunk, stop=rule)
+    resumed, rest = sgdf.fit(
+        prob, data, s, cfg, state=states[chunk], start_epoch=chunk, chunk=chunk, stop=rule
+    )
     assert chunk + len(rest) == done
     for a, b in zip(_leaves(resumed), _leaves(state)):
         np.testing.assert_array_equal(a, b)
@@ -159,7 +203,9 @@ def test_sgdf_stops_once_converged_at_the_ridge_solution_and_a_resumed_run_stops
 # --- the pool's features, cached while the pool is unchanged ---------------------------------------
 
 
-def test_feature_cache_serves_the_same_floats_and_never_a_changed_pool(alloop_data, tmp_path, monkeypatch):
+def test_feature_cache_serves_the_same_floats_and_never_a_changed_pool(
+    alloop_data, tmp_path, monkeypatch
+):
     import shutil
 
     from alloop.io import feature_cache
@@ -178,7 +224,9 @@ def test_feature_cache_serves_the_same_floats_and_never_a_changed_pool(alloop_da
     monkeypatch.setattr(poolio, "iter_batches", lambda *a, **k: read.append(1) or real(*a, **k))
     np.testing.assert_array_equal(feature_cache.features(info, ids, tmp_path / "cache"), direct)
     assert not read, "an unchanged pool was read again"
-    assert feature_cache.features(info, np.array([1, 1000]), tmp_path / "cache") is None  # an id not in the pool
+    assert (
+        feature_cache.features(info, np.array([1, 1000]), tmp_path / "cache") is None
+    )  # an id not in the pool
     # the pool changes (same size and columns, new values): the entry is not used
     import pandas as pd
 
@@ -187,6 +235,8 @@ def test_feature_cache_serves_the_same_floats_and_never_a_changed_pool(alloop_da
     df.to_parquet(path, index=False)
     info = poolio.open_pool(str(path), "id", ["x0", "x1", "x2"])
     changed = feature_cache.features(info, ids, tmp_path / "cache")
-    np.testing.assert_array_equal(changed, poolio.take_rows(info, ids)[["x0", "x1", "x2"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(
+        changed, poolio.take_rows(info, ids)[["x0", "x1", "x2"]].to_numpy(np.float32)
+    )
     assert read, "a changed pool was served from the cache"
     assert len(list((tmp_path / "cache" / "pools").rglob("*.npz"))) == 1  # the stale entry is gone

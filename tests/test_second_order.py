@@ -32,7 +32,9 @@ def test_second_order_matches_ridge_closed_form(ridge, method):
 def test_second_order_tangent_agrees_with_sgdf(ridge):
     prob, data, _, _ = ridge
     res = second_order.fit(prob, data, S, prob.model.init(None), method="newton")
-    state, _ = sgdf.fit(prob, data, S, sgdf.TrainConfig(optimizer="adam", lr=0.05, epochs=150, batch_size=16))
+    state, _ = sgdf.fit(
+        prob, data, S, sgdf.TrainConfig(optimizer="adam", lr=0.05, epochs=150, batch_size=16)
+    )
     assert cosine(flat_linear(res.tangent), flat_linear(state.tangent)) >= 0.999
 
 
@@ -43,7 +45,12 @@ def test_newton_handles_a_nonconvex_mlp():
     y = np.sin(2 * x).astype(np.float32)
     model = models.mlp(1, 1, hidden=(5,), activation="tanh")
     p0 = model.init(jax.random.PRNGKey(0))
-    prob = objective.Problem(model, losses.squared, regularizers.l2(jax.tree_util.tree_map(np.ones_like, p0)), models.identity_standardizer(1))
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2(jax.tree_util.tree_map(np.ones_like, p0)),
+        models.identity_standardizer(1),
+    )
     res = second_order.fit(prob, objective.make_data(x, y), 0.1, p0, method="newton")
     assert res.grad_norm < 1e-6
     assert np.isfinite(res.residual)

@@ -24,7 +24,9 @@ def test_streaming_topk_equals_full_sort(n, k, batch, seed, ties):
     x = np.arange(n, dtype=np.float32)[:, None]
     state = selection.topk_empty(k, 1, np.int64)
     for i in range(0, n, batch):
-        state = selection.topk_merge(state, scores[i : i + batch], ids[i : i + batch], x[i : i + batch], k)
+        state = selection.topk_merge(
+            state, scores[i : i + batch], ids[i : i + batch], x[i : i + batch], k
+        )
     order = np.lexsort((ids, -scores))[:k]
     np.testing.assert_array_equal(state.ids, ids[order])
     np.testing.assert_array_equal(state.scores, scores[order])
@@ -32,7 +34,13 @@ def test_streaming_topk_equals_full_sort(n, k, batch, seed, ties):
 
 
 def test_nan_scores_rank_last():
-    state = selection.topk_merge(selection.topk_empty(2, 1, np.int64), np.array([np.nan, 1.0, 0.5]), np.array([1, 2, 3]), np.zeros((3, 1), np.float32), 2)
+    state = selection.topk_merge(
+        selection.topk_empty(2, 1, np.int64),
+        np.array([np.nan, 1.0, 0.5]),
+        np.array([1, 2, 3]),
+        np.zeros((3, 1), np.float32),
+        2,
+    )
     np.testing.assert_array_equal(state.ids, [2, 3])
 
 

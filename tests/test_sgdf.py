@@ -16,12 +16,19 @@ RIDGE_CFG = sgdf.TrainConfig(optimizer="adam", lr=0.05, epochs=60, batch_size=32
 
 
 def _leaves(state: sgdf.TrainState) -> list[np.ndarray]:
-    return [np.asarray(a) for a in jax.tree_util.tree_leaves((state.params, state.tangent, state.opt_state, state.opt_tangent))]
+    return [
+        np.asarray(a)
+        for a in jax.tree_util.tree_leaves(
+            (state.params, state.tangent, state.opt_state, state.opt_tangent)
+        )
+    ]
 
 
 def _same_bits(a: sgdf.TrainState, b: sgdf.TrainState) -> bool:
     la, lb = _leaves(a), _leaves(b)
-    return len(la) == len(lb) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb)
+    )
 
 
 def _tiny_mlp(rng, n=16):
@@ -29,7 +36,13 @@ def _tiny_mlp(rng, n=16):
     y = np.tanh(x[:, :1] - x[:, 1:]).astype(np.float32)
     model = models.mlp(2, 1, hidden=(3,), activation="tanh")
     p0 = model.init(jax.random.PRNGKey(0))
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(2), *objective.default_curvature("mlp"))
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2_weights(p0),
+        models.identity_standardizer(2),
+        *objective.default_curvature("mlp"),
+    )
     return prob, objective.make_data(x, y)
 
 
@@ -88,8 +101,13 @@ def test_warm_start_keeps_the_tangent(ridge, ridge_run, keep_tangent):
     state = ridge_run[0]
     assert cosine(flat_linear(state.tangent), tdot) >= 0.999
     more = sgdf.TrainConfig(optimizer="adam", lr=1e-3, epochs=2, batch_size=32, seed=7)
-    cont, _ = sgdf.fit(prob, data, S, more, params=state.params, tangent=state.tangent if keep_tangent else None)
-    kept = cosine(flat_linear(cont.tangent), tdot) >= 0.999 and cosine(flat_linear(cont.tangent), flat_linear(state.tangent)) >= 0.999
+    cont, _ = sgdf.fit(
+        prob, data, S, more, params=state.params, tangent=state.tangent if keep_tangent else None
+    )
+    kept = (
+        cosine(flat_linear(cont.tangent), tdot) >= 0.999
+        and cosine(flat_linear(cont.tangent), flat_linear(state.tangent)) >= 0.999
+    )
     assert kept == keep_tangent
 
 
@@ -103,7 +121,9 @@ def test_same_result_with_and_without_jit():
     assert int(eager.step) == int(jitted.step) == 3 * 2
     for a, b in zip(_leaves(jitted), _leaves(eager)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert np.abs(ravel_pytree(jitted.tangent)[0]).max() > 1e-4  # the tangent moved: the comparison is not vacuous
+    assert (
+        np.abs(ravel_pytree(jitted.tangent)[0]).max() > 1e-4
+    )  # the tangent moved: the comparison is not vacuous
 
 
 def test_scaled_tangent_steps_keep_theta_and_speed_up_the_tangent(ridge):
@@ -112,7 +132,14 @@ def test_scaled_tangent_steps_keep_theta_and_speed_up_the_tangent(ridge):
     prob, data, tdot = ridge
     cfg = sgdf.TrainConfig(optimizer="sgd", lr=0.05, epochs=60, batch_size=32, tangent_every=4)
     plain, _ = sgdf.fit(prob, data, S, cfg)
-    scaled, _ = sgdf.fit(prob, data, S, sgdf.TrainConfig(**{**cfg.to_dict(), "tangent_scaled": True}))
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(scaled.params)))
+    scaled, _ = sgdf.fit(
+        prob, data, S, sgdf.TrainConfig(**{**cfg.to_dict(), "tangent_scaled": True})
+    )
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(scaled.params)
+        )
+    )
     c_plain, c_scaled = (cosine(flat_linear(st.tangent), tdot) for st in (plain, scaled))
     assert c_scaled > c_plain + 1e-3 and c_scaled > 0.997

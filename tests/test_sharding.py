@@ -22,7 +22,12 @@ from alloop.io.prefetch import prefetch
 from alloop.strategies import stream as streaming
 
 FEATURES = ["a", "b", "c"]
-FILES = [(0, 700, 300), (700, 701, 10), (701, 1999, 256), (1999, 2400, 1000)]  # rows [start, stop), row group size
+FILES = [
+    (0, 700, 300),
+    (700, 701, 10),
+    (701, 1999, 256),
+    (1999, 2400, 1000),
+]  # rows [start, stop), row group size
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +35,15 @@ def pool_dir(tmp_path_factory):
     """A directory pool of four files (one of a single row) with odd row groups and mixed column types."""
     rng = np.random.default_rng(0)
     n = FILES[-1][1]
-    df = pd.DataFrame({
-        "id": rng.permutation(n).astype(np.int64) * 7 + 11,
-        "a": rng.normal(size=n),
-        "b": rng.normal(size=n).astype(np.float32),
-        "c": rng.integers(-3, 4, n).astype(np.int32),  # few values: many tied scores
-        "target": rng.normal(size=n),
-    })
+    df = pd.DataFrame(
+        {
+            "id": rng.permutation(n).astype(np.int64) * 7 + 11,
+            "a": rng.normal(size=n),
+            "b": rng.normal(size=n).astype(np.float32),
+            "c": rng.integers(-3, 4, n).astype(np.int32),  # few values: many tied scores
+            "target": rng.normal(size=n),
+        }
+    )
     folder = tmp_path_factory.mktemp("pooldir")
     for j, (start, stop, rg) in enumerate(FILES):
         df.iloc[start:stop].to_parquet(folder / f"part-{j}.parquet", index=False, row_group_size=rg)
@@ -71,7 +78,9 @@ def check_kept(kept: streaming.Kept, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(rows, want[["id", *FEATURES]].reset_index(drop=True))
 
 
-@pytest.mark.parametrize("buffer_rows", [1, 100, streaming.BUFFER_ROWS])  # merged at every batch .. only at the end
+@pytest.mark.parametrize(
+    "buffer_rows", [1, 100, streaming.BUFFER_ROWS]
+)  # merged at every batch .. only at the end
 @pytest.mark.parametrize("batch_rows", [1, 7, 64, 333, 5000])
 @pytest.mark.parametrize("k", [1, 25, 3000])
 def test_streaming_topk_equals_full_sort(pool_dir, batch_rows, k, buffer_rows, monkeypatch):
@@ -80,7 +89,12 @@ def test_streaming_topk_equals_full_sort(pool_dir, batch_rows, k, buffer_rows, m
     info = poolio.open_pool(folder, features=FEATURES)
     exclude = df["id"].to_numpy()[::97]
     kept = streaming.stream_top(info, numpy_scorer, exclude, k, batch_rows)
-    want = full_sort(df, numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))), exclude, k)
+    want = full_sort(
+        df,
+        numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))),
+        exclude,
+        k,
+    )
     check_kept(kept, want)
 
 
@@ -90,7 +104,13 @@ def test_device_scorer_topk_equals_full_sort(pool_dir, batch_rows):
     folder, df = pool_dir
     info = poolio.open_pool(folder, features=FEATURES)
     x = df[FEATURES].to_numpy(np.float32)
-    kept = streaming.stream_top(info, streaming.device_scorer(_jax_score, batch_rows), np.array([], np.int64), 40, batch_rows)
+    kept = streaming.stream_top(
+        info,
+        streaming.device_scorer(_jax_score, batch_rows),
+        np.array([], np.int64),
+        40,
+        batch_rows,
+    )
     check_kept(kept, full_sort(df, np.asarray(_jax_score(x), np.float64), [], 40))
 
 
@@ -115,11 +135,23 @@ def test_partition_tops_reduce_to_the_whole_streams_top(pool_dir, parts):
     exclude = df["id"].to_numpy()[5::50]
     table = pa.Table.from_pandas(df[["id", *FEATURES]], preserve_index=False)
     cuts = np.linspace(0, len(df), parts + 1).astype(int)
-    tops = [distributed.partition_top(table.slice(a, b - a), info, numpy_scorer, 30, streaming.excluder(exclude))
-            for a, b in zip(cuts[:-1], cuts[1:])]
+    tops = [
+        distributed.partition_top(
+            table.slice(a, b - a), info, numpy_scorer, 30, streaming.excluder(exclude)
+        )
+        for a, b in zip(cuts[:-1], cuts[1:])
+    ]
     seen = []
     kept = distributed.reduce(reversed(tops), info, 30, seen.append)
-    check_kept(kept, full_sort(df, numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))), exclude, 30))
+    check_kept(
+        kept,
+        full_sort(
+            df,
+            numpy_scorer(poolio.PoolBatch(df["id"].to_numpy(), df[FEATURES].to_numpy(np.float32))),
+            exclude,
+            30,
+        ),
+    )
     whole = streaming.stream_top(info, numpy_scorer, exclude, 30, 64)
     np.testing.assert_array_equal(kept.ids, whole.ids)
     assert sum(seen) == len(df)
@@ -127,7 +159,10 @@ def test_partition_tops_reduce_to_the_whole_streams_top(pool_dir, parts):
 
 def test_batches_are_full_across_files_and_row_groups(pool_dir):
     folder, df = pool_dir
-    sizes = [len(b.ids) for b in poolio.iter_batches(poolio.open_pool(folder, features=FEATURES), batch_rows=256)]
+    sizes = [
+        len(b.ids)
+        for b in poolio.iter_batches(poolio.open_pool(folder, features=FEATURES), batch_rows=256)
+    ]
     assert sizes[:-1] == [256] * (len(sizes) - 1) and sum(sizes) == len(df)
 
 
@@ -164,7 +199,9 @@ def test_prefetch_raises_the_readers_error_and_stops_early():
 
     with prefetch(endless, depth=2) as items:
         assert next(items) == 0
-    assert closed.is_set()  # leaving early closed the reader's iterator (its files) in the reader thread
+    assert (
+        closed.is_set()
+    )  # leaving early closed the reader's iterator (its files) in the reader thread
 
 
 # --- several devices (forced host devices, in a subprocess: the flag must precede jax's start) -----
@@ -214,8 +251,14 @@ MULTI = textwrap.dedent("""
 
 
 def test_sharded_scoring_equals_single_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", MULTI], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", MULTI], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
@@ -227,7 +270,9 @@ def test_even_chunk_covers_the_rows_with_little_padding(n_rows, devices):
     calls = -(-n_rows // rows)
     assert rows % devices == 0 and rows <= parallel.padded_rows(max_rows, devices)
     assert calls == max(-(-n_rows // max_rows), 0)  # no more calls than the cap needs
-    assert calls * rows - n_rows <= max(calls * (devices + 1) - 1, 0)  # padding: under one row a call, plus the device rounding
+    assert calls * rows - n_rows <= max(
+        calls * (devices + 1) - 1, 0
+    )  # padding: under one row a call, plus the device rounding
 
 
 def test_devices_beyond_the_machine_are_refused():

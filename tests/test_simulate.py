@@ -64,7 +64,10 @@ def test_tiny_simulation_end_to_end(tiny, tmp_path):
     assert (first == 1).all()
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["strategies"]["random"]["relative_area"] == 1.0
-    assert set(on_disk["strategies"]) == set(ALL) and summary["strategies"].keys() == on_disk["strategies"].keys()
+    assert (
+        set(on_disk["strategies"]) == set(ALL)
+        and summary["strategies"].keys() == on_disk["strategies"].keys()
+    )
     assert "| sld-topk |" in (tmp_path / "summary.md").read_text()
 
 
@@ -76,8 +79,20 @@ def test_same_seed_same_numbers_in_any_number_of_processes(tiny, tmp_path):
     a = curves(tmp_path / "a").sort_values(key).reset_index(drop=True)
     b = curves(tmp_path / "b").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a[[*key, "metric"]], b[[*key, "metric"]], check_exact=True)
-    other = sim.simulate(tiny, sim.SimSettings(**{**TINY.to_dict(), "seed": 4}), ["random"], reps=1, out=tmp_path / "c", jobs=1)
-    assert other["strategies"]["random"]["final"] != json.loads((tmp_path / "a" / "summary.json").read_text())["strategies"]["random"]["final"]
+    other = sim.simulate(
+        tiny,
+        sim.SimSettings(**{**TINY.to_dict(), "seed": 4}),
+        ["random"],
+        reps=1,
+        out=tmp_path / "c",
+        jobs=1,
+    )
+    assert (
+        other["strategies"]["random"]["final"]
+        != json.loads((tmp_path / "a" / "summary.json").read_text())["strategies"]["random"][
+            "final"
+        ]
+    )
 
 
 def test_resume_skips_finished_curves_and_redoes_a_torn_one(tiny, tmp_path, monkeypatch):
@@ -101,16 +116,27 @@ def test_resume_skips_finished_curves_and_redoes_a_torn_one(tiny, tmp_path, monk
     sim.simulate(tiny, TINY, ["sld", "random"], reps=2, out=tmp_path, jobs=1)
     assert calls == [("random", 1)]
     df = curves(tmp_path)
-    assert df.groupby(["strategy", "rep"]).size().eq(len(EXPECTED_N)).all() and len(df) == 4 * len(EXPECTED_N)
+    assert df.groupby(["strategy", "rep"]).size().eq(len(EXPECTED_N)).all() and len(df) == 4 * len(
+        EXPECTED_N
+    )
     redone = df[(df.strategy == "random") & (df.rep == 1)]["metric"].to_numpy()
     original = pd.read_csv(io.StringIO("".join(lines)))
-    np.testing.assert_array_equal(redone, original[(original.strategy == "random") & (original.rep == 1)]["metric"].to_numpy())
+    np.testing.assert_array_equal(
+        redone, original[(original.strategy == "random") & (original.rep == 1)]["metric"].to_numpy()
+    )
 
 
 def test_other_settings_in_the_same_directory_are_refused(tiny, tmp_path):
     sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
     with pytest.raises(UserError, match="other settings"):
-        sim.simulate(tiny, sim.SimSettings(**{**TINY.to_dict(), "batch": 4}), ["random"], reps=1, out=tmp_path, jobs=1)
+        sim.simulate(
+            tiny,
+            sim.SimSettings(**{**TINY.to_dict(), "batch": 4}),
+            ["random"],
+            reps=1,
+            out=tmp_path,
+            jobs=1,
+        )
 
 
 def test_a_directory_in_use_is_refused(tiny, tmp_path):
@@ -142,11 +168,35 @@ def test_cli_simulate_and_figure(tiny, tmp_path):
 
     pool = tmp_path / "pool.parquet"
     test = tmp_path / "test.parquet"
-    pd.DataFrame(tiny.x_pool, columns=list(tiny.features)).assign(target=tiny.y_pool).rename_axis("id").reset_index().to_parquet(pool)
-    pd.DataFrame(tiny.x_test, columns=list(tiny.features)).assign(target=tiny.y_test).rename_axis("id").reset_index().to_parquet(test)
+    pd.DataFrame(tiny.x_pool, columns=list(tiny.features)).assign(target=tiny.y_pool).rename_axis(
+        "id"
+    ).reset_index().to_parquet(pool)
+    pd.DataFrame(tiny.x_test, columns=list(tiny.features)).assign(target=tiny.y_test).rename_axis(
+        "id"
+    ).reset_index().to_parquet(test)
     runner = CliRunner()
-    args = ["simulate", "--pool", str(pool), "--test", str(test), "--strategies", "sld,random", "--reps", "1", "--initial", "5",
-            "--budget", "15", "--batch", "5", "--out", str(tmp_path / "o"), "--jobs", "1", "--json"]
+    args = [
+        "simulate",
+        "--pool",
+        str(pool),
+        "--test",
+        str(test),
+        "--strategies",
+        "sld,random",
+        "--reps",
+        "1",
+        "--initial",
+        "5",
+        "--budget",
+        "15",
+        "--batch",
+        "5",
+        "--out",
+        str(tmp_path / "o"),
+        "--jobs",
+        "1",
+        "--json",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["strategies"]["sld"]["reps"] == 1
@@ -159,7 +209,11 @@ def test_cli_simulate_and_figure(tiny, tmp_path):
 
 
 def _rows(strategy, table, n=(10, 20, 30)):
-    return [{"strategy": strategy, "rep": r, "n_labels": k, "metric": m, "seconds": 0.0} for r, row in enumerate(table) for k, m in zip(n, row)]
+    return [
+        {"strategy": strategy, "rep": r, "n_labels": k, "metric": m, "seconds": 0.0}
+        for r, row in enumerate(table)
+        for k, m in zip(n, row)
+    ]
 
 
 def test_relative_area_and_friends_on_hand_made_curves():
@@ -171,14 +225,21 @@ def test_relative_area_and_friends_on_hand_made_curves():
     s = sim_summary.summarize(rows, ["random", "fast", "flat"], TINY, "hand")["strategies"]
     assert sim_summary.area([10, 20, 30], [2, 1, 0.5]) == pytest.approx(22.5)
     assert s["fast"]["relative_area"] == pytest.approx(95 / 100)
-    assert s["fast"]["relative_area_se"] == pytest.approx(np.std([0.5625, 72.5 / 60], ddof=1) / np.sqrt(2))
+    assert s["fast"]["relative_area_se"] == pytest.approx(
+        np.std([0.5625, 72.5 / 60], ddof=1) / np.sqrt(2)
+    )
     assert (s["fast"]["wins"], s["fast"]["losses"]) == (1, 1)
     # mean curve of fast: 3, 2.25, 2.0 never reaches random's final 1.5
     assert s["fast"]["labels_to_match_random"] is None
     # flat ties random in the second repetition: a tie is neither a win nor a loss
-    assert s["flat"]["relative_area"] == pytest.approx(120 / 100) and (s["flat"]["wins"], s["flat"]["losses"]) == (0, 1)
+    assert s["flat"]["relative_area"] == pytest.approx(120 / 100) and (
+        s["flat"]["wins"],
+        s["flat"]["losses"],
+    ) == (0, 1)
     assert s["random"]["labels_to_match_random"] == 30 and s["random"]["relative_area"] == 1.0
-    easy = sim_summary.summarize(rows + _rows("easy", [[2, 1, 1], [2, 1, 1]]), ["easy"], TINY, "hand")["strategies"]["easy"]
+    easy = sim_summary.summarize(
+        rows + _rows("easy", [[2, 1, 1], [2, 1, 1]]), ["easy"], TINY, "hand"
+    )["strategies"]["easy"]
     assert easy["labels_to_match_random"] == 20 and easy["at"]["30"]["mean"] == 1.0
 
 
@@ -196,7 +257,9 @@ def test_loocv_closed_form_equals_leave_one_out_retraining(rng, free_bias):
             keep = np.arange(len(y)) != i
             theta = sim_learners.fit_ridge(a[keep], y[keep], s, d).theta
             brute.append(a[i] @ theta - y[i])
-        np.testing.assert_allclose(sim_learners.loocv_residuals(a, y, s, d), brute, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            sim_learners.loocv_residuals(a, y, s, d), brute, rtol=1e-9, atol=1e-12
+        )
 
 
 def test_closed_form_ridge_matches_the_core_tangent_and_sld(rng):
@@ -211,16 +274,25 @@ def test_closed_form_ridge_matches_the_core_tangent_and_sld(rng):
     fit = sim_learners.fit_ridge(a, y, 0.8, sim_learners.penalty(a.shape[1]))
 
     model = models.poly(2, 1, 3)
-    problem = objective.Problem(model, losses.squared, regularizers.l2_weights(model.init(None)), models.fit_standardizer(x.mean(0), x.std(0)))
+    problem = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2_weights(model.init(None)),
+        models.fit_standardizer(x.mean(0), x.std(0)),
+    )
     data = objective.make_data(x, y[:, None])
     core = tangents.exact(problem, sim_learners.core_params(fit.theta), 0.8, data).tangent
     flat = np.r_[np.ravel(core["w"]), np.ravel(core["b"])]
     np.testing.assert_allclose(flat, fit.tangent, rtol=2e-3, atol=1e-5)
 
     noise = np.float32(fit.noise)
-    sld = scorers.sld(problem, sim_learners.core_params(fit.theta), sim_learners.core_params(fit.tangent), [noise])
+    sld = scorers.sld(
+        problem, sim_learners.core_params(fit.theta), sim_learners.core_params(fit.tangent), [noise]
+    )
     core_sld = np.asarray(sld(jnp.asarray(x, jnp.float32)))
-    np.testing.assert_allclose(core_sld, 4 * fit.noise * (a @ fit.tangent) ** 2, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        core_sld, 4 * fit.noise * (a @ fit.tangent) ** 2, rtol=1e-3, atol=1e-6
+    )
 
 
 def test_paper_figure_finite_difference_converges_to_the_tangent():
@@ -228,7 +300,11 @@ def test_paper_figure_finite_difference_converges_to_the_tangent():
     y = np.sin(3 * x) + 0.5 * np.cos(2 * x) + np.array([0.03, -0.05, 0.02, 0.04, -0.01, 0.0])
     errors = [sim_figure.analyse(x, y, r)["fd_rel_error"] for r in (0.2, 0.02, 0.002)]
     # a forward difference: the error shrinks in proportion to δ
-    assert errors[2] < 5e-3 and errors[0] / errors[1] == pytest.approx(10, rel=0.3) and errors[1] / errors[2] == pytest.approx(10, rel=0.3)
+    assert (
+        errors[2] < 5e-3
+        and errors[0] / errors[1] == pytest.approx(10, rel=0.3)
+        and errors[1] / errors[2] == pytest.approx(10, rel=0.3)
+    )
     res = sim_figure.analyse(x, y)
     assert abs(res["sld_argmax_x"]) < 0.7  # the largest SLD sits in the gap
 
@@ -260,7 +336,9 @@ def test_the_simulation_runs_the_very_strategy_objects_of_alloop_query(tiny, mon
     """One registry: every strategy a live query runs is the object the simulation selects with."""
     seen = []
     real = strategies.select
-    monkeypatch.setattr(strategies, "select", lambda strat, *a, **kw: seen.append(strat) or real(strat, *a, **kw))
+    monkeypatch.setattr(
+        strategies, "select", lambda strat, *a, **kw: seen.append(strat) or real(strat, *a, **kw)
+    )
     settings = sim.SimSettings(initial=5, budget=10, batch=5, seed=1)
     learner = sim.make_learner(tiny, settings)
     for name in strategies.names("regression", live=True):
@@ -279,7 +357,9 @@ def test_rank_one_update_equals_refitting_with_the_predicted_label(tiny):
     rows = np.r_[idx, j]
     y = np.r_[tiny.y_pool[idx], rnd.model.predict(x[j : j + 1])[0]]
     refit = sim_learners.fit_ridge(learner.a_pool[rows], y, 1.0, learner.d)
-    np.testing.assert_allclose(u_new, learner.a_pool @ refit.tangent, rtol=2e-3, atol=1e-5)  # float32 model outputs
+    np.testing.assert_allclose(
+        u_new, learner.a_pool @ refit.tangent, rtol=2e-3, atol=1e-5
+    )  # float32 model outputs
 
 
 def test_lookahead_gain_is_the_drop_of_the_total_sld_after_refitting_with_the_predicted_label(tiny):
@@ -297,10 +377,14 @@ def test_lookahead_gain_is_the_drop_of_the_total_sld_after_refitting_with_the_pr
     for j in cand:
         rows = np.r_[idx, j]
         y = np.r_[tiny.y_pool[idx], rnd.model.predict(x[j : j + 1])[0]]
-        u_new = learner.a_pool @ sim_learners.fit_ridge(learner.a_pool[rows], y, 1.0, learner.d).tangent
+        u_new = (
+            learner.a_pool @ sim_learners.fit_ridge(learner.a_pool[rows], y, 1.0, learner.d).tangent
+        )
         refitted.append(np.sum(u[over] ** 2) - np.sum(u_new[over] ** 2))
     np.testing.assert_allclose(gain, refitted, rtol=5e-3, atol=1e-6 * np.sum(u[over] ** 2))
-    assert np.ptp(gain) > 0.1 * np.max(np.abs(gain))  # the rows differ: a constant gain would pass a looser check
+    assert np.ptp(gain) > 0.1 * np.max(
+        np.abs(gain)
+    )  # the rows differ: a constant gain would pass a looser check
 
 
 def _pool_variance(rnd, labeled_x, a, c):
@@ -332,7 +416,10 @@ def test_vr_picks_the_row_that_lowers_the_pool_variance_most_then_the_best_given
     first = [_pool_variance(rnd, np.r_[rnd.labeled_x, x[j : j + 1]], a, c) for j in range(len(x))]
     assert pick.idx[0] == int(np.argmin(first))
     j0 = pick.idx[0]
-    second = [_pool_variance(rnd, np.r_[rnd.labeled_x, x[[j0, j]]], a, c) if j != j0 else np.inf for j in range(len(x))]
+    second = [
+        _pool_variance(rnd, np.r_[rnd.labeled_x, x[[j0, j]]], a, c) if j != j0 else np.inf
+        for j in range(len(x))
+    ]
     assert pick.idx[1] == int(np.argmin(second))
     assert pick.scores[0] > pick.scores[1] > 0
 
@@ -340,7 +427,9 @@ def test_vr_picks_the_row_that_lowers_the_pool_variance_most_then_the_best_given
 def test_gradient_features_of_a_linear_model_are_its_design_rows(tiny):
     learner, idx, rnd = _fitted(tiny, model={"kind": "linear"})
     a = rnd.model.gradient_features(tiny.x_pool)  # θ flattened as (b, w): a(x) = [1, z]
-    np.testing.assert_allclose(a, np.c_[learner.a_pool[:, -1:], learner.a_pool[:, :-1]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        a, np.c_[learner.a_pool[:, -1:], learner.a_pool[:, :-1]], rtol=1e-5, atol=1e-5
+    )
     hinv = rnd.model.curvature_inverse(rnd.labeled_x)
     m = learner.a_pool[idx].T @ learner.a_pool[idx] + np.diag(learner.d)
     perm = np.r_[len(m) - 1, np.arange(len(m) - 1)]
@@ -358,15 +447,21 @@ def test_lure_weights_make_power_sampling_unbiased():
         weighted.append(np.mean(research.lure_weights(prob, n) * loss[idx]))
         plain.append(np.mean(loss[idx]))
     assert np.mean(weighted) == pytest.approx(loss.mean(), rel=0.02)
-    assert np.mean(plain) > 1.1 * loss.mean()  # without the weights the heavy rows bias the estimate
+    assert (
+        np.mean(plain) > 1.1 * loss.mean()
+    )  # without the weights the heavy rows bias the estimate
     np.testing.assert_array_equal(research.lure_weights(1.0 / (n - np.arange(m)), n), np.ones(m))
 
 
 def test_mlp_learner_runs_the_loop_with_a_live_tangent(tiny):
-    settings = sim.SimSettings(initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [4], "steps": 150})
+    settings = sim.SimSettings(
+        initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [4], "steps": 150}
+    )
     learner = sim.make_learner(tiny, settings)
     rows = sim.run_curve(learner, settings, "sld", 0)
-    assert [r["n_labels"] for r in rows] == [6, 10, 14] and all(np.isfinite(r["metric"]) for r in rows)
+    assert [r["n_labels"] for r in rows] == [6, 10, 14] and all(
+        np.isfinite(r["metric"]) for r in rows
+    )
     labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
     rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
     assert rnd.model.tangent_health() == "ok"
@@ -387,12 +482,18 @@ def test_the_closed_form_fast_path_is_what_sgdf_training_converges_to(tiny):
     pred_live = fitting.predict(config, live.params, tiny.x_pool, live.target)[:, 0]
     pred_closed = closed.predict(tiny.x_pool)
     assert np.sqrt(np.mean((pred_live - pred_closed) ** 2)) < 0.01 * np.std(pred_closed)
-    u_live = TrainedModel(closed.problem, live.params, live.tangent, closed.noise, 0.5).outputs(tiny.x_pool)[1]
+    u_live = TrainedModel(closed.problem, live.params, live.tangent, closed.noise, 0.5).outputs(
+        tiny.x_pool
+    )[1]
     u_closed = closed.outputs(tiny.x_pool)[1]
-    assert u_live @ u_closed / (np.linalg.norm(u_live) * np.linalg.norm(u_closed)) > 0.999  # θ̇ differs by the target scale only
+    assert (
+        u_live @ u_closed / (np.linalg.norm(u_live) * np.linalg.norm(u_closed)) > 0.999
+    )  # θ̇ differs by the target scale only
 
 
-@pytest.mark.parametrize("strategy", ["sld", "sld-topk", "greedy", "random", "committee", "sld-seq"])
+@pytest.mark.parametrize(
+    "strategy", ["sld", "sld-topk", "greedy", "random", "committee", "sld-seq"]
+)
 def test_a_simulated_round_picks_the_rows_alloop_query_picks(tiny, runs, strategy, monkeypatch):
     """Same run state (labels, model, seed): the simulation's round chooses exactly the rows of `alloop query`."""
     from alloop.commands.init import init_run
@@ -403,8 +504,16 @@ def test_a_simulated_round_picks_the_rows_alloop_query_picks(tiny, runs, strateg
     monkeypatch.setattr(strategies.builtin, "COMMITTEE_SIZE", 2)
     labeled = sim.initial_rows(sim.SimSettings(initial=12, seed=4), 0, len(tiny.y_pool))
     seed_file = runs.parent / "seed.csv"
-    pd.DataFrame({"id": tiny.ids[labeled], "target": tiny.y_pool[labeled]}).to_csv(seed_file, index=False)
-    init_run("r", tiny.pool, labels=str(seed_file), s=0.7, train={"epochs": 1, "min_steps": 300, "seed": 4})
+    pd.DataFrame({"id": tiny.ids[labeled], "target": tiny.y_pool[labeled]}).to_csv(
+        seed_file, index=False
+    )
+    init_run(
+        "r",
+        tiny.pool,
+        labels=str(seed_file),
+        s=0.7,
+        train={"epochs": 1, "min_steps": 300, "seed": 4},
+    )
     train("r")
     run = rundir.open_run("r")
     config = common.config_of(run)
@@ -413,7 +522,9 @@ def test_a_simulated_round_picks_the_rows_alloop_query_picks(tiny, runs, strateg
     got = pd.read_csv(query("r", k=6, strategy=strategy, seed=11)["path"])["id"].to_numpy()
     model = trained_model(run, config, tree, meta, lx, ly, 11)
     order = tiny.rows_of(run_ids := common.labeled_arrays(run, common.open_pool_of(run))[0])
-    rnd = sim.round_with(tiny, sim.config_for(tiny, sim.SimSettings(s=0.7, seed=4)), order, 11, model)
+    rnd = sim.round_with(
+        tiny, sim.config_for(tiny, sim.SimSettings(s=0.7, seed=4)), order, 11, model
+    )
     picked = strategies.select(strategies.get(strategy), tiny.open_pool(), rnd, run_ids, 6)
     np.testing.assert_array_equal(picked.ids, got)
 
@@ -424,49 +535,126 @@ def test_classification_is_simulated_with_the_live_softmax_model(tmp_path):
     centers = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
     labels = rng.integers(0, 3, 150)
     x = centers[labels] + rng.normal(size=(150, 2))
-    df = pd.DataFrame({"id": np.arange(150), "a": x[:, 0], "b": x[:, 1], "target": np.array(["red", "green", "blue"])[labels]})
+    df = pd.DataFrame(
+        {
+            "id": np.arange(150),
+            "a": x[:, 0],
+            "b": x[:, 1],
+            "target": np.array(["red", "green", "blue"])[labels],
+        }
+    )
     df.iloc[:110].to_parquet(tmp_path / "pool.parquet", index=False)
     df.iloc[110:].to_parquet(tmp_path / "test.parquet", index=False)
-    res = sim.run_simulation(pool=str(tmp_path / "pool.parquet"), test=str(tmp_path / "test.parquet"), task="classification",
-                             strategy_list=["margin", "sld", "random"], reps=1, out=str(tmp_path / "out"), jobs=1,
-                             model={"kind": "linear", "steps": 300}, initial=6, budget=18, batch=6)
+    res = sim.run_simulation(
+        pool=str(tmp_path / "pool.parquet"),
+        test=str(tmp_path / "test.parquet"),
+        task="classification",
+        strategy_list=["margin", "sld", "random"],
+        reps=1,
+        out=str(tmp_path / "out"),
+        jobs=1,
+        model={"kind": "linear", "steps": 300},
+        initial=6,
+        budget=18,
+        batch=6,
+    )
     assert res["metric"] == "error" and set(res["strategies"]) == {"margin", "sld", "random"}
     df = curves(tmp_path / "out")
-    assert df["metric"].between(0, 1).all() and list(df[df.strategy == "margin"]["n_labels"]) == [6, 12, 18]
-    assert df[df.n_labels == 18]["metric"].max() < 0.35  # three separable blobs are learned from 18 labels
-    later = df[df.n_labels > 6]  # successive models compared by Cohen's kappa on the stop set, not by a change of values
-    assert later["kappa"].between(-1, 1).all() and df["change"].isna().all() and df[df.n_labels == 6]["kappa"].isna().all()
+    assert df["metric"].between(0, 1).all() and list(df[df.strategy == "margin"]["n_labels"]) == [
+        6,
+        12,
+        18,
+    ]
+    assert (
+        df[df.n_labels == 18]["metric"].max() < 0.35
+    )  # three separable blobs are learned from 18 labels
+    later = df[
+        df.n_labels > 6
+    ]  # successive models compared by Cohen's kappa on the stop set, not by a change of values
+    assert (
+        later["kappa"].between(-1, 1).all()
+        and df["change"].isna().all()
+        and df[df.n_labels == 6]["kappa"].isna().all()
+    )
     with pytest.raises(UserError, match="does not apply to classification"):
-        sim.run_simulation(pool=str(tmp_path / "pool.parquet"), test=str(tmp_path / "test.parquet"), task="classification",
-                           strategy_list=["igs"], reps=1, out=str(tmp_path / "o2"), jobs=1)
+        sim.run_simulation(
+            pool=str(tmp_path / "pool.parquet"),
+            test=str(tmp_path / "test.parquet"),
+            task="classification",
+            strategy_list=["igs"],
+            reps=1,
+            out=str(tmp_path / "o2"),
+            jobs=1,
+        )
 
 
 # --- stopping: the signals a simulated round records, and the report replayed from them ------------
 
 
 def _signal_rows(strategy, metrics, changes, n=(10, 20, 30, 40, 50)):
-    return [{"strategy": strategy, "rep": r, "n_labels": k, "metric": m, "seconds": 0.0, "change": c, "kappa": None, "cv_loss": None, "mean_sld": None}
-            for r, (ms, cs) in enumerate(zip(metrics, changes)) for k, m, c in zip(n, ms, cs)]
+    return [
+        {
+            "strategy": strategy,
+            "rep": r,
+            "n_labels": k,
+            "metric": m,
+            "seconds": 0.0,
+            "change": c,
+            "kappa": None,
+            "cv_loss": None,
+            "mean_sld": None,
+        }
+        for r, (ms, cs) in enumerate(zip(metrics, changes))
+        for k, m, c in zip(n, ms, cs)
+    ]
 
 
 def test_the_stop_report_replays_each_rule_over_every_repetition():
     # rep 0: changes fall below 0.01 at n=30 and n=40 -> stable_predictions stops at n=40 (2 rounds in a row),
     #        metric there 2.2 against 2.0 at the budget: 10% given up, 10 labels saved;
     # rep 1: never two calm rounds in a row -> runs to the budget, nothing saved or given up.
-    rows = _signal_rows("sld", [[5, 3, 2.5, 2.2, 2.0], [6, 4, 3, 2.5, 2.5]],
-                        [[None, 0.2, 0.005, 0.004, 0.001], [None, 0.005, 0.3, 0.002, 0.5]])
-    st = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2))["stopping"]
+    rows = _signal_rows(
+        "sld",
+        [[5, 3, 2.5, 2.2, 2.0], [6, 4, 3, 2.5, 2.5]],
+        [[None, 0.2, 0.005, 0.004, 0.001], [None, 0.005, 0.3, 0.002, 0.5]],
+    )
+    st = sim_summary.summarize(
+        rows,
+        ["sld"],
+        TINY,
+        "hand",
+        rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2),
+    )["stopping"]
     f = st["strategies"]["sld"]["stable_predictions"]
     assert (f["reps"], f["stopped"]) == (2, 1)
-    assert f["labels"] == pytest.approx((40 + 50) / 2) and f["labels_saved"] == pytest.approx((10 + 0) / 2)
-    assert f["error_given_up"] == pytest.approx((0.1 + 0.0) / 2) and f["error_given_up_max"] == pytest.approx(0.1)
+    assert f["labels"] == pytest.approx((40 + 50) / 2) and f["labels_saved"] == pytest.approx(
+        (10 + 0) / 2
+    )
+    assert f["error_given_up"] == pytest.approx((0.1 + 0.0) / 2) and f[
+        "error_given_up_max"
+    ] == pytest.approx(0.1)
     assert st["primary"] == "stable_predictions" and st["thresholds"]["change_threshold"] == 0.01
     # other thresholds are replayed from the same rows: a looser one stops both repetitions at n=30
-    loose = sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.4, change_rounds=2))["stopping"]
+    loose = sim_summary.summarize(
+        rows,
+        ["sld"],
+        TINY,
+        "hand",
+        rules=sim.stopping.StopRules(change_threshold=0.4, change_rounds=2),
+    )["stopping"]
     g = loose["strategies"]["sld"]["stable_predictions"]
-    assert g["stopped"] == 2 and g["labels"] == pytest.approx((30 + 30) / 2)  # rep 0: 0.2, 0.005; rep 1: 0.005, 0.3
+    assert g["stopped"] == 2 and g["labels"] == pytest.approx(
+        (30 + 30) / 2
+    )  # rep 0: 0.2, 0.005; rep 1: 0.005, 0.3
     assert "| sld | stable_predictions | 1/2 | 45 | 5 | +5.0%, +10.0% |" in sim_summary.markdown(
-        sim_summary.summarize(rows, ["sld"], TINY, "hand", rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2)))
+        sim_summary.summarize(
+            rows,
+            ["sld"],
+            TINY,
+            "hand",
+            rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2),
+        )
+    )
     # curves without signals (written before they were recorded) give no stop report, not a wrong one
     bare = [{k: v for k, v in r.items() if k in sim.CURVE_COLUMNS} for r in rows]
     assert sim_summary.summarize(bare, ["sld"], TINY, "hand")["stopping"]["strategies"] == {}
@@ -478,7 +666,11 @@ def test_simulated_rounds_record_the_stop_signals_a_run_records(tiny, tmp_path, 
     settings = sim.SimSettings(initial=5, budget=25, batch=5, seed=3, s=0.5)
     seen = []
     real_fit = sim_learners.RidgeLearner.fit
-    monkeypatch.setattr(sim_learners.RidgeLearner, "fit", lambda self, labeled, w: seen.append(labeled.copy()) or real_fit(self, labeled, w))
+    monkeypatch.setattr(
+        sim_learners.RidgeLearner,
+        "fit",
+        lambda self, labeled, w: seen.append(labeled.copy()) or real_fit(self, labeled, w),
+    )
     rows = sim.run_curve(sim.make_learner(tiny, settings), settings, "sld", 0)
     x_stop = tiny.x_pool[sim.stop_rows(settings, len(tiny.y_pool))]
     assert len(x_stop) == len(tiny.y_pool)  # the pool is smaller than a stop set: all of it
@@ -486,17 +678,23 @@ def test_simulated_rounds_record_the_stop_signals_a_run_records(tiny, tmp_path, 
 
     def ridge_predictions(labeled):
         a = np.c_[(tiny.x_pool[labeled] - mean) / std, np.ones(len(labeled))]
-        theta = np.linalg.solve(a.T @ a + 0.5 * np.diag([1.0, 1.0, 1.0, 0.0]), a.T @ tiny.y_pool[labeled])
+        theta = np.linalg.solve(
+            a.T @ a + 0.5 * np.diag([1.0, 1.0, 1.0, 0.0]), a.T @ tiny.y_pool[labeled]
+        )
         return np.c_[(x_stop - mean) / std, np.ones(len(x_stop))] @ theta
 
     preds = [ridge_predictions(lab) for lab in seen]
-    assert rows[0]["change"] is None and rows[0]["cv_loss"] is None  # nothing to compare with; s = 0.5 is not searched
+    assert (
+        rows[0]["change"] is None and rows[0]["cv_loss"] is None
+    )  # nothing to compare with; s = 0.5 is not searched
     for r, old, new in zip(rows[1:], preds, preds[1:]):
         expected = np.sqrt(np.mean((new - old) ** 2)) / np.std(old)
         assert r["change"] == pytest.approx(expected, rel=1e-3) and r["kappa"] is None
     assert all(r["mean_sld"] > 0 for r in rows)
     auto = sim.SimSettings(initial=5, budget=15, batch=5, seed=3, s="auto")
-    assert all(r["cv_loss"] > 0 for r in sim.run_curve(sim.make_learner(tiny, auto), auto, "random", 0))
+    assert all(
+        r["cv_loss"] > 0 for r in sim.run_curve(sim.make_learner(tiny, auto), auto, "random", 0)
+    )
 
 
 def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, monkeypatch):
@@ -507,9 +705,14 @@ def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, mo
     calls = []
     monkeypatch.setattr(sim, "run_curve", lambda *a, **k: calls.append(a[2:4]))
     summary = sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
-    assert calls == [] and summary["strategies"]["random"]["final"] == pytest.approx(old["metric"].iloc[-1])
+    assert calls == [] and summary["strategies"]["random"]["final"] == pytest.approx(
+        old["metric"].iloc[-1]
+    )
     again = curves(tmp_path)
-    assert list(again.columns) == list(sim.CURVE_COLUMNS + sim.SIGNAL_COLUMNS) and again["change"].isna().all()
+    assert (
+        list(again.columns) == list(sim.CURVE_COLUMNS + sim.SIGNAL_COLUMNS)
+        and again["change"].isna().all()
+    )
 
 
 # --- diversity in the model's own space, and the uniform share ----------------------------------------
@@ -517,7 +720,9 @@ def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, mo
 
 def _kept_unlabeled(data, idx):
     rest = np.setdiff1d(np.arange(len(data.x_pool)), idx)
-    return strategies.stream.Kept(np.zeros(len(rest)), data.ids[rest], data.x_pool[rest].astype(np.float32))
+    return strategies.stream.Kept(
+        np.zeros(len(rest)), data.ids[rest], data.x_pool[rest].astype(np.float32)
+    )
 
 
 def test_the_model_space_of_a_linear_model_is_its_inputs_so_herding_grad_is_herding(tiny):
@@ -527,11 +732,19 @@ def test_the_model_space_of_a_linear_model_is_its_inputs_so_herding_grad_is_herd
     e, e_lab = research.model_space(kept, rnd)
     np.testing.assert_allclose(e[:, 1:], rnd.z(kept.x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(e_lab[:, 1:], rnd.z(rnd.labeled_x), rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(research.herding_grad_pick(kept, rnd, 6).idx, research.herding_pick(kept, rnd, 6).idx)
+    np.testing.assert_array_equal(
+        research.herding_grad_pick(kept, rnd, 6).idx, research.herding_pick(kept, rnd, 6).idx
+    )
 
 
 def test_the_model_space_of_an_mlp_is_a_sketch_that_keeps_its_gradient_distances(tiny):
-    settings = sim.SimSettings(initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [48, 48], "steps": 100})
+    settings = sim.SimSettings(
+        initial=6,
+        budget=14,
+        batch=4,
+        seed=1,
+        model={"kind": "mlp", "hidden": [48, 48], "steps": 100},
+    )
     learner = sim.make_learner(tiny, settings)
     labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
     rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
@@ -540,11 +753,18 @@ def test_the_model_space_of_an_mlp_is_a_sketch_that_keeps_its_gradient_distances
     e, _ = research.model_space(kept, rnd)
     a = rnd.model.gradient_features(kept.x)
     assert e.shape == (len(kept.ids), research.SKETCH_DIMS)
-    full, sketch = np.linalg.norm(a[:40, None] - a[None, :40], axis=-1), np.linalg.norm(e[:40, None] - e[None, :40], axis=-1)
+    full, sketch = (
+        np.linalg.norm(a[:40, None] - a[None, :40], axis=-1),
+        np.linalg.norm(e[:40, None] - e[None, :40], axis=-1),
+    )
     off = ~np.eye(40, dtype=bool)
     ratio = sketch[off] / full[off]
-    assert 0.8 < np.median(ratio) < 1.2 and np.all((ratio > 0.6) & (ratio < 1.4))  # Johnson–Lindenstrauss at 256 dimensions
-    assert not np.allclose(e[:, 1:4] / np.linalg.norm(e[:, 1:4]), rnd.z(kept.x) / np.linalg.norm(rnd.z(kept.x)))
+    assert 0.8 < np.median(ratio) < 1.2 and np.all(
+        (ratio > 0.6) & (ratio < 1.4)
+    )  # Johnson–Lindenstrauss at 256 dimensions
+    assert not np.allclose(
+        e[:, 1:4] / np.linalg.norm(e[:, 1:4]), rnd.z(kept.x) / np.linalg.norm(rnd.z(kept.x))
+    )
 
 
 def test_sld_lcmd_is_lcmd_on_the_gradients_weighted_by_capped_sld(tiny):
@@ -555,8 +775,13 @@ def test_sld_lcmd_is_lcmd_on_the_gradients_weighted_by_capped_sld(tiny):
     e, e_lab = research.model_space(kept, rnd)
     w = research.capped_sld(kept, rnd)
     assert np.sum(w == w.max()) >= 0.1 * len(w) - 1  # capped at the 90% quantile
-    np.testing.assert_array_equal(research.lcmd_pick_with(research.capped_sld)(kept, rnd, 5).idx, diversity.lcmd(e, e_lab, 5, w)[0])
-    np.testing.assert_array_equal(research.lcmd_pick_with(None)(kept, rnd, 5).idx, diversity.lcmd(e, e_lab, 5)[0])
+    np.testing.assert_array_equal(
+        research.lcmd_pick_with(research.capped_sld)(kept, rnd, 5).idx,
+        diversity.lcmd(e, e_lab, 5, w)[0],
+    )
+    np.testing.assert_array_equal(
+        research.lcmd_pick_with(None)(kept, rnd, 5).idx, diversity.lcmd(e, e_lab, 5)[0]
+    )
 
 
 def test_the_uniform_share_of_sld_mix_is_uniform_over_the_unlabeled_rows(tiny):
@@ -569,7 +794,9 @@ def test_the_uniform_share_of_sld_mix_is_uniform_over_the_unlabeled_rows(tiny):
     k, share, runs = 7, round(research.MIX_SHARE * 7), 300
     for seed in range(runs):
         sel = strategies.select(mix, tiny.open_pool(), rnd._replace(seed=seed), tiny.ids[idx], k)
-        assert len(set(sel.ids.tolist())) == k and not set(sel.ids.tolist()) & set(tiny.ids[idx].tolist())
+        assert len(set(sel.ids.tolist())) == k and not set(sel.ids.tolist()) & set(
+            tiny.ids[idx].tolist()
+        )
         assert np.all(np.isnan(sel.scores[:share])) and np.all(np.isfinite(sel.scores[share:]))
         for i in sel.ids[:share]:
             counts[int(i)] += 1
@@ -577,7 +804,9 @@ def test_the_uniform_share_of_sld_mix_is_uniform_over_the_unlabeled_rows(tiny):
     expected = runs * share / len(unlabeled)
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
     dof = len(unlabeled) - 1
-    assert chi2 < dof + 4 * np.sqrt(2 * dof)  # a uniform draw passes; a draw tilted toward SLD or leverage does not
+    assert chi2 < dof + 4 * np.sqrt(
+        2 * dof
+    )  # a uniform draw passes; a draw tilted toward SLD or leverage does not
 
 
 def test_sld_mix_fills_the_rest_with_sld_seeing_the_uniform_rows_as_labeled(tiny):
@@ -590,7 +819,10 @@ def test_sld_mix_fills_the_rest_with_sld_seeing_the_uniform_rows_as_labeled(tiny
     share = round(research.MIX_SHARE * 7)
     np.testing.assert_array_equal(pick.idx[:share], np.arange(share))
     rest = strategies.stream.Kept(kept.scores[share:], kept.ids[share:], kept.x[share:])
-    seen = rnd._replace(labeled_x=np.r_[rnd.labeled_x, kept.x[:share]], labeled_y=np.r_[rnd.labeled_y, np.full((share, 1), np.nan)])
+    seen = rnd._replace(
+        labeled_x=np.r_[rnd.labeled_x, kept.x[:share]],
+        labeled_y=np.r_[rnd.labeled_y, np.full((share, 1), np.nan)],
+    )
     np.testing.assert_array_equal(pick.idx[share:], share + sld_pick(rest, seen, 7 - share).idx)
 
 
@@ -604,11 +836,19 @@ def test_sld_mix_auto_draws_the_share_the_labels_support_and_flags_it(tiny):
     pick = research.mix_pick_with(research.sld_pick, research.labeled_share)
     k = 10
     unknown = pick(kept, rnd, k)
-    assert unknown.uniform.tolist() == [True] * round(share.SHARE_PRIOR * k) + [False] * (k - round(share.SHARE_PRIOR * k))
+    assert unknown.uniform.tolist() == [True] * round(share.SHARE_PRIOR * k) + [False] * (
+        k - round(share.SHARE_PRIOR * k)
+    )
     flags = np.arange(30) < 20  # 20 uniform draws, 10 chosen otherwise
     rnd = rnd._replace(labeled_uniform=flags)
-    evidence = share.choose_share(rnd.z(rnd.labeled_x), rnd.labeled_y[:, 0], flags, np.random.default_rng(rnd.seed))
-    assert research.labeled_evidence(rnd) == evidence and evidence.n_uniform == 20 and evidence.n_active == 10
+    evidence = share.choose_share(
+        rnd.z(rnd.labeled_x), rnd.labeled_y[:, 0], flags, np.random.default_rng(rnd.seed)
+    )
+    assert (
+        research.labeled_evidence(rnd) == evidence
+        and evidence.n_uniform == 20
+        and evidence.n_active == 10
+    )
     known = pick(kept, rnd, k)
     u = max(round(evidence.share * k), 1)
     np.testing.assert_array_equal(known.idx[:u], np.arange(u))
@@ -620,9 +860,17 @@ def test_sld_mix_auto_draws_the_share_the_labels_support_and_flags_it(tiny):
 def test_a_simulation_tells_the_strategy_which_labels_were_uniform_draws(tiny, monkeypatch):
     """The initial labels and each mixed batch's uniform share are uniform draws; every other pick is not."""
     seen = []
-    monkeypatch.setattr(research, "labeled_share", lambda rnd: seen.append(rnd.labeled_uniform.copy()) or 0.3)
+    monkeypatch.setattr(
+        research, "labeled_share", lambda rnd: seen.append(rnd.labeled_uniform.copy()) or 0.3
+    )
     mix = strategies.get("sld-mix-auto")
-    monkeypatch.setitem(strategies.REGISTRY, "sld-mix-auto", dataclasses.replace(mix, pick=research.mix_pick_with(research.sld_pick, research.labeled_share)))
+    monkeypatch.setitem(
+        strategies.REGISTRY,
+        "sld-mix-auto",
+        dataclasses.replace(
+            mix, pick=research.mix_pick_with(research.sld_pick, research.labeled_share)
+        ),
+    )
     settings = sim.SimSettings(initial=6, budget=26, batch=10, seed=2, model={"kind": "linear"})
     sim.run_curve(sim.make_learner(tiny, settings), settings, "sld-mix-auto", 0)
     assert [f.tolist() for f in seen] == [[True] * 6, [True] * 6 + [True] * 3 + [False] * 7]
@@ -638,8 +886,14 @@ def test_lure_weights_make_the_mixed_batch_unbiased(tiny):
     pick = research.mix_pick_with(research.sld_pick)
     rng, weighted, plain = np.random.default_rng(0), [], []
     for seed in range(1500):
-        order = rng.permutation(len(kept.ids))  # the kept rows arrive in a fresh hash order every round
-        p = pick(strategies.stream.Kept(kept.scores[order], kept.ids[order], kept.x[order]), rnd._replace(seed=seed), 6)
+        order = rng.permutation(
+            len(kept.ids)
+        )  # the kept rows arrive in a fresh hash order every round
+        p = pick(
+            strategies.stream.Kept(kept.scores[order], kept.ids[order], kept.x[order]),
+            rnd._replace(seed=seed),
+            6,
+        )
         rows = order[p.idx]
         weighted.append(np.mean(research.lure_weights(p.prob, len(kept.ids)) * loss[rows]))
         plain.append(np.mean(loss[rows]))
@@ -649,7 +903,13 @@ def test_lure_weights_make_the_mixed_batch_unbiased(tiny):
 
 def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, monkeypatch):
     """Many labeled rows of a wide model must not hold all their gradient features at once: blocks, same sketch."""
-    settings = sim.SimSettings(initial=6, budget=14, batch=4, seed=1, model={"kind": "mlp", "hidden": [48, 48], "steps": 100})
+    settings = sim.SimSettings(
+        initial=6,
+        budget=14,
+        batch=4,
+        seed=1,
+        model={"kind": "mlp", "hidden": [48, 48], "steps": 100},
+    )
     learner = sim.make_learner(tiny, settings)
     labeled = sim.initial_rows(settings, 0, len(tiny.y_pool))
     rnd = sim.round_of(learner, learner.fit(labeled, None), labeled, 0)
@@ -657,7 +917,9 @@ def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, m
     whole = research.model_space(kept, rnd)
     calls = []
     features = rnd.model.gradient_features
-    monkeypatch.setattr(rnd.model, "gradient_features", lambda x: calls.append(len(x)) or features(x))
+    monkeypatch.setattr(
+        rnd.model, "gradient_features", lambda x: calls.append(len(x)) or features(x)
+    )
     monkeypatch.setattr(research, "MAX_FEATURE_FLOATS", 5 * rnd.model.n_params)
     blocked = research.model_space(kept, rnd)
     assert max(calls) == 5 and len(calls) > 4
@@ -685,10 +947,18 @@ def test_igs_picks_the_row_farthest_in_inputs_times_outputs_from_every_labeled_o
     x = tiny.x_pool[rest].astype(np.float32)
     kept = strategies.stream.Kept(np.zeros(len(rest)), tiny.ids[rest], x)
     z, pred = rnd.z(x), rnd.model.predict(x)
-    refs = [(zm, ym) for zm, ym in zip(rnd.z(np.asarray(rnd.labeled_x, np.float32)), np.ravel(rnd.labeled_y))]
+    refs = [
+        (zm, ym)
+        for zm, ym in zip(rnd.z(np.asarray(rnd.labeled_x, np.float32)), np.ravel(rnd.labeled_y))
+    ]
     want = []
     for _ in range(5):
-        score = [-np.inf if i in want else min(np.linalg.norm(z[i] - zm) * abs(pred[i] - ym) for zm, ym in refs) for i in range(len(x))]
+        score = [
+            -np.inf
+            if i in want
+            else min(np.linalg.norm(z[i] - zm) * abs(pred[i] - ym) for zm, ym in refs)
+            for i in range(len(x))
+        ]
         j = int(np.argmax(score))
         want.append(j)
         refs.append((z[j], pred[j]))

@@ -14,8 +14,15 @@ from alloop.training.stopping import StopRules, cohen_kappa, decide, prediction_
 
 
 def rounds(preds, cv=None, sld=None, start=10, step=10):
-    return [{"labels": start + step * i, "predictions": p, "cv_loss": None if cv is None else cv[i], "mean_sld": None if sld is None else sld[i]}
-            for i, p in enumerate(preds)]
+    return [
+        {
+            "labels": start + step * i,
+            "predictions": p,
+            "cv_loss": None if cv is None else cv[i],
+            "mean_sld": None if sld is None else sld[i],
+        }
+        for i, p in enumerate(preds)
+    ]
 
 
 def test_identical_models_agree_completely(rng):
@@ -23,7 +30,9 @@ def test_identical_models_agree_completely(rng):
     assert prediction_change(p, p.copy()) == 0.0
     c = rng.integers(0, 3, size=200)
     assert cohen_kappa(c, c.copy()) == 1.0
-    assert cohen_kappa(np.zeros(5), np.zeros(5)) == 1.0  # one class everywhere: identical, not undefined
+    assert (
+        cohen_kappa(np.zeros(5), np.zeros(5)) == 1.0
+    )  # one class everywhere: identical, not undefined
 
 
 def test_kappa_is_zero_for_chance_agreement_and_negative_below():
@@ -36,8 +45,12 @@ def test_kappa_is_zero_for_chance_agreement_and_negative_below():
 def test_prediction_change_is_relative_to_the_spread():
     p = np.linspace(-1, 1, 101)
     assert prediction_change(p, p + 0.01 * p.std()) == pytest.approx(0.01)
-    assert prediction_change(1000 + p, 1000 + p + 0.01 * p.std()) == pytest.approx(0.01)  # an offset does not hide a change
-    assert prediction_change(np.c_[p, p], np.c_[p, p + 0.1 * p.std()]) == pytest.approx(0.1)  # the largest over targets
+    assert prediction_change(1000 + p, 1000 + p + 0.01 * p.std()) == pytest.approx(
+        0.01
+    )  # an offset does not hide a change
+    assert prediction_change(np.c_[p, p], np.c_[p, p + 0.1 * p.std()]) == pytest.approx(
+        0.1
+    )  # the largest over targets
 
 
 def test_identical_successive_models_say_stop(rng):
@@ -45,7 +58,9 @@ def test_identical_successive_models_say_stop(rng):
     hist = rounds([p] * 6)
     at = stop_rounds(hist, "regression")
     rules = StopRules()
-    assert at["stable_predictions"] == rules.change_rounds  # changes start at round 1; two zero changes in a row
+    assert (
+        at["stable_predictions"] == rules.change_rounds
+    )  # changes start at round 1; two zero changes in a row
     assert decide(hist, "regression")["stop"] is True
     c = rng.integers(0, 3, size=100)
     hist = rounds([c] * 6)
@@ -65,24 +80,31 @@ def test_a_model_still_moving_does_not_stop(rng):
 
 def test_a_model_that_settles_stops_once_it_has_settled(rng):
     base = rng.normal(size=300)
-    preds = [base + (0.5 ** i) * rng.normal(size=300) for i in range(12)]
+    preds = [base + (0.5**i) * rng.normal(size=300) for i in range(12)]
     changes = [None] + [prediction_change(a, b) for a, b in zip(preds, preds[1:])]
     at = stop_rounds(rounds(preds), "regression", StopRules(change_threshold=0.05, change_rounds=2))
     assert at["stable_predictions"] is not None
     assert changes[at["stable_predictions"]] < 0.05 and changes[at["stable_predictions"] - 1] < 0.05
-    assert all(not (changes[i] < 0.05 and changes[i - 1] < 0.05) for i in range(2, at["stable_predictions"]))  # the first such round
+    assert all(
+        not (changes[i] < 0.05 and changes[i - 1] < 0.05)
+        for i in range(2, at["stable_predictions"])
+    )  # the first such round
 
 
 def test_one_quiet_round_is_not_enough(rng):
     p = rng.normal(size=100)
     moving = [p, p + rng.normal(size=100), p + rng.normal(size=100)]
-    hist = rounds([*moving, moving[-1], moving[-1] + rng.normal(size=100)])  # one zero change, then a jump
+    hist = rounds(
+        [*moving, moving[-1], moving[-1] + rng.normal(size=100)]
+    )  # one zero change, then a jump
     assert stop_rounds(hist, "regression")["stable_predictions"] is None
 
 
 def test_cv_plateau_and_sld_fall():
     p = np.arange(10.0)
-    falling = rounds([p] * 6, cv=[1.0, 0.8, 0.6, 0.4, 0.2, 0.1], sld=[1.0, 0.5, 0.2, 0.1, 0.06, 0.04])
+    falling = rounds(
+        [p] * 6, cv=[1.0, 0.8, 0.6, 0.4, 0.2, 0.1], sld=[1.0, 0.5, 0.2, 0.1, 0.06, 0.04]
+    )
     at = stop_rounds(falling, "regression")
     assert at["cv_plateau"] is None  # still improving by far more than 1% over 3 rounds
     assert at["sld_fall"] == 5  # 0.04 <= 0.05 x peak 1.0
@@ -93,7 +115,11 @@ def test_cv_plateau_and_sld_fall():
 
 
 def test_precomputed_signals_are_used_as_given():
-    hist = [{"labels": 10, "change": None}, {"labels": 20, "change": 0.001}, {"labels": 30, "change": 0.002}]
+    hist = [
+        {"labels": 10, "change": None},
+        {"labels": 20, "change": 0.001},
+        {"labels": 30, "change": 0.002},
+    ]
     assert stop_rounds(hist, "regression", StopRules(change_rounds=2))["stable_predictions"] == 2
     assert stop_rounds(hist, "regression", StopRules(change_rounds=3))["stable_predictions"] is None
 
@@ -105,22 +131,36 @@ def test_thresholds_can_be_overridden_and_unknown_ones_are_refused():
 
 
 def test_history_keeps_the_last_training_per_label_count():
-    recs = [{"command": "train", "stop": {"labels": 10, "change": None}}, {"command": "ingest"},
-            {"command": "train", "stop": {"labels": 20, "change": 0.5}}, {"command": "train", "stop": {"labels": 20, "change": 0.4}},
-            {"command": "train", "labels": 30}]
-    assert stopping.rounds_from_history(recs) == [{"labels": 10, "change": None}, {"labels": 20, "change": 0.4}]
+    recs = [
+        {"command": "train", "stop": {"labels": 10, "change": None}},
+        {"command": "ingest"},
+        {"command": "train", "stop": {"labels": 20, "change": 0.5}},
+        {"command": "train", "stop": {"labels": 20, "change": 0.4}},
+        {"command": "train", "labels": 30},
+    ]
+    assert stopping.rounds_from_history(recs) == [
+        {"labels": 10, "change": None},
+        {"labels": 20, "change": 0.4},
+    ]
 
 
 # --- what training records and status reports ------------------------------------------------------
 
+
 def _history(run):
-    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for line in (run / "history.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def test_training_records_the_stop_signals_and_status_reports_them(run, runs, alloop_data):
     trains = [r for r in _history(run) if r.get("command") == "train"]
     first, second = trains[0]["stop"], trains[-1]["stop"]
-    assert first["labels"] == 3 and first["change"] is None and first["stop_rows"] == 240  # the pool is smaller than the stop set
+    assert (
+        first["labels"] == 3 and first["change"] is None and first["stop_rows"] == 240
+    )  # the pool is smaller than the stop set
     assert second["labels"] == 6 and second["compared_with"] == 3 and second["change"] > 0
     assert second["mean_sld"] > 0 and second["cv_loss"] > 0  # the run chooses s by CV (--s auto)
     assert (run / "stopset.parquet").exists()
@@ -139,9 +179,16 @@ def test_training_records_the_stop_signals_and_status_reports_them(run, runs, al
 
 
 def test_status_stop_overrides(run, runs):
-    st = invoke(["status", "r", "--json", "--stop", "change_threshold=1e9", "--stop", "change_rounds=1"], runs).json()["stopping"]
-    assert st["stop"] is True and st["thresholds"]["change_threshold"] == 1e9  # any change counts as stable now
-    assert_user_error(invoke(["status", "r", "--stop", "nonsense=1"], runs), "unknown stopping thresholds")
+    st = invoke(
+        ["status", "r", "--json", "--stop", "change_threshold=1e9", "--stop", "change_rounds=1"],
+        runs,
+    ).json()["stopping"]
+    assert (
+        st["stop"] is True and st["thresholds"]["change_threshold"] == 1e9
+    )  # any change counts as stable now
+    assert_user_error(
+        invoke(["status", "r", "--stop", "nonsense=1"], runs), "unknown stopping thresholds"
+    )
     assert_user_error(invoke(["status", "r", "--stop", "change_threshold"], runs), "NAME=NUMBER")
 
 
@@ -150,7 +197,13 @@ def test_successive_rounds_on_the_same_model_feed_the_rule(run, runs, alloop_dat
     for _ in range(2):
         q = invoke(["query", "r", "-k", "3", "--json"], runs)
         assert q.code == 0, q.stderr
-        assert invoke(["ingest", "r", fill(q.json()["path"], alloop_data.truth, out=runs / "filled.csv")], runs).code == 0
+        assert (
+            invoke(
+                ["ingest", "r", fill(q.json()["path"], alloop_data.truth, out=runs / "filled.csv")],
+                runs,
+            ).code
+            == 0
+        )
     sp = invoke(["status", "r", "--json"], runs).json()["stopping"]
     assert sp["rounds"] >= 4
     changes = [r["stop"]["change"] for r in _history(run) if r.get("command") == "train"]

@@ -33,7 +33,9 @@ def _mlp_problem(rng, curvature="hessian"):
     # L2 on every parameter: with weights-only L2, units that die at the optimum leave their
     # biases with zero curvature, and the tangent is not defined there.
     reg = regularizers.l2(jax.tree_util.tree_map(np.ones_like, params0))
-    prob = objective.Problem(model, losses.squared, reg, models.fit_standardizer(x.mean(0), x.std(0)), curvature)
+    prob = objective.Problem(
+        model, losses.squared, reg, models.fit_standardizer(x.mean(0), x.std(0)), curvature
+    )
     return prob, objective.make_data(x, y), params0
 
 
@@ -79,7 +81,12 @@ def test_sgdf_minibatch_tangent_on_poly(rng):
     y = (x**3 - x + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
     model = models.poly(1, 1, degree=5)
     params0 = model.init(None)
-    prob = objective.Problem(model, losses.squared, regularizers.l2_weights(params0), models.fit_standardizer(x.mean(0), x.std(0)))
+    prob = objective.Problem(
+        model,
+        losses.squared,
+        regularizers.l2_weights(params0),
+        models.fit_standardizer(x.mean(0), x.std(0)),
+    )
     data = objective.make_data(x, y)
     s = 0.05
     fd = _fd_tangent(prob, data, s, params0, delta=1e-4)
@@ -97,7 +104,9 @@ def test_gauss_newton_equals_hessian_for_linear_models(rng):
     model = models.poly(2, 1, degree=2)
     p0 = model.init(None)
     data = objective.make_data(x, y)
-    h = objective.Problem(model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(2))
+    h = objective.Problem(
+        model, losses.squared, regularizers.l2_weights(p0), models.identity_standardizer(2)
+    )
     theta, _ = minimize64(h, data, 1.0, p0)
     t_h = tangents.exact(h, theta, 1.0, data).tangent
     t_g = tangents.exact(h._replace(curvature="gauss-newton"), theta, 1.0, data).tangent

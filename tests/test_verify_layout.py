@@ -12,16 +12,43 @@ from alloop.io.checkpoint import encode_tree, flatten_tree
 from alloop.training import fit as fitting
 from alloop.training import layout
 
-MODELS = [ModelSpec("linear"), ModelSpec("poly", degree=2), ModelSpec("mlp", hidden=(8, 4)), ModelSpec("mlp", hidden=(5,), activation="relu")]
-TRAINS = [{"optimizer": "adam"}, {"optimizer": "sgd", "momentum": 0.0}, {"optimizer": "sgd", "momentum": 0.9}, {"optimizer": "adam", "schedule": "constant"}]
+MODELS = [
+    ModelSpec("linear"),
+    ModelSpec("poly", degree=2),
+    ModelSpec("mlp", hidden=(8, 4)),
+    ModelSpec("mlp", hidden=(5,), activation="relu"),
+]
+TRAINS = [
+    {"optimizer": "adam"},
+    {"optimizer": "sgd", "momentum": 0.0},
+    {"optimizer": "sgd", "momentum": 0.9},
+    {"optimizer": "adam", "schedule": "constant"},
+]
 
 
 def _config(model: ModelSpec, train: dict, task: str = "regression") -> RunConfig:
     pool = PoolSpec("pool.parquet", "pool.parquet", "id", ("a", "b", "c"), "", 50)
     classes = ("x", "y", "z") if task == "classification" else None
     targets = ("label",) if task == "classification" else ("t1", "t2")
-    base = {"epochs": 1, "batch_size": 8, "lr": 0.01, "final_lr": 0.01, "min_steps": 10, "schedule": "cosine", "seed": 0}
-    return RunConfig(pool, {"mean": [0.0] * 3, "std": [1.0] * 3}, model, task, targets, s=1.0, train={**base, **train}, classes=classes)
+    base = {
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 0.01,
+        "final_lr": 0.01,
+        "min_steps": 10,
+        "schedule": "cosine",
+        "seed": 0,
+    }
+    return RunConfig(
+        pool,
+        {"mean": [0.0] * 3, "std": [1.0] * 3},
+        model,
+        task,
+        targets,
+        s=1.0,
+        train={**base, **train},
+        classes=classes,
+    )
 
 
 def _spec(tree) -> dict:
@@ -44,7 +71,10 @@ def test_a_checkpoint_of_another_model_is_refused_by_the_jax_free_layout(tmp_pat
     config = _config(ModelSpec("mlp", hidden=(8, 4)), {"optimizer": "adam"})
     good = encode_tree(fitting.checkpoint_like(config), {})
     decode_tree(good, layout.checkpoint_like(config), tmp_path / "c.npz")  # loads
-    wider = encode_tree(fitting.checkpoint_like(dataclasses.replace(config, model=ModelSpec("mlp", hidden=(9, 4)))), {})
+    wider = encode_tree(
+        fitting.checkpoint_like(dataclasses.replace(config, model=ModelSpec("mlp", hidden=(9, 4)))),
+        {},
+    )
     with pytest.raises(UserError, match="layers/0"):
         decode_tree(wider, layout.checkpoint_like(config), tmp_path / "c.npz")
     tree = fitting.checkpoint_like(config)

@@ -31,7 +31,11 @@ BASE_FILE = "base.npz"
 
 def now() -> str:
     """UTC time to the second, as every record of a run stores it."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def config_of(run: rundir.Run) -> RunConfig:
@@ -43,12 +47,18 @@ def open_pool_of(run: rundir.Run) -> poolio.PoolInfo:
     """The run's pool, found where init saw it (or beside the run when copied together), schema-checked."""
     p = config_of(run).pool
     if poolio.is_uri(p.path):  # object storage: no local place to look for it
-        return poolio.open_recorded(p.path, p.id_col, list(p.features), list(p.targets_in_pool), p.fingerprint, run.name)
+        return poolio.open_recorded(
+            p.path, p.id_col, list(p.features), list(p.targets_in_pool), p.fingerprint, run.name
+        )
     places = [Path(p.path), run.path / (p.from_run or p.given), run.path / p.given]
     path = next((q for q in places if q.exists()), None)
     if path is None:
-        raise UserError(f"the pool of run '{run.name}' is not at {p.path} any more: put it back, then retry")
-    return poolio.open_recorded(path, p.id_col, list(p.features), list(p.targets_in_pool), p.fingerprint, run.name)
+        raise UserError(
+            f"the pool of run '{run.name}' is not at {p.path} any more: put it back, then retry"
+        )
+    return poolio.open_recorded(
+        path, p.id_col, list(p.features), list(p.targets_in_pool), p.fingerprint, run.name
+    )
 
 
 def labeled_arrays(run: rundir.Run, info: poolio.PoolInfo, labels: pd.DataFrame | None = None):
@@ -57,7 +67,9 @@ def labeled_arrays(run: rundir.Run, info: poolio.PoolInfo, labels: pd.DataFrame 
     ids = labels["id"].to_numpy()
     if len(ids) == 0:
         return ids, np.zeros((0, len(info.features)), np.float32), np.zeros((0, len(run.targets)))
-    x = feature_cache.features(info, ids, compile_cache.cache_root())  # unchanged pool: no pass over it
+    x = feature_cache.features(
+        info, ids, compile_cache.cache_root()
+    )  # unchanged pool: no pass over it
     if x is None:
         x = poolio.take_rows(info, ids)[list(info.features)].to_numpy(np.float32)
     return ids, x, labels[list(run.targets)].to_numpy()
@@ -71,9 +83,13 @@ def held_out_arrays(run: rundir.Run):
     path = run.path / TEST_FILE
     if not path.is_file() or atomic.sha256_file(path) != test["sha256"]:
         how = "missing" if not path.is_file() else "corrupt"
-        raise UserError(f"test set {TEST_FILE} of run '{run.name}' is {how}: run `alloop verify {run.name}`")
+        raise UserError(
+            f"test set {TEST_FILE} of run '{run.name}' is {how}: run `alloop verify {run.name}`"
+        )
     df = tables.read_table(path)
-    return df[list(config_of(run).pool.features)].to_numpy(np.float32), df[list(run.targets)].to_numpy()
+    return df[list(config_of(run).pool.features)].to_numpy(np.float32), df[
+        list(run.targets)
+    ].to_numpy()
 
 
 def load_checkpoint(run: rundir.Run):
@@ -95,7 +111,10 @@ def inheritance(run: rundir.Run) -> dict:
 
     like = fitting.build_model(config_of(run)).init(jax.random.PRNGKey(0))
     tree = load_tree(run.path / BASE_FILE, {"theta0": like, "theta0_dot": like})
-    return {"anchor": (tree["theta0"], tree["theta0_dot"], float(base["s"])), "target": base.get("target")}
+    return {
+        "anchor": (tree["theta0"], tree["theta0_dot"], float(base["s"])),
+        "target": base.get("target"),
+    }
 
 
 def label_frame(config: RunConfig, ids, values, round_: int) -> pd.DataFrame:
@@ -115,7 +134,9 @@ def label_frame(config: RunConfig, ids, values, round_: int) -> pd.DataFrame:
 
 def read_seed_labels(path: str, info: poolio.PoolInfo, config: RunConfig) -> pd.DataFrame:
     """``init --labels``: the file's filled rows, every id checked against the pool."""
-    lf = labelio.read_label_file(path, info.id_col, tuple(config.targets), info.id_kind, config.task)
+    lf = labelio.read_label_file(
+        path, info.id_col, tuple(config.targets), info.id_kind, config.task
+    )
     keep = ~np.isin(lf.ids, lf.blank_ids) if len(lf.blank_ids) else np.ones(len(lf.ids), bool)
     poolio.require_ids(info, lf.ids[keep])
     return label_frame(config, lf.ids[keep], lf.values[keep], round_=0)
@@ -125,7 +146,11 @@ def last_s(run: rundir.Run, meta) -> float | None:
     """The s the latest completed training used (checkpoint, else history), to warm-start the search."""
     if meta and not meta.get("partial") and isinstance(meta.get("s"), (int, float)):
         return float(meta["s"])
-    trained = [r["s"] for r in rundir.read_history(run) if r.get("command") == "train" and isinstance(r.get("s"), (int, float))]
+    trained = [
+        r["s"]
+        for r in rundir.read_history(run)
+        if r.get("command") == "train" and isinstance(r.get("s"), (int, float))
+    ]
     return float(trained[-1]) if trained else None
 
 

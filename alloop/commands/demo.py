@@ -39,7 +39,9 @@ def _seed_file(meta: dict, folder: Path, initial: int, seed: int, tmp: Path) -> 
         return own
     info = poolio.open_pool(folder / "pool.parquet", id_col=meta["id"], targets=(meta["target"],))
     ids = poolio.scan_ids(info)
-    pick = np.sort(np.random.default_rng(seed).choice(ids, size=min(initial, len(ids)), replace=False))
+    pick = np.sort(
+        np.random.default_rng(seed).choice(ids, size=min(initial, len(ids)), replace=False)
+    )
     rows = poolio.take_rows(info, pick, with_targets=True)
     path = tmp / "seed.parquet"
     atomic.write_table_atomic(path, rows[[meta["id"], meta["target"]]], "parquet")
@@ -50,7 +52,9 @@ def answer(run: rundir.Run, query_path: Path, out: Path) -> Path:
     """Simulated labeler: fill the query file's target column from the pool's target column."""
     info = open_pool_of(run)
     if not info.targets:
-        raise UserError("this pool has no target column, so the demo's simulated labeler cannot answer")
+        raise UserError(
+            "this pool has no target column, so the demo's simulated labeler cannot answer"
+        )
     q = tables.read_table(query_path)
     truth = poolio.take_rows(info, q[info.id_col].to_numpy(), with_targets=True)
     for t in run.targets:
@@ -85,10 +89,20 @@ def run_demo(
     with tempfile.TemporaryDirectory() as tmp:
         seed_path = _seed_file(meta, folder, initial, seed, Path(tmp))
         init_run(
-            name, str(folder / "pool.parquet"), id_col=meta["id"], targets=[meta["target"]], labels=str(seed_path),
-            test=str(folder / "test.parquet"), model=model, s=s, task=meta.get("task", "regression"),
-            classes=meta.get("classes"),  # classification: every class from the start, though the seed labels may miss some
-            train={"seed": seed, **defaults.get("train", {})}, reporter=reporter,
+            name,
+            str(folder / "pool.parquet"),
+            id_col=meta["id"],
+            targets=[meta["target"]],
+            labels=str(seed_path),
+            test=str(folder / "test.parquet"),
+            model=model,
+            s=s,
+            task=meta.get("task", "regression"),
+            classes=meta.get(
+                "classes"
+            ),  # classification: every class from the start, though the seed labels may miss some
+            train={"seed": seed, **defaults.get("train", {})},
+            reporter=reporter,
         )
         first = train(name, reporter=reporter)
         rows = [_round_figures(0, first)]
@@ -106,6 +120,9 @@ def run_demo(
 
 
 def _round_figures(r: int, trained: dict, strategy: str | None = None) -> dict:
-    keep = {k: v for k, v in trained.items() if k.startswith("test_") or k in ("labels", "residual", "train_loss")}
+    keep = {
+        k: v
+        for k, v in trained.items()
+        if k.startswith("test_") or k in ("labels", "residual", "train_loss")
+    }
     return {"round": r, "strategy": strategy, **keep}
-

@@ -40,7 +40,9 @@ def ingest(
     several annotations of one Label Studio task become one label (latest, mean or majority).
     """
     reporter = reporter or Reporter()
-    if devices != 1:  # one device is always there: JAX is imported only to train (never with --no-train)
+    if (
+        devices != 1
+    ):  # one device is always there: JAX is imported only to train (never with --no-train)
         from alloop.strategies.stream import check_devices
 
         check_devices(devices)
@@ -52,7 +54,12 @@ def ingest(
         current = rundir.read_labels(run)
         labeled = _labeled_dict(run, current)
         ids, values, notes = labelio.validate_ingest(
-            lf, labeled, set(run.outstanding), lambda ids: poolio.require_ids(info, ids), allow_unqueried, overwrite
+            lf,
+            labeled,
+            set(run.outstanding),
+            lambda ids: poolio.require_ids(info, ids),
+            allow_unqueried,
+            overwrite,
         )
         notes = [*read_notes, *notes]
         added = _check_classes(run, values, add_class)
@@ -60,14 +67,23 @@ def ingest(
         new_rows = label_frame(config_of(run), ids, values, run.round)
         keep = current[~current["id"].isin(ids)] if len(current) else current
         merged = pd.concat([keep, new_rows], ignore_index=True) if len(keep) else new_rows
-        outstanding = {key: r for key, r in run.outstanding.items() if key not in {str(i) for i in ids}}
+        outstanding = {
+            key: r for key, r in run.outstanding.items() if key not in {str(i) for i in ids}
+        }
         if len(ids):
             state = {"n_labels": len(merged), "outstanding": outstanding, **grown_state}
             run = rundir.commit(run, labels=merged, checkpoint=grown, state=state)
         if added:
             what = f"added class{'es' if len(added) > 1 else ''} {', '.join(map(repr, added))}"
             notes = [*notes, f"{what}: the run now has {len(config_of(run).classes)} classes"]
-        record = {"command": "ingest", "file": str(file), "added": int(len(ids)), "labels": run.n_labels, "outstanding": len(outstanding), "notes": notes}
+        record = {
+            "command": "ingest",
+            "file": str(file),
+            "added": int(len(ids)),
+            "labels": run.n_labels,
+            "outstanding": len(outstanding),
+            "notes": notes,
+        }
         if added:
             record["classes_added"] = added
         if len(ids):
@@ -82,10 +98,19 @@ def ingest(
     return record
 
 
-def read_labels_of(run, info, file: str, resolve: str = "latest") -> tuple[labelio.LabelFile, list[str]]:
+def read_labels_of(
+    run, info, file: str, resolve: str = "latest"
+) -> tuple[labelio.LabelFile, list[str]]:
     """The labels of a file: a Label Studio export (.json, or a CSV with alloop's task columns), else a label table."""
     if lsexport.is_export(file):
-        return lsexport.read_export(file, run_name=run.name, targets=run.targets, id_kind=run.id_kind, task=run.task, resolve=resolve)
+        return lsexport.read_export(
+            file,
+            run_name=run.name,
+            targets=run.targets,
+            id_kind=run.id_kind,
+            task=run.task,
+            resolve=resolve,
+        )
     if resolve != "latest":
         lsexport.check_resolve(resolve, run.task)
     return labelio.read_label_file(file, info.id_col, run.targets, run.id_kind, run.task), []
@@ -107,7 +132,9 @@ def _check_classes(run, values, add_class: bool = False) -> list[str]:
     known = list(config_of(run).classes or ())
     unknown = classmap.unknown(known, values)
     if unknown and not add_class:
-        raise UserError(f"label {unknown[0]!r} is not a known class ({', '.join(known)}): fix the file, or pass --add-class")
+        raise UserError(
+            f"label {unknown[0]!r} is not a known class ({', '.join(known)}): fix the file, or pass --add-class"
+        )
     return unknown
 
 
@@ -123,10 +150,14 @@ def _grow_classes(run, added: list[str]):
     tree, meta = load_checkpoint(run)
     if tree is None:
         return None, state
-    state["labels_at_checkpoint"] = run.state.get("labels_at_checkpoint")  # still stale: it has not seen the new labels
+    state["labels_at_checkpoint"] = run.state.get(
+        "labels_at_checkpoint"
+    )  # still stale: it has not seen the new labels
     from alloop.training import fit as fitting
 
-    tree = classmap.grow_tree(tree, fitting.checkpoint_like(config_of(run).replace(classes=tuple(grown))))
+    tree = classmap.grow_tree(
+        tree, fitting.checkpoint_like(config_of(run).replace(classes=tuple(grown)))
+    )
     return (tree, {**meta, "classes": grown}), state
 
 

@@ -52,11 +52,27 @@ def init_run(
         raise UserError(f"{str(path)!r} is a file, not a run directory: pick another run name")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"run '{name}' already exists at {path}: pick another name or delete it")
-    spec = model if isinstance(model, ModelSpec) else model_spec(**(dict(model) if model else {"kind": default_model(task, s)}))
+    spec = (
+        model
+        if isinstance(model, ModelSpec)
+        else model_spec(**(dict(model) if model else {"kind": default_model(task, s)}))
+    )
     placeholder = PoolSpec(str(pool), str(pool), id_col, (), "", 0)
-    config = RunConfig(placeholder, {}, spec, task, tuple(targets), s=default_s(task, spec.kind) if s is None else s,
-                       regularizer=regularizer, tangent=tangent, trainer=trainer, train={**sgdf.TrainConfig().to_dict(), **(train or {})},
-                       tune=dict(tune) if tune else None, created=now(), alloop_version=alloop.__version__)
+    config = RunConfig(
+        placeholder,
+        {},
+        spec,
+        task,
+        tuple(targets),
+        s=default_s(task, spec.kind) if s is None else s,
+        regularizer=regularizer,
+        tangent=tangent,
+        trainer=trainer,
+        train={**sgdf.TrainConfig().to_dict(), **(train or {})},
+        tune=dict(tune) if tune else None,
+        created=now(),
+        alloop_version=alloop.__version__,
+    )
     config.validate()
     if task == "classification":
         classmap.check_targets(list(targets))
@@ -64,20 +80,40 @@ def init_run(
         raise UserError("--classes only applies to --task classification")
     info, mean, std = _read_pool(pool, id_col, features, targets, reporter)
     config = config.replace(
-        pool=PoolSpec(str(info.path), str(pool), info.id_col, tuple(info.features), info.fingerprint, info.n_rows,
-                      tuple(info.targets), os.path.relpath(info.path, path)),  # from_run: found again when run and pool move together
-        standardizer={"mean": [float(v) for v in mean], "std": [float(v) for v in std]}, id_kind=info.id_kind,
+        pool=PoolSpec(
+            str(info.path),
+            str(pool),
+            info.id_col,
+            tuple(info.features),
+            info.fingerprint,
+            info.n_rows,
+            tuple(info.targets),
+            os.path.relpath(info.path, path),
+        ),  # from_run: found again when run and pool move together
+        standardizer={"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        id_kind=info.id_kind,
     )
     seed = read_seed_labels(labels, info, config) if labels else None
     test_bytes = test_df = None
     if test:
         test_df = tables.read_test_set(test, list(info.features), list(targets), task)
         test_bytes = atomic.encode_table(test_df, "parquet")
-        config = config.replace(test={"given": str(test), "rows": len(test_df), "sha256": atomic.sha256_bytes(test_bytes)})
+        config = config.replace(
+            test={
+                "given": str(test),
+                "rows": len(test_df),
+                "sha256": atomic.sha256_bytes(test_bytes),
+            }
+        )
     if task == "classification":
         target = targets[0]
-        found = (seed[target] if seed is not None else (), test_df[target] if test_df is not None else ())
-        config = config.replace(classes=tuple(classmap.initial_classes(list(targets), *found, classes)))
+        found = (
+            seed[target] if seed is not None else (),
+            test_df[target] if test_df is not None else (),
+        )
+        config = config.replace(
+            classes=tuple(classmap.initial_classes(list(targets), *found, classes))
+        )
     return _create(path, config, test_bytes, seed, info)
 
 
@@ -90,9 +126,13 @@ def _read_pool(pool: str, id_col: str, features, targets, reporter: Reporter):
     with reporter.progress("computing feature statistics", info.n_rows) as advance:
         mean, std = poolio.feature_moments(info)
         advance(info.n_rows)
-    for name, m, sd in zip(info.features, mean, std):  # features must fit float32 training after standardization
+    for name, m, sd in zip(
+        info.features, mean, std
+    ):  # features must fit float32 training after standardization
         if not (np.isfinite(m) and np.isfinite(sd) and abs(m) < 1e30 and sd < 1e30):
-            raise UserError(f"feature '{name}' has values too large to train on (beyond ±1e30): rescale it, or leave it out with --features")
+            raise UserError(
+                f"feature '{name}' has values too large to train on (beyond ±1e30): rescale it, or leave it out with --features"
+            )
     return info, mean, std
 
 
@@ -104,8 +144,15 @@ def _create(path, config: RunConfig, test_bytes, seed, info) -> dict:
             atomic.write_bytes_atomic(run.path / TEST_FILE, test_bytes)
         if seed is not None:
             run = rundir.commit(run, labels=seed, state={"n_labels": len(seed)})
-        rundir.append_history(run, {"command": "init", "pool_rows": info.n_rows, "labels": run.n_labels})
+        rundir.append_history(
+            run, {"command": "init", "pool_rows": info.n_rows, "labels": run.n_labels}
+        )
     except BaseException:
         shutil.rmtree(run.path, ignore_errors=True)
         raise
-    return {"run": str(run.path), "pool_rows": info.n_rows, "features": list(info.features), "labels": run.n_labels}
+    return {
+        "run": str(run.path),
+        "pool_rows": info.n_rows,
+        "features": list(info.features),
+        "labels": run.n_labels,
+    }

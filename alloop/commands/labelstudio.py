@@ -17,8 +17,17 @@ def query_payload(run, frame: pd.DataFrame, round_: int, score_col: str) -> tupl
     config = config_of(run)
     features, targets = list(config.pool.features), list(run.targets)
     preds = predictions(run, frame, features)
-    doc = labelstudio.tasks(frame, id_col=config.pool.id_col, features=features, targets=targets, task=run.task, run_name=run.name,
-                            round_=round_, predictions=preds, score_col=score_col)
+    doc = labelstudio.tasks(
+        frame,
+        id_col=config.pool.id_col,
+        features=features,
+        targets=targets,
+        task=run.task,
+        run_name=run.name,
+        round_=round_,
+        predictions=preds,
+        score_col=score_col,
+    )
     xml = labelstudio.labeling_config(targets, run.task, config.classes)
     return labelstudio.encode_tasks(doc), TASKS_EXT, {"config": (CONFIG_EXT, xml.encode("utf-8"))}
 

@@ -15,7 +15,13 @@ import pandas as pd
 
 from alloop import strategies
 from alloop.commands import labelstudio
-from alloop.commands.common import config_of, inheritance, labeled_arrays, load_checkpoint, open_pool_of
+from alloop.commands.common import (
+    config_of,
+    inheritance,
+    labeled_arrays,
+    load_checkpoint,
+    open_pool_of,
+)
 from alloop.commands.status import needs_training
 from alloop.commands.train import train_locked
 from alloop.config import RunConfig
@@ -36,9 +42,20 @@ OWN_COLUMNS = ("rank", "score")  # what a query file adds beside the pool's id, 
 
 
 def query(
-    name: str, *, k: int = 20, strategy: str | None = None, fmt: str = "csv", seed: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1, wait: float = 5.0, reporter: Reporter | None = None,
-    engine: str = "local", address: str | None = None, workers: int | None = None, keep_workers: float = 0.0,
+    name: str,
+    *,
+    k: int = 20,
+    strategy: str | None = None,
+    fmt: str = "csv",
+    seed: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    devices: int = 1,
+    wait: float = 5.0,
+    reporter: Reporter | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    keep_workers: float = 0.0,
 ) -> dict:
     """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
 
@@ -59,9 +76,21 @@ def query(
             reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
             run, _ = train_locked(run, info, reporter, devices=devices)
         rnd = round_of(run, info, query_seed(run, seed), batch_rows, devices)
-        runner = None if engine == "local" else ray_engine(run, rnd, strat, address, workers, keep_workers, reporter)
+        runner = (
+            None
+            if engine == "local"
+            else ray_engine(run, rnd, strat, address, workers, keep_workers, reporter)
+        )
         sel = select_rows(run, info, rnd, strat, k, reporter, runner)
-        record, path = commit_query(run, info, sel, strat.name, fmt, reporter, extra=None if runner is None else {"engine": engine})
+        record, path = commit_query(
+            run,
+            info,
+            sel,
+            strat.name,
+            fmt,
+            reporter,
+            extra=None if runner is None else {"engine": engine},
+        )
     return {**record, "path": str(path), "note": sel.note}
 
 
@@ -70,11 +99,15 @@ def check_format(fmt: str) -> None:
         raise UserError(f"unknown --format {fmt!r}: choose csv, parquet, jsonl or labelstudio")
 
 
-def check_engine(engine: str, address: str | None, workers: int | None, keep_workers: float = 0.0) -> None:
+def check_engine(
+    engine: str, address: str | None, workers: int | None, keep_workers: float = 0.0
+) -> None:
     if engine not in ENGINES:
         raise UserError(f"unknown --engine {engine!r}: choose local or ray")
     if engine != "ray" and (address is not None or workers is not None or keep_workers):
-        raise UserError("--address, --workers and --keep-workers apply to --engine ray only: add --engine ray, or leave them out")
+        raise UserError(
+            "--address, --workers and --keep-workers apply to --engine ray only: add --engine ray, or leave them out"
+        )
     if workers is not None and workers < 1:
         raise UserError("--workers must be at least 1")
     if not keep_workers >= 0:
@@ -82,11 +115,15 @@ def check_engine(engine: str, address: str | None, workers: int | None, keep_wor
     if engine == "ray":
         ray = ray_cluster.require_ray()
         if keep_workers and address is None and not ray.is_initialized():
-            raise UserError("--keep-workers needs a running cluster (--address auto after `ray start --head`, or ray://HOST:10001): "
-                            "the local cluster of one query ends with it")
+            raise UserError(
+                "--keep-workers needs a running cluster (--address auto after `ray start --head`, or ray://HOST:10001): "
+                "the local cluster of one query ends with it"
+            )
 
 
-def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tuple[rundir.Run, Strategy]:
+def open_for_query(
+    name: str, k: int, strategy: str | None, devices: int
+) -> tuple[rundir.Run, Strategy]:
     """The run a query will score and its strategy (None: the task's default), after checking the options."""
     if strategy is not None:
         strategies.get(strategy, "--strategy")
@@ -95,7 +132,9 @@ def open_for_query(name: str, k: int, strategy: str | None, devices: int) -> tup
     check_devices(devices)
     run = rundir.open_run(name)
     model = config_of(run).model
-    return run, strategies.for_query(strategy, run.task, "auto" if model.is_auto else model.kind)  # auto's default, whatever it chose
+    return run, strategies.for_query(
+        strategy, run.task, "auto" if model.is_auto else model.kind
+    )  # auto's default, whatever it chose
 
 
 def query_seed(run: rundir.Run, seed: int | None) -> int:
@@ -103,13 +142,29 @@ def query_seed(run: rundir.Run, seed: int | None) -> int:
     return config_of(run).seed + run.round if seed is None else seed
 
 
-def round_of(run: rundir.Run, info: poolio.PoolInfo, seed: int, batch_rows: int = DEFAULT_BATCH_ROWS, devices: int = 1) -> Round:
+def round_of(
+    run: rundir.Run,
+    info: poolio.PoolInfo,
+    seed: int,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    devices: int = 1,
+) -> Round:
     """What the strategies may use this round: labeled rows, the trained model (None before training), the seed."""
     config = config_of(run)
     ids, lx, ly = labeled_arrays(run, info)
     tree, meta = load_checkpoint(run)
     model = None if tree is None else trained_model(run, config, tree, meta, lx, ly, seed)
-    return Round(run.task, fitting.standardizer(config), lx, ly, seed, model, batch_rows, devices, uniform_flags(run, ids))
+    return Round(
+        run.task,
+        fitting.standardizer(config),
+        lx,
+        ly,
+        seed,
+        model,
+        batch_rows,
+        devices,
+        uniform_flags(run, ids),
+    )
 
 
 def uniform_flags(run: rundir.Run, ids) -> np.ndarray:
@@ -122,27 +177,51 @@ def uniform_state(run: rundir.Run, sel: Selection) -> dict:
     """The state's record of uniform draws with this query's added (empty when it drew none uniformly)."""
     if sel.uniform is None or not np.any(sel.uniform):
         return {}
-    return {"uniform": [*run.state.get("uniform", []), *(str(i) for i in sel.ids[np.asarray(sel.uniform, bool)])]}
+    return {
+        "uniform": [
+            *run.state.get("uniform", []),
+            *(str(i) for i in sel.ids[np.asarray(sel.uniform, bool)]),
+        ]
+    }
 
 
-def trained_model(run: rundir.Run, config: RunConfig, tree: dict, meta: dict, lx, ly, seed: int) -> TrainedModel:
+def trained_model(
+    run: rundir.Run, config: RunConfig, tree: dict, meta: dict, lx, ly, seed: int
+) -> TrainedModel:
     """The checkpoint as strategies see it; committee members are trained only if a strategy asks for them."""
     inherited = inheritance(run)
     s = choose_s.trained_s(config, meta)
     problem = fitting.build_problem(config, tree["params"], inherited.get("anchor"))
 
     def members() -> list:
-        return fitting.bootstrap_members(config.with_s(s), lx, ly, strategies.builtin.COMMITTEE_SIZE, seed, **inherited)
+        return fitting.bootstrap_members(
+            config.with_s(s), lx, ly, strategies.builtin.COMMITTEE_SIZE, seed, **inherited
+        )
 
-    return TrainedModel(problem, tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32), s, meta.get("target"), members)
-
-
-def select_rows(run: rundir.Run, info: poolio.PoolInfo, rnd: Round, strat: Strategy, k: int, reporter: Reporter,
-                engine=None) -> Selection:
-    """Run the strategy over the pool's rows that are neither labeled nor outstanding, with a progress bar."""
-    exclude = np.concatenate([rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]).astype(
-        np.int64 if run.id_kind == "int" else object
+    return TrainedModel(
+        problem,
+        tree["params"],
+        tree["tangent"],
+        np.asarray(meta["noise"], np.float32),
+        s,
+        meta.get("target"),
+        members,
     )
+
+
+def select_rows(
+    run: rundir.Run,
+    info: poolio.PoolInfo,
+    rnd: Round,
+    strat: Strategy,
+    k: int,
+    reporter: Reporter,
+    engine=None,
+) -> Selection:
+    """Run the strategy over the pool's rows that are neither labeled nor outstanding, with a progress bar."""
+    exclude = np.concatenate(
+        [rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]
+    ).astype(np.int64 if run.id_kind == "int" else object)
     where = "" if engine is None else " on Ray"
     with reporter.progress(f"scoring the pool{where} ({strat.name})", info.n_rows) as advance:
         return strategies.select(strat, info, rnd, exclude, k, advance, engine)
@@ -171,13 +250,36 @@ class RoundRecipe:
             m = self.model
             members = m["members"]
             problem = fitting.build_problem(config, m["params"], m["anchor"])
-            model = TrainedModel(problem, m["params"], m["tangent"], m["noise"], m["s"], m["target"],
-                                 None if members is None else (lambda: members))
-        return Round(self.task, fitting.standardizer(config), self.labeled_x, self.labeled_y, self.seed, model, self.batch_rows, 1)
+            model = TrainedModel(
+                problem,
+                m["params"],
+                m["tangent"],
+                m["noise"],
+                m["s"],
+                m["target"],
+                None if members is None else (lambda: members),
+            )
+        return Round(
+            self.task,
+            fitting.standardizer(config),
+            self.labeled_x,
+            self.labeled_y,
+            self.seed,
+            model,
+            self.batch_rows,
+            1,
+        )
 
 
-def ray_engine(run: rundir.Run, rnd: Round, strat: Strategy, address: str | None, workers: int | None, keep_workers: float = 0.0,
-               reporter: Reporter | None = None):
+def ray_engine(
+    run: rundir.Run,
+    rnd: Round,
+    strat: Strategy,
+    address: str | None,
+    workers: int | None,
+    keep_workers: float = 0.0,
+    reporter: Reporter | None = None,
+):
     """The Ray engine for this round: the recipe of ``rnd`` (committee members trained once, here) and where to run."""
     import jax
 
@@ -190,30 +292,73 @@ def ray_engine(run: rundir.Run, rnd: Round, strat: Strategy, address: str | None
         anchor = inheritance(run).get("anchor")
         cold = strategies.cold_start_note(strat, rnd) is not None
         members = host(m.member_params()) if "members" in strat.needs and not cold else None
-        model = {"params": host(m.params), "tangent": host(m.tangent), "noise": np.asarray(m.noise), "s": m.s, "target": m.target,
-                 "anchor": None if anchor is None else (host(anchor[0]), host(anchor[1]), anchor[2]), "members": members}
-    recipe = RoundRecipe(dict(run.config), rnd.task, np.asarray(rnd.labeled_x), np.asarray(rnd.labeled_y), rnd.seed, rnd.batch_rows, model)
-    return distributed.RayEngine(recipe, address, workers, keep_workers, None if reporter is None else reporter.info)
+        model = {
+            "params": host(m.params),
+            "tangent": host(m.tangent),
+            "noise": np.asarray(m.noise),
+            "s": m.s,
+            "target": m.target,
+            "anchor": None if anchor is None else (host(anchor[0]), host(anchor[1]), anchor[2]),
+            "members": members,
+        }
+    recipe = RoundRecipe(
+        dict(run.config),
+        rnd.task,
+        np.asarray(rnd.labeled_x),
+        np.asarray(rnd.labeled_y),
+        rnd.seed,
+        rnd.batch_rows,
+        model,
+    )
+    return distributed.RayEngine(
+        recipe, address, workers, keep_workers, None if reporter is None else reporter.info
+    )
 
 
-def commit_query(run, info, sel: Selection, strategy: str, fmt: str, reporter: Reporter, extra: dict | None = None):
+def commit_query(
+    run,
+    info,
+    sel: Selection,
+    strategy: str,
+    fmt: str,
+    reporter: Reporter,
+    extra: dict | None = None,
+):
     """Write the picks as the next round's query file, make them outstanding, commit, log: (record, path).
 
     The caller holds the run lock.
     """
     if len(sel.ids) == 0:
-        raise UserError(f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool")
+        raise UserError(
+            f"every pool row of run '{run.name}' is labeled or outstanding: ingest the outstanding labels or add rows to the pool"
+        )
     if sel.note:
         reporter.info(sel.note)
     frame = query_frame(run, info, sel)
     new_round = run.round + 1
     outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
-    payload = (frame, fmt) if fmt != "labelstudio" else labelstudio.query_payload(run, frame, new_round, frame.columns[2])
-    run = rundir.commit(run, query=payload, state={"round": new_round, "outstanding": outstanding, **uniform_state(run, sel)})
+    payload = (
+        (frame, fmt)
+        if fmt != "labelstudio"
+        else labelstudio.query_payload(run, frame, new_round, frame.columns[2])
+    )
+    run = rundir.commit(
+        run,
+        query=payload,
+        state={"round": new_round, "outstanding": outstanding, **uniform_state(run, sel)},
+    )
     entry = run.state["queries"][-1]
     path = run.path / entry["file"]
-    record = {"command": "query", "round": new_round, "strategy": sel.strategy, "requested": strategy, "rows": len(sel.ids),
-              "file": str(path.relative_to(run.path)), **({"labeling_config": entry["config"]} if "config" in entry else {}), **(extra or {})}
+    record = {
+        "command": "query",
+        "round": new_round,
+        "strategy": sel.strategy,
+        "requested": strategy,
+        "rows": len(sel.ids),
+        "file": str(path.relative_to(run.path)),
+        **({"labeling_config": entry["config"]} if "config" in entry else {}),
+        **(extra or {}),
+    }
     rundir.append_history(run, record)
     return record, path
 
@@ -239,9 +384,13 @@ def query_frame(run, info, sel: Selection) -> pd.DataFrame:
     rows = sel.rows.to_pandas() if sel.rows is not None else poolio.take_rows(info, sel.ids)
     taken = {id_col, *features, *run.targets}
     rank, score = (own_column(c, taken) for c in OWN_COLUMNS)
-    frame = pd.DataFrame({id_col: rows[id_col], rank: np.arange(1, len(sel.ids) + 1), score: sel.scores})
+    frame = pd.DataFrame(
+        {id_col: rows[id_col], rank: np.arange(1, len(sel.ids) + 1), score: sel.scores}
+    )
     for c in features:
         frame[c] = rows[c].to_numpy()
     for t in run.targets:
-        frame[t] = pd.Series([None] * len(sel.ids), dtype=object if run.task == "classification" else "float64")
+        frame[t] = pd.Series(
+            [None] * len(sel.ids), dtype=object if run.task == "classification" else "float64"
+        )
     return frame

@@ -34,7 +34,9 @@ def status(name: str, stop_rules: dict | None = None) -> dict:
         "classes": list(config.classes) if config.classes else None,
         "model": "auto" if config.model.is_auto else config.model.kind,
         "model_now": config.model.concrete().label(),  # for --model auto: the model chosen at the last training
-        "model_choice": meta.get("model_choice"),  # why (auto runs): each candidate's CV loss, switched or kept
+        "model_choice": meta.get(
+            "model_choice"
+        ),  # why (auto runs): each candidate's CV loss, switched or kept
         "pool": config.pool.path,
         "pool_rows": config.pool.rows_at_init,
         "features": len(config.pool.features),
@@ -42,7 +44,9 @@ def status(name: str, stop_rules: dict | None = None) -> dict:
         "outstanding": len(run.outstanding),
         "round": run.round,
         "s": config.s,
-        "s_model": meta.get("s"),  # the s the current model was trained with (chosen per round for auto/loocv)
+        "s_model": meta.get(
+            "s"
+        ),  # the s the current model was trained with (chosen per round for auto/loocv)
         "s_by_round": _s_by_round(run),
         "trained_on": run.state.get("labels_at_checkpoint") if run.checkpoint_path else None,
         "stale": needs_training(run),
@@ -50,18 +54,26 @@ def status(name: str, stop_rules: dict | None = None) -> dict:
         "figures": meta.get("figures", {}),
         "warnings": meta.get("warnings", []),
         "queries": [q["file"] for q in run.state.get("queries", [])],
-        "stopping": stopping.decide(stopping.rounds_from_history(rundir.read_history(run)), run.task, rules),
+        "stopping": stopping.decide(
+            stopping.rounds_from_history(rundir.read_history(run)), run.task, rules
+        ),
     }
 
 
 def _s_by_round(run) -> list[dict]:
     """The s of every training, from the history: round, labels, s."""
-    return [{"round": r.get("round"), "labels": r.get("labels"), "s": r["s"]} for r in rundir.read_history(run) if r.get("command") == "train" and "s" in r]
+    return [
+        {"round": r.get("round"), "labels": r.get("labels"), "s": r["s"]}
+        for r in rundir.read_history(run)
+        if r.get("command") == "train" and "s" in r
+    ]
 
 
 def needs_training(run: rundir.Run) -> bool:
     """Labels arrived since the checkpoint was trained (or there is none yet)."""
-    return run.n_labels > 0 and (run.state.get("checkpoint") is None or run.state.get("labels_at_checkpoint") != run.n_labels)
+    return run.n_labels > 0 and (
+        run.state.get("checkpoint") is None or run.state.get("labels_at_checkpoint") != run.n_labels
+    )
 
 
 def base_status(run: rundir.Run) -> dict | None:
@@ -72,7 +84,14 @@ def base_status(run: rundir.Run) -> dict | None:
     current = None
     if Path(base["run"]).exists():
         try:
-            current = rundir.open_run(base["run"]).state.get("checkpoint_sha256") == base["checkpoint_sha256"]
+            current = (
+                rundir.open_run(base["run"]).state.get("checkpoint_sha256")
+                == base["checkpoint_sha256"]
+            )
         except UserError:
             current = None
-    return {"run": base["run"], "version": base["checkpoint_sha256"][:12], "base_unchanged": current}
+    return {
+        "run": base["run"],
+        "version": base["checkpoint_sha256"][:12],
+        "base_unchanged": current,
+    }

@@ -45,14 +45,18 @@ def draw(run: rundir.Run, info: poolio.PoolInfo) -> StopSet:
         except Exception:  # a damaged derived file is drawn again
             pass
     ids = poolio.scan_ids(info)
-    frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])[[info.id_col, *features]]
+    frame = poolio.take_rows(info, ids[stopping.stop_rows(config.seed, len(ids))])[
+        [info.id_col, *features]
+    ]
     return StopSet(frame[features].to_numpy(np.float64), frame)
 
 
 def keep(run: rundir.Run, stop: StopSet) -> None:
     """Save a drawn stop set in the run directory (once a training is committed: it is derived data)."""
     if stop.unsaved is not None:
-        atomic.write_bytes_atomic(run.path / STOP_SET_FILE, atomic.encode_table(stop.unsaved, "parquet"))
+        atomic.write_bytes_atomic(
+            run.path / STOP_SET_FILE, atomic.encode_table(stop.unsaved, "parquet")
+        )
 
 
 def try_draw(run: rundir.Run, info: poolio.PoolInfo, reporter=None) -> StopSet | None:
@@ -61,7 +65,9 @@ def try_draw(run: rundir.Run, info: poolio.PoolInfo, reporter=None) -> StopSet |
         return draw(run, info)
     except UserError as e:
         if reporter is not None:
-            reporter.warn(f"the pool sample could not be read ({e}): every model is a candidate this round")
+            reporter.warn(
+                f"the pool sample could not be read ({e}): every model is a candidate this round"
+            )
         return None
 
 
@@ -73,8 +79,16 @@ def current_meta(run: rundir.Run) -> dict | None:
         return None
 
 
-def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice, prev_meta: dict | None, reporter=None,
-                 stop: StopSet | None = None) -> tuple[dict | None, dict | None]:
+def stop_signals(
+    run: rundir.Run,
+    info: poolio.PoolInfo,
+    config,
+    result,
+    choice,
+    prev_meta: dict | None,
+    reporter=None,
+    stop: StopSet | None = None,
+) -> tuple[dict | None, dict | None]:
     """(what the checkpoint's meta keeps, what the history record gets) about this training's stop set (``stop``:
     already drawn, else drawn now), which is saved; (None, None) with a warning when it cannot be read (the stopping rule then waits)."""
     try:
@@ -85,10 +99,22 @@ def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice,
         return None, None
     keep(run, stop)
     x = stop.x
-    pred = stopping.stop_predictions(fitting.predict(config, result.params, x, result.target), len(x), run.task).ravel().tolist()
+    pred = (
+        stopping.stop_predictions(
+            fitting.predict(config, result.params, x, result.target), len(x), run.task
+        )
+        .ravel()
+        .tolist()
+    )
     anchor = inheritance(run).get("anchor")
-    model = TrainedModel(fitting.build_problem(config, result.params, anchor), result.params, result.tangent,
-                         np.asarray(result.noise, np.float32), config.s, result.target)
+    model = TrainedModel(
+        fitting.build_problem(config, result.params, anchor),
+        result.params,
+        result.tangent,
+        np.asarray(result.noise, np.float32),
+        config.s,
+        result.target,
+    )
     sld = model.on_rows(model.sld(), x)
     mean_sld = float(np.mean(sld)) if len(sld) and np.all(np.isfinite(sld)) else None
     base = _base(prev_meta, run.n_labels)
@@ -96,9 +122,21 @@ def stop_signals(run: rundir.Run, info: poolio.PoolInfo, config, result, choice,
     if base is not None and len(base["predictions"]) == len(pred):
         change, kappa = stopping.compare(base["predictions"], pred, run.task, len(x))
     cv = choice.cv_loss if choice is not None else None
-    scalars = {"labels": run.n_labels, "change": change, "kappa": kappa, "mean_sld": mean_sld, "cv_loss": cv,
-               "compared_with": None if base is None else base["labels"], "stop_rows": len(x)}
-    meta = {"labels": run.n_labels, "predictions": pred, "base": base, **{k: scalars[k] for k in stopping.SIGNALS}}
+    scalars = {
+        "labels": run.n_labels,
+        "change": change,
+        "kappa": kappa,
+        "mean_sld": mean_sld,
+        "cv_loss": cv,
+        "compared_with": None if base is None else base["labels"],
+        "stop_rows": len(x),
+    }
+    meta = {
+        "labels": run.n_labels,
+        "predictions": pred,
+        "base": base,
+        **{k: scalars[k] for k in stopping.SIGNALS},
+    }
     return meta, scalars
 
 

@@ -35,16 +35,27 @@ def verify_run(name: str, repair: bool = False) -> dict:
     if not problems:  # hash or presence failures make the deeper checks meaningless
         problems += _check_labels(run) + _check_checkpoint(run) + _check_test(run)
     temps = sorted(Path(run.path).rglob(f"{TEMP_PREFIX}*"))
-    notes = [f"temporary file {p.relative_to(run.path)} left by an interrupted write" + (": removed" if repair else "") for p in temps]
+    notes = [
+        f"temporary file {p.relative_to(run.path)} left by an interrupted write"
+        + (": removed" if repair else "")
+        for p in temps
+    ]
     if repair:
         for p in temps:
             p.unlink(missing_ok=True) if p.is_file() else None
     notes += _check_queries(run) + _check_history(run)
-    return {"run": str(run.path), "ok": not problems, "problems": problems, "notes": actions + notes}
+    return {
+        "run": str(run.path),
+        "ok": not problems,
+        "problems": problems,
+        "notes": actions + notes,
+    }
 
 
 def _valid(run: rundir.Run, rel: str | None, sha: str | None) -> bool:
-    return bool(rel) and (run.path / rel).exists() and (not sha or sha256_file(run.path / rel) == sha)
+    return (
+        bool(rel) and (run.path / rel).exists() and (not sha or sha256_file(run.path / rel) == sha)
+    )
 
 
 def _loadable_checkpoint(run: rundir.Run, rel: str) -> bool:
@@ -60,18 +71,39 @@ def _repair(run: rundir.Run) -> tuple[rundir.Run, list[str]]:
     st, prev, fix, actions = run.state, run.state.get("previous", {}), {}, []
     if st.get("labels_file") and not _valid(run, st["labels_file"], st.get("labels_sha256")):
         if _valid(run, prev.get("labels_file"), prev.get("labels_sha256")):
-            fix.update(labels_file=prev["labels_file"], labels_sha256=prev.get("labels_sha256"), labels_at_checkpoint=None)
-            actions.append(f"labels: {st['labels_file']} is damaged; fell back to {prev['labels_file']}")
+            fix.update(
+                labels_file=prev["labels_file"],
+                labels_sha256=prev.get("labels_sha256"),
+                labels_at_checkpoint=None,
+            )
+            actions.append(
+                f"labels: {st['labels_file']} is damaged; fell back to {prev['labels_file']}"
+            )
         else:
-            return run, ["labels: the labels file is damaged and no earlier copy remains; restore it from a backup"]
+            return run, [
+                "labels: the labels file is damaged and no earlier copy remains; restore it from a backup"
+            ]
     ck = st.get("checkpoint")
     if ck and not (_valid(run, ck, st.get("checkpoint_sha256")) and _loadable_checkpoint(run, ck)):
         old = prev.get("checkpoint")
-        if old and _valid(run, old, prev.get("checkpoint_sha256")) and _loadable_checkpoint(run, old):
-            fix.update(checkpoint=old, checkpoint_sha256=prev.get("checkpoint_sha256"), labels_at_checkpoint=None, training=None)
-            actions.append(f"checkpoint: {ck} is damaged; fell back to {old} (the next command retrains)")
+        if (
+            old
+            and _valid(run, old, prev.get("checkpoint_sha256"))
+            and _loadable_checkpoint(run, old)
+        ):
+            fix.update(
+                checkpoint=old,
+                checkpoint_sha256=prev.get("checkpoint_sha256"),
+                labels_at_checkpoint=None,
+                training=None,
+            )
+            actions.append(
+                f"checkpoint: {ck} is damaged; fell back to {old} (the next command retrains)"
+            )
         else:
-            fix.update(checkpoint=None, checkpoint_sha256=None, labels_at_checkpoint=None, training=None)
+            fix.update(
+                checkpoint=None, checkpoint_sha256=None, labels_at_checkpoint=None, training=None
+            )
             actions.append(f"checkpoint: {ck} is damaged; dropped it (the next command retrains)")
     if not fix:
         return run, actions
@@ -84,8 +116,10 @@ def _repair(run: rundir.Run) -> tuple[rundir.Run, list[str]]:
 
 
 def _check_files(run: rundir.Run) -> list[str]:
-    refs = [(run.state.get("labels_file"), run.state.get("labels_sha256"), "labels file"),
-            (run.state.get("checkpoint"), run.state.get("checkpoint_sha256"), "checkpoint")]
+    refs = [
+        (run.state.get("labels_file"), run.state.get("labels_sha256"), "labels file"),
+        (run.state.get("checkpoint"), run.state.get("checkpoint_sha256"), "checkpoint"),
+    ]
     out = []
     for rel, sha, what in refs:
         if not rel:
@@ -106,7 +140,9 @@ def _check_queries(run: rundir.Run) -> list[str]:
         if not path.exists():
             out.append(f"query file {q['file']} was removed")
         elif q.get("sha256") and sha256_file(path) != q["sha256"]:
-            out.append(f"query file {q['file']} was edited since it was written (filling it in is expected)")
+            out.append(
+                f"query file {q['file']} was edited since it was written (filling it in is expected)"
+            )
     return out
 
 
@@ -162,4 +198,8 @@ def _check_history(run: rundir.Run) -> list[str]:
             json.loads(line)
         except ValueError:
             bad += 1
-    return [f"history.jsonl has {bad} torn line(s) left by an interrupted append; skipped when read"] if bad else []
+    return (
+        [f"history.jsonl has {bad} torn line(s) left by an interrupted append; skipped when read"]
+        if bad
+        else []
+    )

@@ -23,7 +23,13 @@ def min_sq_distance(z: np.ndarray, to: np.ndarray, chunk: int = 4096) -> np.ndar
     """Squared distance from each row of ``z`` to its nearest row of ``to`` (+inf when ``to`` is empty)."""
     if len(to) == 0:
         return np.full(len(z), np.inf)
-    return np.concatenate([sq_distances(z[i : i + chunk], to).min(axis=1) for i in range(0, len(z), chunk)]) if len(z) else np.zeros(0)
+    return (
+        np.concatenate(
+            [sq_distances(z[i : i + chunk], to).min(axis=1) for i in range(0, len(z), chunk)]
+        )
+        if len(z)
+        else np.zeros(0)
+    )
 
 
 def capped(scores: np.ndarray, clip: float = CLIP_QUANTILE) -> np.ndarray:
@@ -32,26 +38,40 @@ def capped(scores: np.ndarray, clip: float = CLIP_QUANTILE) -> np.ndarray:
     return np.minimum(w, np.quantile(w, clip)) if len(w) else w
 
 
-def kpp_clip(z: np.ndarray, scores: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator,
-             clip: float = CLIP_QUANTILE) -> tuple[np.ndarray, np.ndarray]:
+def kpp_clip(
+    z: np.ndarray,
+    scores: np.ndarray,
+    z_labeled: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    clip: float = CLIP_QUANTILE,
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw k rows ∝ min(score, quantile_clip(score)) · D²; returns (indices in order drawn, their probabilities)."""
     return kpp(z, capped(scores, clip), z_labeled, k, rng)
 
 
-def kpp(z: np.ndarray, weights: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def kpp(
+    z: np.ndarray, weights: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding: draw k rows ∝ weight · D², D the distance to the labeled and already drawn rows.
 
     Returns (indices in order drawn, the probability each had given the earlier draws: what importance
     weighting needs). With nothing labeled the first draw follows the weights alone.
     """
-    w = np.maximum(np.asarray(weights, np.float64), 0.0)  # a score a hair below 0 (float rounding) is no weight
+    w = np.maximum(
+        np.asarray(weights, np.float64), 0.0
+    )  # a score a hair below 0 (float rounding) is no weight
     d2 = min_sq_distance(z, z_labeled)  # +inf everywhere while nothing is labeled or chosen
     chosen, probs = [], []
     for _ in range(min(k, len(z))):
         p = w * d2 if np.isfinite(d2).all() else w.copy()
         p[chosen] = 0.0
         if not np.any(p > 0):  # every weight zero: D² alone, then uniform
-            p = d2.copy() if np.any(d2[np.setdiff1d(np.arange(len(z)), chosen)] > 0) else np.ones(len(z))
+            p = (
+                d2.copy()
+                if np.any(d2[np.setdiff1d(np.arange(len(z)), chosen)] > 0)
+                else np.ones(len(z))
+            )
             p[chosen] = 0.0
         p = p / p.sum()
         j = int(rng.choice(len(z), p=p))
@@ -80,8 +100,15 @@ def rbf(za: np.ndarray, zb: np.ndarray, h: float) -> np.ndarray:
     return np.exp(-sq_distances(za, zb) / h)
 
 
-def herding(z: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator, reference: int = HERDING_REFERENCE,
-            chunk: int = 4096, weights: np.ndarray | None = None) -> np.ndarray:
+def herding(
+    z: np.ndarray,
+    z_labeled: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    reference: int = HERDING_REFERENCE,
+    chunk: int = 4096,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Greedy kernel herding: k rows of ``z`` (a uniform sample of the pool) chosen one at a time so that the
     labeled and chosen rows together come closest to the pool in maximum mean discrepancy (RBF kernel,
     median-heuristic bandwidth).
@@ -98,7 +125,11 @@ def herding(z: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generat
     pick = rng.choice(n, size=min(reference, n), replace=False)
     ref = z[pick]
     h = rbf_bandwidth(ref, rng)
-    w = np.full(len(pick), 1.0 / len(pick)) if weights is None else np.maximum(np.asarray(weights, np.float64)[pick], 0.0)
+    w = (
+        np.full(len(pick), 1.0 / len(pick))
+        if weights is None
+        else np.maximum(np.asarray(weights, np.float64)[pick], 0.0)
+    )
     w = w / w.sum() if w.sum() > 0 else np.full(len(pick), 1.0 / len(pick))
     mu = np.concatenate([rbf(z[i : i + chunk], ref, h) @ w for i in range(0, n, chunk)])
     near = np.zeros(n)  # Σ_{s∈S} k(x, s)
@@ -119,7 +150,9 @@ def herding(z: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generat
 # --- LCMD: the largest cluster's most distant point ---------------------------------------------------
 
 
-def lcmd(e: np.ndarray, e_labeled: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lcmd(
+    e: np.ndarray, e_labeled: np.ndarray, k: int, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Largest-cluster-maximum-distance selection (Holzmüller et al. 2023, LCMD), optionally weighted.
 
     Every row belongs to its nearest center (the labeled rows and those chosen so far). A cluster's size is
@@ -129,7 +162,11 @@ def lcmd(e: np.ndarray, e_labeled: np.ndarray, k: int, weights: np.ndarray | Non
     the first pick is the row of largest w(x)·|x − mean|². Returns (indices in the order chosen, w·d² of each).
     """
     n = len(e)
-    w = np.ones(n) if weights is None else np.maximum(np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0), 0.0)
+    w = (
+        np.ones(n)
+        if weights is None
+        else np.maximum(np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0), 0.0)
+    )
     if n and not np.any(w > 0):
         w = np.ones(n)
     if len(e_labeled):
@@ -148,7 +185,10 @@ def lcmd(e: np.ndarray, e_labeled: np.ndarray, k: int, weights: np.ndarray | Non
         at.append(float(size[j]))
         dj = sq_distances(e, e[j : j + 1])[:, 0]
         closer = dj < d2
-        d2, near = np.where(closer, dj, d2), np.where(closer, n + c, near)  # new centers get ids past every labeled one
+        d2, near = (
+            np.where(closer, dj, d2),
+            np.where(closer, n + c, near),
+        )  # new centers get ids past every labeled one
         d2[j], near[j] = 0.0, n + c
     return np.asarray(chosen, np.int64), np.asarray(at)
 
@@ -160,4 +200,6 @@ def _nearest(e: np.ndarray, to: np.ndarray, chunk: int = 4096) -> tuple[np.ndarr
         block = sq_distances(e[i : i + chunk], to)
         near.append(np.argmin(block, axis=1))
         d2.append(block[np.arange(len(block)), near[-1]])
-    return (np.concatenate(d2), np.concatenate(near)) if d2 else (np.zeros(0), np.zeros(0, np.int64))
+    return (
+        (np.concatenate(d2), np.concatenate(near)) if d2 else (np.zeros(0), np.zeros(0, np.int64))
+    )

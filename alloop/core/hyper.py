@@ -81,7 +81,11 @@ def cv_loss_and_hypergradient(problem: Problem, params, tangents, data: Data, ma
 # --- models linear in their parameters ----------------------------------------------------------
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["jac", "offset", "dmat", "lin"], meta_fields=["unravel"])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["jac", "offset", "dmat", "lin"],
+    meta_fields=["unravel"],
+)
 @dataclass(frozen=True)
 class LinearForm:
     """F_i(θ) = J_i θ + F0_i and R(θ) = θᵀDθ + cᵀθ + R0, θ flattened (float64). A pytree: jit takes it."""
@@ -95,12 +99,21 @@ class LinearForm:
 
 def is_linear(problem: Problem) -> bool:
     """Whether ``linear_form`` is exact: a model linear in θ, the squared loss, a quadratic regularizer."""
-    return problem.model.name in ("linear", "poly") and problem.loss.name == "squared" and problem.reg.name in ("l2", "anchor")
+    return (
+        problem.model.name in ("linear", "poly")
+        and problem.loss.name == "squared"
+        and problem.reg.name in ("l2", "anchor")
+    )
 
 
 def cast(tree, dtype):
     """Floating leaves of ``tree`` as ``dtype`` (integers untouched)."""
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
+    return jax.tree_util.tree_map(
+        lambda a: (
+            jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+        ),
+        tree,
+    )
 
 
 def promote(problem: Problem, tree, dtype=jnp.float64):
@@ -178,13 +191,17 @@ def loocv(form: LinearForm, y, w, s) -> Loo:
     e = (r - jr @ theta).reshape(n, k)
     minv_jt = spd_solve(m, jr.T).T.reshape(n, k, p)  # rows of J M⁻¹
     w = jnp.asarray(w, jnp.float64)
-    lev = w[:, None, None] * jnp.einsum("ikp,ilp->ikl", form.jac, minv_jt)  # w_i J_i M⁻¹ J_iᵀ, (n, k, k)
+    lev = w[:, None, None] * jnp.einsum(
+        "ikp,ilp->ikl", form.jac, minv_jt
+    )  # w_i J_i M⁻¹ J_iᵀ, (n, k, k)
     if k == 1:
         loo = e / (1.0 - lev[:, :, 0])  # e_i / (1 − h_ii)
     else:
         loo = spd_solve(jnp.eye(k) - lev, e[..., None])[..., 0]
     active = w > 0
-    loss = jnp.sum(jnp.where(active, jnp.sum(loo**2, axis=1), 0.0)) / jnp.maximum(jnp.sum(active), 1)
+    loss = jnp.sum(jnp.where(active, jnp.sum(loo**2, axis=1), 0.0)) / jnp.maximum(
+        jnp.sum(active), 1
+    )
     return Loo(loss, loo, jnp.trace(lev, axis1=1, axis2=2))
 
 
@@ -219,7 +236,9 @@ def g_pert(problem: Problem, params, s, data: Data) -> GPert:
     """
     with jax.enable_x64(True):
         prob, (p, d) = promote(problem, (params, data))
-        value, loss, si = jax.jit(lambda p_, s_, d_: g_pert_terms(prob, p_, s_, d_))(p, jnp.asarray(s, jnp.float64), d)
+        value, loss, si = jax.jit(lambda p_, s_, d_: g_pert_terms(prob, p_, s_, d_))(
+            p, jnp.asarray(s, jnp.float64), d
+        )
         return GPert(float(value), float(loss), float(si))
 
 

@@ -65,7 +65,9 @@ def _softmax_sample(key, logits, noise):
     return jax.random.categorical(key, logits, axis=-1)
 
 
-softmax_cross_entropy = Loss("softmax", _softmax_per_example, _softmax_expected_sld, _softmax_sample)
+softmax_cross_entropy = Loss(
+    "softmax", _softmax_per_example, _softmax_expected_sld, _softmax_sample
+)
 
 
 def _logistic_per_example(logit, y):

@@ -76,7 +76,9 @@ def linear(n_in: int, n_out: int = 1) -> Model:
     return Model("linear", init, apply, n_in, n_out)
 
 
-POLY_CLIP = 3.0  # standard deviations of the pool beyond which a poly model's higher powers stop growing
+POLY_CLIP = (
+    3.0  # standard deviations of the pool beyond which a poly model's higher powers stop growing
+)
 
 
 def poly_features(z, degree: int, xp=jnp):
@@ -108,7 +110,9 @@ def poly(n_in: int, n_out: int = 1, degree: int = 3) -> Model:
     return Model("poly", init, apply, n_in, n_out)
 
 
-def mlp(n_in: int, n_out: int = 1, hidden: tuple[int, ...] = (64, 64), activation: str = "tanh") -> Model:
+def mlp(
+    n_in: int, n_out: int = 1, hidden: tuple[int, ...] = (64, 64), activation: str = "tanh"
+) -> Model:
     """Fully connected network; Glorot-normal weights, zero biases, linear output layer."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
@@ -120,7 +124,12 @@ def mlp(n_in: int, n_out: int = 1, hidden: tuple[int, ...] = (64, 64), activatio
         layers = []
         for k, (a, b) in zip(keys, zip(sizes[:-1], sizes[1:])):
             std = np.sqrt(2.0 / (a + b))
-            layers.append({"w": std * jax.random.normal(k, (a, b), jnp.float32), "b": jnp.zeros((b,), jnp.float32)})
+            layers.append(
+                {
+                    "w": std * jax.random.normal(k, (a, b), jnp.float32),
+                    "b": jnp.zeros((b,), jnp.float32),
+                }
+            )
         return {"layers": layers}
 
     def apply(params, stats, x):
@@ -141,7 +150,12 @@ def make_model(spec: dict, n_in: int, n_out: int) -> Model:
     if kind == "poly":
         return poly(n_in, n_out, int(spec.get("degree", 3)))
     if kind == "mlp":
-        return mlp(n_in, n_out, tuple(int(h) for h in spec.get("hidden", (64, 64))), spec.get("activation", "tanh"))
+        return mlp(
+            n_in,
+            n_out,
+            tuple(int(h) for h in spec.get("hidden", (64, 64))),
+            spec.get("activation", "tanh"),
+        )
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -151,6 +165,8 @@ def weight_mask(params: Params) -> Params:
     def leaf_mask(path, leaf):
         last = path[-1]
         key = getattr(last, "key", None)
-        return np.full(jnp.shape(leaf), 1.0 if key == "w" else 0.0, jnp.result_type(leaf))  # numpy: no op to compile
+        return np.full(
+            jnp.shape(leaf), 1.0 if key == "w" else 0.0, jnp.result_type(leaf)
+        )  # numpy: no op to compile
 
     return jax.tree_util.tree_map_with_path(leaf_mask, params)

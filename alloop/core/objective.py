@@ -86,7 +86,10 @@ def _damping_term(problem: Problem, params) -> jax.Array:
     if not problem.damping:
         return jnp.zeros(())
     p0 = jax.lax.stop_gradient(params)
-    sq = sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p0)))
+    sq = sum(
+        jnp.sum((a - b) ** 2)
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p0))
+    )
     return 0.5 * problem.damping * sq
 
 
@@ -117,7 +120,9 @@ def grad_and_tangent(problem: Problem, params, tangent, s, ds, batch: Data, n_to
         vg = lambda p, s_: value_and_grad(problem, p, s_, batch, n_total)  # noqa: E731
         (loss, g), (_, gdot) = jax.jvp(vg, (params, s), (tangent, ds))
     elif problem.curvature == "gauss-newton":
-        loss, g, gdot = _gauss_newton_grad_and_tangent(problem, params, tangent, s, ds, batch, n_total)
+        loss, g, gdot = _gauss_newton_grad_and_tangent(
+            problem, params, tangent, s, ds, batch, n_total
+        )
     else:
         raise ValueError(f"unknown curvature {problem.curvature!r}")
     if problem.damping:

@@ -50,7 +50,9 @@ def constrain_rows(n_devices: int) -> Callable:
     if n_devices == 1:
         return lambda tree: tree
     sharding = NamedSharding(mesh(n_devices), PartitionSpec(AXIS))
-    return lambda tree: jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+    return lambda tree: jax.tree_util.tree_map(
+        lambda a: jax.lax.with_sharding_constraint(a, sharding), tree
+    )
 
 
 def padded_rows(batch_rows: int, n_devices: int) -> int:
@@ -78,7 +80,9 @@ def placer(batch_rows: int, n_devices: int = 1) -> Callable[[np.ndarray], object
         if m > rows:
             raise ValueError(f"batch of {m} rows is larger than the fixed shape {rows}")
         if m < rows:
-            pad = np.repeat(x[-1:], rows - m, axis=0) if m else np.zeros((rows, x.shape[1]), x.dtype)
+            pad = (
+                np.repeat(x[-1:], rows - m, axis=0) if m else np.zeros((rows, x.shape[1]), x.dtype)
+            )
             x = np.concatenate([x, pad])
         return x if sharding is None else jax.device_put(x, sharding)
 
@@ -88,5 +92,8 @@ def placer(batch_rows: int, n_devices: int = 1) -> Callable[[np.ndarray], object
 def score_rows(fn: Callable, x: np.ndarray, batch_rows: int, n_devices: int = 1) -> np.ndarray:
     """``fn`` applied to every row of ``x`` in fixed-shape batches over ``n_devices`` devices (numpy out)."""
     place = placer(batch_rows, n_devices)
-    out = [np.asarray(fn(place(x[i : i + batch_rows])))[: len(x[i : i + batch_rows])] for i in range(0, len(x), batch_rows)]
+    out = [
+        np.asarray(fn(place(x[i : i + batch_rows])))[: len(x[i : i + batch_rows])]
+        for i in range(0, len(x), batch_rows)
+    ]
     return np.concatenate(out) if out else np.zeros((0,), np.float32)

@@ -16,7 +16,9 @@ class TopK(NamedTuple):
 
 
 def topk_empty(k: int, n_features: int, id_dtype) -> TopK:
-    return TopK(np.zeros((0,), np.float64), np.zeros((0,), id_dtype), np.zeros((0, n_features), np.float32))
+    return TopK(
+        np.zeros((0,), np.float64), np.zeros((0,), id_dtype), np.zeros((0, n_features), np.float32)
+    )
 
 
 def _order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -27,7 +27,9 @@ def _sum_tree(tree) -> jax.Array:
 
 def l2(mask) -> Regularizer:
     """R(θ) = ||θ_M||², the squared norm of the coordinates where ``mask`` is 1."""
-    return Regularizer("l2", lambda p, s=None: _sum_tree(jax.tree_util.tree_map(lambda m, x: m * x**2, mask, p)))
+    return Regularizer(
+        "l2", lambda p, s=None: _sum_tree(jax.tree_util.tree_map(lambda m, x: m * x**2, mask, p))
+    )
 
 
 def l2_weights(params) -> Regularizer:
@@ -37,7 +39,10 @@ def l2_weights(params) -> Regularizer:
 
 def anchor(theta0) -> Regularizer:
     """R(θ) = ||θ − θ0||²: parameter inheritance from a base model (paper §3.4.1)."""
-    return Regularizer("anchor", lambda p, s=None: _sum_tree(jax.tree_util.tree_map(lambda x, x0: (x - x0) ** 2, p, theta0)))
+    return Regularizer(
+        "anchor",
+        lambda p, s=None: _sum_tree(jax.tree_util.tree_map(lambda x, x0: (x - x0) ** 2, p, theta0)),
+    )
 
 
 def inherited_anchor(theta0, theta0_dot, s0: float) -> Regularizer:
@@ -51,7 +56,11 @@ def inherited_anchor(theta0, theta0_dot, s0: float) -> Regularizer:
 
     def value(p, s=None):
         shift = 0.0 if s is None else s - s0
-        return _sum_tree(jax.tree_util.tree_map(lambda x, a, da: (x - a - shift * da) ** 2, p, theta0, theta0_dot))
+        return _sum_tree(
+            jax.tree_util.tree_map(
+                lambda x, a, da: (x - a - shift * da) ** 2, p, theta0, theta0_dot
+            )
+        )
 
     return Regularizer("inherited-anchor", value)
 

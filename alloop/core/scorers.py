@@ -26,7 +26,9 @@ import numpy as np
 from alloop.core.models import standardize
 from alloop.core.objective import Problem
 
-_COMPILED: dict[int, tuple] = {}  # id(problem) -> (problem, {name: jitted function}), for the last few problems
+_COMPILED: dict[
+    int, tuple
+] = {}  # id(problem) -> (problem, {name: jitted function}), for the last few problems
 
 
 def jit_for(problem: Problem, name: str, make: Callable) -> Callable:
@@ -109,6 +111,7 @@ def entropy(problem: Problem, params) -> Callable:
 
 def margin(problem: Problem, params) -> Callable:
     """Jitted x -> −(p_(1) − p_(2)): minus the gap between the two most probable classes (small gap = high score)."""
+
     def neg_gap(p):
         top = jax.lax.top_k(p, 2)[0]
         return top[:, 1] - top[:, 0]

@@ -39,7 +39,12 @@ class SecondOrderResult(NamedTuple):
 
 def _flat_objective(problem: Problem, data: Data, s, like):
     """f / n of a flat float64 parameter vector, with everything cast to float64."""
-    cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, t)  # noqa: E731
+    cast = lambda t: jax.tree_util.tree_map(
+        lambda a: (
+            jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+        ),
+        t,
+    )  # noqa: E731
     prob = problem._replace(stats=cast(problem.stats))
     d = cast(data)
     flat, unravel = ravel_pytree(cast(like))
@@ -136,7 +141,15 @@ def _lbfgs(fun, x, tol, maxiter):
 METHODS = {"newton": _newton, "cg": _newton_cg, "lbfgs": _lbfgs}
 
 
-def fit(problem: Problem, data: Data, s: float, params, method: str = "newton", tol: float = 1e-9, maxiter: int | None = None) -> SecondOrderResult:
+def fit(
+    problem: Problem,
+    data: Data,
+    s: float,
+    params,
+    method: str = "newton",
+    tol: float = 1e-9,
+    maxiter: int | None = None,
+) -> SecondOrderResult:
     """Minimize f / n to ||∇|| < tol with ``method``, then solve the tangent there."""
     if method not in METHODS:
         raise ValueError(f"unknown second-order method {method!r}; choose from {sorted(METHODS)}")
@@ -144,9 +157,13 @@ def fit(problem: Problem, data: Data, s: float, params, method: str = "newton", 
         fun, x0, unravel = _flat_objective(problem, data, s, params)
         if method == "newton" and x0.size > EXACT_MAX_PARAMS:
             method = "cg"
-        x, iters = METHODS[method](fun, x0, tol, maxiter or {"newton": 100, "cg": 200, "lbfgs": 5000}[method])
+        x, iters = METHODS[method](
+            fun, x0, tol, maxiter or {"newton": 100, "cg": 200, "lbfgs": 5000}[method]
+        )
         gn = float(jnp.linalg.norm(jax.grad(fun)(x)))
-        theta = jax.tree_util.tree_map(lambda a, like: np.asarray(a, np.asarray(like).dtype), unravel(x), params)
+        theta = jax.tree_util.tree_map(
+            lambda a, like: np.asarray(a, np.asarray(like).dtype), unravel(x), params
+        )
     solve = tangents.exact if x0.size <= EXACT_MAX_PARAMS else tangents.cg
     tan = solve(problem, theta, s, data)
     return SecondOrderResult(theta, tan.tangent, gn, iters, tan.residual)

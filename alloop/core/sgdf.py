@@ -57,7 +57,9 @@ class TrainConfig:
     final_lr: float = 0.01  # end of schedule, as a fraction of lr
     seed: int = 0
     tangent_every: int = 1
-    tangent_scaled: bool = False  # with tangent_every > 1: scale the tangent's steps (module docstring)
+    tangent_scaled: bool = (
+        False  # with tangent_every > 1: scale the tangent's steps (module docstring)
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,8 +154,12 @@ def init_state(params, opt: optax.GradientTransformation, tangent=None) -> Train
     """A fresh optimizer around ``params``; warm-started from ``tangent`` when given (else θ̇ = 0)."""
     opt_state = opt.init(params)
     floats, _, _ = split_state(opt_state)
-    tangent = zeros_like_tree(params) if tangent is None else jax.tree_util.tree_map(jnp.asarray, tangent)
-    return TrainState(params, tangent, opt_state, [jnp.zeros_like(x) for x in floats], jnp.zeros((), jnp.int32))
+    tangent = (
+        zeros_like_tree(params) if tangent is None else jax.tree_util.tree_map(jnp.asarray, tangent)
+    )
+    return TrainState(
+        params, tangent, opt_state, [jnp.zeros_like(x) for x in floats], jnp.zeros((), jnp.int32)
+    )
 
 
 def _plain_step(problem, opt, n, state: TrainState, batch: Data, s):
@@ -176,7 +182,9 @@ def sgdf_step(problem, opt, n, state: TrainState, batch: Data, s, scale=1.0):
     ``scale`` multiplies the tangent's increment (1: the exact derivative of the step).
     """
     s = jnp.asarray(s, jnp.float32)
-    loss, g, gdot = grad_and_tangent(problem, state.params, state.tangent, s, _s_direction(s), batch, n)
+    loss, g, gdot = grad_and_tangent(
+        problem, state.params, state.tangent, s, _s_direction(s), batch, n
+    )
     floats, others, layout = split_state(state.opt_state)
 
     def update(opt_floats, grads, params):
@@ -188,7 +196,9 @@ def sgdf_step(problem, opt, n, state: TrainState, batch: Data, s, scale=1.0):
         update, (floats, g, state.params), (state.opt_tangent, gdot, state.tangent), has_aux=True
     )
     params = optax.apply_updates(state.params, updates)
-    tangent = jax.tree_util.tree_map(lambda t, du: (t + scale * du).astype(t.dtype), state.tangent, dupdates)
+    tangent = jax.tree_util.tree_map(
+        lambda t, du: (t + scale * du).astype(t.dtype), state.tangent, dupdates
+    )
     opt_state = merge_state(new_floats, new_others, layout)
     return TrainState(params, tangent, opt_state, opt_tangent, state.step + 1), loss
 
@@ -218,7 +228,15 @@ def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1
             return sgdf_step(problem, opt, n, state, batch, s)
         return jax.lax.cond(
             state.step % every == every - 1,
-            lambda st: sgdf_step(problem, opt, n, st, batch, s, _tangent_scale(st.step) if cfg.tangent_scaled else 1.0),
+            lambda st: sgdf_step(
+                problem,
+                opt,
+                n,
+                st,
+                batch,
+                s,
+                _tangent_scale(st.step) if cfg.tangent_scaled else 1.0,
+            ),
             lambda st: _plain_step(problem, opt, n, st, batch, s),
             state,
         )
@@ -252,9 +270,15 @@ def make_fit_many(problem: Problem, n: int, cfg: TrainConfig) -> Callable:
     def one(params, x, y, w, s):
         state = init_state(params, opt)
         data = Data(x, y, w)
-        return jax.lax.fori_loop(0, cfg.epochs, lambda e, st: epoch(st, data, s, epoch_key(cfg.seed, e))[0], state).params
+        return jax.lax.fori_loop(
+            0, cfg.epochs, lambda e, st: epoch(st, data, s, epoch_key(cfg.seed, e))[0], state
+        ).params
 
-    return jax.jit(lambda params, data, weights, s: jax.vmap(one, in_axes=(None, None, None, 0, 0))(params, data.x, data.y, weights, s))
+    return jax.jit(
+        lambda params, data, weights, s: jax.vmap(one, in_axes=(None, None, None, 0, 0))(
+            params, data.x, data.y, weights, s
+        )
+    )
 
 
 def convergence(problem: Problem, params, tangent, s, data: Data):
@@ -279,7 +303,9 @@ def _scaled_norm(tree) -> jax.Array:
     return safe * jnp.sqrt(sum(jnp.sum(jnp.square(x / safe)) for x in leaves))
 
 
-def make_epochs(problem: Problem, opt, n: int, cfg: TrainConfig, chunk: int, devices: int = 1) -> Callable:
+def make_epochs(
+    problem: Problem, opt, n: int, cfg: TrainConfig, chunk: int, devices: int = 1
+) -> Callable:
     """A jitted ``epochs(state, data, s, first, count) -> (state, losses, norms, (grad norm, residual))``.
 
     Runs epochs first, ..., first + count - 1 (count <= chunk) in one compiled loop, each exactly as
@@ -291,7 +317,9 @@ def make_epochs(problem: Problem, opt, n: int, cfg: TrainConfig, chunk: int, dev
     def epochs(state, data, s, first, count):
         def body(i, carry):
             st, losses, norms = carry
-            st, loss = one_epoch(st, data, s, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), first + i))
+            st, loss = one_epoch(
+                st, data, s, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), first + i)
+            )
             return st, losses.at[i].set(loss), norms.at[i].set(_scaled_norm(st.tangent))
 
         zeros = jnp.zeros((chunk,), jnp.float32)
@@ -308,7 +336,14 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
 def tree_norm(tree) -> float:
     """√Σx² over the leaves, in float64 on the host: no op to compile, and no overflow of the squares
     for a tangent near float32's range (which would read as non-finite)."""
-    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x), dtype=np.float64)) for x in jax.tree_util.tree_leaves(tree))))
+    return float(
+        np.sqrt(
+            sum(
+                np.sum(np.square(np.asarray(x), dtype=np.float64))
+                for x in jax.tree_util.tree_leaves(tree)
+            )
+        )
+    )
 
 
 def fit(
@@ -348,7 +383,20 @@ def fit(
         state, data, s_arr = parallel.replicate((state, data, s_arr), devices)
     reports = []
     if chunk > 1 or stop is not None:
-        return _fit_chunked(problem, opt, n, cfg, state, data, s_arr, start_epoch, on_epoch, devices, max(chunk, 1), stop)
+        return _fit_chunked(
+            problem,
+            opt,
+            n,
+            cfg,
+            state,
+            data,
+            s_arr,
+            start_epoch,
+            on_epoch,
+            devices,
+            max(chunk, 1),
+            stop,
+        )
     for e in range(start_epoch, cfg.epochs):
         state, loss = epoch_fn(state, data, s_arr, epoch_key(cfg.seed, e))
         rep = EpochReport(e, float(loss), tree_norm(state.tangent))
@@ -358,13 +406,17 @@ def fit(
     return state, reports
 
 
-def _fit_chunked(problem, opt, n, cfg, state, data, s_arr, start_epoch, on_epoch, devices, chunk, stop):
+def _fit_chunked(
+    problem, opt, n, cfg, state, data, s_arr, start_epoch, on_epoch, devices, chunk, stop
+):
     epochs_fn = make_epochs(problem, opt, n, cfg, chunk, devices)
     reports = []
     e = start_epoch
     while e < cfg.epochs:
         count = min(chunk - e % chunk, cfg.epochs - e)  # end at the next multiple of chunk
-        state, losses, norms, (gnorm, resid) = epochs_fn(state, data, s_arr, jnp.asarray(e, jnp.int32), jnp.asarray(count, jnp.int32))
+        state, losses, norms, (gnorm, resid) = epochs_fn(
+            state, data, s_arr, jnp.asarray(e, jnp.int32), jnp.asarray(count, jnp.int32)
+        )
         losses, norms = np.asarray(losses, np.float64), np.asarray(norms, np.float64)
         for i in range(count):
             rep = EpochReport(e + i, float(losses[i]), float(norms[i]))
@@ -395,9 +447,11 @@ def tangent_warnings(reports: list[EpochReport], residual: float | None = None) 
     norms = np.array([r.tangent_norm for r in reports])
     losses = np.array([r.loss for r in reports])
     if norms.size and not np.all(np.isfinite(norms)):
-        out.append("the regularity tangent became non-finite during training (try --curvature gauss-newton or a smaller --lr)")
-    elif norms.size >= 10 and _still_growing(norms[-max(len(norms) // 5, 3):]):
-        tail = norms[-max(len(norms) // 5, 3):]
+        out.append(
+            "the regularity tangent became non-finite during training (try --curvature gauss-newton or a smaller --lr)"
+        )
+    elif norms.size >= 10 and _still_growing(norms[-max(len(norms) // 5, 3) :]):
+        tail = norms[-max(len(norms) // 5, 3) :]
         out.append(
             f"the regularity tangent's norm still grew {tail[-1] / tail[0]:.1f}x over the last {len(tail)} epochs "
             "(negative curvature? try --curvature gauss-newton or more --epochs)"
@@ -405,5 +459,7 @@ def tangent_warnings(reports: list[EpochReport], residual: float | None = None) 
     if losses.size and not np.all(np.isfinite(losses)):
         out.append("the training loss became non-finite (try a smaller --lr)")
     if residual is not None and (not np.isfinite(residual) or residual > 0.5):
-        out.append(f"the tangent's relative residual ||Hθ̇+ρ||/||ρ|| is {residual:.3g} (> 0.5): SLD scores are unreliable")
+        out.append(
+            f"the tangent's relative residual ||Hθ̇+ρ||/||ρ|| is {residual:.3g} (> 0.5): SLD scores are unreliable"
+        )
     return out

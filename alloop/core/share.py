@@ -38,22 +38,34 @@ class ShareEvidence(NamedTuple):
     n_active: int
 
 
-def choose_share(z: np.ndarray, y: np.ndarray, uniform: np.ndarray, rng: np.random.Generator) -> ShareEvidence:
+def choose_share(
+    z: np.ndarray, y: np.ndarray, uniform: np.ndarray, rng: np.random.Generator
+) -> ShareEvidence:
     """The uniform share for the next batch from labeled rows ``z`` (standardized inputs), labels ``y`` and
     ``uniform`` (True where the row was drawn uniformly from the pool)."""
-    z, y, uniform = np.asarray(z, np.float64), np.asarray(y, np.float64).ravel(), np.asarray(uniform, bool)
+    z, y, uniform = (
+        np.asarray(z, np.float64),
+        np.asarray(y, np.float64).ravel(),
+        np.asarray(uniform, bool),
+    )
     n_u, n_a = int(uniform.sum()), int((~uniform).sum())
     if n_u < MIN_UNIFORM or n_a == 0 or np.std(y) == 0:
         return ShareEvidence(SHARE_PRIOR, float("nan"), n_u, n_a)
     y = (y - y.mean()) / y.std()
     losses = held_out_losses(z, y, uniform, loocv_lambda(z, y), rng)
     mean = losses.mean(axis=0)
-    boot = losses[rng.integers(0, len(losses), size=(BOOTSTRAP, len(losses)))].mean(axis=1)  # (BOOTSTRAP, 2)
+    boot = losses[rng.integers(0, len(losses), size=(BOOTSTRAP, len(losses)))].mean(
+        axis=1
+    )  # (BOOTSTRAP, 2)
     share = float(np.clip(np.mean(boot[:, 0] < boot[:, 1]), SHARE_FLOOR, 1.0 - SHARE_FLOOR))
-    return ShareEvidence(share, float(1.0 - mean[1] / mean[0]) if mean[0] > 0 else float("nan"), n_u, n_a)
+    return ShareEvidence(
+        share, float(1.0 - mean[1] / mean[0]) if mean[0] > 0 else float("nan"), n_u, n_a
+    )
 
 
-def held_out_losses(z: np.ndarray, y: np.ndarray, uniform: np.ndarray, lam: float, rng: np.random.Generator) -> np.ndarray:
+def held_out_losses(
+    z: np.ndarray, y: np.ndarray, uniform: np.ndarray, lam: float, rng: np.random.Generator
+) -> np.ndarray:
     """(n_uniform, 2): each uniform row's squared error, held out, of the ridge fitted on a base of other uniform
     rows plus m more uniform rows (column 0) or plus m active rows (column 1); averaged over DRAWS splits."""
     u_idx, a_idx = np.flatnonzero(uniform), np.flatnonzero(~uniform)
@@ -68,7 +80,9 @@ def held_out_losses(z: np.ndarray, y: np.ndarray, uniform: np.ndarray, lam: floa
             base, aside, active = split[m:], split[:m], rng.choice(a_idx, m, replace=False)
             for col, extra in enumerate((aside, active)):
                 rows = np.concatenate([base, extra])
-                losses[fold == f, col] += (ridge_predict(z[rows], y[rows], z[test], lam) - y[test]) ** 2 / DRAWS
+                losses[fold == f, col] += (
+                    ridge_predict(z[rows], y[rows], z[test], lam) - y[test]
+                ) ** 2 / DRAWS
     return losses
 
 

@@ -42,7 +42,9 @@ def hvp(problem: Problem, params, s, data: Data, v):
 
 def relative_residual(problem: Problem, params, tangent, s, data: Data) -> float:
     """||H θ̇ + ρ|| / ||ρ||: 0 for the exact tangent, 1 for θ̇ = 0."""
-    return float(jax.jit(lambda p, t, s_, d: _residual(problem, p, t, s_, d))(params, tangent, s, data))
+    return float(
+        jax.jit(lambda p, t, s_, d: _residual(problem, p, t, s_, d))(params, tangent, s, data)
+    )
 
 
 def _residual(problem, params, tangent, s, data):
@@ -52,12 +54,22 @@ def _residual(problem, params, tangent, s, data):
 
 
 def _cast(tree, dtype):
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
+    return jax.tree_util.tree_map(
+        lambda a: (
+            jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+        ),
+        tree,
+    )
 
 
 def _promote(problem: Problem, params, s, data: Data, dtype):
     stats = _cast(problem.stats, dtype)
-    return problem._replace(stats=stats), _cast(params, dtype), jnp.asarray(s, dtype), _cast(data, dtype)
+    return (
+        problem._replace(stats=stats),
+        _cast(params, dtype),
+        jnp.asarray(s, dtype),
+        _cast(data, dtype),
+    )
 
 
 def exact(problem: Problem, params, s, data: Data, x64: bool = True) -> TangentResult:
@@ -83,7 +95,16 @@ def exact(problem: Problem, params, s, data: Data, x64: bool = True) -> TangentR
     return TangentResult(jax.tree_util.tree_map(np.asarray, out), res, 1)
 
 
-def cg(problem: Problem, params, s, data: Data, x0=None, tol: float = 1e-10, maxiter: int = 1000, x64: bool = True) -> TangentResult:
+def cg(
+    problem: Problem,
+    params,
+    s,
+    data: Data,
+    x0=None,
+    tol: float = 1e-10,
+    maxiter: int = 1000,
+    x64: bool = True,
+) -> TangentResult:
     """Conjugate gradients on H θ̇ = −ρ with Hessian-vector products (needs H positive definite)."""
     with jax.enable_x64(x64):
         dtype = jnp.float64 if x64 else jnp.float32
@@ -129,7 +150,9 @@ def cg_loop(matvec, b, x0, tol: float, maxiter: int):
         p_ = r + (rs_new / jnp.where(rs > 0, rs, 1.0)) * p_
         return x, r, p_, rs_new, it + 1, done
 
-    x, *_, it, _ = jax.lax.while_loop(cond, body, (x0, r, r, jnp.vdot(r, r), jnp.int32(0), jnp.bool_(False)))
+    x, *_, it, _ = jax.lax.while_loop(
+        cond, body, (x0, r, r, jnp.vdot(r, r), jnp.int32(0), jnp.bool_(False))
+    )
     return x, it
 
 
@@ -144,7 +167,11 @@ def lissa(problem: Problem, params, s, data: Data, batch_idx, lr: float, tangent
     opt = optax.sgd(lr)
     state = sgdf.init_state(params, opt, tangent)
     n = int(data.x.shape[0])
-    step = jax.jit(lambda st, b: sgdf.sgdf_step(problem, opt, n, st, Data(data.x[b], data.y[b], data.w[b]), s)[0])
+    step = jax.jit(
+        lambda st, b: sgdf.sgdf_step(problem, opt, n, st, Data(data.x[b], data.y[b], data.w[b]), s)[
+            0
+        ]
+    )
     out = []
     for b in np.asarray(batch_idx):
         state = step(state, jnp.asarray(b))._replace(params=state.params)

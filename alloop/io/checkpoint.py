@@ -126,7 +126,9 @@ def decode_meta(data: bytes, path: Path) -> dict:
     """``load_meta`` on bytes already read."""
     with _open_npz(data, path, None) as npz:
         if META_KEY not in npz.files:
-            raise UserError(f"checkpoint '{path}' has no metadata: it was not written by alloop; retrain the run")
+            raise UserError(
+                f"checkpoint '{path}' has no metadata: it was not written by alloop; retrain the run"
+            )
         try:
             return json.loads(str(_get(npz, META_KEY, path, None)[()]))
         except (ValueError, IndexError) as e:
@@ -148,12 +150,19 @@ def _rebuild(like, prefix: str, npz, path: Path, run_name):
     if like is None:
         return None
     if isinstance(like, dict):
-        return {k: _rebuild(v, _join(prefix, _dict_key(k)), npz, path, run_name) for k, v in like.items()}
+        return {
+            k: _rebuild(v, _join(prefix, _dict_key(k)), npz, path, run_name)
+            for k, v in like.items()
+        }
     if _is_namedtuple(like):
-        children = [_rebuild(v, _join(prefix, f), npz, path, run_name) for f, v in zip(like._fields, like)]
+        children = [
+            _rebuild(v, _join(prefix, f), npz, path, run_name) for f, v in zip(like._fields, like)
+        ]
         return type(like)(*children)
     if isinstance(like, (list, tuple)):
-        children = [_rebuild(v, _join(prefix, str(i)), npz, path, run_name) for i, v in enumerate(like)]
+        children = [
+            _rebuild(v, _join(prefix, str(i)), npz, path, run_name) for i, v in enumerate(like)
+        ]
         return type(like)(children)
     return _load_leaf(like, prefix or ROOT_KEY, npz, path, run_name)
 
@@ -164,7 +173,9 @@ def _load_leaf(like, key: str, npz, path: Path, run_name) -> np.ndarray:
     arr = _get(npz, key, path, run_name)
     shape, dtype = _shape_dtype(like)
     if arr.shape != shape:
-        raise _mismatch(path, key, f"shape {_shape(arr.shape)} stored, {_shape(shape)} expected", run_name)
+        raise _mismatch(
+            path, key, f"shape {_shape(arr.shape)} stored, {_shape(shape)} expected", run_name
+        )
     if arr.dtype != dtype:
         raise _mismatch(path, key, f"dtype {arr.dtype} stored, {dtype} expected", run_name)
     return arr
@@ -194,7 +205,9 @@ def _read(path: Path, run_name) -> bytes:
 def _open_npz(data: bytes, path: Path, run_name):
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:  # a damaged file can fail in zipfile, numpy or struct: all mean "corrupt"
+    except (
+        Exception
+    ) as e:  # a damaged file can fail in zipfile, numpy or struct: all mean "corrupt"
         raise _corrupt(path, e, run_name) from None
 
 

@@ -19,12 +19,18 @@ def datasets_dir() -> Path:
 
 def available() -> list[str]:
     root = datasets_dir()
-    return sorted(p.name for p in root.iterdir() if (p / "meta.json").exists()) if root.exists() else []
+    return (
+        sorted(p.name for p in root.iterdir() if (p / "meta.json").exists())
+        if root.exists()
+        else []
+    )
 
 
 def dataset_meta(name: str) -> dict:
     path = datasets_dir() / name / "meta.json"
     if not path.exists():
         choices = ", ".join(available()) or "none found"
-        raise UserError(f"no bundled dataset '{name}' (in {datasets_dir()}): choose one of {choices}")
+        raise UserError(
+            f"no bundled dataset '{name}' (in {datasets_dir()}): choose one of {choices}"
+        )
     return json.loads(path.read_text())

@@ -31,7 +31,9 @@ VERSION = 1
 
 def _key(info: poolio.PoolInfo) -> tuple[str, str] | None:
     """(pool key, data key): the first names the pool, the second its current contents; None if not cacheable."""
-    if getattr(info, "filesystem", None) is not None:  # object storage (a pool reader that knows it)
+    if (
+        getattr(info, "filesystem", None) is not None
+    ):  # object storage (a pool reader that knows it)
         return None
     files = []
     for f in info.files:
@@ -40,8 +42,12 @@ def _key(info: poolio.PoolInfo) -> tuple[str, str] | None:
         except OSError:
             return None
         files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
-    pool = hashlib.sha256(json.dumps([str(Path(info.path).resolve()), info.id_col, list(info.features)]).encode()).hexdigest()[:24]
-    data = hashlib.sha256(json.dumps([VERSION, files, info.id_kind, info.fingerprint, info.n_rows]).encode()).hexdigest()[:24]
+    pool = hashlib.sha256(
+        json.dumps([str(Path(info.path).resolve()), info.id_col, list(info.features)]).encode()
+    ).hexdigest()[:24]
+    data = hashlib.sha256(
+        json.dumps([VERSION, files, info.id_kind, info.fingerprint, info.n_rows]).encode()
+    ).hexdigest()[:24]
     return pool, data
 
 

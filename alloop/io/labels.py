@@ -24,8 +24,14 @@ import pyarrow.parquet as pq
 from alloop.errors import UserError
 from alloop.io.atomic import unguard_formula
 
-LABEL_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
-                    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json-lines": "jsonl"}
+LABEL_EXTENSIONS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json-lines": "jsonl",
+}
 _INT = re.compile(r"[+-]?\d+")
 _INTEGRAL_DECIMAL = re.compile(r"([+-]?\d+)\.0*")
 
@@ -47,11 +53,14 @@ class _Raw:
     ids: list
     targets: list[list]
     where: Callable[[int], str]
-    decimal_comma: bool = False  # a ';'-separated CSV (a spreadsheet's in a locale that writes 3,5 for 3.5)
+    decimal_comma: bool = (
+        False  # a ';'-separated CSV (a spreadsheet's in a locale that writes 3,5 for 3.5)
+    )
 
 
-def read_label_file(path, id_col: str, targets: tuple[str, ...], id_kind: str,
-                    task: str = "regression") -> LabelFile:
+def read_label_file(
+    path, id_col: str, targets: tuple[str, ...], id_kind: str, task: str = "regression"
+) -> LabelFile:
     """Read and check a label file; the format comes from the extension."""
     path, targets = Path(path), tuple(targets)
     if task == "classification" and len(targets) != 1:
@@ -59,7 +68,9 @@ def read_label_file(path, id_col: str, targets: tuple[str, ...], id_kind: str,
     fmt = _format(path)
     raw = _READERS[fmt](path, id_col, targets)
     if not raw.ids:
-        raise UserError(f"label file '{path}' has no rows: fill in some labels, or check you sent the right file")
+        raise UserError(
+            f"label file '{path}' has no rows: fill in some labels, or check you sent the right file"
+        )
     return _build(raw, path, targets, id_kind, task)
 
 
@@ -67,21 +78,31 @@ def _format(path: Path) -> str:
     if not path.exists():
         raise UserError(f"label file '{path}' not found: check the path")
     if not path.is_file():
-        raise UserError(f"label file '{path}' is not a file: pass the path of a .csv, .parquet or .jsonl file")
+        raise UserError(
+            f"label file '{path}' is not a file: pass the path of a .csv, .parquet or .jsonl file"
+        )
     fmt = LABEL_EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"label file '{path}' has an unknown extension '{path.suffix}': save it as .csv, .parquet or .jsonl")
+        raise UserError(
+            f"label file '{path}' has an unknown extension '{path.suffix}': save it as .csv, .parquet or .jsonl"
+        )
     return fmt
 
 
 def _require(columns, path: Path, id_col: str, targets: tuple) -> None:
     """UserError when the id or a target column is absent, listing the columns found."""
-    found = ", ".join(str(c) if str(c).isprintable() else repr(str(c)) for c in columns) or "none"  # one line, whatever the names hold
+    found = (
+        ", ".join(str(c) if str(c).isprintable() else repr(str(c)) for c in columns) or "none"
+    )  # one line, whatever the names hold
     if id_col not in columns:
-        raise UserError(f"label file '{path}' has no id column '{id_col}' (columns: {found}): add it or pass --id-col NAME")
+        raise UserError(
+            f"label file '{path}' has no id column '{id_col}' (columns: {found}): add it or pass --id-col NAME"
+        )
     for t in targets:
         if t not in columns:
-            raise UserError(f"label file '{path}' has no column '{t}' (columns: {found}): add it or pass --target NAME")
+            raise UserError(
+                f"label file '{path}' has no column '{t}' (columns: {found}): add it or pass --target NAME"
+            )
 
 
 def _read_csv(path: Path, id_col: str, targets: tuple) -> _Raw:
@@ -116,17 +137,31 @@ def _csv_frame(path: Path, sep: str) -> pd.DataFrame:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", index_col=False)
+            return pd.read_csv(
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                encoding="utf-8-sig",
+                index_col=False,
+            )
     except pd.errors.ParserWarning:
-        raise UserError(f"label file '{path}' is not a readable CSV file (a row has more cells than the header): if its numbers have "
-                        "decimal commas (3,5), save it with ';' as the separator; else fix those rows or re-export it as CSV") from None
+        raise UserError(
+            f"label file '{path}' is not a readable CSV file (a row has more cells than the header): if its numbers have "
+            "decimal commas (3,5), save it with ';' as the separator; else fix those rows or re-export it as CSV"
+        ) from None
     except pd.errors.EmptyDataError:
-        raise UserError(f"label file '{path}' is empty: fill in some labels, or check you sent the right file") from None
+        raise UserError(
+            f"label file '{path}' is empty: fill in some labels, or check you sent the right file"
+        ) from None
     except pd.errors.ParserError as e:
         if "Expected" in str(e) and sep == ",":
             reason = (str(e).strip().splitlines() or ["ParserError"])[-1]
-            raise UserError(f"label file '{path}' is not a readable CSV file ({reason}; a row has more cells than the header): if its numbers "
-                            "have decimal commas, save it with ';' as the separator; else fix those rows or re-export it as CSV") from None
+            raise UserError(
+                f"label file '{path}' is not a readable CSV file ({reason}; a row has more cells than the header): if its numbers "
+                "have decimal commas, save it with ';' as the separator; else fix those rows or re-export it as CSV"
+            ) from None
         raise _corrupt(path, "CSV", e) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise _corrupt(path, "CSV", e) from None
@@ -179,9 +214,13 @@ def _json_record(line: str, lineno: int, path: Path) -> dict:
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise UserError(f"label file '{path}' has bad JSON on line {lineno} ({e.msg}): fix or delete that line") from None
+        raise UserError(
+            f"label file '{path}' has bad JSON on line {lineno} ({e.msg}): fix or delete that line"
+        ) from None
     if not isinstance(rec, dict):
-        raise UserError(f"label file '{path}' line {lineno} is not a JSON object: write one {{\"id\": ..., ...}} object per line")
+        raise UserError(
+            f"label file '{path}' line {lineno} is not a JSON object: write one {{\"id\": ..., ...}} object per line"
+        )
     return rec
 
 
@@ -190,12 +229,28 @@ _READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}
 
 def _corrupt(path: Path, kind: str, err: Exception) -> UserError:
     reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-    return UserError(f"label file '{path}' is not a readable {kind} file ({reason}): re-export it as {kind}")
+    return UserError(
+        f"label file '{path}' is not a readable {kind} file ({reason}): re-export it as {kind}"
+    )
 
 
-def build_label_file(ids: list, target_cells: list[list], where: Callable[[int], str], path, targets, id_kind: str, task: str) -> LabelFile:
+def build_label_file(
+    ids: list,
+    target_cells: list[list],
+    where: Callable[[int], str],
+    path,
+    targets,
+    id_kind: str,
+    task: str,
+) -> LabelFile:
     """A LabelFile from cells read by another reader (Label Studio exports): the same parsing and checks."""
-    return _build(_Raw(list(ids), [list(c) for c in target_cells], where), Path(path), tuple(targets), id_kind, task)
+    return _build(
+        _Raw(list(ids), [list(c) for c in target_cells], where),
+        Path(path),
+        tuple(targets),
+        id_kind,
+        task,
+    )
 
 
 def _build(raw: _Raw, path: Path, targets: tuple, id_kind: str, task: str) -> LabelFile:
@@ -235,11 +290,15 @@ def parse_id(v, id_kind: str, path, where: str):
 def _parse_id(v, id_kind: str, path: Path, where: str):
     """An id of the pool's kind; ints also accept integral floats like 3.0 (spreadsheets make those)."""
     if _is_blank(v, "classification"):
-        raise UserError(f"label file '{path}' has a row with no id ({where}): fill in the id or delete the row")
+        raise UserError(
+            f"label file '{path}' has a row with no id ({where}): fill in the id or delete the row"
+        )
     parsed = _as_int(v) if id_kind == "int" else _as_str(v)
     if parsed is None:
         kind = "integers" if id_kind == "int" else "strings"
-        raise UserError(f"label file '{path}' has id {v!r} ({where}) but the pool's ids are {kind}: fix the id column or pass --id-col NAME")
+        raise UserError(
+            f"label file '{path}' has id {v!r} ({where}) but the pool's ids are {kind}: fix the id column or pass --id-col NAME"
+        )
     return parsed
 
 
@@ -308,17 +367,27 @@ def _parse_number(v, target: str, id_, path: Path) -> float:
             x = float(v)
         except ValueError:
             pass
-    elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+    elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)
+    ):
         x = float(v)
     if x is None and isinstance(v, str) and _DECIMAL_COMMA.fullmatch(v.strip()) and "," in v:
-        raise UserError(f"label file '{path}' has {v!r} in '{target}' for id {id_}, a decimal comma in a ','-separated file: "
-                        f"write {_from_decimal_comma(v)}, or save the CSV with ';' as the separator")
+        raise UserError(
+            f"label file '{path}' has {v!r} in '{target}' for id {id_}, a decimal comma in a ','-separated file: "
+            f"write {_from_decimal_comma(v)}, or save the CSV with ';' as the separator"
+        )
     if x is None:
-        raise UserError(f"label file '{path}' has a non-numeric value {v!r} in '{target}' for id {id_}: write a number or leave the cell blank")
+        raise UserError(
+            f"label file '{path}' has a non-numeric value {v!r} in '{target}' for id {id_}: write a number or leave the cell blank"
+        )
     if not math.isfinite(x):
-        raise UserError(f"label file '{path}' has a non-finite value {v!r} in '{target}' for id {id_}: write a finite number or leave the cell blank")
+        raise UserError(
+            f"label file '{path}' has a non-finite value {v!r} in '{target}' for id {id_}: write a finite number or leave the cell blank"
+        )
     if abs(x) > MAX_TARGET:
-        raise UserError(f"label file '{path}' has a value {v!r} in '{target}' for id {id_} beyond ±1e30, too large to train on: rescale the target")
+        raise UserError(
+            f"label file '{path}' has a value {v!r} in '{target}' for id {id_} beyond ±1e30, too large to train on: rescale the target"
+        )
     return x
 
 
@@ -334,8 +403,14 @@ def class_label(v) -> str:
     return str(v)
 
 
-def validate_ingest(new: LabelFile, labeled: dict, outstanding: set, pool_ids_check: Callable,
-                    allow_unqueried: bool, overwrite: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def validate_ingest(
+    new: LabelFile,
+    labeled: dict,
+    outstanding: set,
+    pool_ids_check: Callable,
+    allow_unqueried: bool,
+    overwrite: bool,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decide which labels of ``new`` to add, given what is labeled and what is outstanding.
 
     Never-queried ids are checked first with ``pool_ids_check`` (called once with those ids; it must
@@ -355,7 +430,9 @@ def validate_ingest(new: LabelFile, labeled: dict, outstanding: set, pool_ids_ch
         if id_ not in outstanding:
             unqueried.append(i)
         add.append(i)
-    if unqueried:  # first, so that an id not in the pool is not answered with "pass --allow-unqueried"
+    if (
+        unqueried
+    ):  # first, so that an id not in the pool is not answered with "pass --allow-unqueried"
         pool_ids_check(new.ids[unqueried])
     _refuse_unqueried(new, unqueried, allow_unqueried)
     _refuse_changed(new, changed, labeled, norm, overwrite)
@@ -385,11 +462,15 @@ def _refuse_changed(new: LabelFile, changed: list, labeled: dict, norm, overwrit
 def _notes(new, same, changed, labeled, norm, unqueried, outstanding) -> list[str]:
     notes = []
     if same:
-        notes.append(f"skipped {len(same)} already labeled with the same value (e.g. id {_examples(new.ids[same])})")
+        notes.append(
+            f"skipped {len(same)} already labeled with the same value (e.g. id {_examples(new.ids[same])})"
+        )
     if changed:
         i = changed[0]
-        notes.append(f"replaced {len(changed)} existing labels (e.g. id {new.ids[i]}: "
-                     f"{_fmt(labeled[norm(new.ids[i])])} -> {_fmt(new.values[i])})")
+        notes.append(
+            f"replaced {len(changed)} existing labels (e.g. id {new.ids[i]}: "
+            f"{_fmt(labeled[norm(new.ids[i])])} -> {_fmt(new.values[i])})"
+        )
     if unqueried:
         notes.append(f"accepted {len(unqueried)} labels for ids that were never queried")
     n_blank = sum(norm(b) in outstanding for b in new.blank_ids)
@@ -406,7 +487,9 @@ def _same(a, b) -> bool:
     """Exact equality of a stored label and a new one (strings, or numbers/number rows)."""
     if isinstance(a, str) or isinstance(b, str):
         return str(a) == str(b)
-    return np.array_equal(np.ravel(np.asarray(a, dtype=float)), np.ravel(np.asarray(b, dtype=float)))
+    return np.array_equal(
+        np.ravel(np.asarray(a, dtype=float)), np.ravel(np.asarray(b, dtype=float))
+    )
 
 
 def _fmt(v) -> str:

@@ -34,7 +34,19 @@ TABLE_NAME = "row"  # the <Table> that shows a task's features; every control po
 
 # --- out: tasks and the labeling configuration ---------------------------------------------------
 
-def tasks(frame, *, id_col: str, features, targets, task: str, run_name: str, round_: int, predictions=None, score_col: str = "score") -> list[dict]:
+
+def tasks(
+    frame,
+    *,
+    id_col: str,
+    features,
+    targets,
+    task: str,
+    run_name: str,
+    round_: int,
+    predictions=None,
+    score_col: str = "score",
+) -> list[dict]:
     """Label Studio tasks for the rows of a query frame (in rank order).
 
     ``predictions``: per row, the model's value for each target (regression: a sequence of floats;
@@ -46,10 +58,20 @@ def tasks(frame, *, id_col: str, features, targets, task: str, run_name: str, ro
     cols = {str(c): [to_json_value(v) for v in frame[c].tolist()] for c in features}
     out = []
     for i in range(n):
-        data = {"alloop_id": ids[i], "alloop_run": run_name, "alloop_round": int(round_), "alloop_rank": i + 1, "alloop_score": scores[i],
-                "item": {c: v[i] for c, v in cols.items()}}
+        data = {
+            "alloop_id": ids[i],
+            "alloop_run": run_name,
+            "alloop_round": int(round_),
+            "alloop_rank": i + 1,
+            "alloop_score": scores[i],
+            "item": {c: v[i] for c, v in cols.items()},
+        }
         result = [] if predictions is None else _result(predictions[i], targets, task)
-        pred = {"model_version": f"alloop {run_name} round {round_}", "score": round((n - i) / n, 6), "result": result}
+        pred = {
+            "model_version": f"alloop {run_name} round {round_}",
+            "score": round((n - i) / n, 6),
+            "result": result,
+        }
         out.append({"data": data, "predictions": [pred]})
     return out
 
@@ -58,23 +80,42 @@ def _result(value, targets, task: str) -> list[dict]:
     if value is None:
         return []
     if task == "classification":
-        return [{"from_name": str(targets[0]), "to_name": TABLE_NAME, "type": "choices", "value": {"choices": [str(value)]}}]
+        return [
+            {
+                "from_name": str(targets[0]),
+                "to_name": TABLE_NAME,
+                "type": "choices",
+                "value": {"choices": [str(value)]},
+            }
+        ]
     vals = np.ravel(np.asarray(value, dtype=np.float64))
-    return [{"from_name": str(t), "to_name": TABLE_NAME, "type": "number", "value": {"number": float(v)}}
-            for t, v in zip(targets, vals) if math.isfinite(v)]
+    return [
+        {
+            "from_name": str(t),
+            "to_name": TABLE_NAME,
+            "type": "number",
+            "value": {"number": float(v)},
+        }
+        for t, v in zip(targets, vals)
+        if math.isfinite(v)
+    ]
 
 
 def labeling_config(targets, task: str, classes=None) -> str:
     """The XML of a Label Studio project for this run: the features as a table, a control per target."""
     lines = ["<View>", f'  <Table name="{TABLE_NAME}" value="$item"/>']
     if task == "classification":
-        lines.append(f'  <Choices name={quoteattr(str(targets[0]))} toName="{TABLE_NAME}" choice="single" required="true">')
+        lines.append(
+            f'  <Choices name={quoteattr(str(targets[0]))} toName="{TABLE_NAME}" choice="single" required="true">'
+        )
         lines += [f"    <Choice value={quoteattr(str(c))}/>" for c in classes or ()]
         lines.append("  </Choices>")
     else:
         for t in targets:
             lines.append(f"  <Header value={quoteattr(str(t))}/>")
-            lines.append(f'  <Number name={quoteattr(str(t))} toName="{TABLE_NAME}" required="true"/>')
+            lines.append(
+                f'  <Number name={quoteattr(str(t))} toName="{TABLE_NAME}" required="true"/>'
+            )
     lines.append("</View>")
     return "\n".join(lines) + "\n"
 
@@ -82,14 +123,23 @@ def labeling_config(targets, task: str, classes=None) -> str:
 def task_table(path) -> pd.DataFrame:
     """A tasks file as a table: alloop_id, alloop_rank, alloop_score and the features, one row per task."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    return pd.DataFrame([{k: t["data"][k] for k in ("alloop_id", "alloop_rank", "alloop_score")} | t["data"]["item"] for t in doc])
+    return pd.DataFrame(
+        [
+            {k: t["data"][k] for k in ("alloop_id", "alloop_rank", "alloop_score")}
+            | t["data"]["item"]
+            for t in doc
+        ]
+    )
 
 
 def encode_tasks(task_list: list[dict]) -> bytes:
-    return (json.dumps(task_list, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    return (json.dumps(task_list, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode(
+        "utf-8"
+    )
 
 
 # --- in: exports ---------------------------------------------------------------------------------
+
 
 def is_export(path) -> bool:
     """A .json file, or a CSV whose header has alloop's task columns (Label Studio's CSV export)."""
@@ -107,12 +157,16 @@ def is_export(path) -> bool:
     return "alloop_id" in header and "alloop_run" in header
 
 
-def read_export(path, *, run_name: str, targets, id_kind: str, task: str, resolve: str = "latest") -> tuple[labelio.LabelFile, list[str]]:
+def read_export(
+    path, *, run_name: str, targets, id_kind: str, task: str, resolve: str = "latest"
+) -> tuple[labelio.LabelFile, list[str]]:
     """A Label Studio export as a LabelFile (one value per task, blanks for tasks with no usable
     annotation) and notes for the user (disagreements, skipped tasks)."""
     check_resolve(resolve, task)
     path, targets = Path(path), tuple(targets)
-    records = _records(path)  # (where, data, annotation dict with result/was_cancelled/time/who) per annotation or task
+    records = _records(
+        path
+    )  # (where, data, annotation dict with result/was_cancelled/time/who) per annotation or task
     by_id: dict = {}
     order: list = []
     skipped = 0
@@ -131,19 +185,29 @@ def read_export(path, *, run_name: str, targets, id_kind: str, task: str, resolv
             continue
         by_id[id_].append((ann.get("time") or "", ann.get("seq", 0), values, where))
     if not order:
-        raise UserError(f"Label Studio export '{path}' has no tasks: export the project again with its annotated tasks")
+        raise UserError(
+            f"Label Studio export '{path}' has no tasks: export the project again with its annotated tasks"
+        )
     cells = [[] for _ in targets]
     disagree = []
     for id_ in order:
         anns = sorted(by_id[id_], key=lambda a: (a[0], a[1]))
-        value = _resolve(anns, targets, task, resolve, id_, path, disagree) if anns else [None] * len(targets)
+        value = (
+            _resolve(anns, targets, task, resolve, id_, path, disagree)
+            if anns
+            else [None] * len(targets)
+        )
         for j in range(len(targets)):
             cells[j].append(value[j])
-    lf = labelio.build_label_file(order, cells, lambda i: f"task of id {order[i]}", path, targets, id_kind, task)
+    lf = labelio.build_label_file(
+        order, cells, lambda i: f"task of id {order[i]}", path, targets, id_kind, task
+    )
     notes = []
     if disagree:
         ex = ", ".join(str(d) for d in disagree[:3]) + (", ..." if len(disagree) > 3 else "")
-        notes.append(f"annotators disagreed on {len(disagree)} tasks (ids {ex}): resolved by --resolve {resolve}")
+        notes.append(
+            f"annotators disagreed on {len(disagree)} tasks (ids {ex}): resolved by --resolve {resolve}"
+        )
     if skipped:
         notes.append(f"{skipped} skipped or cancelled annotations ignored")
     return lf, notes
@@ -153,9 +217,13 @@ def check_resolve(resolve: str, task: str) -> None:
     if resolve not in RESOLVE_RULES:
         raise UserError(f"unknown --resolve {resolve!r}: choose latest, mean or majority")
     if resolve == "mean" and task == "classification":
-        raise UserError("--resolve mean averages numbers: for a classification run use --resolve majority or latest")
+        raise UserError(
+            "--resolve mean averages numbers: for a classification run use --resolve majority or latest"
+        )
     if resolve == "majority" and task != "classification":
-        raise UserError("--resolve majority counts classes: for a regression run use --resolve mean or latest")
+        raise UserError(
+            "--resolve majority counts classes: for a regression run use --resolve mean or latest"
+        )
 
 
 def _blank(v) -> bool:
@@ -164,11 +232,15 @@ def _blank(v) -> bool:
 
 def _task_id(data, path: Path, where: str, run_name: str, id_kind: str):
     if not isinstance(data, dict) or "alloop_id" not in data or "alloop_run" not in data:
-        raise UserError(f"Label Studio export '{path}' has a task ({where}) that alloop did not write (no alloop_id/alloop_run in its data): "
-                        "import the tasks of `alloop query NAME --format labelstudio`, or remove that task")
+        raise UserError(
+            f"Label Studio export '{path}' has a task ({where}) that alloop did not write (no alloop_id/alloop_run in its data): "
+            "import the tasks of `alloop query NAME --format labelstudio`, or remove that task"
+        )
     if str(data["alloop_run"]) != run_name:
-        raise UserError(f"Label Studio export '{path}' has a task ({where}) from run '{data['alloop_run']}', not '{run_name}': "
-                        f"ingest it into run '{data['alloop_run']}', or export only this run's tasks")
+        raise UserError(
+            f"Label Studio export '{path}' has a task ({where}) from run '{data['alloop_run']}', not '{run_name}': "
+            f"ingest it into run '{data['alloop_run']}', or export only this run's tasks"
+        )
     raw = data["alloop_id"]
     id_ = labelio.parse_id(raw, id_kind, path, where)
     return id_
@@ -184,12 +256,16 @@ def _resolve(anns: list, targets, task: str, rule: str, id_, path: Path, disagre
     if rule == "mean":
         for p in parsed:
             if any(v is None for v in p):
-                raise UserError(f"Label Studio export '{path}' has an annotation of id {id_} that fills only some targets: fill every target")
+                raise UserError(
+                    f"Label Studio export '{path}' has an annotation of id {id_} that fills only some targets: fill every target"
+                )
         return [float(np.mean([p[j] for p in parsed])) for j in range(len(targets))]
     counts = Counter(p[0] for p in parsed)
     top = max(counts.values())
     tied = {c for c, n in counts.items() if n == top}
-    latest_of_tied = next(p[0] for p in reversed(parsed) if p[0] in tied)  # a tie goes to the most recent of the tied classes
+    latest_of_tied = next(
+        p[0] for p in reversed(parsed) if p[0] in tied
+    )  # a tie goes to the most recent of the tied classes
     return [latest_of_tied]
 
 
@@ -202,13 +278,17 @@ def _parse_value(v, target: str, task: str, id_, path: Path):
             pass
     if isinstance(v, list):
         if len(v) > 1:
-            raise UserError(f"Label Studio export '{path}' has {len(v)} values of '{target}' in one annotation of id {id_}: keep one")
+            raise UserError(
+                f"Label Studio export '{path}' has {len(v)} values of '{target}' in one annotation of id {id_}: keep one"
+            )
         v = v[0] if v else None
     if isinstance(v, dict):
         v = v.get("number", v.get("choices"))
         if isinstance(v, list):
             if len(v) != 1:
-                raise UserError(f"Label Studio export '{path}' has {len(v)} choices of '{target}' in one annotation of id {id_}: choose one")
+                raise UserError(
+                    f"Label Studio export '{path}' has {len(v)} choices of '{target}' in one annotation of id {id_}: choose one"
+                )
             v = v[0]
     if _blank(v):
         return None
@@ -223,22 +303,30 @@ def _records(path: Path) -> list[tuple[str, dict, dict | None]]:
     if not path.exists():
         raise UserError(f"label file '{path}' not found: check the path")
     if not path.is_file():
-        raise UserError(f"label file '{path}' is not a file: pass the path of a Label Studio export")
+        raise UserError(
+            f"label file '{path}' is not a file: pass the path of a Label Studio export"
+        )
     try:
         doc = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"Label Studio export '{path}' is not readable JSON ({e}): export the project again as JSON, JSON-MIN or CSV") from None
+        raise UserError(
+            f"Label Studio export '{path}' is not readable JSON ({e}): export the project again as JSON, JSON-MIN or CSV"
+        ) from None
     if isinstance(doc, dict):
         doc = [doc]
     if not isinstance(doc, list) or not all(isinstance(t, dict) for t in doc):
-        raise UserError(f"Label Studio export '{path}' is not a list of tasks: export the project as JSON, JSON-MIN or CSV")
+        raise UserError(
+            f"Label Studio export '{path}' is not a list of tasks: export the project as JSON, JSON-MIN or CSV"
+        )
     out = []
     for i, t in enumerate(doc):
         where = f"task {t.get('id', i + 1)}"
         if "data" in t and isinstance(t.get("data"), dict):  # full JSON export
             anns = t.get("annotations", t.get("completions")) or []
             if not isinstance(anns, list):
-                raise UserError(f"Label Studio export '{path}' has annotations that are not a list ({where}): export the project again")
+                raise UserError(
+                    f"Label Studio export '{path}' has annotations that are not a list ({where}): export the project again"
+                )
             if not anns:
                 out.append((where, t["data"], None))
             for j, a in enumerate(anns):
@@ -250,20 +338,31 @@ def _records(path: Path) -> list[tuple[str, dict, dict | None]]:
 
 def _annotation(a, path: Path, where: str, seq: int) -> dict:
     if not isinstance(a, dict):
-        raise UserError(f"Label Studio export '{path}' has an annotation that is not an object ({where}): export the project again")
+        raise UserError(
+            f"Label Studio export '{path}' has an annotation that is not an object ({where}): export the project again"
+        )
     values: dict = {}
     for r in a.get("result") or []:
         if isinstance(r, dict) and "from_name" in r:
             values[str(r["from_name"])] = r.get("value")
     cancelled = bool(a.get("was_cancelled") or a.get("skipped"))
-    return {"values": values, "cancelled": cancelled, "time": str(a.get("updated_at") or a.get("created_at") or ""), "seq": _seq(a.get("id"), seq)}
+    return {
+        "values": values,
+        "cancelled": cancelled,
+        "time": str(a.get("updated_at") or a.get("created_at") or ""),
+        "seq": _seq(a.get("id"), seq),
+    }
 
 
 def _min_annotation(t: dict, seq: int) -> dict | None:
     if t.get("annotation_id") is None:  # a task exported without annotations
         return None
-    return {"values": t, "cancelled": bool(t.get("was_cancelled")), "time": str(t.get("updated_at") or t.get("created_at") or ""),
-            "seq": _seq(t.get("annotation_id"), seq)}
+    return {
+        "values": t,
+        "cancelled": bool(t.get("was_cancelled")),
+        "time": str(t.get("updated_at") or t.get("created_at") or ""),
+        "seq": _seq(t.get("annotation_id"), seq),
+    }
 
 
 def _seq(v, default: int) -> int:
@@ -276,15 +375,24 @@ def _csv_records(path: Path) -> list[tuple[str, dict, dict | None]]:
         text = path.read_bytes().decode("utf-8-sig")
         rows = list(csv.DictReader(text.splitlines(), dialect=_dialect(text)))
     except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"Label Studio export '{path}' is not a readable CSV file ({e}): export the project again as CSV") from None
+        raise UserError(
+            f"Label Studio export '{path}' is not a readable CSV file ({e}): export the project again as CSV"
+        ) from None
     out = []
     for i, r in enumerate(rows):
         r = {k: v for k, v in r.items() if k is not None}
         where = f"line {i + 2}"
         data = dict(r)
-        ann = None if not str(r.get("annotation_id") or "").strip() else {
-            "values": r, "cancelled": False, "time": str(r.get("updated_at") or r.get("created_at") or ""),
-            "seq": int(r["annotation_id"]) if str(r["annotation_id"]).strip().isdigit() else i}
+        ann = (
+            None
+            if not str(r.get("annotation_id") or "").strip()
+            else {
+                "values": r,
+                "cancelled": False,
+                "time": str(r.get("updated_at") or r.get("created_at") or ""),
+                "seq": int(r["annotation_id"]) if str(r["annotation_id"]).strip().isdigit() else i,
+            }
+        )
         out.append((where, data, ann))
     return out
 

@@ -49,7 +49,9 @@ class PoolInfo:
     targets: tuple[str, ...]
     n_rows: int
     fingerprint: str
-    filesystem: pafs.FileSystem | None = None  # where ``files`` are (object storage); None: the local disk
+    filesystem: pafs.FileSystem | None = (
+        None  # where ``files`` are (object storage); None: the local disk
+    )
 
 
 @dataclass
@@ -110,13 +112,19 @@ def with_endpoint(uri: str, endpoint: str | None) -> str:
     from the URI's query; other URIs and local paths are returned as they are."""
     if not endpoint or not str(uri).lower().startswith("s3://"):
         if endpoint and is_uri(uri):
-            raise UserError(f"--endpoint-url applies to s3:// pools only, not {uri!r}: leave it out")
+            raise UserError(
+                f"--endpoint-url applies to s3:// pools only, not {uri!r}: leave it out"
+            )
         return str(uri)
     parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
     if not parsed.netloc:
-        raise UserError(f"--endpoint-url {endpoint!r} is not an endpoint: pass http://HOST:PORT or https://HOST")
+        raise UserError(
+            f"--endpoint-url {endpoint!r} is not an endpoint: pass http://HOST:PORT or https://HOST"
+        )
     base, _, query = str(uri).partition("?")
-    params = [(k, v) for k, v in urllib.parse.parse_qsl(query) if k not in ("endpoint_override", "scheme")]
+    params = [
+        (k, v) for k, v in urllib.parse.parse_qsl(query) if k not in ("endpoint_override", "scheme")
+    ]
     params += [("endpoint_override", parsed.netloc), ("scheme", parsed.scheme)]
     return f"{base}?{urllib.parse.urlencode(params)}"
 
@@ -139,12 +147,31 @@ def remote_error(shown: str, err: Exception) -> UserError:
     """One line for a pool in object storage that cannot be reached or read, with what to do about it."""
     text = " ".join(str(err).split()) or type(err).__name__
     low = text.lower().replace("_", "")
-    if any(w in low for w in ("accessdenied", "access denied", "forbidden", "invalidaccesskey", "signaturedoesnotmatch",
-                              "credential", "invalidtoken", "expiredtoken", "unauthorized", "403")):
+    if any(
+        w in low
+        for w in (
+            "accessdenied",
+            "access denied",
+            "forbidden",
+            "invalidaccesskey",
+            "signaturedoesnotmatch",
+            "credential",
+            "invalidtoken",
+            "expiredtoken",
+            "unauthorized",
+            "403",
+        )
+    ):
         hint = "access denied: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws) and the bucket's policy"
-    elif "nosuchbucket" in low or "bucket does not exist" in low or ("bucket" in low and "not found" in low):
+    elif (
+        "nosuchbucket" in low
+        or "bucket does not exist" in low
+        or ("bucket" in low and "not found" in low)
+    ):
         hint = "the bucket does not exist: check the URI's bucket name (and the endpoint)"
-    elif any(w in low for w in ("network", "connect", "resolve", "timeout", "timed out", "unreachable")):
+    elif any(
+        w in low for w in ("network", "connect", "resolve", "timeout", "timed out", "unreachable")
+    ):
         hint = "the endpoint is unreachable: check the network and the endpoint (--endpoint-url or AWS_ENDPOINT_URL)"
     else:
         hint = "check the URI, the credentials and the endpoint"
@@ -158,15 +185,20 @@ def _pool_files(fs, root: str, shown: str) -> list[str]:
         return _remote_files(fs, root, shown)
     top = Path(root)
     if not top.exists():
-        raise UserError(f"pool '{shown}' not found: pass --pool with a Parquet file or a directory of Parquet files")
+        raise UserError(
+            f"pool '{shown}' not found: pass --pool with a Parquet file or a directory of Parquet files"
+        )
     if top.is_file():
         return [root]
     files = sorted(
-        str(p) for p in top.rglob("*.parquet")
+        str(p)
+        for p in top.rglob("*.parquet")
         if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(top).parts)
     )
     if not files:
-        raise UserError(f"pool directory '{shown}' has no .parquet files: pass --pool with a Parquet file or a directory of them")
+        raise UserError(
+            f"pool directory '{shown}' has no .parquet files: pass --pool with a Parquet file or a directory of them"
+        )
     return files
 
 
@@ -180,12 +212,23 @@ def _remote_files(fs, root: str, shown: str) -> list[str]:
         found = []
     except (pa.ArrowException, OSError, ValueError) as e:
         raise remote_error(shown, e) from None
-    files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-                   and not any(part.startswith((".", "_")) for part in _rel(f.path, root).split("/")))
+    files = sorted(
+        f.path
+        for f in found
+        if f.type == pafs.FileType.File
+        and f.path.endswith(".parquet")
+        and not any(part.startswith((".", "_")) for part in _rel(f.path, root).split("/"))
+    )
     if not files:
         missing_bucket(fs, root, shown)
-        what = "not found" if top.type == pafs.FileType.NotFound and not found else "has no .parquet files"
-        raise UserError(f"pool '{_display(shown)}' {what}: pass --pool with a Parquet file or a prefix holding Parquet files")
+        what = (
+            "not found"
+            if top.type == pafs.FileType.NotFound and not found
+            else "has no .parquet files"
+        )
+        raise UserError(
+            f"pool '{_display(shown)}' {what}: pass --pool with a Parquet file or a prefix holding Parquet files"
+        )
     return files
 
 
@@ -197,7 +240,9 @@ def missing_bucket(fs, root: str, shown: str, what: str = "pool") -> None:
     except (pa.ArrowException, OSError, ValueError) as e:
         raise remote_error(shown, e) from None
     if missing:
-        raise UserError(f"{what} '{_display(shown)}' cannot be read: the bucket does not exist: check the URI's bucket name (and the endpoint)")
+        raise UserError(
+            f"{what} '{_display(shown)}' cannot be read: the bucket does not exist: check the URI's bucket name (and the endpoint)"
+        )
 
 
 def _display(uri: str) -> str:
@@ -208,7 +253,13 @@ def _display(uri: str) -> str:
 def _check_partition_keys(files: list[str], root: str, schema: dict, wanted, shown: str) -> None:
     """A column asked for that exists only as a directory partition key (``key=value`` in the files'
     paths, Hive style) gets its own message: alloop reads the columns stored in the files only."""
-    keys = {part.split("=", 1)[0] for f in files if f != root for part in _rel(f, root).split("/")[:-1] if "=" in part}
+    keys = {
+        part.split("=", 1)[0]
+        for f in files
+        if f != root
+        for part in _rel(f, root).split("/")[:-1]
+        if "=" in part
+    }
     for c in wanted:
         if c not in schema and c in keys:
             raise UserError(
@@ -217,7 +268,9 @@ def _check_partition_keys(files: list[str], root: str, schema: dict, wanted, sho
             )
 
 
-def _read_schemas(fs, files: list[str], root: str, shown: str) -> tuple[dict[str, pa.DataType], int]:
+def _read_schemas(
+    fs, files: list[str], root: str, shown: str
+) -> tuple[dict[str, pa.DataType], int]:
     """The shared {column: type} of all files and their total row count; differing schemas are an error."""
     first, n_rows = None, 0
     for f in files:
@@ -235,17 +288,25 @@ def _rel(f: str, root: str) -> str:
     """A pool file's name relative to the pool (its own name for a one-file pool)."""
     if f == root:
         return f.replace("\\", "/").rsplit("/", 1)[-1]
-    return Path(f).relative_to(root).as_posix() if Path(root).is_absolute() else f[len(root):].lstrip("/")
+    return (
+        Path(f).relative_to(root).as_posix()
+        if Path(root).is_absolute()
+        else f[len(root) :].lstrip("/")
+    )
 
 
 def _schema_differs(fa: str, a: dict, fb: str, b: dict) -> UserError:
     only_a, only_b = [c for c in a if c not in b], [c for c in b if c not in a]
     if only_a or only_b:
-        what = f"columns only in the first: {only_a or 'none'}, only in the second: {only_b or 'none'}"
+        what = (
+            f"columns only in the first: {only_a or 'none'}, only in the second: {only_b or 'none'}"
+        )
     else:
         col = next(c for c in a if a[c] != b[c])
         what = f"column '{col}' is {a[col]} in the first, {b[col]} in the second"
-    return UserError(f"pool files '{fa}' and '{fb}' have different schemas ({what}): rewrite them with one schema")
+    return UserError(
+        f"pool files '{fa}' and '{fb}' have different schemas ({what}): rewrite them with one schema"
+    )
 
 
 @contextlib.contextmanager
@@ -265,38 +326,60 @@ def _parquet_file(f, fs=None, shown: str | None = None):
 
 def _unreadable(f, err: Exception) -> UserError:
     reason = (str(err).splitlines() or [type(err).__name__])[0]
-    return UserError(f"pool file '{f}' is not a readable Parquet file ({reason}): replace it or remove it from the pool")
+    return UserError(
+        f"pool file '{f}' is not a readable Parquet file ({reason}): replace it or remove it from the pool"
+    )
 
 
 def _id_kind(schema: dict, id_col: str, shown: str) -> str:
     if id_col not in schema:
-        raise UserError(f"pool '{shown}' has no id column '{id_col}' (columns: {_names(schema)}): pass --id-col NAME")
+        raise UserError(
+            f"pool '{shown}' has no id column '{id_col}' (columns: {_names(schema)}): pass --id-col NAME"
+        )
     t = schema[id_col]
     if pa.types.is_integer(t):
         return "int"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "str"
-    raise UserError(f"pool id column '{id_col}' has type {t}, but ids must be integers or strings: pass --id-col NAME for another column")
+    raise UserError(
+        f"pool id column '{id_col}' has type {t}, but ids must be integers or strings: pass --id-col NAME for another column"
+    )
 
 
 def _check_targets(schema: dict, targets: tuple, id_col: str, shown: str) -> None:
     for t in targets:
         if t not in schema:
-            raise UserError(f"pool '{shown}' has no target column '{t}' (columns: {_names(schema)}): fix --target or leave it out")
+            raise UserError(
+                f"pool '{shown}' has no target column '{t}' (columns: {_names(schema)}): fix --target or leave it out"
+            )
         if t == id_col:
-            raise UserError(f"column '{t}' cannot be both the id and a target: pass another --target or --id-col")
+            raise UserError(
+                f"column '{t}' cannot be both the id and a target: pass another --target or --id-col"
+            )
 
 
-def _choose_features(schema: dict, id_col: str, targets: tuple, features, shown: str) -> tuple[str, ...]:
+def _choose_features(
+    schema: dict, id_col: str, targets: tuple, features, shown: str
+) -> tuple[str, ...]:
     if features is None:
-        feats = tuple(c for c, t in schema.items() if _numeric(t) and c != id_col and c not in targets
-                      and not c.startswith("__index_level_"))
+        feats = tuple(
+            c
+            for c, t in schema.items()
+            if _numeric(t)
+            and c != id_col
+            and c not in targets
+            and not c.startswith("__index_level_")
+        )
         if not feats:
-            raise UserError(f"pool '{shown}' has no numeric feature columns (columns: {_names(schema)}): add some or pass --features NAMES")
+            raise UserError(
+                f"pool '{shown}' has no numeric feature columns (columns: {_names(schema)}): add some or pass --features NAMES"
+            )
         return feats
     feats = tuple(features)
     if not feats:
-        raise UserError("no features given: pass --features with at least one numeric column, or leave it out to use all")
+        raise UserError(
+            "no features given: pass --features with at least one numeric column, or leave it out to use all"
+        )
     for c in feats:
         _check_feature(schema, c, id_col, targets, shown)
     return feats
@@ -304,11 +387,17 @@ def _choose_features(schema: dict, id_col: str, targets: tuple, features, shown:
 
 def _check_feature(schema: dict, c: str, id_col: str, targets: tuple, shown: str) -> None:
     if c not in schema:
-        raise UserError(f"pool '{shown}' has no feature column '{c}' (columns: {_names(schema)}): fix --features")
+        raise UserError(
+            f"pool '{shown}' has no feature column '{c}' (columns: {_names(schema)}): fix --features"
+        )
     if c == id_col or c in targets:
-        raise UserError(f"column '{c}' cannot be both a feature and the id or a target: remove it from --features")
+        raise UserError(
+            f"column '{c}' cannot be both a feature and the id or a target: remove it from --features"
+        )
     if not _numeric(schema[c]):
-        raise UserError(f"pool feature '{c}' has type {schema[c]}, not a number: remove it from --features")
+        raise UserError(
+            f"pool feature '{c}' has type {schema[c]}, not a number: remove it from --features"
+        )
 
 
 def _numeric(t: pa.DataType) -> bool:
@@ -343,7 +432,9 @@ def pool_schema(path) -> dict[str, pa.DataType]:
     return _read_schemas(fs, _pool_files(fs, root, str(path)), root, str(path))[0]
 
 
-def open_recorded(path, id_col: str, features, targets, fingerprint: str, run_name: str) -> PoolInfo:
+def open_recorded(
+    path, id_col: str, features, targets, fingerprint: str, run_name: str
+) -> PoolInfo:
     """Open a run's pool, checking its id/feature columns against the fingerprint taken at init.
 
     A column removed or retyped since init is reported as a schema change (not as a bad
@@ -361,11 +452,17 @@ def open_recorded(path, id_col: str, features, targets, fingerprint: str, run_na
             f"pool schema changed since `alloop init {run_name}`: the types of the id/feature columns of "
             f"'{path}' ({', '.join((id_col, *features))}) are not the ones recorded; restore the pool or init a new run"
         )
-    return open_pool(path, id_col=id_col, features=features, targets=[t for t in targets if t in schema])
+    return open_pool(
+        path, id_col=id_col, features=features, targets=[t for t in targets if t in schema]
+    )
 
 
-def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: str = "features",
-                 with_targets: bool = False) -> Iterator[PoolBatch]:
+def iter_batches(
+    info: PoolInfo,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    columns: str = "features",
+    with_targets: bool = False,
+) -> Iterator[PoolBatch]:
     """Stream the pool as PoolBatch objects of at most ``batch_rows`` rows, files in order.
 
     ``columns="features"`` reads the id and feature columns; ``columns="ids"`` reads only the id
@@ -376,10 +473,14 @@ def iter_batches(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS, columns: 
     return _batches(info, batch_rows, columns, with_targets, np.float32)
 
 
-def _batches(info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype) -> Iterator[PoolBatch]:
+def _batches(
+    info: PoolInfo, batch_rows: int, columns: str, with_targets: bool, dtype
+) -> Iterator[PoolBatch]:
     feats = info.features if columns == "features" else ()
     targets = info.targets if with_targets else ()
-    for rb in _rebatched(_record_batches(info, [info.id_col, *feats, *targets], batch_rows), batch_rows):
+    for rb in _rebatched(
+        _record_batches(info, [info.id_col, *feats, *targets], batch_rows), batch_rows
+    ):
         yield _pool_batch(rb, info, feats, targets, with_targets, dtype)
 
 
@@ -389,7 +490,9 @@ def pool_batch(rb: pa.RecordBatch, info: PoolInfo) -> PoolBatch:
     return _pool_batch(rb, info, info.features, (), False, np.float32)
 
 
-def _pool_batch(rb: pa.RecordBatch, info: PoolInfo, feats, targets, with_targets: bool, dtype) -> PoolBatch:
+def _pool_batch(
+    rb: pa.RecordBatch, info: PoolInfo, feats, targets, with_targets: bool, dtype
+) -> PoolBatch:
     ids = _ids(rb.column(info.id_col), info)
     X = _features(rb, feats, ids, dtype)
     Y = _targets(rb, targets) if with_targets else None
@@ -424,7 +527,11 @@ def _concat_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     if len(parts) == 1:
         return parts[0]
     schema = parts[0].schema
-    return pa.Table.from_batches([p.replace_schema_metadata(schema.metadata) for p in parts], schema).combine_chunks().to_batches()[0]
+    return (
+        pa.Table.from_batches([p.replace_schema_metadata(schema.metadata) for p in parts], schema)
+        .combine_chunks()
+        .to_batches()[0]
+    )
 
 
 def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -450,7 +557,9 @@ def _file_batches(f, pf, cols, batch_rows: int, info: PoolInfo) -> Iterator[pa.R
 
 def _ids(col: pa.Array, info: PoolInfo) -> np.ndarray:
     if col.null_count:
-        raise UserError(f"pool has a missing id in column '{info.id_col}': fill it in or drop the row")
+        raise UserError(
+            f"pool has a missing id in column '{info.id_col}': fill it in or drop the row"
+        )
     if info.id_kind == "int":
         return col.to_numpy().astype(np.int64, copy=False)
     return col.to_numpy(zero_copy_only=False).astype(object, copy=False)
@@ -494,7 +603,9 @@ def _targets(rb: pa.RecordBatch, targets) -> np.ndarray:
     return Y
 
 
-def feature_moments(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
+def feature_moments(
+    info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and population std (float64) in one streaming pass.
 
     Batches are merged with Chan et al.'s parallel update, which stays accurate when the mean is
@@ -507,7 +618,9 @@ def feature_moments(info: PoolInfo, batch_rows: int = DEFAULT_BATCH_ROWS) -> tup
         k = len(batch.ids)
         if k == 0:
             continue
-        with np.errstate(over="ignore", invalid="ignore"):  # huge values give inf: the caller refuses them
+        with np.errstate(
+            over="ignore", invalid="ignore"
+        ):  # huge values give inf: the caller refuses them
             n, mean, m2 = _chan_merge(n, mean, m2, batch.X)
         lo, hi = np.minimum(lo, batch.X.min(axis=0)), np.maximum(hi, batch.X.max(axis=0))
     with np.errstate(over="ignore", invalid="ignore"):
@@ -573,7 +686,9 @@ def _found_ids(info: PoolInfo, want: np.ndarray) -> set:
     return found
 
 
-def _filtered(info: PoolInfo, cols: list[str], want: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS):
+def _filtered(
+    info: PoolInfo, cols: list[str], want: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS
+):
     """Record batches holding only the rows whose id is in ``want``; stops once all were seen."""
     if len(want) == 0:
         return

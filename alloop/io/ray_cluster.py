@@ -25,10 +25,14 @@ import warnings
 from alloop.errors import UserError
 
 INSTALL = "pip install 'alloop[ray]'"
-NAMESPACE = "alloop"  # actors kept by `query --keep-workers` are named PREFIX + KEY-I in this Ray namespace
+NAMESPACE = (
+    "alloop"  # actors kept by `query --keep-workers` are named PREFIX + KEY-I in this Ray namespace
+)
 PREFIX = "alloop-scorer-"
 # Ray's notices of a dead worker and of retried tasks: alloop reports those itself (or fails with its own line)
-RETRY_NOTICE = re.compile(r"worker died or was killed|will be retried|retries remaining|actor is temporarily unavailable")
+RETRY_NOTICE = re.compile(
+    r"worker died or was killed|will be retried|retries remaining|actor is temporarily unavailable"
+)
 _LEVEL_LINE = re.compile(r"logging\.cc:\d+\]?:? Set ray log level from environment variable")
 
 
@@ -37,7 +41,9 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise UserError(f"--engine ray needs Ray, which is not installed: {INSTALL} (or use --engine local)") from None
+        raise UserError(
+            f"--engine ray needs Ray, which is not installed: {INSTALL} (or use --engine local)"
+        ) from None
     return ray
 
 
@@ -83,7 +89,11 @@ def _quiet_level_line():
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            rest = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True) if not _LEVEL_LINE.search(ln)]
+            rest = [
+                ln
+                for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                if not _LEVEL_LINE.search(ln)
+            ]
             if rest:
                 sys.stderr.write("".join(rest))
 
@@ -94,22 +104,37 @@ def cluster(address: str | None = None):
     local cluster on this machine's CPUs; a connection made here is closed at the end."""
     ray = require_ray()
     if ray.is_initialized():
-        with contextlib.redirect_stdout(_Notices(sys.stderr)):  # Ray prints its notices on stdout: results go there
+        with contextlib.redirect_stdout(
+            _Notices(sys.stderr)
+        ):  # Ray prints its notices on stdout: results go there
             yield ray
         return
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ core logs notices on stderr; errors reach us as exceptions
+    os.environ.setdefault(
+        "RAY_BACKEND_LOG_LEVEL", "fatal"
+    )  # Ray's C++ core logs notices on stderr; errors reach us as exceptions
     try:
         with warnings.catch_warnings(), _quiet_level_line():
             # When JAX is loaded already (the Python API), subprocess warns at its fork-and-exec: the child execs at
             # once and runs no JAX code, so the warning does not apply.
-            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+            warnings.filterwarnings(
+                "ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning
+            )
+            ray.init(
+                address=address,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                include_dashboard=False,
+            )
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"at {address!r}" if address else "on this machine"
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         why = (lines[0] if lines else type(e).__name__)[:300]
-        raise UserError(f"cannot start or reach a Ray cluster {where} ({why}): check --address, or start one with `ray start --head`") from None
-    with contextlib.redirect_stdout(_Notices(sys.stderr)):  # until Ray's notice thread stops at shutdown
+        raise UserError(
+            f"cannot start or reach a Ray cluster {where} ({why}): check --address, or start one with `ray start --head`"
+        ) from None
+    with contextlib.redirect_stdout(
+        _Notices(sys.stderr)
+    ):  # until Ray's notice thread stops at shutdown
         try:
             yield ray
         finally:
@@ -118,8 +143,11 @@ def cluster(address: str | None = None):
 
 def release(ray) -> int:
     """End every scoring actor kept on the cluster by ``alloop query --keep-workers`` (``alloop release-workers``); how many."""
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a.get("namespace") == NAMESPACE and a["name"].startswith(PREFIX)]
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == NAMESPACE and a["name"].startswith(PREFIX)
+    ]
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)

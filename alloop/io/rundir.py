@@ -35,7 +35,15 @@ import pyarrow.parquet as pq
 
 from alloop.config import AUTO, AUTO_CANDIDATES, ModelSpec
 from alloop.errors import UserError
-from alloop.io.atomic import encode_json, encode_table, sha256_bytes, sha256_file, to_json_value, write_bytes_atomic, write_json_atomic
+from alloop.io.atomic import (
+    encode_json,
+    encode_table,
+    sha256_bytes,
+    sha256_file,
+    to_json_value,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from alloop.io.checkpoint import decode_meta, decode_tree, encode_tree
 from alloop.io.lock import LOCK_NAME
 
@@ -142,9 +150,18 @@ def _shown(path: Path) -> str:
 
 def initial_state() -> dict:
     """The state of a run nobody has labeled, trained or queried yet."""
-    return {"generation": 0, "round": 0, "labels_file": None, "labels_sha256": None,
-            "checkpoint": None, "checkpoint_sha256": None, "outstanding": {},
-            "n_labels": 0, "labels_at_checkpoint": 0, "queries": []}
+    return {
+        "generation": 0,
+        "round": 0,
+        "labels_file": None,
+        "labels_sha256": None,
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "outstanding": {},
+        "n_labels": 0,
+        "labels_at_checkpoint": 0,
+        "queries": [],
+    }
 
 
 def create_run(path: Path, config: dict, state_extra: dict | None = None) -> Run:
@@ -154,7 +171,9 @@ def create_run(path: Path, config: dict, state_extra: dict | None = None) -> Run
     """
     path = Path(path).expanduser().resolve()
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        raise UserError(f"run '{path.name}' already exists at {_shown(path)}: pick another name or delete it")
+        raise UserError(
+            f"run '{path.name}' already exists at {_shown(path)}: pick another name or delete it"
+        )
     state = {**initial_state(), **(state_extra or {})}
     made = _make_parents(path.parent)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}"
@@ -164,8 +183,12 @@ def create_run(path: Path, config: dict, state_extra: dict | None = None) -> Run
     except OSError as e:
         _undo_create(tmp, made)
         if path.exists() and any(path.iterdir()):
-            raise UserError(f"run '{path.name}' already exists at {_shown(path)}: pick another name or delete it") from None
-        raise UserError(f"cannot create run '{path.name}' at {_shown(path)} ({e.strerror or e}): check the directory's permissions") from None
+            raise UserError(
+                f"run '{path.name}' already exists at {_shown(path)}: pick another name or delete it"
+            ) from None
+        raise UserError(
+            f"cannot create run '{path.name}' at {_shown(path)} ({e.strerror or e}): check the directory's permissions"
+        ) from None
     except BaseException:
         _undo_create(tmp, made)
         raise
@@ -212,7 +235,9 @@ def open_run(name_or_path: str) -> Run:
     config = _read_json(path, CONFIG)
     state = _read_json(path, STATE)
     if not isinstance(state.get("generation"), int):
-        raise UserError(f"run '{path.name}' has a state.json without a generation: restore it from a backup or init a new run")
+        raise UserError(
+            f"run '{path.name}' has a state.json without a generation: restore it from a backup or init a new run"
+        )
     return Run(path, path.name, effective_config(config, state), state)
 
 
@@ -223,7 +248,9 @@ def effective_config(config: dict, state: dict) -> dict:
     Both live in state.json so that they change in the same commit as the labels or checkpoint that need them.
     """
     out = {**config, "classes": state["classes"]} if state.get("classes") else config
-    if ModelSpec.from_json(config.get("model") or {}).is_auto:  # before the first training: the first candidate
+    if ModelSpec.from_json(
+        config.get("model") or {}
+    ).is_auto:  # before the first training: the first candidate
         out = {**out, "model": {**(state.get("model") or AUTO_CANDIDATES[0]), AUTO: True}}
     return out
 
@@ -233,11 +260,17 @@ def _read_json(path: Path, name: str) -> dict:
     try:
         obj = json.loads(f.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"'{_shown(path)}' is not an alloop run (no {name}): pass the name of a run made by `alloop init`") from None
+        raise UserError(
+            f"'{_shown(path)}' is not an alloop run (no {name}): pass the name of a run made by `alloop init`"
+        ) from None
     except (OSError, ValueError) as e:
-        raise UserError(f"run '{path.name}' has an unreadable {name} ({_first_line(e)}): restore it from a backup or init a new run") from None
+        raise UserError(
+            f"run '{path.name}' has an unreadable {name} ({_first_line(e)}): restore it from a backup or init a new run"
+        ) from None
     if not isinstance(obj, dict):
-        raise UserError(f"run '{path.name}' has a {name} that is not a JSON object: restore it from a backup or init a new run")
+        raise UserError(
+            f"run '{path.name}' has a {name} that is not a JSON object: restore it from a backup or init a new run"
+        )
     return obj
 
 
@@ -294,8 +327,14 @@ def load_checkpoint(run: Run, like):
     return decode_tree(data, like, path, run.name), decode_meta(data, path)
 
 
-def commit(run: Run, *, labels: pd.DataFrame | None = None, checkpoint: tuple | None = None,
-           query: tuple | None = None, state: dict | None = None) -> Run:
+def commit(
+    run: Run,
+    *,
+    labels: pd.DataFrame | None = None,
+    checkpoint: tuple | None = None,
+    query: tuple | None = None,
+    state: dict | None = None,
+) -> Run:
     """Write the given new files, then state.json (the commit point), then drop stale files.
 
     ``labels`` is the full label table (columns id, targets, round, time); ``checkpoint`` is
@@ -349,7 +388,9 @@ def _write_labels(run: Run, new: dict, labels, gen: int, written: list) -> None:
     new["labels_file"], new["n_labels"] = rel, len(labels)
 
 
-def _write_checkpoint(run: Run, new: dict, checkpoint, gen: int, written: list, explicit: dict) -> None:
+def _write_checkpoint(
+    run: Run, new: dict, checkpoint, gen: int, written: list, explicit: dict
+) -> None:
     if checkpoint is None:
         return
     tree, meta = checkpoint
@@ -382,7 +423,9 @@ def _write_query(run: Run, new: dict, query, written: list) -> None:
     rel = f"queries/round-{rnd:04d}.{fmt}"
     if any(q.get("file") == rel for q in run.state.get("queries", [])):
         raise ValueError(f"{rel} is already committed; set state['round'] to a new round")
-    sha = _write_new(run, rel, data if isinstance(data, bytes) else encode_table(data, fmt), written)
+    sha = _write_new(
+        run, rel, data if isinstance(data, bytes) else encode_table(data, fmt), written
+    )
     entry = {"round": rnd, "file": rel, "sha256": sha}
     for key, (ext, blob) in (rest[0] if rest else {}).items():
         entry[key] = f"queries/round-{rnd:04d}.{ext}"
@@ -393,9 +436,17 @@ def _write_query(run: Run, new: dict, query, written: list) -> None:
 def _collect_garbage(run_path: Path, new: dict, old: dict) -> None:
     """Delete labels/checkpoints/queries that neither the new nor the previous state names, and temp files."""
     prev = new.get("previous", {})
-    keep = {new.get("labels_file"), new.get("checkpoint"), old.get("labels_file"), old.get("checkpoint"),
-            prev.get("labels_file"), prev.get("checkpoint")}
-    keep |= {q.get("file") for q in new.get("queries", [])} | {q.get("config") for q in new.get("queries", [])}
+    keep = {
+        new.get("labels_file"),
+        new.get("checkpoint"),
+        old.get("labels_file"),
+        old.get("checkpoint"),
+        prev.get("labels_file"),
+        prev.get("checkpoint"),
+    }
+    keep |= {q.get("file") for q in new.get("queries", [])} | {
+        q.get("config") for q in new.get("queries", [])
+    }
     for sub, pattern in (("labels", _LABEL_FILE), ("checkpoints", _CKPT_FILE), ("queries", None)):
         for f in (run_path / sub).glob("*"):
             rel = f"{sub}/{f.name}"
@@ -425,7 +476,11 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def read_history(run: Run) -> list[dict]:

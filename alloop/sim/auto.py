@@ -26,13 +26,22 @@ class AutoLearner:
         self.data, self.settings, self.auto_config = data, settings, config
         self.learners = {}
         for spec in choose_model.candidates():
-            steps = {"steps": settings.model["steps"]} if "steps" in settings.model else {}  # the simulation's SGDF step count
+            steps = (
+                {"steps": settings.model["steps"]} if "steps" in settings.model else {}
+            )  # the simulation's SGDF step count
             sub_settings = dataclasses.replace(settings, model={**spec.to_json(), **steps})
             sub = config.replace(model=spec.auto_marked())
-            self.learners[spec.label()] = (sim_sgdf.SGDFLearner(data, sub_settings, sub.with_s(1.0)) if spec.kind == "mlp"
-                                           else ridge.RidgeLearner(data, sub_settings, sub))
-        self.x_check = data.x_pool[stopping.stop_rows(settings.seed, len(data.x_pool))].astype(np.float32)  # the run's stop set
-        self.current = next(iter(self.learners))  # the model in use: the first candidate until a fit chooses
+            self.learners[spec.label()] = (
+                sim_sgdf.SGDFLearner(data, sub_settings, sub.with_s(1.0))
+                if spec.kind == "mlp"
+                else ridge.RidgeLearner(data, sub_settings, sub)
+            )
+        self.x_check = data.x_pool[stopping.stop_rows(settings.seed, len(data.x_pool))].astype(
+            np.float32
+        )  # the run's stop set
+        self.current = next(
+            iter(self.learners)
+        )  # the model in use: the first candidate until a fit chooses
         self._s = None
         self.cv_loss = None
 
@@ -45,14 +54,24 @@ class AutoLearner:
         first = len(labeled) <= self.settings.initial  # a new curve: nothing in use yet
         current = None if first else self.learners[self.current].config.model
         y = self.data.y_pool[labeled]
-        picked = choose_model.choose(self.auto_config, self.data.x_pool[labeled].astype(np.float32), y[:, None],
-                                     current=current, s_prev=None if first else self._s, x_pool=self.x_check)
+        picked = choose_model.choose(
+            self.auto_config,
+            self.data.x_pool[labeled].astype(np.float32),
+            y[:, None],
+            current=current,
+            s_prev=None if first else self._s,
+            x_pool=self.x_check,
+        )
         label = picked.model.label()
         switched = label != self.current or first
         self.current, self._s, self.cv_loss = label, picked.s, picked.s_choice.cv_loss
         learner = self.learners[label]
         if isinstance(learner, ridge.RidgeLearner):
-            fitted = (ridge.fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w), picked.s, labeled)
+            fitted = (
+                ridge.fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w),
+                picked.s,
+                labeled,
+            )
         else:
             learner.config = learner.config.with_s(picked.s)
             if switched:

@@ -37,13 +37,21 @@ def seed_points(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """The six seed labels of datasets/paper1d, with their x from the pool."""
     seeds, pool = folder / "seed_labels.parquet", folder / "pool.parquet"
     if not (seeds.exists() and pool.exists()):
-        raise UserError(f"no paper1d dataset at {folder} (seed_labels.parquet and pool.parquet): rebuild it with python datasets/build.py paper1d")
+        raise UserError(
+            f"no paper1d dataset at {folder} (seed_labels.parquet and pool.parquet): rebuild it with python datasets/build.py paper1d"
+        )
     s = pd.read_parquet(seeds)
     p = pd.read_parquet(pool, columns=["id", "x"]).set_index("id")
     return p.loc[s["id"].to_numpy(), "x"].to_numpy(np.float64), s["target"].to_numpy(np.float64)
 
 
-def analyse(x: np.ndarray, y: np.ndarray, delta_ratio: float = 0.1, grid: np.ndarray = S_GRID, xs: np.ndarray | None = None) -> dict:
+def analyse(
+    x: np.ndarray,
+    y: np.ndarray,
+    delta_ratio: float = 0.1,
+    grid: np.ndarray = S_GRID,
+    xs: np.ndarray | None = None,
+) -> dict:
     """Everything the figure draws: s by LOOCV, fits at s and s + δ, u(x), its finite-difference estimate."""
     a, d = power(x), np.ones(DEGREE + 1)
     loocv = np.array([sim_learners.loocv_mse(a, y, float(s), d) for s in grid])
@@ -55,8 +63,17 @@ def analyse(x: np.ndarray, y: np.ndarray, delta_ratio: float = 0.1, grid: np.nda
     u = axs @ fit.tangent
     fd = (axs @ fit_hi.theta - axs @ fit.theta) / delta
     return {
-        "x": x, "y": y, "xs": xs, "grid": grid, "loocv": loocv, "s": s, "delta": delta,
-        "fit": axs @ fit.theta, "fit_hi": axs @ fit_hi.theta, "u": u, "fd": fd,
+        "x": x,
+        "y": y,
+        "xs": xs,
+        "grid": grid,
+        "loocv": loocv,
+        "s": s,
+        "delta": delta,
+        "fit": axs @ fit.theta,
+        "fit_hi": axs @ fit_hi.theta,
+        "u": u,
+        "fd": fd,
         "fd_rel_error": float(np.max(np.abs(fd**2 - u**2)) / np.max(u**2)),
         "sld_argmax_x": float(xs[int(np.argmax(u**2))]),
     }
@@ -69,15 +86,26 @@ def draw(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(7, 9.5), dpi=110, gridspec_kw={"height_ratios": [1.1, 1.1, 0.8]})
+    fig, (ax0, ax1, ax2) = plt.subplots(
+        3, 1, figsize=(7, 9.5), dpi=110, gridspec_kw={"height_ratios": [1.1, 1.1, 0.8]}
+    )
     s, s_hi = res["s"], res["s"] + res["delta"]
     ax0.plot(res["xs"], res["fit"], color="tab:blue", lw=1.8, label=f"fit at s = {s:.3g} (LOOCV)")
-    ax0.plot(res["xs"], res["fit_hi"], color="tab:blue", lw=1.2, ls="--", label=f"fit at s + δ = {s_hi:.3g}")
+    ax0.plot(
+        res["xs"],
+        res["fit_hi"],
+        color="tab:blue",
+        lw=1.2,
+        ls="--",
+        label=f"fit at s + δ = {s_hi:.3g}",
+    )
     ax0.plot(res["x"], res["y"], "o", color="black", ms=7, label="six labeled points")
     ax0.set_ylabel("y")
     ax0.set_title("Degree-5 polynomial, six points with a gap (paper §3.3, Figure 1)")
     ax0.legend(fontsize=8)
-    ax1.plot(res["xs"], res["u"] ** 2, color="black", lw=3.0, label="SLD / 4σ² = u(x)², u = power(x)ᵀθ̇")
+    ax1.plot(
+        res["xs"], res["u"] ** 2, color="black", lw=3.0, label="SLD / 4σ² = u(x)², u = power(x)ᵀθ̇"
+    )
     ax1.plot(res["xs"], res["fd"] ** 2, color="red", lw=1.6, label="((F(x; s+δ) − F(x; s)) / δ)²")
     ax1.plot(res["xs"], res["u"], color="green", lw=1.4, label="u(x) = dF(x; θ*(s))/ds")
     ax1.axhline(0, color="gray", lw=0.6)
@@ -104,7 +132,13 @@ def paper_1d(folder: Path, out: Path, delta_ratio: float = 0.1) -> dict:
     res = analyse(x, y, delta_ratio)
     out.parent.mkdir(parents=True, exist_ok=True)
     draw(res, out)
-    return {"png": str(out), "s": res["s"], "delta": res["delta"], "fd_rel_error": res["fd_rel_error"], "sld_argmax_x": res["sld_argmax_x"]}
+    return {
+        "png": str(out),
+        "s": res["s"],
+        "delta": res["delta"],
+        "fd_rel_error": res["fd_rel_error"],
+        "sld_argmax_x": res["sld_argmax_x"],
+    }
 
 
 FIGURES = ("paper-1d",)

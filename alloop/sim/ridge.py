@@ -40,7 +40,9 @@ class Features(NamedTuple):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, np.float64) - self.mean) / self.scale
-        phi = z if self.kind == "linear" else models.poly_features(z, self.degree, np)  # the run's poly model, in float64
+        phi = (
+            z if self.kind == "linear" else models.poly_features(z, self.degree, np)
+        )  # the run's poly model, in float64
         return np.concatenate([phi, np.ones((len(z), 1))], axis=1)
 
 
@@ -60,7 +62,12 @@ def make_features(model: dict, mean, std) -> Features:
         raise ValueError(f"closed-form ridge needs a linear or poly model, not {kind!r}")
     std = np.asarray(std, np.float64)
     scale = np.where(std > 1e-12, std, 1.0)
-    return Features(kind, int(model.get("degree", 3)) if kind == "poly" else 1, np.asarray(mean, np.float64), scale)
+    return Features(
+        kind,
+        int(model.get("degree", 3)) if kind == "poly" else 1,
+        np.asarray(mean, np.float64),
+        scale,
+    )
 
 
 def penalty(p: int) -> np.ndarray:
@@ -70,7 +77,9 @@ def penalty(p: int) -> np.ndarray:
     return d
 
 
-def fit_ridge(a: np.ndarray, y: np.ndarray, s: float, d: np.ndarray, w: np.ndarray | None = None) -> Ridge:
+def fit_ridge(
+    a: np.ndarray, y: np.ndarray, s: float, d: np.ndarray, w: np.ndarray | None = None
+) -> Ridge:
     """Weighted ridge in closed form, with its regularity tangent."""
     w = np.ones(len(a)) if w is None else np.asarray(w, np.float64)
     m = (a * w[:, None]).T @ a + s * np.diag(d)
@@ -105,10 +114,14 @@ def choose_s(a: np.ndarray, y: np.ndarray, d: np.ndarray, grid=S_GRID) -> float:
     return float(grid[int(np.nanargmin(errors))])
 
 
-def bootstrap_thetas(a: np.ndarray, y: np.ndarray, s: float, d: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def bootstrap_thetas(
+    a: np.ndarray, y: np.ndarray, s: float, d: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
     """(k, p) parameters of ridge fits on k bootstrap resamples of the rows (query by committee)."""
     n = len(a)
-    return np.stack([fit_ridge(a[idx], y[idx], s, d).theta for idx in (rng.integers(0, n, n) for _ in range(k))])
+    return np.stack(
+        [fit_ridge(a[idx], y[idx], s, d).theta for idx in (rng.integers(0, n, n) for _ in range(k))]
+    )
 
 
 def core_params(theta: np.ndarray) -> dict:
@@ -129,7 +142,10 @@ class RidgeLearner:
 
     def __init__(self, data, settings, config):
         self.data, self.settings, self.config = data, settings, config
-        mean, std = config.standardizer["mean"], config.standardizer["std"]  # the run's standardizer: θ maps onto the core's model
+        mean, std = (
+            config.standardizer["mean"],
+            config.standardizer["std"],
+        )  # the run's standardizer: θ maps onto the core's model
         self.features = make_features(settings.model, mean, std)
         self.a_pool = self.features(data.x_pool)
         self.a_test = self.features(data.x_test)
@@ -137,13 +153,17 @@ class RidgeLearner:
         init = fitting.build_model(config).init(jax.random.PRNGKey(0))
         self.problem = fitting.build_problem(config, init)
         self._s = None  # the last round's s: the next search starts there
-        self.cv_loss = None  # the CV loss of the last round's s search (a stopping signal), None for a fixed s
+        self.cv_loss = (
+            None  # the CV loss of the last round's s search (a stopping signal), None for a fixed s
+        )
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):
         a, y = self.a_pool[labeled], self.data.y_pool[labeled]
         if choose_s_mod.is_mode(self.config.s):
             prev = self._s if len(labeled) > self.settings.initial else None
-            s, choice = choose_s_mod.resolve_s(self.config, self.data.x_pool[labeled].astype(np.float32), y[:, None], s_prev=prev)
+            s, choice = choose_s_mod.resolve_s(
+                self.config, self.data.x_pool[labeled].astype(np.float32), y[:, None], s_prev=prev
+            )
             self.cv_loss = None if choice is None else choice.cv_loss
         else:
             s = float(self.config.s)
@@ -161,6 +181,16 @@ class RidgeLearner:
 
         def members() -> list:
             rng = np.random.default_rng(seed)
-            return [core_params(t) for t in bootstrap_thetas(a_l, y_l, s, self.d, COMMITTEE_SIZE, rng)]
+            return [
+                core_params(t) for t in bootstrap_thetas(a_l, y_l, s, self.d, COMMITTEE_SIZE, rng)
+            ]
 
-        return TrainedModel(self.problem, core_params(fit.theta), core_params(fit.tangent), np.array([fit.noise], np.float32), s, None, members)
+        return TrainedModel(
+            self.problem,
+            core_params(fit.theta),
+            core_params(fit.tangent),
+            np.array([fit.noise], np.float32),
+            s,
+            None,
+            members,
+        )

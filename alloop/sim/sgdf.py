@@ -47,13 +47,20 @@ class SGDFLearner:
         self._prev = None  # (params, tangent) of the last fit: the next round warm-starts there
 
     def _compile(self, cfg):
-        opt = sgdf.make_optimizer(cfg, cfg.epochs * sgdf.steps_per_epoch(self.n_pad, cfg.batch_size))
+        opt = sgdf.make_optimizer(
+            cfg, cfg.epochs * sgdf.steps_per_epoch(self.n_pad, cfg.batch_size)
+        )
         epoch = sgdf.make_epoch(self.problem, opt, self.n_pad, cfg)
 
         @jax.jit
         def train(params, tangent, data, s, key):
             state = sgdf.init_state(params, opt, tangent)
-            return jax.lax.fori_loop(0, cfg.epochs, lambda e, st: epoch(st, data, s, jax.random.fold_in(key, e))[0], state)
+            return jax.lax.fori_loop(
+                0,
+                cfg.epochs,
+                lambda e, st: epoch(st, data, s, jax.random.fold_in(key, e))[0],
+                state,
+            )
 
         return train
 
@@ -65,7 +72,9 @@ class SGDFLearner:
     def _padded(self, rows, weights):
         y, stats = self._targets(rows)
         pad = self.n_pad - len(rows)
-        x = np.concatenate([self.data.x_pool[rows], np.repeat(self.data.x_pool[rows[:1]], pad, axis=0)])
+        x = np.concatenate(
+            [self.data.x_pool[rows], np.repeat(self.data.x_pool[rows[:1]], pad, axis=0)]
+        )
         y = np.concatenate([y, np.repeat(y[:1], pad, axis=0)])
         w = np.r_[np.ones(len(rows)) if weights is None else weights, np.zeros(pad)]
         return objective.make_data(x.astype(np.float32), y, w), stats
@@ -76,9 +85,19 @@ class SGDFLearner:
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):
         data, stats = self._padded(labeled, w)
-        params, tangent = self._prev if self._prev is not None and len(labeled) > self.settings.initial else (self.init, None)
+        params, tangent = (
+            self._prev
+            if self._prev is not None and len(labeled) > self.settings.initial
+            else (self.init, None)
+        )
         tangent = jax.tree_util.tree_map(jnp.zeros_like, params) if tangent is None else tangent
-        state = self._train_tangent(params, tangent, data, jnp.float32(self.config.s), jax.random.PRNGKey(self.config.seed + len(labeled)))
+        state = self._train_tangent(
+            params,
+            tangent,
+            data,
+            jnp.float32(self.config.s),
+            jax.random.PRNGKey(self.config.seed + len(labeled)),
+        )
         self._prev = (state.params, state.tangent)
         return state.params, state.tangent, labeled, w, stats
 
@@ -95,15 +114,29 @@ class SGDFLearner:
             rng = np.random.default_rng(seed)
             out = []
             for i in range(COMMITTEE_SIZE):
-                counts = np.bincount(rng.integers(0, len(rows), len(rows)), minlength=len(rows)).astype(np.float64)
+                counts = np.bincount(
+                    rng.integers(0, len(rows), len(rows)), minlength=len(rows)
+                ).astype(np.float64)
                 data, _ = self._padded(rows, counts)
                 key = jax.random.PRNGKey(seed + 1000 + i)
-                out.append(self._train_plain(self.init, jax.tree_util.tree_map(jnp.zeros_like, self.init), data, jnp.float32(self.config.s), key).params)
+                out.append(
+                    self._train_plain(
+                        self.init,
+                        jax.tree_util.tree_map(jnp.zeros_like, self.init),
+                        data,
+                        jnp.float32(self.config.s),
+                        key,
+                    ).params
+                )
             return out
 
         y, _ = self._targets(rows)
-        noise = scorers.residual_noise(self.problem, params, self.data.x_pool[rows].astype(np.float32), y)
-        return TrainedModel(self.problem, params, tangent, noise, float(self.config.s), stats, members)
+        noise = scorers.residual_noise(
+            self.problem, params, self.data.x_pool[rows].astype(np.float32), y
+        )
+        return TrainedModel(
+            self.problem, params, tangent, noise, float(self.config.s), stats, members
+        )
 
 
 def classes_of(data) -> list[str]:

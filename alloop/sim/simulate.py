@@ -60,7 +60,9 @@ DEFAULT_STRATEGIES = {
     "regression": ("herding", "sld", "sld-topk", "random", "greedy", "igs", "committee", "emcm"),
     "classification": ("margin", "sld", "herding", "entropy", "random", "greedy"),
 }
-PROTOCOL = 2  # 2: strategies run through strategies.select over the pool file, as `alloop query` runs them
+PROTOCOL = (
+    2  # 2: strategies run through strategies.select over the pool file, as `alloop query` runs them
+)
 DEFAULT_REPS = 20  # 5 repetitions cannot separate the 1–3% differences measured in docs/results.md
 
 
@@ -85,8 +87,12 @@ class SimData:
     def open_pool(self) -> poolio.PoolInfo:
         """The pool as ``alloop query`` opens it: features only, the target column never read by a strategy."""
         if self.pool is None:
-            raise ValueError("this SimData was made from arrays: load it with load_data to stream its pool")
-        return poolio.open_pool(self.pool, id_col=self.id_col, features=list(self.features), targets=(self.target,))
+            raise ValueError(
+                "this SimData was made from arrays: load it with load_data to stream its pool"
+            )
+        return poolio.open_pool(
+            self.pool, id_col=self.id_col, features=list(self.features), targets=(self.target,)
+        )
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Pool rows of the given ids."""
@@ -97,7 +103,11 @@ class SimData:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for arr in (self.x_pool, self.y_pool, self.x_test, self.y_test):
-            h.update(json.dumps(list(arr)).encode() if arr.dtype == object else np.ascontiguousarray(arr, np.float64).tobytes())
+            h.update(
+                json.dumps(list(arr)).encode()
+                if arr.dtype == object
+                else np.ascontiguousarray(arr, np.float64).tobytes()
+            )
         h.update(json.dumps(self.features).encode())
         return h.hexdigest()[:16]
 
@@ -111,14 +121,23 @@ class SimSettings:
     batch: int = 10
     seed: int = 0
     model: dict = field(default_factory=lambda: {"kind": "linear"})
-    s: float | str = 1.0  # a number, or "auto"/"loocv" (linear/poly regression): chosen every round as `alloop train` does
+    s: float | str = (
+        1.0  # a number, or "auto"/"loocv" (linear/poly regression): chosen every round as `alloop train` does
+    )
     task: str = "regression"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def load_data(pool: str, test: str, target: str = "target", id_col: str = "id", name: str | None = None, task: str = "regression") -> SimData:
+def load_data(
+    pool: str,
+    test: str,
+    target: str = "target",
+    id_col: str = "id",
+    name: str | None = None,
+    task: str = "regression",
+) -> SimData:
     """Read a pool (with its target column) and a test set whole."""
     info = poolio.open_pool(pool, id_col=id_col, targets=(target,))
     xs, ys, ids = [], [], []
@@ -129,13 +148,21 @@ def load_data(pool: str, test: str, target: str = "target", id_col: str = "id", 
     y_pool = np.concatenate(ys)[:, 0] if ys else np.zeros(0)
     if task == "classification":
         if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in y_pool):
-            raise UserError(f"pool '{pool}' has a missing value in target '{target}': simulate needs every row labeled")
+            raise UserError(
+                f"pool '{pool}' has a missing value in target '{target}': simulate needs every row labeled"
+            )
         y_pool = np.asarray(classmap.normalize(y_pool), dtype=object)
     elif y_pool.dtype == object or not np.all(np.isfinite(y_pool.astype(np.float64))):
-        raise UserError(f"pool '{pool}' has a missing or non-numeric value in target '{target}': simulate needs every row labeled "
-                        "(a class label? pass --task classification)")
+        raise UserError(
+            f"pool '{pool}' has a missing or non-numeric value in target '{target}': simulate needs every row labeled "
+            "(a class label? pass --task classification)"
+        )
     df = tables.read_test_set(test, list(info.features), [target], task)
-    y_test = np.asarray(classmap.normalize(df[target]), dtype=object) if task == "classification" else df[target].to_numpy(np.float64)
+    y_test = (
+        np.asarray(classmap.normalize(df[target]), dtype=object)
+        if task == "classification"
+        else df[target].to_numpy(np.float64)
+    )
     return SimData(
         name or Path(pool).parent.name,
         tuple(info.features),
@@ -160,13 +187,17 @@ def dataset_files(name: str) -> tuple[str, str, dict]:
 def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -> None:
     """Refuse settings that cannot run, naming the fix."""
     if settings.initial < 2:
-        raise UserError("--initial must be at least 2: the first model needs labels to have a tangent")
+        raise UserError(
+            "--initial must be at least 2: the first model needs labels to have a tangent"
+        )
     if settings.batch < 1:
         raise UserError("--batch must be at least 1")
     if settings.budget <= settings.initial:
         raise UserError(f"--budget ({settings.budget}) must exceed --initial ({settings.initial})")
     if settings.initial >= n_pool:
-        raise UserError(f"--initial ({settings.initial}) must be smaller than the pool ({n_pool} rows)")
+        raise UserError(
+            f"--initial ({settings.initial}) must be smaller than the pool ({n_pool} rows)"
+        )
     kind = settings.model.get("kind", "linear")
     if kind not in MODEL_KINDS:
         raise UserError(f"unknown --model {kind!r}: choose linear, poly, mlp or auto")
@@ -174,26 +205,40 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
         raise UserError(f"unknown --task {settings.task!r}: choose regression or classification")
     if isinstance(settings.s, str):
         if settings.s not in ("auto", "loocv") or kind == "mlp" or settings.task != "regression":
-            raise UserError("--s must be a positive number, or auto/loocv with a linear or poly regression model (an MLP or classifier "
-                            "takes a number: choosing s by SGDF cross-validation every round is too slow to simulate)")
+            raise UserError(
+                "--s must be a positive number, or auto/loocv with a linear or poly regression model (an MLP or classifier "
+                "takes a number: choosing s by SGDF cross-validation every round is too slow to simulate)"
+            )
     elif not (np.isfinite(settings.s) and settings.s > 0):
         raise UserError(f"--s must be a positive number, got {settings.s}")
     if kind == "auto" and (settings.task != "regression" or not isinstance(settings.s, str)):
-        raise UserError("--model auto chooses among linear, polynomial and MLP models by the cross-validated loss of --s auto: "
-                        "use it for regression with --s auto (or loocv: linear and polynomial only)")
-    unknown = [s for s in strategies_ if s not in strategies.REGISTRY and s not in strategies.ALIASES]
+        raise UserError(
+            "--model auto chooses among linear, polynomial and MLP models by the cross-validated loss of --s auto: "
+            "use it for regression with --s auto (or loocv: linear and polynomial only)"
+        )
+    unknown = [
+        s for s in strategies_ if s not in strategies.REGISTRY and s not in strategies.ALIASES
+    ]
     if unknown:
-        raise UserError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names(settings.task))}")
+        raise UserError(
+            f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names(settings.task))}"
+        )
     other = [s for s in strategies_ if settings.task not in strategies.get(s).tasks]
     if other:
-        raise UserError(f"strategy {other[0]!r} does not apply to {settings.task}: choose from {', '.join(strategy_names(settings.task))}")
+        raise UserError(
+            f"strategy {other[0]!r} does not apply to {settings.task}: choose from {', '.join(strategy_names(settings.task))}"
+        )
     if not strategies_:
         raise UserError("--strategies is empty: name at least one, e.g. sld,random")
 
 
 def model_of(kind: str, *, degree: int = 3, hidden=(64, 64)) -> dict:
     """A simulation model spec from ``--model``, ``--degree`` and ``--hidden``."""
-    return {"kind": kind, **({"degree": degree} if kind == "poly" else {}), **({"hidden": list(hidden)} if kind == "mlp" else {})}
+    return {
+        "kind": kind,
+        **({"degree": degree} if kind == "poly" else {}),
+        **({"hidden": list(hidden)} if kind == "mlp" else {}),
+    }
 
 
 def metric_name(task: str) -> str:
@@ -213,7 +258,11 @@ def schedule(settings: SimSettings, n_pool: int) -> list[int]:
 
 def initial_rows(settings: SimSettings, rep: int, n_pool: int) -> np.ndarray:
     """The random initial labels of a repetition: the same for every strategy."""
-    return np.random.default_rng([settings.seed, rep]).choice(n_pool, size=settings.initial, replace=False).astype(np.int64)
+    return (
+        np.random.default_rng([settings.seed, rep])
+        .choice(n_pool, size=settings.initial, replace=False)
+        .astype(np.int64)
+    )
 
 
 def round_seed(settings: SimSettings, rep: int, round_: int) -> int:
@@ -229,11 +278,25 @@ def config_for(data: SimData, settings: SimSettings) -> RunConfig:
     """The RunConfig ``alloop init`` would write for this pool and these options (what a run trains and scores with)."""
     spec = fitting.model_spec(**settings.model)
     s = settings.s if settings.s is not None else default_s(settings.task, spec.kind)
-    pool = PoolSpec(data.pool or "", data.pool or "", data.id_col, tuple(data.features), "", len(data.y_pool))
+    pool = PoolSpec(
+        data.pool or "", data.pool or "", data.id_col, tuple(data.features), "", len(data.y_pool)
+    )
     classes = tuple(sim_sgdf.classes_of(data)) if settings.task == "classification" else None
-    mean, std = poolio.feature_moments(data.open_pool()) if data.pool else (data.x_pool.mean(axis=0), data.x_pool.std(axis=0))
-    return RunConfig(pool, {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}, spec, settings.task, ("target",),
-                     s=s, train={**sgdf.TrainConfig().to_dict(), "seed": settings.seed}, classes=classes)
+    mean, std = (
+        poolio.feature_moments(data.open_pool())
+        if data.pool
+        else (data.x_pool.mean(axis=0), data.x_pool.std(axis=0))
+    )
+    return RunConfig(
+        pool,
+        {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        spec,
+        settings.task,
+        ("target",),
+        s=s,
+        train={**sgdf.TrainConfig().to_dict(), "seed": settings.seed},
+        classes=classes,
+    )
 
 
 def make_learner(data: SimData, settings: SimSettings):
@@ -249,20 +312,43 @@ def make_learner(data: SimData, settings: SimSettings):
 # --- one curve ----------------------------------------------------------------------------------
 
 
-def round_of(learner, state, labeled: np.ndarray, seed: int, uniform: np.ndarray | None = None) -> strategies.Round:
+def round_of(
+    learner, state, labeled: np.ndarray, seed: int, uniform: np.ndarray | None = None
+) -> strategies.Round:
     """The round as a strategy sees it, from the learner's fit: what ``alloop query`` builds from a run.
     ``uniform``: which labeled rows were uniform draws (the initial labels, a mixed batch's share)."""
-    return round_with(learner.data, learner.config, labeled, seed, learner.model(state, seed), uniform)
+    return round_with(
+        learner.data, learner.config, labeled, seed, learner.model(state, seed), uniform
+    )
 
 
-def round_with(data: SimData, config: RunConfig, labeled: np.ndarray, seed: int, model: strategies.TrainedModel | None,
-               uniform: np.ndarray | None = None) -> strategies.Round:
+def round_with(
+    data: SimData,
+    config: RunConfig,
+    labeled: np.ndarray,
+    seed: int,
+    model: strategies.TrainedModel | None,
+    uniform: np.ndarray | None = None,
+) -> strategies.Round:
     """A Round over the simulation's pool with a given model (the standardizer is the config's, as in a run)."""
-    return strategies.Round(config.task, fitting.standardizer(config), data.x_pool[labeled].astype(np.float32), data.y_pool[labeled][:, None],
-                            seed, model, labeled_uniform=uniform)
+    return strategies.Round(
+        config.task,
+        fitting.standardizer(config),
+        data.x_pool[labeled].astype(np.float32),
+        data.y_pool[labeled][:, None],
+        seed,
+        model,
+        labeled_uniform=uniform,
+    )
 
 
-def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round: Callable[[], None] | None = None) -> list[dict]:
+def run_curve(
+    learner,
+    settings: SimSettings,
+    strategy: str,
+    rep: int,
+    on_round: Callable[[], None] | None = None,
+) -> list[dict]:
     """One learning curve: the test metric after every batch, from the repetition's initial labels.
 
     Every batch is chosen by ``strategies.select`` over the pool file, the call ``alloop query`` makes.
@@ -287,12 +373,23 @@ def run_curve(learner, settings: SimSettings, strategy: str, rep: int, on_round:
             picked = data.rows_of(sel.ids)
             labeled = np.concatenate([labeled, picked])
             probs = np.concatenate([probs, sel.prob])
-            uniform = np.concatenate([uniform, sel.uniform if sel.uniform is not None else np.zeros(len(picked), bool)])
+            uniform = np.concatenate(
+                [uniform, sel.uniform if sel.uniform is not None else np.zeros(len(picked), bool)]
+            )
         w = research.lure_weights(probs, n_pool) if strat.weighted else None
         state = learner.fit(labeled, w)
         metric = learner.test_metric(state)
         sig, prev = stop_signal(learner, state, x_stop, prev, round_seed(settings, rep, r))
-        rows.append({"strategy": strategy, "rep": rep, "n_labels": len(labeled), "metric": metric, "seconds": time.perf_counter() - t0, **sig})
+        rows.append(
+            {
+                "strategy": strategy,
+                "rep": rep,
+                "n_labels": len(labeled),
+                "metric": metric,
+                "seconds": time.perf_counter() - t0,
+                **sig,
+            }
+        )
         if on_round is not None:
             on_round()
     return rows
@@ -306,11 +403,22 @@ def stop_rows(settings: SimSettings, n_pool: int) -> np.ndarray:
 def stop_signal(learner, state, x_stop: np.ndarray, prev, seed: int) -> tuple[dict, np.ndarray]:
     """({change, kappa, cv_loss, mean_sld}, this round's stop-set predictions) for a fitted learner."""
     model, task = learner.model(state, seed), learner.config.task
-    pred = stopping.stop_predictions(fitting.predict(learner.config, model.params, x_stop.astype(np.float32), model.target), len(x_stop), task)
-    change, kappa = stopping.compare(prev, pred, task, len(x_stop)) if prev is not None else (None, None)
+    pred = stopping.stop_predictions(
+        fitting.predict(learner.config, model.params, x_stop.astype(np.float32), model.target),
+        len(x_stop),
+        task,
+    )
+    change, kappa = (
+        stopping.compare(prev, pred, task, len(x_stop)) if prev is not None else (None, None)
+    )
     sld = model.on_rows(model.sld(), x_stop)
     mean_sld = float(np.mean(sld)) if len(sld) and np.all(np.isfinite(sld)) else None
-    return {"change": change, "kappa": kappa, "cv_loss": getattr(learner, "cv_loss", None), "mean_sld": mean_sld}, pred
+    return {
+        "change": change,
+        "kappa": kappa,
+        "cv_loss": getattr(learner, "cv_loss", None),
+        "mean_sld": mean_sld,
+    }, pred
 
 
 # --- curves.csv ---------------------------------------------------------------------------------
@@ -328,9 +436,17 @@ def read_curves(path: Path, expected_n: list[int]) -> dict[tuple[str, int], list
         row = _parse_row(line)
         if row is not None:
             groups.setdefault((row["strategy"], row["rep"]), []).append(row)
-    done = {key: rows for key, rows in groups.items() if [r["n_labels"] for r in rows] == expected_n}
-    if not lines or lines[0].strip() != ",".join(CURVE_COLUMNS + SIGNAL_COLUMNS) or sum(map(len, done.values())) != len(lines) - 1:
-        atomic.write_text_atomic(path, _encode_rows([r for rows in done.values() for r in rows], header=True))
+    done = {
+        key: rows for key, rows in groups.items() if [r["n_labels"] for r in rows] == expected_n
+    }
+    if (
+        not lines
+        or lines[0].strip() != ",".join(CURVE_COLUMNS + SIGNAL_COLUMNS)
+        or sum(map(len, done.values())) != len(lines) - 1
+    ):
+        atomic.write_text_atomic(
+            path, _encode_rows([r for rows in done.values() for r in rows], header=True)
+        )
     return done
 
 
@@ -338,11 +454,20 @@ def _parse_row(line: str) -> dict | None:
     if not line.endswith("\n"):
         return None
     cells = next(csv.reader([line]), [])
-    if len(cells) not in (len(CURVE_COLUMNS), len(CURVE_COLUMNS) + len(SIGNAL_COLUMNS)):  # curves written before the signals lack them
+    if len(cells) not in (
+        len(CURVE_COLUMNS),
+        len(CURVE_COLUMNS) + len(SIGNAL_COLUMNS),
+    ):  # curves written before the signals lack them
         return None
     try:
-        row = {"strategy": cells[0], "rep": int(cells[1]), "n_labels": int(cells[2]), "metric": float(cells[3]), "seconds": float(cells[4])}
-        for k, v in zip(SIGNAL_COLUMNS, cells[len(CURVE_COLUMNS):]):
+        row = {
+            "strategy": cells[0],
+            "rep": int(cells[1]),
+            "n_labels": int(cells[2]),
+            "metric": float(cells[3]),
+            "seconds": float(cells[4]),
+        }
+        for k, v in zip(SIGNAL_COLUMNS, cells[len(CURVE_COLUMNS) :]):
             row[k] = float(v) if v else None
         return row
     except ValueError:
@@ -356,7 +481,16 @@ def _encode_rows(rows: list[dict], header: bool = False) -> str:
         w.writerow(CURVE_COLUMNS + SIGNAL_COLUMNS)
     for r in rows:
         signals = ["" if r.get(k) is None else repr(float(r[k])) for k in SIGNAL_COLUMNS]
-        w.writerow([r["strategy"], r["rep"], r["n_labels"], repr(float(r["metric"])), f"{r['seconds']:.4f}", *signals])
+        w.writerow(
+            [
+                r["strategy"],
+                r["rep"],
+                r["n_labels"],
+                repr(float(r["metric"])),
+                f"{r['seconds']:.4f}",
+                *signals,
+            ]
+        )
     return buf.getvalue()
 
 
@@ -417,13 +551,33 @@ def simulate(
         try:
             stack.enter_context(run_lock(out, wait=0.0))
         except UserError:
-            raise UserError(f"{out} is in use by another alloop simulate: wait for it to finish, or pass another --out") from None
+            raise UserError(
+                f"{out} is in use by another alloop simulate: wait for it to finish, or pass another --out"
+            ) from None
         return _simulate_locked(data, settings, strategy_list, reps, out, jobs, reporter, rules)
 
 
-def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, reporter: Reporter, rules: stopping.StopRules) -> dict:
-    config = {"data": {"name": data.name, "fingerprint": data.fingerprint(), "pool_rows": len(data.y_pool), "test_rows": len(data.y_test)},
-              "settings": settings.to_dict(), "metric": metric_name(settings.task), "protocol": PROTOCOL}
+def _simulate_locked(
+    data,
+    settings,
+    strategy_list,
+    reps,
+    out: Path,
+    jobs,
+    reporter: Reporter,
+    rules: stopping.StopRules,
+) -> dict:
+    config = {
+        "data": {
+            "name": data.name,
+            "fingerprint": data.fingerprint(),
+            "pool_rows": len(data.y_pool),
+            "test_rows": len(data.y_test),
+        },
+        "settings": settings.to_dict(),
+        "metric": metric_name(settings.task),
+        "protocol": PROTOCOL,
+    }
     check_config(out, config)
     expected = schedule(settings, len(data.y_pool))
     path = out / CURVES_FILE
@@ -433,12 +587,16 @@ def _simulate_locked(data, settings, strategy_list, reps, out: Path, jobs, repor
         reporter.info(f"resuming: {len(done)} finished curves in {path}, {len(todo)} to go")
     jobs = max(1, min(jobs or default_jobs(), len(todo) or 1))
     t0 = time.perf_counter()
-    with reporter.progress(f"simulating {len(todo)} curves on {data.name}", len(todo) * len(expected)) as advance:
+    with reporter.progress(
+        f"simulating {len(todo)} curves on {data.name}", len(todo) * len(expected)
+    ) as advance:
         for rows in _run_all(data, settings, todo, jobs, advance):
             append_curve(path, rows)
             done[(rows[0]["strategy"], rows[0]["rep"])] = rows
     keep = [r for s in strategy_list for rep in range(reps) for r in done[(s, rep)]]
-    summary = sim_summary.summarize(keep, strategy_list, settings, data.name, metric_name(settings.task), rules)
+    summary = sim_summary.summarize(
+        keep, strategy_list, settings, data.name, metric_name(settings.task), rules
+    )
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     sim_summary.write_outputs(out, keep, summary)
     return summary
@@ -477,7 +635,9 @@ def run_simulation(
         task = task or meta.get("task", "regression")
     else:
         if not (pool and test):
-            raise UserError("simulate needs --dataset NAME, or --pool FILE and --test FILE (both with the target column)")
+            raise UserError(
+                "simulate needs --dataset NAME, or --pool FILE and --test FILE (both with the target column)"
+            )
         name, defaults = pool_name(pool), {}
     task = task or "regression"
     s = parse_s(s) if s is not None else defaults.get("s")
@@ -486,7 +646,16 @@ def run_simulation(
     data = load_data(pool, test, target, id_col, name, task)
     sim_settings = SimSettings(model=dict(model), s=s, task=task, **settings)
     where = Path(out) if out else rundir.runs_root() / f"simulate-{name}"
-    summary = simulate(data, sim_settings, list(strategy_list or DEFAULT_STRATEGIES[task]), reps, where, jobs, reporter, stop)
+    summary = simulate(
+        data,
+        sim_settings,
+        list(strategy_list or DEFAULT_STRATEGIES[task]),
+        reps,
+        where,
+        jobs,
+        reporter,
+        stop,
+    )
     return {**summary, "out": str(where), "markdown": (where / "summary.md").read_text()}
 
 
@@ -514,7 +683,9 @@ def _run_all(data, settings, todo, jobs, advance):
     ctx = multiprocessing.get_context("spawn")
     ticks = ctx.Queue()
     quiet = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # then Ctrl-C is not ours to act on
-    with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(data, settings, ticks, quiet)) as ex:
+    with cf.ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_init_worker, initargs=(data, settings, ticks, quiet)
+    ) as ex:
         pending = {ex.submit(_worker_curve, s, r) for s, r in todo}
         try:
             while pending:
@@ -525,8 +696,10 @@ def _run_all(data, settings, todo, jobs, advance):
             _drain(ticks, advance)
         except cf.process.BrokenProcessPool:
             ex.shutdown(wait=False, cancel_futures=True)
-            raise UserError("a worker process ended abruptly (killed, out of memory, or interrupted): "
-                            "the finished curves are kept; run the same command again to resume") from None
+            raise UserError(
+                "a worker process ended abruptly (killed, out of memory, or interrupted): "
+                "the finished curves are kept; run the same command again to resume"
+            ) from None
         except BaseException:
             ex.shutdown(wait=False, cancel_futures=True)
             raise
@@ -552,7 +725,9 @@ def _init_worker(data: SimData, settings: SimSettings, ticks, quiet: bool) -> No
 
 def _worker_curve(strategy: str, rep: int) -> list[dict]:
     w = _WORKER
-    return _quiet_blas(run_curve, w["learner"], w["settings"], strategy, rep, lambda: w["ticks"].put(1))
+    return _quiet_blas(
+        run_curve, w["learner"], w["settings"], strategy, rep, lambda: w["ticks"].put(1)
+    )
 
 
 def _quiet_blas(fn, *args):

@@ -65,7 +65,10 @@ def strategy_summary(rows: list[dict], strategy: str, reference: tuple | None) -
     seconds = [r["seconds"] for r in rows if r["strategy"] == strategy]
     out = {
         "reps": int(m.shape[0]),
-        "at": {str(k): {"mean": float(mean[list(n).index(k)]), "se": _se(m[:, list(n).index(k)])} for k in milestones(n)},
+        "at": {
+            str(k): {"mean": float(mean[list(n).index(k)]), "se": _se(m[:, list(n).index(k)])}
+            for k in milestones(n)
+        },
         "final": float(mean[-1]),
         "area": float(per_rep_area.mean()),
         "seconds_per_round": float(np.mean(seconds)),
@@ -89,19 +92,29 @@ def strategy_summary(rows: list[dict], strategy: str, reference: tuple | None) -
 METRIC_LABEL = {"rmse": "Test RMSE", "error": "Test error rate"}
 
 
-def stop_summary(rows: list[dict], strategy: str, task: str, rules: stopping.StopRules) -> dict | None:
+def stop_summary(
+    rows: list[dict], strategy: str, task: str, rules: stopping.StopRules
+) -> dict | None:
     """Each stopping rule of the task replayed over every repetition of one strategy; None without signals."""
     reps: dict[int, list[dict]] = {}
-    for r in sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: (r["rep"], r["n_labels"])):
+    for r in sorted(
+        (r for r in rows if r["strategy"] == strategy), key=lambda r: (r["rep"], r["n_labels"])
+    ):
         reps.setdefault(r["rep"], []).append(r)
-    reps = {k: v for k, v in reps.items() if any(r.get(c) is not None for r in v for c in stopping.SIGNALS)}
+    reps = {
+        k: v
+        for k, v in reps.items()
+        if any(r.get(c) is not None for r in v for c in stopping.SIGNALS)
+    }
     if not reps:
         return None
     out = {}
     for rule in stopping.rules_for(task):
         spent, saved, given_up, given_up_abs, stopped = [], [], [], [], 0
         for curve in reps.values():
-            history = [{"labels": r["n_labels"], **{k: r.get(k) for k in stopping.SIGNALS}} for r in curve]
+            history = [
+                {"labels": r["n_labels"], **{k: r.get(k) for k in stopping.SIGNALS}} for r in curve
+            ]
             at = stopping.stop_rounds(history, task, rules)[rule]
             i = len(curve) - 1 if at is None else at
             stopped += at is not None and i < len(curve) - 1
@@ -110,13 +123,27 @@ def stop_summary(rows: list[dict], strategy: str, task: str, rules: stopping.Sto
             final = curve[-1]["metric"]
             given_up.append(curve[i]["metric"] / final - 1.0 if final > 0 else 0.0)
             given_up_abs.append(curve[i]["metric"] - final)
-        out[rule] = {"reps": len(reps), "stopped": int(stopped), "labels": float(np.mean(spent)), "labels_saved": float(np.mean(saved)),
-                     "error_given_up": float(np.mean(given_up)), "error_given_up_max": float(np.max(given_up)),
-                     "error_given_up_abs": float(np.mean(given_up_abs)), "error_given_up_abs_max": float(np.max(given_up_abs))}
+        out[rule] = {
+            "reps": len(reps),
+            "stopped": int(stopped),
+            "labels": float(np.mean(spent)),
+            "labels_saved": float(np.mean(saved)),
+            "error_given_up": float(np.mean(given_up)),
+            "error_given_up_max": float(np.max(given_up)),
+            "error_given_up_abs": float(np.mean(given_up_abs)),
+            "error_given_up_abs_max": float(np.max(given_up_abs)),
+        }
     return out
 
 
-def summarize(rows: list[dict], strategy_list: list[str], settings, name: str, metric: str = "rmse", rules: stopping.StopRules | None = None) -> dict:
+def summarize(
+    rows: list[dict],
+    strategy_list: list[str],
+    settings,
+    name: str,
+    metric: str = "rmse",
+    rules: stopping.StopRules | None = None,
+) -> dict:
     """Figures for every strategy, relative to random when random was run, and what each stopping rule would have done."""
     ref = curve_table(rows, REFERENCE) if any(r["strategy"] == REFERENCE for r in rows) else None
     rules = rules or stopping.StopRules()
@@ -128,7 +155,11 @@ def summarize(rows: list[dict], strategy_list: list[str], settings, name: str, m
         "settings": settings.to_dict(),
         "reference": REFERENCE if ref is not None else None,
         "strategies": {s: strategy_summary(rows, s, ref) for s in strategy_list},
-        "stopping": {"thresholds": rules.to_dict(), "primary": stopping.PRIMARY.get(task), "strategies": {s: v for s, v in stops.items() if v}},
+        "stopping": {
+            "thresholds": rules.to_dict(),
+            "primary": stopping.PRIMARY.get(task),
+            "strategies": {s: v for s, v in stops.items() if v},
+        },
     }
 
 
@@ -158,7 +189,11 @@ def markdown(summary: dict) -> str:
         cells = [s, *[f"{f['at'][c]['mean']:.4g} ± {f['at'][c]['se']:.2g}" for c in cols]]
         if has_ref:
             reach = f["labels_to_match_random"]
-            cells += [f"{f['relative_area']:.3f} ± {f['relative_area_se']:.3f}", "—" if reach is None else str(reach), f"{f['wins']}–{f['losses']}"]
+            cells += [
+                f"{f['relative_area']:.3f} ± {f['relative_area_se']:.3f}",
+                "—" if reach is None else str(reach),
+                f"{f['wins']}–{f['losses']}",
+            ]
         cells += [f"{f['seconds_per_round']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if not has_ref:
@@ -173,22 +208,36 @@ def stop_markdown(summary: dict) -> list[str]:
     if not stop.get("strategies"):
         return []
     th = ", ".join(f"{k}={v:g}" for k, v in stop["thresholds"].items())
-    points = summary.get("metric") == "error"  # error rates: given up in percentage points, not relative to a small rate
-    what = "the test error rate there minus the same repetition's at the full budget, in percentage points" if points else \
-        "the test metric there relative to the same repetition's at the full budget"
-    lines = ["", f"Stopping rules (alloop status's decision is {stop['primary']}; thresholds {th}): where each would have stopped, "
-             f"the labels it saved, and {what}.", "",
-             "| strategy | rule | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |", "|---|---|---|---|---|---|"]
+    points = (
+        summary.get("metric") == "error"
+    )  # error rates: given up in percentage points, not relative to a small rate
+    what = (
+        "the test error rate there minus the same repetition's at the full budget, in percentage points"
+        if points
+        else "the test metric there relative to the same repetition's at the full budget"
+    )
+    lines = [
+        "",
+        f"Stopping rules (alloop status's decision is {stop['primary']}; thresholds {th}): where each would have stopped, "
+        f"the labels it saved, and {what}.",
+        "",
+        "| strategy | rule | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |",
+        "|---|---|---|---|---|---|",
+    ]
     for s, rules in stop["strategies"].items():
         for rule, f in rules.items():
-            lines.append(f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | {given_up(f, points)} |")
+            lines.append(
+                f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | {given_up(f, points)} |"
+            )
     return lines
 
 
 def given_up(f: dict, points: bool) -> str:
     """The error a stopping rule gave up, as the stop tables print it: relative, or in percentage points for error rates."""
     if points:
-        return f"{100 * f['error_given_up_abs']:+.1f} pt, {100 * f['error_given_up_abs_max']:+.1f} pt"
+        return (
+            f"{100 * f['error_given_up_abs']:+.1f} pt, {100 * f['error_given_up_abs_max']:+.1f} pt"
+        )
     return f"{f['error_given_up']:+.1%}, {f['error_given_up_max']:+.1%}"
 
 
@@ -205,7 +254,11 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
         n, m = curve_table(rows, s)
         mean = m.mean(axis=0)
         se = m.std(axis=0, ddof=1) / np.sqrt(len(m)) if len(m) > 1 else np.zeros_like(mean)
-        style = {"color": plt.cm.tab10(i % 10), "linestyle": ("-", "-.", ":")[(i // 10) % 3], "lw": 2.4 if s == "sld" else 1.4}
+        style = {
+            "color": plt.cm.tab10(i % 10),
+            "linestyle": ("-", "-.", ":")[(i // 10) % 3],
+            "lw": 2.4 if s == "sld" else 1.4,
+        }
         if s == REFERENCE:
             style.update(color="black", linestyle="--", lw=1.8)
         ax.plot(n, mean, label=s, **style)
@@ -217,9 +270,14 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
     ax.set_xlabel("labels")
     ax.set_ylabel(METRIC_LABEL.get(summary.get("metric"), "test metric"))
     st = summary["settings"]
-    model = st["model"].get("kind", "linear") + (f" {st['model']['degree']}" if st["model"].get("kind") == "poly" else "")
+    model = st["model"].get("kind", "linear") + (
+        f" {st['model']['degree']}" if st["model"].get("kind") == "poly" else ""
+    )
     reps = next(iter(summary["strategies"].values()))["reps"]
-    ax.set_title(f"{summary['dataset']}: {model}, s = {st['s']}, batches of {st['batch']}; mean of {reps} repetitions (±1 s.e.)", fontsize=10)
+    ax.set_title(
+        f"{summary['dataset']}: {model}, s = {st['s']}, batches of {st['batch']}; mean of {reps} repetitions (±1 s.e.)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -237,6 +295,8 @@ def _png_bytes(fig) -> bytes:
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
-    atomic.write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic.write_text_atomic(
+        out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    )
     atomic.write_text_atomic(out / "summary.md", markdown(summary))
     plot(rows, summary, out / "curves.png")

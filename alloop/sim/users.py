@@ -88,17 +88,27 @@ def _user_curve(variant, x, y, xt, yt, base, cfg: UsersConfig, rng) -> list[floa
         if variant.endswith("random"):
             pick = rng.choice(avail, size=cfg.k, replace=False)
         elif fit is None:  # cold start: greedy farthest point in (already standardized) features
-            d0 = np.full(len(avail), np.inf) if not len(labeled) else np.min(np.linalg.norm(x[avail][:, None] - x[labeled][None], axis=2), axis=1)
+            d0 = (
+                np.full(len(avail), np.inf)
+                if not len(labeled)
+                else np.min(np.linalg.norm(x[avail][:, None] - x[labeled][None], axis=2), axis=1)
+            )
             pick = avail[ranking.farthest_point(x[avail], d0, cfg.k)]
         else:
             pick = _sld_pick(fit, x, avail, cfg.k)
         labeled = np.concatenate([labeled, pick])
-        fit = fit_inherited(x[labeled], y[labeled], cfg.s, base) if inherited else fit_l2(x[labeled], y[labeled], cfg.s)
+        fit = (
+            fit_inherited(x[labeled], y[labeled], cfg.s, base)
+            if inherited
+            else fit_l2(x[labeled], y[labeled], cfg.s)
+        )
         curve.append(_rmse(fit, xt, yt))
     return curve
 
 
-def run_users(pool: pd.DataFrame, test: pd.DataFrame, features: list[str], target: str, cfg: UsersConfig) -> pd.DataFrame:
+def run_users(
+    pool: pd.DataFrame, test: pd.DataFrame, features: list[str], target: str, cfg: UsersConfig
+) -> pd.DataFrame:
     """Learning curves (variant, user, rep, n_labels, rmse) in the target's units."""
     by = cfg.by or features[0]
     mean, std = pool[features].mean().to_numpy(), pool[features].std().to_numpy()
@@ -118,9 +128,26 @@ def run_users(pool: pd.DataFrame, test: pd.DataFrame, features: list[str], targe
             base = fit_l2(x[base_idx], scale(y_all[base_idx]), cfg.s)
             mine, mine_t = np.flatnonzero(group == g), np.flatnonzero(tgroup == g)
             for v in VARIANTS:
-                curve = _user_curve(v, x[mine], scale(y_all[mine]), xt[mine_t], scale(yt_all[mine_t]), base, cfg,
-                                    np.random.default_rng([cfg.seed, rep, g, VARIANTS.index(v)]))
-                rows += [{"variant": v, "user": g, "rep": rep, "n_labels": (r + 1) * cfg.k, "rmse": e * sd} for r, e in enumerate(curve)]
+                curve = _user_curve(
+                    v,
+                    x[mine],
+                    scale(y_all[mine]),
+                    xt[mine_t],
+                    scale(yt_all[mine_t]),
+                    base,
+                    cfg,
+                    np.random.default_rng([cfg.seed, rep, g, VARIANTS.index(v)]),
+                )
+                rows += [
+                    {
+                        "variant": v,
+                        "user": g,
+                        "rep": rep,
+                        "n_labels": (r + 1) * cfg.k,
+                        "rmse": e * sd,
+                    }
+                    for r, e in enumerate(curve)
+                ]
     return pd.DataFrame(rows)
 
 
@@ -141,11 +168,24 @@ def on_dataset(dataset: str, cfg: UsersConfig, out: str | None = None) -> tuple[
     if min(cfg.groups, cfg.rounds, cfg.k, cfg.reps, cfg.base_labels) < 1:
         raise UserError("--groups, --rounds, -k, --reps and --base-labels must be at least 1")
     if cfg.by is not None and cfg.by not in meta["features"]:
-        raise UserError(f"--by {cfg.by!r} is not a feature of {dataset} ({', '.join(meta['features'])})")
+        raise UserError(
+            f"--by {cfg.by!r} is not a feature of {dataset} ({', '.join(meta['features'])})"
+        )
     folder = datasets.datasets_dir() / dataset
-    curves = run_users(tables.read_table(folder / "pool.parquet"), tables.read_table(folder / "test.parquet"), meta["features"], meta["target"], cfg)
+    curves = run_users(
+        tables.read_table(folder / "pool.parquet"),
+        tables.read_table(folder / "test.parquet"),
+        meta["features"],
+        meta["target"],
+        cfg,
+    )
     if out:
         curves.to_csv(out, index=False)
     table = summarize(curves)
-    res = {"dataset": dataset, "mean_test_rmse": {v: {int(n): float(e) for n, e in row.items()} for v, row in table.iterrows()}}
+    res = {
+        "dataset": dataset,
+        "mean_test_rmse": {
+            v: {int(n): float(e) for n, e in row.items()} for v, row in table.iterrows()
+        },
+    }
     return res, table.round(4).to_string()

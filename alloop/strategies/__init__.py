@@ -13,14 +13,26 @@ import numpy as np
 from alloop.errors import UserError
 from alloop.io import pool as poolio
 from alloop.strategies import builtin, research
-from alloop.strategies.base import DEFAULT_BATCH_ROWS, Pick, Round, Selection, Strategy, cold_start_note  # noqa: F401
+from alloop.strategies.base import (
+    DEFAULT_BATCH_ROWS,
+    Pick,
+    Round,
+    Selection,
+    Strategy,
+    cold_start_note,
+)  # noqa: F401
 from alloop.strategies.base import select as base_select
 from alloop.strategies.model import TrainedModel  # noqa: F401
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (*builtin.ALL, *research.ALL)}
 ALIASES = {"sld-kpp-clip": "sld"}  # earlier name of the default SLD batch (docs/results.md)
-DEFAULT = {"regression": "herding", "classification": "margin"}  # chosen by the suite's rule: docs/results.md "The default"
-MODEL_DEFAULT = {("regression", "mlp"): "lcmd"}  # the same rule on that model's suite curves, where it differs
+DEFAULT = {
+    "regression": "herding",
+    "classification": "margin",
+}  # chosen by the suite's rule: docs/results.md "The default"
+MODEL_DEFAULT = {
+    ("regression", "mlp"): "lcmd"
+}  # the same rule on that model's suite curves, where it differs
 
 
 def get(name: str, what: str = "strategy") -> Strategy:
@@ -33,7 +45,11 @@ def get(name: str, what: str = "strategy") -> Strategy:
 
 def names(task: str | None = None, live: bool = False) -> list[str]:
     """Strategy names in registry order; ``task``: those that apply to it; ``live``: those ``alloop query`` runs."""
-    return [n for n, s in REGISTRY.items() if (task is None or task in s.tasks) and not (live and s.weighted)]
+    return [
+        n
+        for n, s in REGISTRY.items()
+        if (task is None or task in s.tasks) and not (live and s.weighted)
+    ]
 
 
 def default_for(task: str, model: str | None = None) -> str:
@@ -48,16 +64,28 @@ def for_query(name: str | None, task: str, model: str | None = None) -> Strategy
     """The strategy a live query of a ``task`` run with a ``model`` kind uses (None: the default), after checking it applies."""
     strategy = get(name or default_for(task, model), "--strategy")
     if strategy.weighted:
-        raise UserError(f"--strategy {strategy.name} refits with importance weights, which only `alloop simulate` does: "
-                        f"choose one of {', '.join(names(task, live=True))}")
+        raise UserError(
+            f"--strategy {strategy.name} refits with importance weights, which only `alloop simulate` does: "
+            f"choose one of {', '.join(names(task, live=True))}"
+        )
     if task not in strategy.tasks:
         other = "regression" if task == "classification" else "classification"
-        raise UserError(f"--strategy {strategy.name} is for {other} runs and this is a {task} run: "
-                        f"choose one of {', '.join(names(task, live=True))}")
+        raise UserError(
+            f"--strategy {strategy.name} is for {other} runs and this is a {task} run: "
+            f"choose one of {', '.join(names(task, live=True))}"
+        )
     return strategy
 
 
-def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.ndarray, k: int, on_rows=None, engine=None) -> Selection:
+def select(
+    strategy: Strategy,
+    info: poolio.PoolInfo,
+    rnd: Round,
+    exclude: np.ndarray,
+    k: int,
+    on_rows=None,
+    engine=None,
+) -> Selection:
     """Choose ``k`` rows of the pool not in ``exclude``; a model strategy at cold start runs greedy (and says so).
     ``engine``: None streams the pool in this process; ``distributed.RayEngine`` keeps the same rows on Ray."""
     return base_select(strategy, info, rnd, exclude, k, REGISTRY["greedy"], on_rows, engine)

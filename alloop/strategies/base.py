@@ -28,7 +28,9 @@ from alloop.strategies.model import TrainedModel
 
 DEFAULT_BATCH_ROWS = 65536
 
-RowScore = Callable[[poolio.PoolBatch], object]  # a pool batch -> one score per row (numpy or device arrays)
+RowScore = Callable[
+    [poolio.PoolBatch], object
+]  # a pool batch -> one score per row (numpy or device arrays)
 
 
 class Round(NamedTuple):
@@ -42,11 +44,15 @@ class Round(NamedTuple):
     model: TrainedModel | None = None  # None before the first training (cold start)
     batch_rows: int = DEFAULT_BATCH_ROWS
     devices: int = 1
-    labeled_uniform: np.ndarray | None = None  # (m,) True where a labeled row was drawn uniformly from the pool; None: unknown
+    labeled_uniform: np.ndarray | None = (
+        None  # (m,) True where a labeled row was drawn uniformly from the pool; None: unknown
+    )
 
     def z(self, x: np.ndarray) -> np.ndarray:
         """Standardized inputs in float64 (distances, k-means++)."""
-        return (np.asarray(x, np.float64) - np.asarray(self.stats.mean, np.float64)) / np.asarray(self.stats.scale, np.float64)
+        return (np.asarray(x, np.float64) - np.asarray(self.stats.mean, np.float64)) / np.asarray(
+            self.stats.scale, np.float64
+        )
 
 
 class Pick(NamedTuple):
@@ -76,7 +82,9 @@ class Strategy:
     pick: Callable[[stream.Kept, Round, int], Pick] | None = None
     tasks: tuple[str, ...] = ("regression", "classification")
     needs: frozenset = frozenset()
-    weighted: bool = False  # refit with LURE importance weights from the picks' probabilities (simulation only)
+    weighted: bool = (
+        False  # refit with LURE importance weights from the picks' probabilities (simulation only)
+    )
 
 
 @dataclass
@@ -88,7 +96,9 @@ class Selection:
     rows: object = None  # the picks' pool columns as stored (Arrow table, pick order), so the pool is not read again
     kept: stream.Kept | None = None  # what the picks were chosen from
     prob: np.ndarray | None = None
-    uniform: np.ndarray | None = None  # (k,) True where the pick was a uniform draw (a mixed batch's share)
+    uniform: np.ndarray | None = (
+        None  # (k,) True where the pick was a uniform draw (a mixed batch's share)
+    )
 
 
 def top_k(kept: stream.Kept, rnd: Round, k: int) -> Pick:
@@ -97,8 +107,16 @@ def top_k(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     return deterministic(np.arange(n), kept.scores[:n])
 
 
-def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.ndarray, k: int,
-           fallback: Strategy, on_rows: Callable[[int], None] | None = None, engine=None) -> Selection:
+def select(
+    strategy: Strategy,
+    info: poolio.PoolInfo,
+    rnd: Round,
+    exclude: np.ndarray,
+    k: int,
+    fallback: Strategy,
+    on_rows: Callable[[int], None] | None = None,
+    engine=None,
+) -> Selection:
     """Run ``strategy`` over the pool's rows not in ``exclude``; ``fallback`` (greedy) when it cannot run yet.
 
     ``engine``: None streams the pool here (``stream.stream_top``); else a callable
@@ -113,7 +131,9 @@ def select(strategy: Strategy, info: poolio.PoolInfo, rnd: Round, exclude: np.nd
         kept = engine(info, ran, k, n_keep, exclude, on_rows)
     pick = (ran.pick or top_k)(kept, rnd, k)
     rows = None if kept.rows is None else kept.rows.take(pick.idx)
-    return Selection(kept.ids[pick.idx], pick.scores, ran.name, note, rows, kept, pick.prob, pick.uniform)
+    return Selection(
+        kept.ids[pick.idx], pick.scores, ran.name, note, rows, kept, pick.prob, pick.uniform
+    )
 
 
 def cold_start_note(strategy: Strategy, rnd: Round) -> str | None:
@@ -123,11 +143,19 @@ def cold_start_note(strategy: Strategy, rnd: Round) -> str | None:
     if "model" not in strategy.needs:
         return None
     if rnd.model is None:
-        why, what = ("cold start: no trained tangent yet", "SLD") if is_sld else ("cold start: no trained model yet", strategy.name)
+        why, what = (
+            ("cold start: no trained tangent yet", "SLD")
+            if is_sld
+            else ("cold start: no trained model yet", strategy.name)
+        )
         return f"{why}, so {what} has nothing to say; {fallback}"
     if is_sld:
         health = rnd.model.tangent_health()
         if health != "ok":
-            why = "cold start: no trained tangent yet" if health == "zero" else "the trained tangent is not finite (training diverged)"
+            why = (
+                "cold start: no trained tangent yet"
+                if health == "zero"
+                else "the trained tangent is not finite (training diverged)"
+            )
             return f"{why}, so SLD has nothing to say; {fallback}"
     return None

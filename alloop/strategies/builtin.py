@@ -49,7 +49,11 @@ def labeled_z(rnd: Round, d: int) -> np.ndarray:
 
 def greedy_keep(rnd: Round, k: int):
     """Rows by distance to the nearest labeled row (a uniform sample while nothing is labeled)."""
-    score = model_score(scorers.min_distance(rnd.stats, rnd.labeled_x), rnd) if len(rnd.labeled_x) else random_score(rnd)
+    score = (
+        model_score(scorers.min_distance(rnd.stats, rnd.labeled_x), rnd)
+        if len(rnd.labeled_x)
+        else random_score(rnd)
+    )
     return score, max(GREEDY_CANDIDATES, 4 * k)
 
 
@@ -77,34 +81,77 @@ def sld_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """kpp-clip over the kept rows (``core.diversity``); the batch is the draw, listed by SLD, highest first."""
     sld = rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)
     z = rnd.z(kept.x)
-    drawn, probs = diversity.kpp_clip(z, sld, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed))
+    drawn, probs = diversity.kpp_clip(
+        z, sld, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed)
+    )
     order = np.lexsort((kept.ids[drawn], -sld[drawn]))
     return Pick(drawn[order], sld[drawn][order], probs[order])
 
 
 def uncertainty(kind: str) -> Strategy:
-    about = {"entropy": "entropy of the predicted class distribution",
-             "margin": "minus the gap between the two most probable classes (the classification default)",
-             "least-confident": "one minus the top class probability"}[kind]
-    return Strategy(kind, about, keep=lambda rnd, k: (model_score(rnd.model.uncertainty(kind), rnd), k),
-                    tasks=("classification",), needs=frozenset({"model"}))
+    about = {
+        "entropy": "entropy of the predicted class distribution",
+        "margin": "minus the gap between the two most probable classes (the classification default)",
+        "least-confident": "one minus the top class probability",
+    }[kind]
+    return Strategy(
+        kind,
+        about,
+        keep=lambda rnd, k: (model_score(rnd.model.uncertainty(kind), rnd), k),
+        tasks=("classification",),
+        needs=frozenset({"model"}),
+    )
 
 
 COMMITTEE_SIZE = 5
 
-SLD = Strategy("sld", f"rows drawn ∝ min(SLD, its {CLIP_QUANTILE:.0%} quantile) · D² (SLD-weighted k-means++) over a uniform "
-               f"sample of up to {SLD_CANDIDATES:,} unlabeled rows: the regression default",
-               keep=uniform_sample, pick=sld_pick, needs=frozenset({"model", "tangent"}))
-SLD_TOPK = Strategy("sld-topk", "the k highest SLD scores over the whole pool (the paper's heuristic)",
-                    keep=lambda rnd, k: (model_score(rnd.model.sld(), rnd), k), needs=frozenset({"model", "tangent"}))
+SLD = Strategy(
+    "sld",
+    f"rows drawn ∝ min(SLD, its {CLIP_QUANTILE:.0%} quantile) · D² (SLD-weighted k-means++) over a uniform "
+    f"sample of up to {SLD_CANDIDATES:,} unlabeled rows: the regression default",
+    keep=uniform_sample,
+    pick=sld_pick,
+    needs=frozenset({"model", "tangent"}),
+)
+SLD_TOPK = Strategy(
+    "sld-topk",
+    "the k highest SLD scores over the whole pool (the paper's heuristic)",
+    keep=lambda rnd, k: (model_score(rnd.model.sld(), rnd), k),
+    needs=frozenset({"model", "tangent"}),
+)
+
+
 def uniform_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """The k kept rows of a random score (a uniform draw without replacement), flagged as uniform draws."""
     return top_k(kept, rnd, k)._replace(uniform=np.ones(min(k, len(kept.ids)), bool))
 
 
-RANDOM = Strategy("random", "uniform over the unlabeled rows", keep=lambda rnd, k: (random_score(rnd), k), pick=uniform_pick)
-GREEDY = Strategy("greedy", "GSx: farthest point from the labeled rows in standardized inputs", keep=greedy_keep, pick=greedy_pick)
-COMMITTEE = Strategy("committee", f"QBC: disagreement of {COMMITTEE_SIZE} bootstrap models (variance; mean KL for classifiers)",
-                     keep=lambda rnd, k: (model_score(rnd.model.committee(), rnd), k), needs=frozenset({"model", "members"}))
+RANDOM = Strategy(
+    "random",
+    "uniform over the unlabeled rows",
+    keep=lambda rnd, k: (random_score(rnd), k),
+    pick=uniform_pick,
+)
+GREEDY = Strategy(
+    "greedy",
+    "GSx: farthest point from the labeled rows in standardized inputs",
+    keep=greedy_keep,
+    pick=greedy_pick,
+)
+COMMITTEE = Strategy(
+    "committee",
+    f"QBC: disagreement of {COMMITTEE_SIZE} bootstrap models (variance; mean KL for classifiers)",
+    keep=lambda rnd, k: (model_score(rnd.model.committee(), rnd), k),
+    needs=frozenset({"model", "members"}),
+)
 
-ALL = (SLD, SLD_TOPK, RANDOM, COMMITTEE, GREEDY, uncertainty("entropy"), uncertainty("margin"), uncertainty("least-confident"))
+ALL = (
+    SLD,
+    SLD_TOPK,
+    RANDOM,
+    COMMITTEE,
+    GREEDY,
+    uncertainty("entropy"),
+    uncertainty("margin"),
+    uncertainty("least-confident"),
+)

@@ -57,7 +57,9 @@ KILL_ENV = "ALLOOP_TEST_KILL_WORKER"  # tests: path of a file whose first claima
 # --- the exact reduction (no Ray needed) -----------------------------------------------------------
 
 
-def partition_top(table: pa.Table, info: poolio.PoolInfo, score: Callable, n_keep: int, leave_out: Callable) -> pa.Table:
+def partition_top(
+    table: pa.Table, info: poolio.PoolInfo, score: Callable, n_keep: int, leave_out: Callable
+) -> pa.Table:
     """The ``n_keep`` best rows of one part of the pool as a table: its columns as stored, the score, and one
     extra row of nulls whose SEEN_COL counts the part's rows."""
     top = stream.TopRows(n_keep, len(info.features), info.id_kind)
@@ -78,13 +80,25 @@ def kept_table(kept: stream.Kept, seen: int, info: poolio.PoolInfo, stored: pa.S
     cols = [info.id_col, *info.features]
     schema = pa.schema([stored.field(c).remove_metadata() for c in cols])
     rows = kept.rows.select(cols).cast(schema) if kept.rows is not None else schema.empty_table()
-    rows = rows.append_column(SCORE_COL, pa.array(kept.scores, pa.float64())).append_column(SEEN_COL, pa.array(np.zeros(len(kept.ids), np.int64)))
-    last = pa.table({**{c: pa.nulls(1, schema.field(c).type) for c in cols}, SCORE_COL: pa.nulls(1, pa.float64()),
-                     SEEN_COL: pa.array([seen], pa.int64())})
+    rows = rows.append_column(SCORE_COL, pa.array(kept.scores, pa.float64())).append_column(
+        SEEN_COL, pa.array(np.zeros(len(kept.ids), np.int64))
+    )
+    last = pa.table(
+        {
+            **{c: pa.nulls(1, schema.field(c).type) for c in cols},
+            SCORE_COL: pa.nulls(1, pa.float64()),
+            SEEN_COL: pa.array([seen], pa.int64()),
+        }
+    )
     return pa.concat_tables([rows, last])
 
 
-def reduce(parts: Iterable[pa.Table], info: poolio.PoolInfo, n_keep: int, on_rows: Callable[[int], None] | None = None) -> stream.Kept:
+def reduce(
+    parts: Iterable[pa.Table],
+    info: poolio.PoolInfo,
+    n_keep: int,
+    on_rows: Callable[[int], None] | None = None,
+) -> stream.Kept:
     """The ``n_keep`` best rows of the union of ``partition_top`` results: what one stream over the pool keeps."""
     top = stream.TopRows(n_keep, len(info.features), info.id_kind)
     cols = [info.id_col, *info.features]
@@ -154,8 +168,19 @@ class Scorer:
             self.score, self.n_keep = strategies.get(job.strategy).keep(rnd, job.k)
             self.token, self.queries = token, self.queries + 1
         seen: list[int] = []
-        kept = stream.stream_top(replace(self.job.info, files=files), self.score, self.job.exclude, self.n_keep, self.batch_rows, seen.append)
-        schema = kept.rows.schema if kept.rows is not None else poolio.empty_rows(replace(self.job.info, files=files)).schema
+        kept = stream.stream_top(
+            replace(self.job.info, files=files),
+            self.score,
+            self.job.exclude,
+            self.n_keep,
+            self.batch_rows,
+            seen.append,
+        )
+        schema = (
+            kept.rows.schema
+            if kept.rows is not None
+            else poolio.empty_rows(replace(self.job.info, files=files)).schema
+        )
         return kept_table(kept, sum(seen), self.job.info, schema)
 
     def idle_for(self, idle_s: float) -> bool:
@@ -174,7 +199,9 @@ class Scorer:
         while True:
             time.sleep(min(idle_s, 5.0))
             if self.idle_for(idle_s):
-                ray.kill(me, no_restart=True)  # a kept actor leaves the cluster after idle_s without a query
+                ray.kill(
+                    me, no_restart=True
+                )  # a kept actor leaves the cluster after idle_s without a query
                 return
 
 
@@ -217,12 +244,23 @@ class RayEngine:
 
     make_round: Callable
     address: str | None = None
-    workers: int | None = None  # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than files)
+    workers: int | None = (
+        None  # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than files)
+    )
     keep_s: float = 0.0  # > 0: the actors stay on the cluster (named, detached) for later queries, until idle this long
-    on_note: Callable[[str], None] | None = None  # one line for the user (an actor that Ray restarted)
+    on_note: Callable[[str], None] | None = (
+        None  # one line for the user (an actor that Ray restarted)
+    )
 
-    def __call__(self, info: poolio.PoolInfo, ran, k: int, n_keep: int, exclude: np.ndarray,
-                 on_rows: Callable[[int], None] | None = None) -> stream.Kept:
+    def __call__(
+        self,
+        info: poolio.PoolInfo,
+        ran,
+        k: int,
+        n_keep: int,
+        exclude: np.ndarray,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> stream.Kept:
         with cluster(self.address) as ray:
             parts = [(f,) for f in info.files]
             job = ray.put(Job(info, self.make_round, ran.name, k, np.asarray(exclude)))
@@ -230,17 +268,23 @@ class RayEngine:
             key = actor_key(self.make_round, info) if self.keep_s > 0 else None
             actors = start_actors(ray, workers, key, self.keep_s)
             try:
-                kept = reduce(scored(ray, actors, parts, uuid.uuid4().hex, job), info, n_keep, on_rows)
+                kept = reduce(
+                    scored(ray, actors, parts, uuid.uuid4().hex, job), info, n_keep, on_rows
+                )
             except Exception as e:  # noqa: BLE001 - a user's mistake found by an actor comes back wrapped
                 user = _user_error(e)
                 if user is not None:
                     raise user from None
                 if isinstance(e, ray.exceptions.RayActorError):
-                    raise UserError(f"a Ray scoring actor died and Ray's {RESTARTS} restarts did not help ({_first_line(e)}); the run is "
-                                    "unchanged: check the workers' memory and logs (/tmp/ray/session_latest/logs on each node), retry, or use "
-                                    "--engine local") from None
+                    raise UserError(
+                        f"a Ray scoring actor died and Ray's {RESTARTS} restarts did not help ({_first_line(e)}); the run is "
+                        "unchanged: check the workers' memory and logs (/tmp/ray/session_latest/logs on each node), retry, or use "
+                        "--engine local"
+                    ) from None
                 if isinstance(e, ray.exceptions.RayError):
-                    raise UserError(f"the Ray query failed ({_first_line(e)}); the run is unchanged: retry, or use --engine local") from None
+                    raise UserError(
+                        f"the Ray query failed ({_first_line(e)}); the run is unchanged: retry, or use --engine local"
+                    ) from None
                 raise
             else:
                 self._note_restarts(ray, actors)
@@ -253,12 +297,16 @@ class RayEngine:
     def _note_restarts(self, ray, actors: list) -> None:
         """One line when Ray restarted an actor during the query (Ray's own notices of it are not shown: ray_cluster.cluster)."""
         try:
-            restarted = sum(s["restarted"] for s in ray.get([a.state.remote() for a in actors], timeout=30))
+            restarted = sum(
+                s["restarted"] for s in ray.get([a.state.remote() for a in actors], timeout=30)
+            )
         except (ray.exceptions.RayError, TimeoutError):
             return
         if restarted and self.on_note is not None:
-            self.on_note(f"{restarted} Ray scoring actor(s) died during the query and Ray restarted them; their files were scored "
-                         "again (the result does not depend on which actor scored what)")
+            self.on_note(
+                f"{restarted} Ray scoring actor(s) died during the query and Ray restarted them; their files were scored "
+                "again (the result does not depend on which actor scored what)"
+            )
 
 
 def _default_workers(ray) -> int:
@@ -270,8 +318,13 @@ def actor_key(make_round, info: poolio.PoolInfo) -> str:
     Each query still sends its round (parameters, labels, strategy); the key only keeps an actor built by other code,
     or warmed on another model, from being taken for this one."""
     config = getattr(make_round, "config", {}) or {}
-    what = {"alloop": alloop.__version__, "code": code_fingerprint(), "task": getattr(make_round, "task", None), "features": list(info.features),
-            **{k: config.get(k) for k in ("model", "targets", "regularizer", "tangent")}}
+    what = {
+        "alloop": alloop.__version__,
+        "code": code_fingerprint(),
+        "task": getattr(make_round, "task", None),
+        "features": list(info.features),
+        **{k: config.get(k) for k in ("model", "targets", "regularizer", "tangent")},
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -296,13 +349,26 @@ def start_actors(ray, workers: int, key: str | None = None, keep_s: float = 0.0)
     actors of that key (named, detached), started where missing."""
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
-    opts = {"num_cpus": min(1.0, cpus / workers), "num_gpus": min(1.0, gpus / workers) if gpus else 0, "max_restarts": RESTARTS,
-            "max_task_retries": RESTARTS, "scheduling_strategy": "SPREAD"}
+    opts = {
+        "num_cpus": min(1.0, cpus / workers),
+        "num_gpus": min(1.0, gpus / workers) if gpus else 0,
+        "max_restarts": RESTARTS,
+        "max_task_retries": RESTARTS,
+        "scheduling_strategy": "SPREAD",
+    }
     actor = ray.remote(Scorer)
     if key is None:
         return [actor.options(**opts).remote() for _ in range(workers)]
-    return [actor.options(**opts, name=f"{PREFIX}{key}-{i}", namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(keep_s)
-            for i in range(workers)]
+    return [
+        actor.options(
+            **opts,
+            name=f"{PREFIX}{key}-{i}",
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(keep_s)
+        for i in range(workers)
+    ]
 
 
 _USER_ERROR = re.compile(r"alloop\.errors\.UserError: (.+)")
@@ -313,7 +379,9 @@ def _user_error(e: BaseException | None, depth: int = 0) -> UserError | None:
     else its line in the remote traceback that Ray's error carries as text."""
     if e is None or depth > 8:
         return None
-    cause = getattr(e, "cause", None)  # a RayTaskError is also an instance of the error it wraps, but its text is the traceback
+    cause = getattr(
+        e, "cause", None
+    )  # a RayTaskError is also an instance of the error it wraps, but its text is the traceback
     if isinstance(e, UserError) and not isinstance(cause, BaseException):
         return UserError(str(e))
     for nxt in (cause, e.__cause__, e.__context__):

@@ -29,8 +29,12 @@ class TrainedModel:
     tangent: Any
     noise: np.ndarray  # σ² per output (squared loss)
     s: float
-    target: tuple | None = None  # (mean, scale) of the regression targets as trained, or None (raw units)
-    members: Callable[[], list] | None = None  # bootstrap members' parameters (query by committee), built on demand
+    target: tuple | None = (
+        None  # (mean, scale) of the regression targets as trained, or None (raw units)
+    )
+    members: Callable[[], list] | None = (
+        None  # bootstrap members' parameters (query by committee), built on demand
+    )
     _cache: dict = field(default_factory=dict)
 
     def _cached(self, key: str, build: Callable):
@@ -39,17 +43,26 @@ class TrainedModel:
         return self._cache[key]
 
     def tangent_health(self) -> str:
-        """"ok", "zero" (cold start: θ = 0 gives θ̇ = 0) or "nonfinite" (training diverged)."""
+        """ "ok", "zero" (cold start: θ = 0 gives θ̇ = 0) or "nonfinite" (training diverged)."""
         norm = sgdf.tree_norm(self.tangent)
         return "ok" if norm > 0 and np.isfinite(norm) else ("zero" if norm == 0 else "nonfinite")
 
     def sld(self) -> Callable:
         """Jitted x -> unlabeled SLD per row (method.md eq. 67)."""
-        return self._cached("sld", lambda: scorers.sld(self.problem, self.params, self.tangent, np.asarray(self.noise, np.float32)))
+        return self._cached(
+            "sld",
+            lambda: scorers.sld(
+                self.problem, self.params, self.tangent, np.asarray(self.noise, np.float32)
+            ),
+        )
 
     def uncertainty(self, kind: str) -> Callable:
         """Jitted x -> entropy, margin or least-confident score of the predicted class distribution."""
-        build = {"entropy": scorers.entropy, "margin": scorers.margin, "least-confident": scorers.least_confident}[kind]
+        build = {
+            "entropy": scorers.entropy,
+            "margin": scorers.margin,
+            "least-confident": scorers.least_confident,
+        }[kind]
         return self._cached(kind, lambda: build(self.problem, self.params))
 
     def member_params(self) -> list:
@@ -58,7 +71,12 @@ class TrainedModel:
     def committee(self) -> Callable:
         """Jitted x -> disagreement of the bootstrap members (variance; mean KL for classifiers)."""
         kl = self.problem.loss.name == "softmax"
-        return self._cached("committee", lambda: (scorers.committee_kl if kl else scorers.committee)(self.problem, self.member_params()))
+        return self._cached(
+            "committee",
+            lambda: (scorers.committee_kl if kl else scorers.committee)(
+                self.problem, self.member_params()
+            ),
+        )
 
     def on_rows(self, fn: Callable, x: np.ndarray, devices: int = 1) -> np.ndarray:
         """``fn`` over all rows of ``x`` in equal chunks of at most SCORE_ROWS, split over ``devices`` (float64)."""
@@ -69,20 +87,41 @@ class TrainedModel:
 
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(F(x), u(x) = J_F(x)θ̇) of the first output, in training units, float64."""
-        fn = scorers.jit_for(self.problem, "outputs", lambda: lambda p, t, x: jnp.stack([o[:, 0] for o in scorers.tangent_outputs(self.problem, p, t, x)], 1))
+        fn = scorers.jit_for(
+            self.problem,
+            "outputs",
+            lambda: (
+                lambda p, t, x: jnp.stack(
+                    [o[:, 0] for o in scorers.tangent_outputs(self.problem, p, t, x)], 1
+                )
+            ),
+        )
         both = _chunked(lambda c: fn(self.params, self.tangent, c), x, 2)
         return both[:, 0], both[:, 1]
 
     def predict(self, x: np.ndarray, params=None) -> np.ndarray:
         """The first output in the labels' units (regression)."""
-        fn = scorers.jit_for(self.problem, "apply", lambda: lambda p, x: self.problem.model.apply(p, self.problem.stats, x)[:, 0])
+        fn = scorers.jit_for(
+            self.problem,
+            "apply",
+            lambda: lambda p, x: self.problem.model.apply(p, self.problem.stats, x)[:, 0],
+        )
         out = _chunked(lambda c: fn(self.params if params is None else params, c), x, 0)
-        return out if self.target is None else out * float(self.target[1][0]) + float(self.target[0][0])
+        return (
+            out
+            if self.target is None
+            else out * float(self.target[1][0]) + float(self.target[0][0])
+        )
 
     def gradient_features(self, x: np.ndarray) -> np.ndarray:
         """(n, p) a(x) = ∂F(x)/∂θ of the first output, θ flattened (for a linear model: [z, 1])."""
+
         def row(p, xi):
-            return ravel_pytree(jax.grad(lambda q: self.problem.model.apply(q, self.problem.stats, xi[None])[0, 0])(p))[0]
+            return ravel_pytree(
+                jax.grad(lambda q: self.problem.model.apply(q, self.problem.stats, xi[None])[0, 0])(
+                    p
+                )
+            )[0]
 
         fn = scorers.jit_for(self.problem, "jacobian", lambda: jax.vmap(row, (None, 0)))
         return _chunked(lambda c: fn(self.params, c), x, self.n_params)
@@ -91,7 +130,9 @@ class TrainedModel:
     def n_params(self) -> int:
         return int(ravel_pytree(self.params)[0].shape[0])
 
-    def curvature_inverse(self, labeled_x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    def curvature_inverse(
+        self, labeled_x: np.ndarray, weights: np.ndarray | None = None
+    ) -> np.ndarray:
         """(AᵀWA + sD)⁻¹ over the labeled rows, D the regularized coordinates: the inverse Hessian (halved)
         of a model linear in θ, its Gauss-Newton form otherwise. Labeling row j adds a_j a_jᵀ to it."""
         a = self.gradient_features(labeled_x)
@@ -106,4 +147,6 @@ def _chunked(fn: Callable, x: np.ndarray, width: int) -> np.ndarray:
     """``fn`` over equal fixed-shape chunks of at most SCORE_ROWS rows, as float64 numpy."""
     if len(x) == 0:
         return np.zeros((0, width) if width else (0,))
-    return parallel.score_rows(fn, np.asarray(x, np.float32), parallel.even_chunk(len(x), SCORE_ROWS)).astype(np.float64)
+    return parallel.score_rows(
+        fn, np.asarray(x, np.float32), parallel.even_chunk(len(x), SCORE_ROWS)
+    ).astype(np.float64)

@@ -57,12 +57,18 @@ class View(NamedTuple):
 def view(kept: stream.Kept, rnd: Round) -> View:
     z = rnd.z(kept.x)
     _, u = rnd.model.outputs(kept.x)
-    return View(z, labeled_z(rnd, z.shape[1]), labeled_targets(rnd)[:, 0], rnd.model.predict(kept.x), u)
+    return View(
+        z, labeled_z(rnd, z.shape[1]), labeled_targets(rnd)[:, 0], rnd.model.predict(kept.x), u
+    )
 
 
 def labeled_targets(rnd: Round) -> np.ndarray:
     """The labeled rows' targets as (m, targets) float64, however the round holds them."""
-    return np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1) if len(rnd.labeled_x) else np.zeros((0, 1))
+    return (
+        np.asarray(rnd.labeled_y, np.float64).reshape(len(rnd.labeled_x), -1)
+        if len(rnd.labeled_x)
+        else np.zeros((0, 1))
+    )
 
 
 def sample_keep(rnd: Round, k: int):
@@ -91,14 +97,19 @@ def igs_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     Within a batch a chosen row joins the labeled ones with its prediction as its label.
     """
     v = view(kept, rnd)
-    score = np.min(np.sqrt(sq_distances(v.z, v.z_labeled)) * np.abs(v.pred[:, None] - v.y_labeled[None, :]), axis=1)
+    score = np.min(
+        np.sqrt(sq_distances(v.z, v.z_labeled)) * np.abs(v.pred[:, None] - v.y_labeled[None, :]),
+        axis=1,
+    )
     chosen, at = [], []
     for _ in range(min(k, len(v.z))):
         score[chosen] = -np.inf
         j = int(np.argmax(score))
         chosen.append(j)
         at.append(score[j])
-        score = np.minimum(score, np.sqrt(sq_distances(v.z, v.z[j : j + 1])[:, 0]) * np.abs(v.pred - v.pred[j]))
+        score = np.minimum(
+            score, np.sqrt(sq_distances(v.z, v.z[j : j + 1])[:, 0]) * np.abs(v.pred - v.pred[j])
+        )
     return deterministic(chosen, at)
 
 
@@ -107,7 +118,9 @@ def emcm_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     m = rnd.model
     pred = m.predict(kept.x)
     preds = np.stack([m.predict(kept.x, params=p) for p in m.member_params()])
-    change = np.mean(np.abs(preds - pred[None, :]), axis=0) * np.linalg.norm(m.gradient_features(kept.x), axis=1)
+    change = np.mean(np.abs(preds - pred[None, :]), axis=0) * np.linalg.norm(
+        m.gradient_features(kept.x), axis=1
+    )
     idx = top(change, k, kept.ids)
     return deterministic(idx, change[idx])
 
@@ -202,7 +215,9 @@ def vr_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     return deterministic(chosen, at)
 
 
-def power_sample(weights: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def power_sample(
+    weights: np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw k rows without replacement with probability ∝ weights (Gumbel top-k).
 
     Returns (rows, each pick's probability at the moment it was drawn, p_j / (1 − Σ earlier p)).
@@ -244,10 +259,13 @@ def sld_density_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 def kpp_pick_with(weights_of):
     """k-means++ seeding over the kept rows: drawn ∝ weight · D², D the distance to the labeled and drawn rows."""
+
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
         z = rnd.z(kept.x)
         w = weights_of(kept, rnd)
-        drawn, probs = diversity.kpp(z, w, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed))
+        drawn, probs = diversity.kpp(
+            z, w, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed)
+        )
         return Pick(drawn, w[drawn], probs)
 
     return pick
@@ -264,8 +282,12 @@ def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Kernel herding toward the pool tilted by SLD: half the target mass uniform, half ∝ SLD capped at its 90% quantile."""
     z = rnd.z(kept.x)
     sld = capped_sld(kept, rnd)
-    w = 0.5 / max(len(sld), 1) + (0.5 * sld / sld.sum() if sld.sum() > 0 else 0.5 / max(len(sld), 1))
-    idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed), weights=w)
+    w = 0.5 / max(len(sld), 1) + (
+        0.5 * sld / sld.sum() if sld.sum() > 0 else 0.5 / max(len(sld), 1)
+    )
+    idx = diversity.herding(
+        z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed), weights=w
+    )
     return in_order(idx)
 
 
@@ -280,24 +302,35 @@ def model_space(kept: stream.Kept, rnd: Round) -> tuple[np.ndarray, np.ndarray]:
     (standardized inputs for ``linear``); for an MLP, where the fitted network is sensitive."""
     m = rnd.model
     p = m.n_params
-    proj = np.random.default_rng([rnd.seed, 7]).normal(size=(p, SKETCH_DIMS)) / np.sqrt(SKETCH_DIMS) if p > SKETCH_DIMS else None
-    rows = max(1, MAX_FEATURE_FLOATS // p)  # the labeled rows can be many: a(x) is built and sketched a block at a time
+    proj = (
+        np.random.default_rng([rnd.seed, 7]).normal(size=(p, SKETCH_DIMS)) / np.sqrt(SKETCH_DIMS)
+        if p > SKETCH_DIMS
+        else None
+    )
+    rows = max(
+        1, MAX_FEATURE_FLOATS // p
+    )  # the labeled rows can be many: a(x) is built and sketched a block at a time
 
     def embed(x: np.ndarray) -> np.ndarray:
         blocks = [m.gradient_features(x[i : i + rows]) for i in range(0, len(x), rows)]
         blocks = blocks if proj is None else [b @ proj for b in blocks]
-        return np.concatenate(blocks) if blocks else np.zeros((0, p if proj is None else SKETCH_DIMS))
+        return (
+            np.concatenate(blocks) if blocks else np.zeros((0, p if proj is None else SKETCH_DIMS))
+        )
 
     return embed(kept.x), embed(np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]))
 
 
 def capped_sld(kept: stream.Kept, rnd: Round) -> np.ndarray:
     """SLD of the kept rows, capped at its CLIP_QUANTILE quantile as ``sld`` does (outliers do not dominate)."""
-    return np.maximum(diversity.capped(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)), 0.0)
+    return np.maximum(
+        diversity.capped(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)), 0.0
+    )
 
 
 def lcmd_pick_with(weights_of):
     """LCMD (``core.diversity.lcmd``) over the kept rows in the model's gradient space, rows weighted by ``weights_of``."""
+
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
         e, e_lab = model_space(kept, rnd)
         idx, at = diversity.lcmd(e, e_lab, k, None if weights_of is None else weights_of(kept, rnd))
@@ -328,16 +361,25 @@ def mix_pick_with(base, share=MIX_SHARE):
     parts do not crowd each other. A uniform row has the probability of a uniform draw: weight 1 under LURE
     (NaN here, as deterministic picks).
     """
+
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
         frac = share(rnd) if callable(share) else share
         u = min(max(int(round(frac * k)), int(frac > 0)), len(kept.ids), k)
         rest = stream.Kept(kept.scores[u:], kept.ids[u:], kept.x[u:])
         y = labeled_targets(rnd)
-        seen = rnd._replace(labeled_x=np.concatenate([np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]), kept.x[:u]]),
-                            labeled_y=np.concatenate([y, np.full((u, y.shape[1]), np.nan)]))
+        seen = rnd._replace(
+            labeled_x=np.concatenate(
+                [np.asarray(rnd.labeled_x, np.float32).reshape(-1, kept.x.shape[1]), kept.x[:u]]
+            ),
+            labeled_y=np.concatenate([y, np.full((u, y.shape[1]), np.nan)]),
+        )
         chosen = base(rest, seen, k - u) if k > u else deterministic([], [])
-        return Pick(np.r_[np.arange(u), u + chosen.idx].astype(np.int64), np.r_[np.full(u, np.nan), chosen.scores],
-                    np.r_[np.full(u, np.nan), chosen.prob], np.r_[np.ones(u, bool), np.zeros(len(chosen.idx), bool)])
+        return Pick(
+            np.r_[np.arange(u), u + chosen.idx].astype(np.int64),
+            np.r_[np.full(u, np.nan), chosen.scores],
+            np.r_[np.full(u, np.nan), chosen.prob],
+            np.r_[np.ones(u, bool), np.zeros(len(chosen.idx), bool)],
+        )
 
     return pick
 
@@ -351,7 +393,12 @@ def labeled_share(rnd: Round) -> float:
 def labeled_evidence(rnd: Round) -> share.ShareEvidence:
     if rnd.labeled_uniform is None or len(rnd.labeled_uniform) != len(rnd.labeled_x):
         return share.ShareEvidence(share.SHARE_PRIOR, float("nan"), 0, len(rnd.labeled_x))
-    return share.choose_share(rnd.z(rnd.labeled_x), labeled_targets(rnd)[:, 0], rnd.labeled_uniform, np.random.default_rng(rnd.seed))
+    return share.choose_share(
+        rnd.z(rnd.labeled_x),
+        labeled_targets(rnd)[:, 0],
+        rnd.labeled_uniform,
+        np.random.default_rng(rnd.seed),
+    )
 
 
 # --- importance weights ----------------------------------------------------------------------------
@@ -378,35 +425,104 @@ SLD_NEEDS = frozenset({"model", "tangent", "gradients"})
 
 
 def _research(name, about, pick, needs=SLD_NEEDS, keep=sample_keep, weighted=False) -> Strategy:
-    return Strategy(name, about, keep=keep, pick=pick, tasks=REGRESSION, needs=needs, weighted=weighted)
+    return Strategy(
+        name, about, keep=keep, pick=pick, tasks=REGRESSION, needs=needs, weighted=weighted
+    )
 
 
 ALL = (
-    _research("igs", "iGS (Wu 2019): farthest in inputs times outputs", igs_pick, needs=frozenset({"model", "gradients"})),
-    _research("emcm", "EMCM (Cai 2013): expected model change over bootstrap models", emcm_pick, needs=frozenset({"model", "members", "gradients"})),
-    _research("sld-seq", "SLD, one at a time, discounting rows like those chosen (rank-one)", sld_seq_pick),
-    _research("sld-lookahead", "largest drop of the kept rows' total SLD, one at a time", sld_lookahead_pick),
-    _research("vr", "largest drop of the pool-averaged predictive variance (rank-one), one at a time",
-              vr_pick, needs=frozenset({"model", "gradients"}), keep=vr_keep),
+    _research(
+        "igs",
+        "iGS (Wu 2019): farthest in inputs times outputs",
+        igs_pick,
+        needs=frozenset({"model", "gradients"}),
+    ),
+    _research(
+        "emcm",
+        "EMCM (Cai 2013): expected model change over bootstrap models",
+        emcm_pick,
+        needs=frozenset({"model", "members", "gradients"}),
+    ),
+    _research(
+        "sld-seq", "SLD, one at a time, discounting rows like those chosen (rank-one)", sld_seq_pick
+    ),
+    _research(
+        "sld-lookahead",
+        "largest drop of the kept rows' total SLD, one at a time",
+        sld_lookahead_pick,
+    ),
+    _research(
+        "vr",
+        "largest drop of the pool-averaged predictive variance (rank-one), one at a time",
+        vr_pick,
+        needs=frozenset({"model", "gradients"}),
+        keep=vr_keep,
+    ),
     _research("sld-power", f"rows drawn with probability ∝ SLD^{POWER_BETA}", sld_power_pick),
-    _research("sld-power-iw", "sld-power, fitted with LURE importance weights (simulation only)", sld_power_pick, weighted=True),
+    _research(
+        "sld-power-iw",
+        "sld-power, fitted with LURE importance weights (simulation only)",
+        sld_power_pick,
+        weighted=True,
+    ),
     _research("sld-density", "SLD times representativeness (RBF density), top-k", sld_density_pick),
-    _research("sld-kpp", "rows drawn ∝ SLD · D² (SLD-weighted k-means++ seeding, standardized inputs)",
-              kpp_pick_with(lambda kept, rnd: rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices))),
-    _research("kpp", "rows drawn ∝ D² (k-means++ seeding): sld-kpp without SLD",
-              kpp_pick_with(lambda kept, rnd: np.ones(len(kept.ids))), needs=frozenset(), keep=uniform_sample),
-    Strategy("herding", "kernel herding: rows that make the labeled sample most like the pool (MMD, standardized inputs)",
-             keep=uniform_sample, pick=herding_pick),
-    _research("sld-herding", "kernel herding toward the pool tilted by SLD (half uniform, half ∝ capped SLD)", sld_herding_pick),
-    _research("lcmd", "LCMD (Holzmüller 2023): the largest cluster's most distant row, in the model's gradient space",
-              lcmd_pick_with(None), needs=frozenset({"model", "gradients"})),
-    _research("sld-lcmd", "LCMD with clusters and distances weighted by capped SLD, in the model's gradient space", lcmd_pick_with(capped_sld)),
-    _research("sld-mix", f"{MIX_SHARE:.0%} of each batch uniform, the rest by sld (SLD-weighted k-means++)",
-              mix_pick_with(sld_pick), needs=frozenset({"model", "tangent"})),
-    _research("sld-mix-iw", "sld-mix, fitted with LURE importance weights (simulation only)",
-              mix_pick_with(sld_pick), needs=frozenset({"model", "tangent"}), weighted=True),
-    _research("sld-mix-auto", "sld-mix with the uniform share chosen each round by what the labels say (core/share.py)",
-              mix_pick_with(sld_pick, labeled_share), needs=frozenset({"model", "tangent"})),
-    _research("herding-grad", "kernel herding in the model's gradient space (sketched), not the inputs", herding_grad_pick,
-              needs=frozenset({"model", "gradients"})),
+    _research(
+        "sld-kpp",
+        "rows drawn ∝ SLD · D² (SLD-weighted k-means++ seeding, standardized inputs)",
+        kpp_pick_with(lambda kept, rnd: rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)),
+    ),
+    _research(
+        "kpp",
+        "rows drawn ∝ D² (k-means++ seeding): sld-kpp without SLD",
+        kpp_pick_with(lambda kept, rnd: np.ones(len(kept.ids))),
+        needs=frozenset(),
+        keep=uniform_sample,
+    ),
+    Strategy(
+        "herding",
+        "kernel herding: rows that make the labeled sample most like the pool (MMD, standardized inputs)",
+        keep=uniform_sample,
+        pick=herding_pick,
+    ),
+    _research(
+        "sld-herding",
+        "kernel herding toward the pool tilted by SLD (half uniform, half ∝ capped SLD)",
+        sld_herding_pick,
+    ),
+    _research(
+        "lcmd",
+        "LCMD (Holzmüller 2023): the largest cluster's most distant row, in the model's gradient space",
+        lcmd_pick_with(None),
+        needs=frozenset({"model", "gradients"}),
+    ),
+    _research(
+        "sld-lcmd",
+        "LCMD with clusters and distances weighted by capped SLD, in the model's gradient space",
+        lcmd_pick_with(capped_sld),
+    ),
+    _research(
+        "sld-mix",
+        f"{MIX_SHARE:.0%} of each batch uniform, the rest by sld (SLD-weighted k-means++)",
+        mix_pick_with(sld_pick),
+        needs=frozenset({"model", "tangent"}),
+    ),
+    _research(
+        "sld-mix-iw",
+        "sld-mix, fitted with LURE importance weights (simulation only)",
+        mix_pick_with(sld_pick),
+        needs=frozenset({"model", "tangent"}),
+        weighted=True,
+    ),
+    _research(
+        "sld-mix-auto",
+        "sld-mix with the uniform share chosen each round by what the labels say (core/share.py)",
+        mix_pick_with(sld_pick, labeled_share),
+        needs=frozenset({"model", "tangent"}),
+    ),
+    _research(
+        "herding-grad",
+        "kernel herding in the model's gradient space (sketched), not the inputs",
+        herding_grad_pick,
+        needs=frozenset({"model", "gradients"}),
+    ),
 )

@@ -28,7 +28,9 @@ from alloop.io.prefetch import prefetch
 
 PREFETCH_DEPTH = 2
 SCORE_ROWS = 16384  # rows per scorer call: a wide MLP's activations stay small, and it is no slower than 64k on CPU
-BUFFER_ROWS = 8192  # rows that may enter the top-k, gathered before they are merged into it (at least k)
+BUFFER_ROWS = (
+    8192  # rows that may enter the top-k, gathered before they are merged into it (at least k)
+)
 
 
 class Kept(NamedTuple):
@@ -73,7 +75,9 @@ def excluder(exclude: np.ndarray) -> Callable[[np.ndarray], np.ndarray | None]:
     return keep
 
 
-def device_scorer(fn: Callable, batch_rows: int, devices: int = 1) -> Callable[[poolio.PoolBatch], list]:
+def device_scorer(
+    fn: Callable, batch_rows: int, devices: int = 1
+) -> Callable[[poolio.PoolBatch], list]:
     """A pool-batch scorer from a jitted x -> scores function: fixed-shape chunks of at most SCORE_ROWS
     rows (the last one padded), each split over ``devices``, dispatched without waiting for the results.
 
@@ -93,7 +97,9 @@ def device_scorer(fn: Callable, batch_rows: int, devices: int = 1) -> Callable[[
 def host_scores(scores, m: int) -> np.ndarray:
     """The first ``m`` scores as float64 numpy: a list of chunk results is joined (this waits for the device)."""
     if isinstance(scores, list):
-        scores = np.concatenate([np.asarray(a).reshape(-1) for a in scores]) if scores else np.zeros(0)
+        scores = (
+            np.concatenate([np.asarray(a).reshape(-1) for a in scores]) if scores else np.zeros(0)
+        )
     return np.asarray(np.asarray(scores)[:m], np.float64)
 
 
@@ -115,7 +121,9 @@ class TopRows:
         self.k, self.cap = k, max(k, BUFFER_ROWS)
         self.d, self.id_dtype = n_features, np.int64 if id_kind == "int" else object
         self.n = self.b = 0  # kept rows at [0, n) (best first), buffered ones at [k, k + b)
-        self.store: dict | None = None  # "s", "i", "x" and ("col", name) for the stored columns, k + cap rows each
+        self.store: dict | None = (
+            None  # "s", "i", "x" and ("col", name) for the stored columns, k + cap rows each
+        )
         self.schema: pa.Schema | None = None
         self.with_rows = True
 
@@ -125,9 +133,13 @@ class TopRows:
         s = np.where(np.isnan(s), -np.inf, s)
         rows = np.arange(len(s)) if keep is None else keep
         if self.n >= self.k:
-            rows = rows[s[rows] >= self.store["s"][self.k - 1]]  # >=: a tie with a smaller id can still enter
+            rows = rows[
+                s[rows] >= self.store["s"][self.k - 1]
+            ]  # >=: a tie with a smaller id can still enter
         if len(rows) > self.k:
-            cut = np.partition(s[rows], len(rows) - self.k)[len(rows) - self.k]  # the batch's own k-th best
+            cut = np.partition(s[rows], len(rows) - self.k)[
+                len(rows) - self.k
+            ]  # the batch's own k-th best
             rows = rows[s[rows] >= cut]
             if len(rows) > self.k:  # ties at the cut: smaller ids first, as in the full sort
                 rows = rows[np.lexsort((batch.ids[rows], -s[rows]))[: self.k]]
@@ -144,7 +156,11 @@ class TopRows:
         if self.b + len(rows) > self.cap:
             self.flush()
         at = slice(self.k + self.b, self.k + self.b + len(rows))
-        self.store["s"][at], self.store["i"][at], self.store["x"][at] = s[rows], batch.ids[rows], batch.X[rows]
+        self.store["s"][at], self.store["i"][at], self.store["x"][at] = (
+            s[rows],
+            batch.ids[rows],
+            batch.X[rows],
+        )
         for name, v in (cols or {}).items():
             self.store[("col", name)][at] = v
         self.b += len(rows)
@@ -153,7 +169,11 @@ class TopRows:
 
     def _allocate(self, cols: dict | None) -> None:
         m = self.k + self.cap
-        self.store = {"s": np.empty(m, np.float64), "i": np.empty(m, self.id_dtype), "x": np.empty((m, self.d), np.float32)}
+        self.store = {
+            "s": np.empty(m, np.float64),
+            "i": np.empty(m, self.id_dtype),
+            "x": np.empty((m, self.d), np.float32),
+        }
         # the pool's columns under ("col", name): a pool column named s, i or x is no clash with the store's own arrays
         self.names = [("col", name) for name in cols or {}]
         self.store.update({("col", name): np.empty(m, v.dtype) for name, v in (cols or {}).items()})
@@ -178,14 +198,20 @@ class TopRows:
         st, n = self.store, self.n
         rows = None
         if self.with_rows and self.schema is not None:
-            rows = pa.Table.from_arrays([pa.array(st[("col", f.name)][:n], type=f.type) for f in self.schema], schema=self.schema)
+            rows = pa.Table.from_arrays(
+                [pa.array(st[("col", f.name)][:n], type=f.type) for f in self.schema],
+                schema=self.schema,
+            )
         return Kept(st["s"][:n].copy(), st["i"][:n].copy(), st["x"][:n].copy(), rows)
 
 
 def _numpy_rows(table: pa.RecordBatch, rows: np.ndarray) -> dict:
     """Columns of ``rows`` of ``table`` as numpy copies (ids and features: no nulls, so nothing is lost)."""
     taken = table.take(pa.array(rows, pa.int64()))
-    return {name: np.array(col.to_numpy(zero_copy_only=False)) for name, col in zip(taken.schema.names, taken.columns)}
+    return {
+        name: np.array(col.to_numpy(zero_copy_only=False))
+        for name, col in zip(taken.schema.names, taken.columns)
+    }
 
 
 def stream_top(
@@ -257,4 +283,6 @@ def check_devices(devices: int) -> None:
     have = parallel.device_count()
     if not 1 <= devices <= have:
         kind = jax.default_backend()
-        raise UserError(f"--devices {devices}: this machine has {have} {kind} device{'s' if have > 1 else ''}; pass --devices 1..{have}")
+        raise UserError(
+            f"--devices {devices}: this machine has {have} {kind} device{'s' if have > 1 else ''}; pass --devices 1..{have}"
+        )

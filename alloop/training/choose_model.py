@@ -39,7 +39,9 @@ from alloop.training import fit as fitting
 
 SWITCH_MARGIN = 0.02  # a more flexible model in use stays while it leads the one-SE choice by this; a simpler one while within it of the lowest
 MLP_MIN_LABELS = 40  # the MLP is a candidate from this many labels (with --s auto)
-SPREAD_CONFIDENCE_Z = -1.6448536  # the 5% normal quantile: Var y's one-sided 95% upper confidence limit (``variance_limit``)
+SPREAD_CONFIDENCE_Z = (
+    -1.6448536
+)  # the 5% normal quantile: Var y's one-sided 95% upper confidence limit (``variance_limit``)
 
 
 class ModelChoice(NamedTuple):
@@ -49,7 +51,9 @@ class ModelChoice(NamedTuple):
     cv_loss: dict  # label -> CV loss at that candidate's chosen s
     previous: str | None  # the model in use before (None at the first training)
     reason: str
-    spread: dict | None = None  # label -> its predictions' variance on the pool sample over the labels' (None: no sample)
+    spread: dict | None = (
+        None  # label -> its predictions' variance on the pool sample over the labels' (None: no sample)
+    )
 
     @property
     def switched(self) -> bool:
@@ -57,8 +61,14 @@ class ModelChoice(NamedTuple):
 
     def record(self) -> dict:
         """What the checkpoint's meta and the history keep (status shows it)."""
-        return {"model": self.model.label(), "cv_loss": self.cv_loss, "previous": self.previous, "switched": self.switched, "reason": self.reason,
-                **({} if self.spread is None else {"spread": self.spread})}
+        return {
+            "model": self.model.label(),
+            "cv_loss": self.cv_loss,
+            "previous": self.previous,
+            "switched": self.switched,
+            "reason": self.reason,
+            **({} if self.spread is None else {"spread": self.spread}),
+        }
 
 
 def candidates(n: int | None = None, config: RunConfig | None = None) -> list[ModelSpec]:
@@ -76,8 +86,16 @@ def mlp_eligible(n: int, config: RunConfig) -> bool:
     return config.s == "auto" and n >= MLP_MIN_LABELS and choose_s.n_folds(n, tc) < n
 
 
-def choose(config: RunConfig, x, y, *, current: ModelSpec | None = None, s_prev: float | None = None,
-           margin: float = SWITCH_MARGIN, x_pool=None) -> ModelChoice:
+def choose(
+    config: RunConfig,
+    x,
+    y,
+    *,
+    current: ModelSpec | None = None,
+    s_prev: float | None = None,
+    margin: float = SWITCH_MARGIN,
+    x_pool=None,
+) -> ModelChoice:
     """The simplest eligible candidate within one standard error of the lowest CV loss (``simplest_within_se``);
     ``current``, while eligible, is kept if more flexible than that and leading it by more than ``margin`` (``leads``),
     or if simpler and within one standard error or ``margin`` of the lowest (``keeps``).
@@ -87,33 +105,56 @@ def choose(config: RunConfig, x, y, *, current: ModelSpec | None = None, s_prev:
     now = None if current is None else current.concrete().label()
     scored = []
     for spec in candidates(len(x), config):
-        value, choice = choose_s.resolve_s(config.replace(model=spec), x, y, s_prev=s_prev if spec.label() == now else None, x_pool=x_pool)
+        value, choice = choose_s.resolve_s(
+            config.replace(model=spec),
+            x,
+            y,
+            s_prev=s_prev if spec.label() == now else None,
+            x_pool=x_pool,
+        )
         scored.append((spec, value, choice))
     losses = {spec.label(): float(choice.cv_loss) for spec, _, choice in scored}
-    spreads = None if x_pool is None else {spec.label(): choice.spread for spec, _, choice in scored}
+    spreads = (
+        None if x_pool is None else {spec.label(): choice.spread for spec, _, choice in scored}
+    )
     out = ineligible(scored, spreads, len(x))
     eligible = [t for t in scored if t[0].label() not in out]
     best, lowest, se = simplest_within_se(eligible)
     kept = next((t for t in eligible if t[0].label() == now), None)
     order = [t[0].label() for t in eligible]  # simplest first
     flexible = kept is not None and order.index(now) > order.index(best[0].label())
-    if kept is not None and kept is not best and (leads(kept, best, margin) if flexible else keeps(kept, lowest, margin)):
-        reason = (f"kept {now}: its CV loss {kept[2].cv_loss:.4g} is more than {margin:.0%} below {best[0].label()}'s {best[2].cv_loss:.4g}, "
-                  f"the simplest within one standard error ({se:.3g}) of the lowest ({_listed(losses)})" if flexible else
-                  f"kept {now}: its CV loss {kept[2].cv_loss:.4g} is within {margin:.0%} of the lowest, {lowest[0].label()}'s "
-                  f"{lowest[2].cv_loss:.4g} ({_listed(losses)})")
+    if (
+        kept is not None
+        and kept is not best
+        and (leads(kept, best, margin) if flexible else keeps(kept, lowest, margin))
+    ):
+        reason = (
+            f"kept {now}: its CV loss {kept[2].cv_loss:.4g} is more than {margin:.0%} below {best[0].label()}'s {best[2].cv_loss:.4g}, "
+            f"the simplest within one standard error ({se:.3g}) of the lowest ({_listed(losses)})"
+            if flexible
+            else f"kept {now}: its CV loss {kept[2].cv_loss:.4g} is within {margin:.0%} of the lowest, {lowest[0].label()}'s "
+            f"{lowest[2].cv_loss:.4g} ({_listed(losses)})"
+        )
         best = kept
     else:
-        why = (f"lowest CV loss{' of the eligible' if out else ''} ({_listed(losses)})" if best is lowest else
-               f"the simplest within one standard error ({se:.3g}) of the lowest CV loss, {lowest[0].label()}'s {lowest[2].cv_loss:.4g} ({_listed(losses)})")
+        why = (
+            f"lowest CV loss{' of the eligible' if out else ''} ({_listed(losses)})"
+            if best is lowest
+            else f"the simplest within one standard error ({se:.3g}) of the lowest CV loss, {lowest[0].label()}'s {lowest[2].cv_loss:.4g} ({_listed(losses)})"
+        )
         if kept is best:
             reason = f"kept {now}: {why}"
         elif now is None:
             reason = f"{best[0].label()}: {why}"
         else:
-            reason = f"switched from {now} to {best[0].label()}: {why}" + (f"; {now} does not lead it by more than {margin:.0%}" if flexible else "")
+            reason = f"switched from {now} to {best[0].label()}: {why}" + (
+                f"; {now} does not lead it by more than {margin:.0%}" if flexible else ""
+            )
     if out:
-        reason += "; " + ", ".join(f"{label} ruled out (its predictions on the pool vary {spreads[label]:.3g}× as much as the labels)" for label in out)
+        reason += "; " + ", ".join(
+            f"{label} ruled out (its predictions on the pool vary {spreads[label]:.3g}× as much as the labels)"
+            for label in out
+        )
     spec, value, choice = best
     return ModelChoice(spec, float(value), choice, losses, now, reason, spreads)
 
@@ -142,7 +183,9 @@ def leads(current: tuple, choice: tuple, margin: float = SWITCH_MARGIN) -> bool:
     """Whether a model in use, more flexible than the one-standard-error ``choice``, stays: its CV loss is below
     the choice's by more than ``margin``. Its lead, not its distance from the lowest, is what keeps it: the
     flexible model must keep paying for itself on the labels, or the simpler one takes over."""
-    return bool(np.isfinite(current[2].cv_loss) and current[2].cv_loss * (1.0 + margin) < choice[2].cv_loss)
+    return bool(
+        np.isfinite(current[2].cv_loss) and current[2].cv_loss * (1.0 + margin) < choice[2].cv_loss
+    )
 
 
 def keeps(current: tuple, lowest: tuple, margin: float = SWITCH_MARGIN) -> bool:

@@ -48,7 +48,9 @@ class TuneConfig:
     s_min: float = 1e-4
     s_max: float = 1e5
     tol: float = 0.01  # stop when s is bracketed to about 1%
-    flat: float = 1e-3  # leave s where it is when a factor e changes the CV loss by less than this fraction
+    flat: float = (
+        1e-3  # leave s where it is when a factor e changes the CV loss by less than this fraction
+    )
     max_evals: int = 16
     route: str = "auto"  # "exact" (linear/poly, squared loss) | "grid" (other regression models) | "sgdf" | "auto"
     steps: int = 300  # SGDF steps per evaluation (warm-started)
@@ -96,8 +98,18 @@ def _problem(config: RunConfig):
     """(problem, initial parameters, jitted exact-CV functions) of the run's model, built once per process.
 
     Rebuilding them every search made every call compile anew (seconds a round in a simulation)."""
-    key = json.dumps([config.model.to_json(), config.regularizer, config.task, config.classes, config.standardizer, config.seed],
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        [
+            config.model.to_json(),
+            config.regularizer,
+            config.task,
+            config.classes,
+            config.standardizer,
+            config.seed,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     if key not in _PROBLEMS:
         if len(_PROBLEMS) > 16:
             _PROBLEMS.clear()
@@ -115,12 +127,18 @@ def _setup(config: RunConfig, x, y):
     """
     config = as_config(config)
     problem, init, _ = _problem(config)
-    return problem, init, objective.make_data(x, fitting.make_targets(config, y, fitting.target_stats(config, y)))
+    return (
+        problem,
+        init,
+        objective.make_data(x, fitting.make_targets(config, y, fitting.target_stats(config, y))),
+    )
 
 
 def route_for(problem, tc: TuneConfig) -> str:
     if tc.route == "exact" and not hyper.is_linear(problem):
-        raise UserError("the exact route needs a linear or poly model with the squared loss (regression)")
+        raise UserError(
+            "the exact route needs a linear or poly model with the squared loss (regression)"
+        )
     if tc.route in ("exact", "sgdf", "grid"):
         return tc.route
     if hyper.is_linear(problem):
@@ -174,11 +192,17 @@ def _exact_functions(problem, init):
     cache = next((fns for p, _, fns in _PROBLEMS.values() if p is problem), {})
     if "exact" not in cache:
         form = lambda d: hyper.linear_form(problem, init, d.x)  # noqa: E731
-        cache["exact"] = (jax.jit(lambda d, m, s: hyper.exact_cv(problem, form(d), d, m, s)),
-                          jax.jit(lambda d, s: hyper.loocv_and_derivative(form(d), d.y, d.w, s)),
-                          jax.jit(lambda d, s: _g_pert_linear(problem, form(d), d, s)),
-                          jax.jit(lambda d, m, s: _row_losses_linear(problem, form(d), d, m, s)),
-                          jax.jit(lambda d, s: jnp.where(d.w > 0, jnp.sum(hyper.loocv(form(d), d.y, d.w, s).residuals ** 2, axis=1), 0.0)))
+        cache["exact"] = (
+            jax.jit(lambda d, m, s: hyper.exact_cv(problem, form(d), d, m, s)),
+            jax.jit(lambda d, s: hyper.loocv_and_derivative(form(d), d.y, d.w, s)),
+            jax.jit(lambda d, s: _g_pert_linear(problem, form(d), d, s)),
+            jax.jit(lambda d, m, s: _row_losses_linear(problem, form(d), d, m, s)),
+            jax.jit(
+                lambda d, s: jnp.where(
+                    d.w > 0, jnp.sum(hyper.loocv(form(d), d.y, d.w, s).residuals ** 2, axis=1), 0.0
+                )
+            ),
+        )
     return cache["exact"]
 
 
@@ -211,21 +235,36 @@ class SGDFCV:
     runs ``steps`` SGDF steps with a fresh optimizer; θ̇ is carried along.
     """
 
-    def __init__(self, problem, data: Data, masks, cfg: sgdf.TrainConfig, params, tangent, steps: int, first_steps: int, full: bool = False):
+    def __init__(
+        self,
+        problem,
+        data: Data,
+        masks,
+        cfg: sgdf.TrainConfig,
+        params,
+        tangent,
+        steps: int,
+        first_steps: int,
+        full: bool = False,
+    ):
         n = int(data.x.shape[0])
         masks = np.asarray(masks, np.float32)
         if full:
             masks = np.concatenate([masks, np.ones((1, n), np.float32)])
         self.problem, self.data, self.masks = problem, data, jnp.asarray(masks)
         per_epoch = sgdf.steps_per_epoch(n, cfg.batch_size)
-        self.cfg = sgdf.TrainConfig.from_dict({**cfg.to_dict(), "epochs": max(1, math.ceil(steps / per_epoch)), "tangent_every": 1})
+        self.cfg = sgdf.TrainConfig.from_dict(
+            {**cfg.to_dict(), "epochs": max(1, math.ceil(steps / per_epoch)), "tangent_every": 1}
+        )
         self.segments_first = max(1, math.ceil(first_steps / (self.cfg.epochs * per_epoch)))
         opt = sgdf.make_optimizer(self.cfg, self.cfg.epochs * per_epoch)
         epoch = sgdf.make_epoch(problem, opt, n, self.cfg)
         self._epoch = jax.jit(jax.vmap(epoch, in_axes=(0, Data(None, None, 0), None, None)))
         self._init = jax.jit(jax.vmap(lambda p, t: sgdf.init_state(p, opt, t)))
         self._cv = jax.jit(lambda p, t, d, m: hyper.cv_loss_and_hypergradient(problem, p, t, d, m))
-        tile = lambda tree: jax.tree_util.tree_map(lambda a: jnp.broadcast_to(jnp.asarray(a), (masks.shape[0], *jnp.shape(a))), tree)  # noqa: E731
+        tile = lambda tree: jax.tree_util.tree_map(
+            lambda a: jnp.broadcast_to(jnp.asarray(a), (masks.shape[0], *jnp.shape(a))), tree
+        )  # noqa: E731
         tangent = jax.tree_util.tree_map(jnp.zeros_like, params) if tangent is None else tangent
         self.start = (params, tile(params), tile(tangent))
         self.points: list[tuple[float, object, object]] = []  # (s, stacked θ, stacked θ̇)
@@ -260,7 +299,9 @@ class SGDFCV:
         return jax.tree_util.tree_map(lambda a: a[-1], params)
 
 
-def evaluator(config: RunConfig, x, y, tc: TuneConfig, params=None, tangent=None, full: bool = False):
+def evaluator(
+    config: RunConfig, x, y, tc: TuneConfig, params=None, tangent=None, full: bool = False
+):
     """(route, evaluate, folds) for a run's labeled arrays."""
     problem, init, data = _setup(config, x, y)
     n = int(data.x.shape[0])
@@ -271,7 +312,11 @@ def evaluator(config: RunConfig, x, y, tc: TuneConfig, params=None, tangent=None
         return route, ExactCV(problem, init, data, masks), k
     # "grid" chooses by its own trainings (choose_grid); the SGDF folds here draw its curve (validation_curve)
     cfg = fitting.train_config(config, n)
-    first = tc.steps * 2 if params is not None else int(as_config(config).train.get("min_steps", fitting.MIN_STEPS))
+    first = (
+        tc.steps * 2
+        if params is not None
+        else int(as_config(config).train.get("min_steps", fitting.MIN_STEPS))
+    )
     start = init if params is None else jax.tree_util.tree_map(jnp.asarray, params)
     return route, SGDFCV(problem, data, masks, cfg, start, tangent, tc.steps, first, full), k
 
@@ -289,19 +334,42 @@ class Choice(NamedTuple):
     evaluations: tuple  # of hyper.Evaluation
     stop: str
     seconds: float
-    spread: float | None = None  # pool_spread at the chosen s, when a pool sample was given (None otherwise)
-    row_loss: np.ndarray | None = None  # (n,) each label's held-out loss at the chosen s (cv_loss is their mean); paired across
+    spread: float | None = (
+        None  # pool_spread at the chosen s, when a pool sample was given (None otherwise)
+    )
+    row_loss: np.ndarray | None = (
+        None  # (n,) each label's held-out loss at the chosen s (cv_loss is their mean); paired across
+    )
     # models, since every route uses the same folds for the same labels (``choose_model`` compares candidates with it)
 
     def record(self) -> dict:
         """What a checkpoint's meta and the history keep about the choice (no timing: same inputs, same bytes)."""
-        return {"s": self.s, "mode": self.mode, "cv_loss": self.cv_loss, "folds": self.folds, "route": self.route,
-                "s_start": self.s_start, "evaluations": len(self.evaluations), "stop": self.stop,
-                **({} if self.spread is None else {"spread": self.spread})}
+        return {
+            "s": self.s,
+            "mode": self.mode,
+            "cv_loss": self.cv_loss,
+            "folds": self.folds,
+            "route": self.route,
+            "s_start": self.s_start,
+            "evaluations": len(self.evaluations),
+            "stop": self.stop,
+            **({} if self.spread is None else {"spread": self.spread}),
+        }
 
 
-def choose_s(config: RunConfig, x, y, *, mode: str = "auto", s_prev: float | None = None, params=None, tangent=None,
-             tc: TuneConfig | None = None, ev=None, x_pool=None) -> Choice:
+def choose_s(
+    config: RunConfig,
+    x,
+    y,
+    *,
+    mode: str = "auto",
+    s_prev: float | None = None,
+    params=None,
+    tangent=None,
+    tc: TuneConfig | None = None,
+    ev=None,
+    x_pool=None,
+) -> Choice:
     """Choose s for these labels: ``auto`` (hypergradient search from ``s_prev``) or ``loocv`` (closed form).
     ``x_pool``: a uniform sample of pool rows, on which the choice also measures its ``pool_spread``."""
     t0 = time.perf_counter()
@@ -311,14 +379,36 @@ def choose_s(config: RunConfig, x, y, *, mode: str = "auto", s_prev: float | Non
     s0 = float(s_prev) if s_prev is not None else tc.s_init
     if mode == "loocv":
         choice = _choose_loocv(config, x, y, tc, s0, t0)
-        return choice if x_pool is None else choice._replace(spread=pool_spread(config, x, y, choice.s, x_pool))
+        return (
+            choice
+            if x_pool is None
+            else choice._replace(spread=pool_spread(config, x, y, choice.s, x_pool))
+        )
     if (ev[0] if ev else route_for(_problem(as_config(config))[0], tc)) == "grid":
         return choose_grid(config, x, y, tc=tc, x_pool=x_pool)
     route, ev_, k = ev or evaluator(config, x, y, tc, params, tangent)
-    res = hyper.minimize_log_s(ev_, s0, tc.s_min, tc.s_max, tol=tc.tol, max_evals=tc.max_evals, flat=tc.flat)
-    spread = pool_spread(config, x, y, res.s, x_pool) if x_pool is not None and route == "exact" else None
+    res = hyper.minimize_log_s(
+        ev_, s0, tc.s_min, tc.s_max, tol=tc.tol, max_evals=tc.max_evals, flat=tc.flat
+    )
+    spread = (
+        pool_spread(config, x, y, res.s, x_pool)
+        if x_pool is not None and route == "exact"
+        else None
+    )
     rows = ev_.row_losses(res.s) if route == "exact" else None
-    return Choice(res.s, "auto", res.loss, k, route, s0, res.evaluations, res.stop, time.perf_counter() - t0, spread, rows)
+    return Choice(
+        res.s,
+        "auto",
+        res.loss,
+        k,
+        route,
+        s0,
+        res.evaluations,
+        res.stop,
+        time.perf_counter() - t0,
+        spread,
+        rows,
+    )
 
 
 # --- how much a fit's predictions vary over the pool ----------------------------------------------
@@ -333,10 +423,14 @@ def pool_spread(config: RunConfig, x, y, s: float, x_pool) -> float:
     cross-validate well on a few labels and run wild between or beyond them."""
     problem, init, data = _setup(config, x, y)
     if not hyper.is_linear(problem):
-        raise ValueError("pool_spread solves linear or poly models exactly; the grid reports its MLP's own")
+        raise ValueError(
+            "pool_spread solves linear or poly models exactly; the grid reports its MLP's own"
+        )
     with jax.enable_x64(True):
         d = hyper.cast(data, jnp.float64)
-        return float(_spread_function(problem, init)(d, jnp.float64(s), jnp.asarray(x_pool, jnp.float64)))
+        return float(
+            _spread_function(problem, init)(d, jnp.float64(s), jnp.asarray(x_pool, jnp.float64))
+        )
 
 
 def _variance_ratio(pred, y, w):
@@ -354,6 +448,7 @@ def _spread_function(problem, init):
     """The jitted ``pool_spread`` of a linear problem, kept with it (one compilation per shape)."""
     cache = next((fns for p, _, fns in _PROBLEMS.values() if p is problem), {})
     if "spread" not in cache:
+
         def spread(d, s, x_pool):
             form = hyper.linear_form(problem, init, d.x)
             theta, _ = hyper.full_solution(form, d.y, d.w, s)
@@ -364,12 +459,28 @@ def _spread_function(problem, init):
     return cache["spread"]
 
 
-GRID_S = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # the s a grid search tries (the MLP in --model auto; docs/results.md)
+GRID_S = (
+    0.1,
+    0.3,
+    1.0,
+    3.0,
+    10.0,
+    30.0,
+)  # the s a grid search tries (the MLP in --model auto; docs/results.md)
 GRID_STEPS = 1000  # steps of each grid training, from the model's initial parameters
 GRID_BATCH = 256  # rows per step: full batch up to 256 labels, minibatches above (the cost stops growing with the labels)
 
 
-def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=GRID_S, steps: int = GRID_STEPS, x_pool=None) -> Choice:
+def choose_grid(
+    config: RunConfig,
+    x,
+    y,
+    *,
+    tc: TuneConfig | None = None,
+    grid=GRID_S,
+    steps: int = GRID_STEPS,
+    x_pool=None,
+) -> Choice:
     """The s of ``grid`` with the lowest k-fold CV loss, every (fold, s) trained at once from the initial parameters.
 
     For models whose hypergradient search is erratic on few labels (the MLP: docs/choosing-s.md): no warm
@@ -387,7 +498,9 @@ def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=G
     k = n_folds(n, tc)
     n_pad = max(64, 1 << (n - 1).bit_length())
     pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n_pad - n, axis=0)])  # noqa: E731
-    padded = Data(pad(data.x), pad(data.y), jnp.concatenate([data.w, jnp.zeros(n_pad - n, jnp.float32)]))
+    padded = Data(
+        pad(data.x), pad(data.y), jnp.concatenate([data.w, jnp.zeros(n_pad - n, jnp.float32)])
+    )
     masks = np.zeros((k, n_pad), np.float32)
     masks[:, :n] = hyper.fold_masks(n, k, tc.seed)
     grid = np.asarray(grid, np.float64)
@@ -395,17 +508,35 @@ def choose_grid(config: RunConfig, x, y, *, tc: TuneConfig | None = None, grid=G
     s_all = np.tile(grid, k).astype(np.float32)
     train, held_out = _grid_functions(config, problem, n_pad, steps)
     params = train(init, padded, jnp.asarray(weights), jnp.asarray(s_all))
-    loss = np.asarray(held_out(params, padded, jnp.asarray(np.repeat(masks, len(grid), axis=0))), np.float64)
+    loss = np.asarray(
+        held_out(params, padded, jnp.asarray(np.repeat(masks, len(grid), axis=0))), np.float64
+    )
     cv = loss.reshape(k, len(grid)).sum(axis=0) / max(n, 1)
     i = int(np.argmin(np.where(np.isfinite(cv), cv, np.inf)))
     evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, cv))
-    chosen = jax.tree_util.tree_map(lambda a: a[i::len(grid)], params)  # the chosen s's k fold trainings (index fold·len(grid) + i)
+    chosen = jax.tree_util.tree_map(
+        lambda a: a[i :: len(grid)], params
+    )  # the chosen s's k fold trainings (index fold·len(grid) + i)
     rows = np.asarray(held_out_rows(problem, chosen, padded, jnp.asarray(masks)), np.float64)[:n]
     spread = None
     if x_pool is not None:
-        pred = jax.vmap(lambda p: problem.model.apply(p, problem.stats, jnp.asarray(x_pool, jnp.float32)))(chosen)
+        pred = jax.vmap(
+            lambda p: problem.model.apply(p, problem.stats, jnp.asarray(x_pool, jnp.float32))
+        )(chosen)
         spread = float(_variance_ratio(pred, data.y, data.w))
-    return Choice(float(grid[i]), "grid", float(cv[i]), k, "grid", float(grid[0]), evals, "grid", time.perf_counter() - t0, spread, rows)
+    return Choice(
+        float(grid[i]),
+        "grid",
+        float(cv[i]),
+        k,
+        "grid",
+        float(grid[0]),
+        evals,
+        "grid",
+        time.perf_counter() - t0,
+        spread,
+        rows,
+    )
 
 
 def _grid_functions(config: RunConfig, problem, n_pad: int, steps: int):
@@ -414,13 +545,20 @@ def _grid_functions(config: RunConfig, problem, n_pad: int, steps: int):
     key = ("grid", n_pad, steps)
     if key not in cache:
         batch = min(n_pad, GRID_BATCH)
-        cfg = sgdf.TrainConfig.from_dict({**as_config(config).train, "batch_size": batch,
-                                          "epochs": math.ceil(steps / sgdf.steps_per_epoch(n_pad, batch))})
+        cfg = sgdf.TrainConfig.from_dict(
+            {
+                **as_config(config).train,
+                "batch_size": batch,
+                "epochs": math.ceil(steps / sgdf.steps_per_epoch(n_pad, batch)),
+            }
+        )
         train = sgdf.make_fit_many(problem, n_pad, cfg)
 
         def held_out(params, data, masks):
             v = hyper.validation_masks(masks, data.w)
-            per_row = jax.vmap(lambda p: objective.per_example_loss(problem, p, data.x, data.y))(params)
+            per_row = jax.vmap(lambda p: objective.per_example_loss(problem, p, data.x, data.y))(
+                params
+            )
             return jnp.sum(v * per_row, axis=1)
 
         cache[key] = (train, jax.jit(held_out))
@@ -431,24 +569,55 @@ def _choose_loocv(config, x, y, tc: TuneConfig, s0: float, t0: float) -> Choice:
     """Global minimum of closed-form LOOCV on a log grid, refined between its grid neighbours."""
     problem, init, data = _setup(config, x, y)
     if not hyper.is_linear(problem):
-        raise UserError("--s loocv needs a linear or poly model with the squared loss: use --s auto")
-    ev = ExactCV(problem, init, data, np.ones((1, len(x)), np.float32))  # the masks are not used here
+        raise UserError(
+            "--s loocv needs a linear or poly model with the squared loss: use --s auto"
+        )
+    ev = ExactCV(
+        problem, init, data, np.ones((1, len(x)), np.float32)
+    )  # the masks are not used here
     grid = log_grid(tc.s_min, tc.s_max, 8)
     loss = np.array([ev.loocv(float(s))[0] for s in grid])
     i = int(np.nanargmin(loss))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    res = hyper.minimize_log_s(ev.loocv, float(grid[i]), lo, hi, step=0.5 * math.log(grid[1] / grid[0]), tol=tc.tol, max_evals=tc.max_evals, flat=0.0)
-    evals = tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, loss)) + res.evaluations
+    res = hyper.minimize_log_s(
+        ev.loocv,
+        float(grid[i]),
+        lo,
+        hi,
+        step=0.5 * math.log(grid[1] / grid[0]),
+        tol=tc.tol,
+        max_evals=tc.max_evals,
+        flat=0.0,
+    )
+    evals = (
+        tuple(hyper.Evaluation(float(s), float(v), float("nan")) for s, v in zip(grid, loss))
+        + res.evaluations
+    )
     rows = ev.loo_rows(res.s)
-    return Choice(res.s, "loocv", res.loss, len(x), "closed-form", s0, evals, res.stop, time.perf_counter() - t0, row_loss=rows)
+    return Choice(
+        res.s,
+        "loocv",
+        res.loss,
+        len(x),
+        "closed-form",
+        s0,
+        evals,
+        res.stop,
+        time.perf_counter() - t0,
+        row_loss=rows,
+    )
 
 
-def resolve_s(config: RunConfig, x, y, *, s_prev: float | None = None, params=None, tangent=None, x_pool=None) -> tuple[float, Choice | None]:
+def resolve_s(
+    config: RunConfig, x, y, *, s_prev: float | None = None, params=None, tangent=None, x_pool=None
+) -> tuple[float, Choice | None]:
     """The numeric s to train with: the config's number, or the value chosen now for its mode (``x_pool``: see ``choose_s``)."""
     config = as_config(config)
     if not is_mode(config.s):
         return float(config.s), None
-    choice = choose_s(config, x, y, mode=config.s, s_prev=s_prev, params=params, tangent=tangent, x_pool=x_pool)
+    choice = choose_s(
+        config, x, y, mode=config.s, s_prev=s_prev, params=params, tangent=tangent, x_pool=x_pool
+    )
     return choice.s, choice
 
 
@@ -457,7 +626,9 @@ def resolve_s(config: RunConfig, x, y, *, s_prev: float | None = None, params=No
 
 def log_grid(s_min: float, s_max: float, per_decade: int) -> np.ndarray:
     decades = math.log10(s_max / s_min)
-    return np.logspace(math.log10(s_min), math.log10(s_max), max(int(round(decades * per_decade)) + 1, 2))
+    return np.logspace(
+        math.log10(s_min), math.log10(s_max), max(int(round(decades * per_decade)) + 1, 2)
+    )
 
 
 class Curve(NamedTuple):
@@ -479,11 +650,30 @@ class Curve(NamedTuple):
 
     def to_dict(self) -> dict:
         opt = lambda a: None if a is None else [float(v) for v in a]  # noqa: E731
-        return {"s": opt(self.s), "cv": opt(self.cv), "cv_label": self.cv_label, "loocv": opt(self.loocv), "g_pert": opt(self.g_pert),
-                "folds": self.folds, "route": self.route, "local_minima": self.local_minima(), "choice": self.choice.record()}
+        return {
+            "s": opt(self.s),
+            "cv": opt(self.cv),
+            "cv_label": self.cv_label,
+            "loocv": opt(self.loocv),
+            "g_pert": opt(self.g_pert),
+            "folds": self.folds,
+            "route": self.route,
+            "local_minima": self.local_minima(),
+            "choice": self.choice.record(),
+        }
 
 
-def validation_curve(config: RunConfig, x, y, grid, *, s_prev: float | None = None, params=None, tangent=None, mode: str = "auto") -> Curve:
+def validation_curve(
+    config: RunConfig,
+    x,
+    y,
+    grid,
+    *,
+    s_prev: float | None = None,
+    params=None,
+    tangent=None,
+    mode: str = "auto",
+) -> Curve:
     """The criterion ``mode`` minimizes over ``grid`` (k-fold CV, or closed-form LOOCV for "loocv"), with
     closed-form LOOCV and G_pert beside it where tractable, and the s the mode chooses (auto shares the
     grid's fold trainings).
@@ -492,7 +682,9 @@ def validation_curve(config: RunConfig, x, y, grid, *, s_prev: float | None = No
     route, ev, k = evaluator(config, x, y, tc, params, tangent, full=True)
     grid = np.asarray(grid, np.float64)
     s0 = float(s_prev) if s_prev is not None else tc.s_init
-    order = np.argsort(np.abs(np.log(grid / s0)))  # outward from s0: each point continues its neighbour
+    order = np.argsort(
+        np.abs(np.log(grid / s0))
+    )  # outward from s0: each point continues its neighbour
     cv = np.empty(len(grid))
     for i in order:
         cv[i] = ev(float(grid[i]))[0]
@@ -501,9 +693,18 @@ def validation_curve(config: RunConfig, x, y, grid, *, s_prev: float | None = No
         loo = np.array([ev.loocv(float(s))[0] for s in grid])
         gp = np.array([ev.g_pert(float(s)) for s in grid])
     elif hyper.g_pert_tractable(ev.start[0]):
-        gp = np.array([hyper.g_pert(ev.problem, ev.full_params(float(s)), float(s), ev.data).value for s in grid])
-    choice = choose_s(config, x, y, mode=mode, s_prev=s0, tc=tc, ev=None if mode == "loocv" else (route, ev, k))
-    label = ("LOOCV" if k == len(x) else f"{k}-fold CV") + (" (exact)" if route == "exact" else " (SGDF)")
+        gp = np.array(
+            [
+                hyper.g_pert(ev.problem, ev.full_params(float(s)), float(s), ev.data).value
+                for s in grid
+            ]
+        )
+    choice = choose_s(
+        config, x, y, mode=mode, s_prev=s0, tc=tc, ev=None if mode == "loocv" else (route, ev, k)
+    )
+    label = ("LOOCV" if k == len(x) else f"{k}-fold CV") + (
+        " (exact)" if route == "exact" else " (SGDF)"
+    )
     if mode == "loocv":
         cv, label, k = loo, "LOOCV (closed form)", len(x)
     return Curve(grid, cv, label, loo, gp, k, route, choice)
@@ -525,7 +726,9 @@ def plot_png(curve: Curve, title: str = "") -> bytes:
     mins = curve.local_minima()
     if mins:
         idx = [int(np.argmin(np.abs(curve.s - m))) for m in mins]
-        ax.plot(curve.s[idx], curve.cv[idx], "o", mfc="none", color="C0", label="local minima (grid)")
+        ax.plot(
+            curve.s[idx], curve.cv[idx], "o", mfc="none", color="C0", label="local minima (grid)"
+        )
     c = curve.choice
     ax.axvline(c.s, color="k", lw=1, ls="--")
     ax.plot([c.s], [c.cv_loss], "*", color="k", ms=12, label=f"chosen s = {c.s:.4g} ({c.mode})")
@@ -538,4 +741,3 @@ def plot_png(curve: Curve, title: str = "") -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-

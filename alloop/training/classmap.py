@@ -37,7 +37,9 @@ def sorted_classes(labels: Iterable[str]) -> list[str]:
     return sorted(set(labels), key=sort_key)
 
 
-def initial_classes(targets, seed_values=(), test_values=(), explicit: list | None = None) -> list[str]:
+def initial_classes(
+    targets, seed_values=(), test_values=(), explicit: list | None = None
+) -> list[str]:
     """The mapping of a new run: ``explicit`` as given, else the sorted union of seed and test labels.
 
     With ``explicit``, a seed or test label outside it is an error (a typo in either is caught at init).
@@ -70,7 +72,9 @@ def initial_classes(targets, seed_values=(), test_values=(), explicit: list | No
 def check_targets(targets) -> None:
     """A classification run has exactly one target column (the class label)."""
     if len(targets) != 1:
-        raise UserError(f"classification takes exactly one target column, got {len(targets)} ({', '.join(targets)}): pass --target NAME")
+        raise UserError(
+            f"classification takes exactly one target column, got {len(targets)} ({', '.join(targets)}): pass --target NAME"
+        )
 
 
 def unknown(classes: list[str], values) -> list[str]:

@@ -27,17 +27,39 @@ MIN_STEPS = 2000  # at least this many optimizer steps per training, however few
 BOOTSTRAP_STEPS = 600
 
 
-def model_spec(kind: str = "linear", *, degree: int = 3, hidden=(64, 64), activation: str = "tanh", curvature: str | None = None,
-               damping: float | None = None, **extra) -> ModelSpec:
+def model_spec(
+    kind: str = "linear",
+    *,
+    degree: int = 3,
+    hidden=(64, 64),
+    activation: str = "tanh",
+    curvature: str | None = None,
+    damping: float | None = None,
+    **extra,
+) -> ModelSpec:
     """A model as ``init`` options describe it, with the curvature (and damping) its kind needs unless told."""
-    default, default_damping = default_curvature(kind) if kind in ("linear", "poly", "mlp") else ("hessian", 0.0)
+    default, default_damping = (
+        default_curvature(kind) if kind in ("linear", "poly", "mlp") else ("hessian", 0.0)
+    )
     damping = default_damping if damping is None else damping
-    return ModelSpec(kind, int(degree), tuple(int(h) for h in hidden), activation, curvature or default, float(damping), extra)
+    return ModelSpec(
+        kind,
+        int(degree),
+        tuple(int(h) for h in hidden),
+        activation,
+        curvature or default,
+        float(damping),
+        extra,
+    )
 
 
 def loss_for(config: RunConfig) -> losses.Loss:
     """Squared error for regression, softmax cross-entropy for classification."""
-    return losses.softmax_cross_entropy if as_config(config).task == "classification" else losses.squared
+    return (
+        losses.softmax_cross_entropy
+        if as_config(config).task == "classification"
+        else losses.squared
+    )
 
 
 def build_model(config: RunConfig) -> models.Model:
@@ -69,24 +91,35 @@ def build_problem(config: RunConfig, params, anchor=None) -> Problem:
     else:
         raise ValueError(f"unknown regularizer {reg_kind!r}")
     return Problem(
-        build_model(config), loss_for(config), reg, standardizer(config), m.curvature, float(m.damping)
+        build_model(config),
+        loss_for(config),
+        reg,
+        standardizer(config),
+        m.curvature,
+        float(m.damping),
     )
 
 
 def train_config(config: RunConfig, n: int, **overrides) -> sgdf.TrainConfig:
     """The run's TrainConfig, with the epoch count raised so that training takes at least MIN_STEPS steps."""
     train = as_config(config).train
-    cfg = sgdf.TrainConfig.from_dict({**train, **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = sgdf.TrainConfig.from_dict(
+        {**train, **{k: v for k, v in overrides.items() if v is not None}}
+    )
     per_epoch = sgdf.steps_per_epoch(n, cfg.batch_size)
     min_steps = int(train.get("min_steps", MIN_STEPS))
     epochs = max(cfg.epochs, math.ceil(min_steps / per_epoch))
     return sgdf.TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
 
 
-CHECK_STEPS = 100  # SGDF checks convergence about every this many steps (and at least every 10 epochs' worth)
+CHECK_STEPS = (
+    100  # SGDF checks convergence about every this many steps (and at least every 10 epochs' worth)
+)
 
 
-def convergence_rule(config: RunConfig, cfg: sgdf.TrainConfig, n: int, given_epochs: bool = False) -> tuple[int, sgdf.StopRule | None]:
+def convergence_rule(
+    config: RunConfig, cfg: sgdf.TrainConfig, n: int, given_epochs: bool = False
+) -> tuple[int, sgdf.StopRule | None]:
     """(epochs per chunk, stop rule) of a run's SGDF training: train as long as the data need, the epoch count the cap.
 
     Training stops at the end of the first chunk where the gradient and the tangent's residual are
@@ -100,7 +133,10 @@ def convergence_rule(config: RunConfig, cfg: sgdf.TrainConfig, n: int, given_epo
     if given_epochs or not train.get("converge", True):
         return chunk, None
     default = sgdf.StopRule()
-    return chunk, sgdf.StopRule(float(train.get("grad_tol", default.grad_tol)), float(train.get("residual_tol", default.residual_tol)))
+    return chunk, sgdf.StopRule(
+        float(train.get("grad_tol", default.grad_tol)),
+        float(train.get("residual_tol", default.residual_tol)),
+    )
 
 
 def target_stats(config: RunConfig, y) -> tuple[list, list] | None:
@@ -139,7 +175,9 @@ class FitResult:
     epochs: int
     seconds: float
     noise: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
-    target: tuple[list, list] | None = None  # regression: mean and scale the targets were standardized with
+    target: tuple[list, list] | None = (
+        None  # regression: mean and scale the targets were standardized with
+    )
 
 
 def fit(
@@ -175,7 +213,9 @@ def fit(
     data = objective.make_data(x, make_targets(config, y, tstats))
     cfg = train_config(config, len(x), epochs=epochs)
     chunk, stop = convergence_rule(config, cfg, len(x), given_epochs=epochs is not None)
-    every = checkpoint_every or max(math.ceil(cfg.epochs // 10 / chunk), 1) * chunk  # checkpoints fall on chunk ends
+    every = (
+        checkpoint_every or max(math.ceil(cfg.epochs // 10 / chunk), 1) * chunk
+    )  # checkpoints fall on chunk ends
     chunk = math.gcd(chunk, every)
 
     def callback(st, rep):
@@ -189,12 +229,26 @@ def fit(
     trainer = config.trainer
     if trainer == "sgdf":
         state, reports = sgdf.fit(
-            problem, data, float(config.s), cfg, params=params if params is not None else init, tangent=tangent,
-            state=state, start_epoch=start, on_epoch=callback, devices=devices, chunk=chunk, stop=stop,
+            problem,
+            data,
+            float(config.s),
+            cfg,
+            params=params if params is not None else init,
+            tangent=tangent,
+            state=state,
+            start_epoch=start,
+            on_epoch=callback,
+            devices=devices,
+            chunk=chunk,
+            stop=stop,
         )
     else:
-        so = second_order.fit(problem, data, float(config.s), params if params is not None else init, method=trainer)
-        state = sgdf.init_state(jax.tree_util.tree_map(jnp.asarray, so.params), sgdf.make_optimizer(cfg, 1), so.tangent)
+        so = second_order.fit(
+            problem, data, float(config.s), params if params is not None else init, method=trainer
+        )
+        state = sgdf.init_state(
+            jax.tree_util.tree_map(jnp.asarray, so.params), sgdf.make_optimizer(cfg, 1), so.tangent
+        )
         reports = []
     params, tangent = state.params, state.tangent
     method = config.tangent
@@ -204,7 +258,11 @@ def fit(
         tangent = tangents.cg(problem, params, config.s, data, x0=tangent).tangent
     residual = tangents.relative_residual(problem, params, tangent, float(config.s), data)
     warn = sgdf.tangent_warnings(reports, residual)
-    noise = residual_noise(problem, params, data.x, data.y) if problem.loss.name == "squared" else np.ones(1, np.float32)
+    noise = (
+        residual_noise(problem, params, data.x, data.y)
+        if problem.loss.name == "squared"
+        else np.ones(1, np.float32)
+    )
     loss = float(np.mean(np.asarray(objective.per_example_loss(problem, params, data.x, data.y))))
     return FitResult(
         jax.tree_util.tree_map(np.asarray, params),
@@ -223,20 +281,32 @@ def fit(
 def predict(config: RunConfig, params, x: np.ndarray, target=None) -> np.ndarray:
     """Model outputs for raw feature rows: regression values in the target's units, or class logits."""
     model = build_model(config)
-    out = np.asarray(jax.jit(model.apply)(params, standardizer(config), jnp.asarray(x, jnp.float32)), np.float64)
+    out = np.asarray(
+        jax.jit(model.apply)(params, standardizer(config), jnp.asarray(x, jnp.float32)), np.float64
+    )
     if target is not None:
         out = out * np.asarray(target[1]) + np.asarray(target[0])
     return out
 
 
-def metrics(config: RunConfig, params, x: np.ndarray, y: np.ndarray, prefix: str = "test_", target=None) -> dict:
+def metrics(
+    config: RunConfig, params, x: np.ndarray, y: np.ndarray, prefix: str = "test_", target=None
+) -> dict:
     """RMSE and MAE (regression, in the target's units) or accuracy, log loss, macro-F1 on labeled rows."""
     config = as_config(config)
     out = predict(config, params, x, target)
     if config.task == "classification":
-        return {prefix + k: v for k, v in classification_metrics(out, make_targets(config, y), len(config.classes)).items()}
+        return {
+            prefix + k: v
+            for k, v in classification_metrics(
+                out, make_targets(config, y), len(config.classes)
+            ).items()
+        }
     err = out - np.asarray(y, np.float64).reshape(out.shape)
-    return {prefix + "rmse": float(np.sqrt(np.mean(err**2))), prefix + "mae": float(np.mean(np.abs(err)))}
+    return {
+        prefix + "rmse": float(np.sqrt(np.mean(err**2))),
+        prefix + "mae": float(np.mean(np.abs(err))),
+    }
 
 
 def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
@@ -256,7 +326,9 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) ->
     }
 
 
-def bootstrap_members(config: RunConfig, x: np.ndarray, y: np.ndarray, k: int, seed: int, anchor=None, target=None) -> list:
+def bootstrap_members(
+    config: RunConfig, x: np.ndarray, y: np.ndarray, k: int, seed: int, anchor=None, target=None
+) -> list:
     """K models fitted without a tangent on bootstrap resamples of the labels (query by committee)."""
     config = as_config(config)
     model = build_model(config)
@@ -268,8 +340,12 @@ def bootstrap_members(config: RunConfig, x: np.ndarray, y: np.ndarray, k: int, s
         init = model.init(jax.random.PRNGKey(seed + 1000 + i))
         problem = build_problem(config, init, anchor)
         data = objective.make_data(x[idx], targets[idx])
-        steps = min(BOOTSTRAP_STEPS, int(config.train.get("min_steps", MIN_STEPS)))  # never longer than a real training
-        short = config.replace(train={**config.train, "min_steps": steps, "tangent_every": 0, "seed": seed + i})
+        steps = min(
+            BOOTSTRAP_STEPS, int(config.train.get("min_steps", MIN_STEPS))
+        )  # never longer than a real training
+        short = config.replace(
+            train={**config.train, "min_steps": steps, "tangent_every": 0, "seed": seed + i}
+        )
         cfg = train_config(short, len(x))
         state, _ = sgdf.fit(problem, data, float(config.s), cfg, params=init)
         members.append(state.params)
@@ -290,8 +366,13 @@ def checkpoint_tree(state: sgdf.TrainState, params, tangent) -> dict:
 def state_from_tree(tree: dict) -> sgdf.TrainState:
     """The TrainState stored by ``checkpoint_tree`` (for resuming an interrupted training)."""
     to_jnp = lambda t: jax.tree_util.tree_map(jnp.asarray, t)  # noqa: E731
-    return sgdf.TrainState(to_jnp(tree["params"]), to_jnp(tree["tangent"]), to_jnp(tree["opt_state"]),
-                           [jnp.asarray(t) for t in tree["opt_tangent"]], jnp.asarray(tree["step"]))
+    return sgdf.TrainState(
+        to_jnp(tree["params"]),
+        to_jnp(tree["tangent"]),
+        to_jnp(tree["opt_state"]),
+        [jnp.asarray(t) for t in tree["opt_tangent"]],
+        jnp.asarray(tree["step"]),
+    )
 
 
 def checkpoint_like(config: RunConfig) -> dict:
@@ -300,10 +381,13 @@ def checkpoint_like(config: RunConfig) -> dict:
     Its leaves are zeros of the right shapes and dtypes, traced with ``jax.eval_shape``: nothing is
     compiled, which took up to seconds per command that loads a checkpoint.
     """
+
     def build():
         params = build_model(config).init(jax.random.PRNGKey(0))
         opt = sgdf.make_optimizer(sgdf.TrainConfig.from_dict(as_config(config).train), 1)
         return params, sgdf.init_state(params, opt)
 
-    params, state = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(build))
+    params, state = jax.tree_util.tree_map(
+        lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(build)
+    )
     return checkpoint_tree(state, params, params)

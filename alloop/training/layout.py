@@ -28,7 +28,9 @@ def param_shapes(config: RunConfig) -> dict:
         return {"w": ((n_in * int(spec.degree), n_out), F32), "b": ((n_out,), F32)}
     if spec.kind == "mlp":
         sizes = [n_in, *(int(h) for h in spec.hidden), n_out]
-        return {"layers": [{"w": ((a, b), F32), "b": ((b,), F32)} for a, b in zip(sizes, sizes[1:])]}
+        return {
+            "layers": [{"w": ((a, b), F32), "b": ((b,), F32)} for a, b in zip(sizes, sizes[1:])]
+        }
     raise ValueError(f"unknown model kind {spec.kind!r}")
 
 
@@ -56,11 +58,18 @@ def layout_tree(config: RunConfig) -> dict:
     else:
         opt_state = {"1": {"count": count}}
         floats = []
-    return {"params": params, "tangent": params, "opt_state": opt_state, "opt_tangent": floats, "step": count}
+    return {
+        "params": params,
+        "tangent": params,
+        "opt_state": opt_state,
+        "opt_tangent": floats,
+        "step": count,
+    }
 
 
 def checkpoint_like(config: RunConfig) -> dict:
     """Zeros laid out as the run's checkpoint: what ``checkpoint.load_tree`` checks a file against, without JAX."""
+
     def zeros(tree):
         if isinstance(tree, dict):
             return {k: zeros(v) for k, v in tree.items()}

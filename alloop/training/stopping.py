@@ -35,7 +35,12 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 RULES = ("stable_predictions", "kappa", "cv_plateau", "sld_fall")
-SIGNALS = ("change", "kappa", "cv_loss", "mean_sld")  # what a round records for the rules (besides its label count)
+SIGNALS = (
+    "change",
+    "kappa",
+    "cv_loss",
+    "mean_sld",
+)  # what a round records for the rules (besides its label count)
 PRIMARY = {"regression": "stable_predictions", "classification": "kappa"}
 
 
@@ -125,7 +130,15 @@ def signals(history: list[dict], task: str) -> list[dict]:
                 kappa = cohen_kappa(prev, pred) if kappa is None else kappa
             elif change is None:
                 change = prediction_change(prev, pred)
-        out.append({"labels": r.get("labels"), "change": change, "kappa": kappa, "cv_loss": r.get("cv_loss"), "mean_sld": r.get("mean_sld")})
+        out.append(
+            {
+                "labels": r.get("labels"),
+                "change": change,
+                "kappa": kappa,
+                "cv_loss": r.get("cv_loss"),
+                "mean_sld": r.get("mean_sld"),
+            }
+        )
         prev = pred if pred is not None else prev
     return out
 
@@ -156,8 +169,12 @@ def _stable_predictions(sig: list[dict], rules: StopRules) -> int | None:
 def _kappa(sig: list[dict], rules: StopRules) -> int | None:
     w = rules.kappa_window
     for i in range(len(sig)):
-        window = [s["kappa"] for s in sig[max(0, i - w + 1): i + 1]]
-        if len(window) == w and all(_finite(k) for k in window) and np.mean(window) >= rules.kappa_threshold:
+        window = [s["kappa"] for s in sig[max(0, i - w + 1) : i + 1]]
+        if (
+            len(window) == w
+            and all(_finite(k) for k in window)
+            and np.mean(window) >= rules.kappa_threshold
+        ):
             return i
     return None
 
@@ -183,14 +200,25 @@ def _sld_fall(sig: list[dict], rules: StopRules) -> int | None:
     return None
 
 
-_RULE_FNS = {"stable_predictions": _stable_predictions, "kappa": _kappa, "cv_plateau": _cv_plateau, "sld_fall": _sld_fall}
+_RULE_FNS = {
+    "stable_predictions": _stable_predictions,
+    "kappa": _kappa,
+    "cv_plateau": _cv_plateau,
+    "sld_fall": _sld_fall,
+}
 
 
 def rules_for(task: str) -> tuple[str, ...]:
-    return ("kappa", "sld_fall") if task == "classification" else ("stable_predictions", "cv_plateau", "sld_fall")
+    return (
+        ("kappa", "sld_fall")
+        if task == "classification"
+        else ("stable_predictions", "cv_plateau", "sld_fall")
+    )
 
 
-def stop_rounds(history: list[dict], task: str = "regression", rules: StopRules | None = None) -> dict[str, int | None]:
+def stop_rounds(
+    history: list[dict], task: str = "regression", rules: StopRules | None = None
+) -> dict[str, int | None]:
     """For each rule of the task: the index (into ``history``) of the first round at which it says stop, or None."""
     rules = rules or StopRules()
     sig = signals(history, task)
@@ -205,11 +233,24 @@ def decide(history: list[dict], task: str = "regression", rules: StopRules | Non
     last = sig[-1] if sig else {}
     report = {}
     for name, idx in at.items():
-        report[name] = {"stop": idx is not None, "round": idx, "labels": None if idx is None else sig[idx]["labels"], "why": _why(name, sig, rules)}
+        report[name] = {
+            "stop": idx is not None,
+            "round": idx,
+            "labels": None if idx is None else sig[idx]["labels"],
+            "why": _why(name, sig, rules),
+        }
     primary = PRIMARY.get(task, "stable_predictions")
     stop = report[primary]["stop"]
     reasons = [f"{n}: {r['why']}" for n, r in report.items()]
-    return {"stop": stop, "rule": primary, "reasons": reasons, "rules": report, "rounds": len(sig), "latest": last, "thresholds": rules.to_dict()}
+    return {
+        "stop": stop,
+        "rule": primary,
+        "reasons": reasons,
+        "rules": report,
+        "rounds": len(sig),
+        "latest": last,
+        "thresholds": rules.to_dict(),
+    }
 
 
 def _fmt(v) -> str:
@@ -220,13 +261,17 @@ def _why(name: str, sig: list[dict], rules: StopRules) -> str:
     if not sig:
         return "no trained model yet"
     if name == "stable_predictions":
-        recent = [s["change"] for s in sig[-rules.change_rounds:]]
-        return (f"relative change of the stop-set predictions over the last {len(recent)} rounds {', '.join(_fmt(c) for c in recent)} "
-                f"(stop below {rules.change_threshold:g} for {rules.change_rounds} rounds)")
+        recent = [s["change"] for s in sig[-rules.change_rounds :]]
+        return (
+            f"relative change of the stop-set predictions over the last {len(recent)} rounds {', '.join(_fmt(c) for c in recent)} "
+            f"(stop below {rules.change_threshold:g} for {rules.change_rounds} rounds)"
+        )
     if name == "kappa":
-        recent = [s["kappa"] for s in sig[-rules.kappa_window:]]
-        return (f"kappa of successive models on the stop set {', '.join(_fmt(k) for k in recent)} "
-                f"(stop when the mean of the last {rules.kappa_window} reaches {rules.kappa_threshold:g})")
+        recent = [s["kappa"] for s in sig[-rules.kappa_window :]]
+        return (
+            f"kappa of successive models on the stop set {', '.join(_fmt(k) for k in recent)} "
+            f"(stop when the mean of the last {rules.kappa_window} reaches {rules.kappa_threshold:g})"
+        )
     if name == "cv_plateau":
         cv = [s["cv_loss"] for s in sig]
         if not any(_finite(c) for c in cv):
@@ -235,7 +280,10 @@ def _why(name: str, sig: list[dict], rules: StopRules) -> str:
             seen = f"CV loss {_fmt(cv[-1])}, {rules.cv_window} rounds before {_fmt(cv[-1 - rules.cv_window])}"
         else:
             seen = f"CV loss {_fmt(cv[-1])}, fewer than {rules.cv_window + 1} rounds"
-        return seen + f" (stop when it improves by at most {rules.cv_tolerance:.0%} over {rules.cv_window} rounds)"
+        return (
+            seen
+            + f" (stop when it improves by at most {rules.cv_tolerance:.0%} over {rules.cv_window} rounds)"
+        )
     vals = [s["mean_sld"] for s in sig if _finite(s["mean_sld"])]
     if not vals:
         return "no SLD recorded"

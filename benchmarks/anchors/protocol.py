@@ -6,6 +6,7 @@ Import by path, e.g.::
     spec = importlib.util.spec_from_file_location("anchor_protocol", "benchmarks/anchors/protocol.py")
     protocol = importlib.util.module_from_spec(spec); spec.loader.exec_module(protocol)
 """
+
 import numpy as np
 
 

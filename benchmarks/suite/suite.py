@@ -71,7 +71,9 @@ def load(name: str, build_missing: bool = True) -> tuple[pd.DataFrame, pd.DataFr
         raise KeyError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
     if not is_built(name):
         if not build_missing:
-            raise FileNotFoundError(f"{folder(name)} is not built: python benchmarks/suite/build.py {name}")
+            raise FileNotFoundError(
+                f"{folder(name)} is not built: python benchmarks/suite/build.py {name}"
+            )
         build(name)
     d = folder(name)
     meta = json.loads((d / "meta.json").read_text())
@@ -86,5 +88,9 @@ def arrays(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     pool, test, meta = load(name)
     feats = meta["features"]
     dtype = np.float64 if meta["task"] == "regression" else object
-    return (pool[feats].to_numpy(np.float64), pool["target"].to_numpy(dtype),
-            test[feats].to_numpy(np.float64), test["target"].to_numpy(dtype))
+    return (
+        pool[feats].to_numpy(np.float64),
+        pool["target"].to_numpy(dtype),
+        test[feats].to_numpy(np.float64),
+        test["target"].to_numpy(dtype),
+    )
