@@ -10,6 +10,7 @@ import pytest
 
 from alloop.core import hyper
 from alloop.training import choose_s as tuning
+from alloop.training import validation_curve as curves
 
 
 def _config(x, model=None, s="auto", **tune):
@@ -123,7 +124,7 @@ def test_an_mlp_regression_chooses_s_on_the_grid_by_default(figure2):
     assert choice.cv_loss == min(e.loss for e in choice.evaluations) and len(
         choice.evaluations
     ) == len(tuning.GRID_S)
-    curve = tuning.validation_curve(config, x, y, tuning.log_grid(0.1, 10.0, 1), s_prev=1.0)
+    curve = curves.validation_curve(config, x, y, tuning.log_grid(0.1, 10.0, 1), s_prev=1.0)
     assert (
         curve.choice.route == "grid" and curve.choice.s == choice.s
     )  # tune-s shows the s that train would use
@@ -146,7 +147,7 @@ def test_loocv_finds_the_global_minimum_auto_a_local_one(figure2):
 
 def test_validation_curve_and_its_png(figure2):
     x, y, config = figure2
-    curve = tuning.validation_curve(config, x, y, tuning.log_grid(1e-3, 1e4, 4), s_prev=1.0)
+    curve = curves.validation_curve(config, x, y, tuning.log_grid(1e-3, 1e4, 4), s_prev=1.0)
     assert curve.cv_label.startswith("LOOCV")
     np.testing.assert_allclose(
         curve.cv, curve.loocv, rtol=1e-8
@@ -156,7 +157,7 @@ def test_validation_curve_and_its_png(figure2):
     assert curve.choice.cv_loss <= min(
         curve.cv[np.argmin(np.abs(np.log(curve.s)))], curve.choice.evaluations[0].loss
     )
-    png = tuning.plot_png(curve, "figure 2")
+    png = curves.plot_png(curve, "figure 2")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     json.dumps(curve.to_dict())
 

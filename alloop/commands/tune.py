@@ -12,6 +12,7 @@ from alloop.io import atomic, rundir
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 from alloop.training import choose_s
+from alloop.training import validation_curve as curves
 
 
 def tune_s(
@@ -54,7 +55,7 @@ def tune_s(
         mode = "loocv" if config.s == "loocv" else "auto"
         grid = choose_s.log_grid(s_min, s_max, per_decade)
         with reporter.progress(f"validation error at {len(grid)} values of s", None):
-            curve = choose_s.validation_curve(
+            curve = curves.validation_curve(
                 config,
                 x,
                 y,
@@ -68,7 +69,7 @@ def tune_s(
             out = Path(out) if out else run.path / "plots" / f"tune-s-round-{run.round:04d}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             title = f"{run.name}: {curve.cv_label} on {run.n_labels} labels (round {run.round})"
-            atomic.write_bytes_atomic(out, choose_s.plot_png(curve, title))
+            atomic.write_bytes_atomic(out, curves.plot_png(curve, title))
         best = int(np.argmin(curve.cv))
         record = {
             "command": "tune-s",

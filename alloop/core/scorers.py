@@ -204,9 +204,11 @@ def pad_apply(fn: Callable, x: np.ndarray, batch_rows: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def residual_noise(problem: Problem, params, x, y) -> np.ndarray:
-    """σ² per output estimated from the labeled residuals (squared loss); ones for other losses."""
-    out = np.asarray(problem.model.apply(params, problem.stats, jnp.asarray(x, jnp.float32)))
+def residual_noise(problem: Problem, params, x, y, apply=None) -> np.ndarray:
+    """σ² per output estimated from the labeled residuals (squared loss); ones for other losses.
+    ``apply``: the model's jitted apply where the caller keeps one (eager ops are slow)."""
+    apply = apply or problem.model.apply
+    out = np.asarray(apply(params, problem.stats, jnp.asarray(x, jnp.float32)))
     if problem.loss.name != "squared":
         return np.ones((out.shape[-1],), np.float32)
     r2 = np.mean((out - np.asarray(y, np.float32).reshape(out.shape)) ** 2, axis=0)

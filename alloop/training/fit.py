@@ -7,6 +7,7 @@ RunConfig or its JSON form (``as_config``).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -278,12 +279,25 @@ def fit(
     )
 
 
+_APPLY: dict = {}  # the jitted apply of each model, by what builds it
+
+
+def apply_fn(config: RunConfig):
+    """The run's model's ``apply``, jitted once per process: a fresh ``jax.jit`` per call (as
+    ``predict`` had) compiled anew every time, which cost more than the prediction."""
+    config = as_config(config)
+    key = json.dumps(
+        [config.model.to_json(), len(config.pool.features), config.n_outputs], sort_keys=True
+    )
+    if key not in _APPLY:
+        _APPLY[key] = jax.jit(build_model(config).apply)
+    return _APPLY[key]
+
+
 def predict(config: RunConfig, params, x: np.ndarray, target=None) -> np.ndarray:
     """Model outputs for raw feature rows: regression values in the target's units, or class logits."""
-    model = build_model(config)
-    out = np.asarray(
-        jax.jit(model.apply)(params, standardizer(config), jnp.asarray(x, jnp.float32)), np.float64
-    )
+    apply = apply_fn(config)
+    out = np.asarray(apply(params, standardizer(config), jnp.asarray(x, jnp.float32)), np.float64)
     if target is not None:
         out = out * np.asarray(target[1]) + np.asarray(target[0])
     return out
