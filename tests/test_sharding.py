@@ -241,7 +241,9 @@ MULTI = textwrap.dedent("""
 
     from alloop.core.models import Standardizer
     stats = Standardizer(np.zeros(5, np.float32), np.ones(5, np.float32))
-    model = TrainedModel(problem, params, tangent, np.ones(1, np.float32), 1.0)
+    model = TrainedModel(
+        problem=problem, params=params, tangent=tangent, noise=np.ones(1, np.float32), s=1.0
+    )
     rounds = [Round("regression", stats, x[:3], np.zeros((3, 1)), 0, model, 96, n) for n in (1, 4)]
     picks = [builtin.sld_pick(tops[0], rnd, 10) for rnd in rounds]  # 50 candidates, uneven over 4
     np.testing.assert_array_equal(tops[0].ids[picks[1].idx], tops[0].ids[picks[0].idx])

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from alloop import strategies
 from alloop.commands import common
 from alloop.errors import UserError
+from alloop.sim import engines as sim_engines
 from alloop.sim import figure as sim_figure
 from alloop.sim import ridge as sim_learners
 from alloop.sim import simulate as sim
@@ -98,7 +99,7 @@ def test_same_seed_same_numbers_in_any_number_of_processes(tiny, tmp_path):
 def test_resume_skips_finished_curves_and_redoes_a_torn_one(tiny, tmp_path, monkeypatch):
     calls = []
     real = sim.run_curve
-    monkeypatch.setattr(sim, "run_curve", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
+    monkeypatch.setattr(sim_engines, "run_curve", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
     sim.simulate(tiny, TINY, ["sld", "random"], reps=1, out=tmp_path, jobs=1)
     assert calls == [("sld", 0), ("random", 0)]
     before = (tmp_path / "curves.csv").read_text()
@@ -482,7 +483,9 @@ def test_the_closed_form_fast_path_is_what_sgdf_training_converges_to(tiny):
     pred_live = fitting.predict(config, live.params, tiny.x_pool, live.target)[:, 0]
     pred_closed = closed.predict(tiny.x_pool)
     assert np.sqrt(np.mean((pred_live - pred_closed) ** 2)) < 0.01 * np.std(pred_closed)
-    u_live = TrainedModel(closed.problem, live.params, live.tangent, closed.noise, 0.5).outputs(
+    u_live = TrainedModel(
+        problem=closed.problem, params=live.params, tangent=live.tangent, noise=closed.noise, s=0.5
+    ).outputs(
         tiny.x_pool
     )[1]
     u_closed = closed.outputs(tiny.x_pool)[1]
@@ -703,7 +706,7 @@ def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, mo
     old = df[list(sim.CURVE_COLUMNS)]  # a curves.csv of the previous format: five columns
     (tmp_path / "curves.csv").write_text(old.to_csv(index=False))
     calls = []
-    monkeypatch.setattr(sim, "run_curve", lambda *a, **k: calls.append(a[2:4]))
+    monkeypatch.setattr(sim_engines, "run_curve", lambda *a, **k: calls.append(a[2:4]))
     summary = sim.simulate(tiny, TINY, ["random"], reps=1, out=tmp_path, jobs=1)
     assert calls == [] and summary["strategies"]["random"]["final"] == pytest.approx(
         old["metric"].iloc[-1]

@@ -155,15 +155,15 @@ def round_of(
     tree, meta = load_checkpoint(run)
     model = None if tree is None else trained_model(run, config, tree, meta, lx, ly, seed)
     return Round(
-        run.task,
-        fitting.standardizer(config),
-        lx,
-        ly,
-        seed,
-        model,
-        batch_rows,
-        devices,
-        uniform_flags(run, ids),
+        task=run.task,
+        stats=fitting.standardizer(config),
+        labeled_x=lx,
+        labeled_y=ly,
+        seed=seed,
+        model=model,
+        batch_rows=batch_rows,
+        devices=devices,
+        labeled_uniform=uniform_flags(run, ids),
     )
 
 
@@ -199,13 +199,13 @@ def trained_model(
         )
 
     return TrainedModel(
-        problem,
-        tree["params"],
-        tree["tangent"],
-        np.asarray(meta["noise"], np.float32),
-        s,
-        meta.get("target"),
-        members,
+        problem=problem,
+        params=tree["params"],
+        tangent=tree["tangent"],
+        noise=np.asarray(meta["noise"], np.float32),
+        s=s,
+        target=meta.get("target"),
+        members=members,
     )
 
 
@@ -251,23 +251,23 @@ class RoundRecipe:
             members = m["members"]
             problem = fitting.build_problem(config, m["params"], m["anchor"])
             model = TrainedModel(
-                problem,
-                m["params"],
-                m["tangent"],
-                m["noise"],
-                m["s"],
-                m["target"],
-                None if members is None else (lambda: members),
+                problem=problem,
+                params=m["params"],
+                tangent=m["tangent"],
+                noise=m["noise"],
+                s=m["s"],
+                target=m["target"],
+                members=None if members is None else (lambda: members),
             )
         return Round(
-            self.task,
-            fitting.standardizer(config),
-            self.labeled_x,
-            self.labeled_y,
-            self.seed,
-            model,
-            self.batch_rows,
-            1,
+            task=self.task,
+            stats=fitting.standardizer(config),
+            labeled_x=self.labeled_x,
+            labeled_y=self.labeled_y,
+            seed=self.seed,
+            model=model,
+            batch_rows=self.batch_rows,
+            devices=1,
         )
 
 

@@ -108,12 +108,12 @@ def stop_signals(
     )
     anchor = inheritance(run).get("anchor")
     model = TrainedModel(
-        fitting.build_problem(config, result.params, anchor),
-        result.params,
-        result.tangent,
-        np.asarray(result.noise, np.float32),
-        config.s,
-        result.target,
+        problem=fitting.build_problem(config, result.params, anchor),
+        params=result.params,
+        tangent=result.tangent,
+        noise=np.asarray(result.noise, np.float32),
+        s=config.s,
+        target=result.target,
     )
     sld = model.on_rows(model.sld(), x)
     mean_sld = float(np.mean(sld)) if len(sld) and np.all(np.isfinite(sld)) else None

@@ -11,12 +11,22 @@ staying on it warm-starts from its last fit.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from alloop.sim import ridge
 from alloop.sim import sgdf as sim_sgdf
 from alloop.training import choose_model, stopping
+
+
+class AutoFit(NamedTuple):
+    """A round's fit: the chosen candidate's own fit, its s, the labeled rows and the candidate."""
+
+    fit: Any  # the chosen learner's fit (``ridge.RidgeFit`` or ``sgdf.SGDFFit``)
+    s: float
+    labeled: np.ndarray
+    model: str  # the candidate's label, e.g. "poly 2"
 
 
 class AutoLearner:
@@ -67,7 +77,7 @@ class AutoLearner:
         self.current, self._s, self.cv_loss = label, picked.s, picked.s_choice.cv_loss
         learner = self.learners[label]
         if isinstance(learner, ridge.RidgeLearner):
-            fitted = (
+            fitted = ridge.RidgeFit(
                 ridge.fit_ridge(learner.a_pool[labeled], y, picked.s, learner.d, w),
                 picked.s,
                 labeled,
@@ -77,10 +87,10 @@ class AutoLearner:
             if switched:
                 learner.forget()
             fitted = learner.fit(labeled, w)
-        return fitted, picked.s, labeled, label  # fitted: the chosen learner's own state
+        return AutoFit(fitted, picked.s, labeled, label)
 
-    def test_metric(self, state) -> float:
-        return self.learners[state[3]].test_metric(state[0])
+    def test_metric(self, state: AutoFit) -> float:
+        return self.learners[state.model].test_metric(state.fit)
 
-    def model(self, state, seed: int):
-        return self.learners[state[3]].model(state[0], seed)
+    def model(self, state: AutoFit, seed: int):
+        return self.learners[state.model].model(state.fit, seed)

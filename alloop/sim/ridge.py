@@ -130,6 +130,14 @@ def core_params(theta: np.ndarray) -> dict:
     return {"w": theta[:-1, None], "b": theta[-1:]}
 
 
+class RidgeFit(NamedTuple):
+    """A round's fit: the ridge solution, the s it was fitted at, and the labeled pool rows."""
+
+    ridge: Ridge
+    s: float
+    labeled: np.ndarray
+
+
 class RidgeLearner:
     """The simulation's learner for linear/poly regression: ridge in closed form on the pool's features.
 
@@ -168,15 +176,14 @@ class RidgeLearner:
         else:
             s = float(self.config.s)
         self._s = s
-        return fit_ridge(a, y, s, self.d, w), s, labeled
+        return RidgeFit(fit_ridge(a, y, s, self.d, w), s, labeled)
 
     def test_metric(self, state) -> float:
         """Test RMSE."""
-        fit, _, _ = state
-        return float(np.sqrt(np.mean((self.a_test @ fit.theta - self.data.y_test) ** 2)))
+        return float(np.sqrt(np.mean((self.a_test @ state.ridge.theta - self.data.y_test) ** 2)))
 
     def model(self, state, seed: int) -> TrainedModel:
-        fit, s, labeled = state
+        fit, s, labeled = state.ridge, state.s, state.labeled
         a_l, y_l = self.a_pool[labeled], self.data.y_pool[labeled]
 
         def members() -> list:
@@ -186,11 +193,10 @@ class RidgeLearner:
             ]
 
         return TrainedModel(
-            self.problem,
-            core_params(fit.theta),
-            core_params(fit.tangent),
-            np.array([fit.noise], np.float32),
-            s,
-            None,
-            members,
+            problem=self.problem,
+            params=core_params(fit.theta),
+            tangent=core_params(fit.tangent),
+            noise=np.array([fit.noise], np.float32),
+            s=s,
+            members=members,
         )

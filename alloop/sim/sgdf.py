@@ -14,6 +14,7 @@ as in a run. ``model`` hands the fit to the strategies as a ``TrainedModel``, as
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +24,25 @@ from alloop.config import RunConfig
 from alloop.core import objective, scorers, sgdf
 from alloop.strategies import TrainedModel
 from alloop.strategies.builtin import COMMITTEE_SIZE
-from alloop.training import classmap
 from alloop.training import fit as fitting
 
 STEPS = 2000  # full-batch steps per round (fit.MIN_STEPS: what a run takes at least)
 
 
+class SGDFFit(NamedTuple):
+    """A round's fit: θ and θ̇, the labeled pool rows and their weights, the target statistics."""
+
+    params: Any
+    tangent: Any
+    labeled: np.ndarray
+    weights: np.ndarray | None
+    target: tuple | None
+
+
 class SGDFLearner:
-    """``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the run's RunConfig (numeric s)."""
+    """``data``/``settings``: ``SimData``/``SimSettings``; ``config``: the run's RunConfig (numeric s)."""
+
+    cv_loss = None  # s is fixed: no search, no CV evidence
 
     def __init__(self, data, settings, config: RunConfig):
         self.data, self.settings, self.config = data, settings, config
@@ -45,6 +57,7 @@ class SGDFLearner:
         self._train_tangent = self._compile(self.cfg)
         self._train_plain = self._compile(dataclasses.replace(self.cfg, tangent_every=0))
         self._prev = None  # (params, tangent) of the last fit: the next round warm-starts there
+        self._apply = fitting.apply_fn(config)
 
     def _compile(self, cfg):
         opt = sgdf.make_optimizer(
@@ -99,16 +112,17 @@ class SGDFLearner:
             jax.random.PRNGKey(self.config.seed + len(labeled)),
         )
         self._prev = (state.params, state.tangent)
-        return state.params, state.tangent, labeled, w, stats
+        return SGDFFit(state.params, state.tangent, labeled, w, stats)
 
     def test_metric(self, fitted) -> float:
         """Test RMSE (regression, in the target's units) or test error rate (classification)."""
-        params, _, _, _, stats = fitted
-        m = fitting.metrics(self.config, params, self.data.x_test, self.data.y_test, target=stats)
+        m = fitting.metrics(
+            self.config, fitted.params, self.data.x_test, self.data.y_test, target=fitted.target
+        )
         return m["test_rmse"] if self.task == "regression" else 1.0 - m["test_accuracy"]
 
     def model(self, fitted, seed: int) -> TrainedModel:
-        params, tangent, rows, _, stats = fitted
+        params, rows = fitted.params, fitted.labeled
 
         def members() -> list:
             rng = np.random.default_rng(seed)
@@ -131,14 +145,14 @@ class SGDFLearner:
             return out
 
         y, _ = self._targets(rows)
-        noise = scorers.residual_noise(
-            self.problem, params, self.data.x_pool[rows].astype(np.float32), y
-        )
+        x = self.data.x_pool[rows].astype(np.float32)
+        noise = scorers.residual_noise(self.problem, params, x, y, apply=self._apply)
         return TrainedModel(
-            self.problem, params, tangent, noise, float(self.config.s), stats, members
+            problem=self.problem,
+            params=params,
+            tangent=fitted.tangent,
+            noise=noise,
+            s=float(self.config.s),
+            target=fitted.target,
+            members=members,
         )
-
-
-def classes_of(data) -> list[str]:
-    """Every class of the pool and test labels, in the order ``init`` sorts them."""
-    return classmap.initial_classes(["target"], data.y_pool, data.y_test)

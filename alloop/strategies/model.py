@@ -22,8 +22,10 @@ from alloop.core.objective import Problem
 SCORE_ROWS = 16384  # rows per call when a whole candidate set is scored (stream.SCORE_ROWS)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class TrainedModel:
+    """A trained model as strategies see it, built by keyword (``TrainedModel(problem=..., params=...)``)."""
+
     problem: Problem
     params: Any
     tangent: Any

@@ -98,8 +98,9 @@ class Compiled:
                 _, p0 = hyper.promote(self.problem, self.init)
                 flat0, unravel = ravel_pytree(p0)
                 reg = lambda f: self.problem.reg.value(unravel(f))  # noqa: E731
-                zero = jnp.zeros_like(flat0)
-                return np.asarray(0.5 * jax.hessian(reg)(zero)), np.asarray(jax.grad(reg)(zero))
+                parts = jax.jit(lambda z: (0.5 * jax.hessian(reg)(z), jax.grad(reg)(z)))
+                dmat, lin = parts(jnp.zeros_like(flat0))  # jitted: eager autodiff is slow
+                return np.asarray(dmat), np.asarray(lin)
 
         return self._once("reg", build)
 
