@@ -255,6 +255,15 @@ def init(
     seed: int = typer.Option(
         0, "--seed", help="Seed for initialization, minibatches and random choices."
     ),
+    group_col: Optional[str] = typer.Option(
+        None,
+        "--group-col",
+        help="Integer column naming each row's group (store, user, site): per-group offset and "
+        "slopes under a learned per-group regularity (README, Grouped data). Regression.",
+    ),
+    max_groups: int = typer.Option(
+        100_000, "--max-groups", help="Refuse a --group-col with more groups than this."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create a run over an unlabeled pool.
@@ -264,6 +273,8 @@ def init(
     from alloop.commands import inherit
     from alloop.commands import init as init_cmd
 
+    if base and group_col:
+        raise UserError("--group-col makes a new grouped run: it does not combine with --base")
     if base:
         res = inherit.init_user_run(
             name,
@@ -284,7 +295,7 @@ def init(
         raise UserError("alloop init needs --pool PATH (or --base RUN to inherit a trained run)")
     pool = with_endpoint(pool, endpoint_url)
     s_value = None if s is None else parse_s(s)
-    kind = model or default_model(task, s_value)
+    kind = model or ("linear" if group_col else default_model(task, s_value))
     spec = init_cmd.model_spec(
         kind,
         degree=degree,
@@ -317,6 +328,8 @@ def init(
         task=task,
         classes=_split(classes),
         trainer=trainer or "sgdf",
+        group_col=group_col,
+        max_groups=max_groups,
         reporter=RichReporter(),
     )
     text = f"created {res['run']}: {res['pool_rows']} pool rows, {len(res['features'])} features, {res['labels']} labels\nnext: alloop query {name}"
@@ -589,8 +602,23 @@ def status(
     for reason in sp["reasons"]:
         table.add_row("", escape(reason))
     out.print(table)
+    if st.get("groups"):
+        out.print(_group_table(st["groups"]))
     for w in st["warnings"]:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+GROUPS_SHOWN = 20
+
+
+def _group_table(groups: list[dict]) -> Table:
+    """Groups by labels, most first (the first GROUPS_SHOWN; --json has all): labels, c, dc/ds."""
+    rows = sorted(groups, key=lambda g: -g["labels"])
+    title = f"groups ({len(rows)}, {min(len(rows), GROUPS_SHOWN)} with the most labels shown)"
+    table = Table("group", "labels", "c", "dc/ds", title=title, box=None)
+    for g in rows[:GROUPS_SHOWN]:
+        table.add_row(str(g["group"]), str(g["labels"]), _fmt(g["c"]), _fmt(g["dc_ds"]))
+    return table
 
 
 def _stop_overrides(items: List[str]) -> dict:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Mapping
 
 import numpy as np
+import pyarrow as pa
 
 import alloop
 from alloop.commands.common import TEST_FILE, now, read_seed_labels
@@ -16,7 +18,7 @@ from alloop.errors import UserError
 from alloop.io import atomic, rundir, tables
 from alloop.io import pool as poolio
 from alloop.reporting import Reporter
-from alloop.training import classmap
+from alloop.training import classmap, grouping
 from alloop.training.fit import model_spec
 
 
@@ -38,13 +40,17 @@ def init_run(
     task: str = "regression",
     classes: list[str] | None = None,
     trainer: str = "sgdf",
+    group_col: str | None = None,
+    max_groups: int = grouping.MAX_GROUPS,
     reporter: Reporter | None = None,
 ) -> dict:
     """Create the run ``name`` over ``pool``; every option is checked (``RunConfig.validate``) before the pool is read.
 
     ``model``: a ``ModelSpec`` or its JSON form (``{"kind": "mlp", "hidden": [64]}``); unless given,
     ``config.default_model`` (auto for regression with s chosen, else linear). Classification:
-    ``classes`` (or, without it, the seed and test labels) fixes the class mapping.
+    ``classes`` (or, without it, the seed and test labels) fixes the class mapping. ``group_col``:
+    per-group parameters under a learned per-group regularity (``core.groups``), one group per
+    value of that integer column, at most ``max_groups`` of them.
     """
     reporter = reporter or Reporter()
     path = rundir.resolve_run_path(name)
@@ -55,7 +61,7 @@ def init_run(
     spec = (
         model
         if isinstance(model, ModelSpec)
-        else model_spec(**(dict(model) if model else {"kind": default_model(task, s)}))
+        else model_spec(**(dict(model) if model else {"kind": _default_kind(task, s, group_col)}))
     )
     placeholder = PoolSpec(str(pool), str(pool), id_col, (), "", 0)
     config = RunConfig(
@@ -74,11 +80,20 @@ def init_run(
         alloop_version=alloop.__version__,
     )
     config.validate()
+    if group_col is not None:
+        _check_grouped(config, group_col, max_groups)
     if task == "classification":
         classmap.check_targets(list(targets))
     elif classes:
         raise UserError("--classes only applies to --task classification")
-    info, mean, std = _read_pool(pool, id_col, features, targets, reporter)
+    info, mean, std, values = _read_pool(
+        pool, id_col, features, targets, reporter, group_col, max_groups
+    )
+    if group_col is not None:
+        mean[-1], std[-1] = 0.0, grouping.GROUP_SCALE
+        groups = {"column": group_col, "values": values}
+        spec = dataclasses.replace(config.model, extra={**config.model.extra, "groups": groups})
+        config = config.replace(model=spec)
     config = config.replace(
         pool=PoolSpec(
             str(info.path),
@@ -117,10 +132,31 @@ def init_run(
     return _create(path, config, test_bytes, seed, info)
 
 
-def _read_pool(pool: str, id_col: str, features, targets, reporter: Reporter):
-    """The pool's schema, unique ids and feature moments (one streaming pass); targets found in it are never read."""
-    in_pool = [t for t in targets if t in poolio.pool_schema(pool)]
+def _read_pool(
+    pool: str, id_col: str, features, targets, reporter: Reporter, group_col=None, max_groups=0
+):
+    """The pool's schema, unique ids and feature moments (one streaming pass); targets found in it are never read.
+
+    ``group_col`` becomes the last feature (and is not one of the others); its sorted values are
+    returned last (None without it), read before the moments so that a missing group says so.
+    """
+    schema = poolio.pool_schema(pool)
+    in_pool = [t for t in targets if t in schema]
     info = poolio.open_pool(pool, id_col=id_col, features=features, targets=in_pool)
+    if group_col is not None:
+        if group_col not in schema:
+            raise UserError(
+                f"--group-col {group_col!r} is not a column of the pool '{pool}': "
+                f"name one of {', '.join(list(schema)[:12])}"
+            )
+        if not pa.types.is_integer(schema[group_col]):
+            raise UserError(
+                f"--group-col {group_col!r} holds {schema[group_col]}, not integers: "
+                "recode the groups as integers (0, 1, 2, ...) in the pool"
+            )
+        feats = [f for f in info.features if f != group_col] + [group_col]
+        info = poolio.open_pool(pool, id_col=id_col, features=feats, targets=in_pool)
+    values = None if group_col is None else _group_values(info, group_col, max_groups, reporter)
     with reporter.progress("checking pool ids", None):
         poolio.check_unique_ids(info)
     with reporter.progress("computing feature statistics", info.n_rows) as advance:
@@ -133,7 +169,51 @@ def _read_pool(pool: str, id_col: str, features, targets, reporter: Reporter):
             raise UserError(
                 f"feature '{name}' has values too large to train on (beyond ±1e30): rescale it, or leave it out with --features"
             )
-    return info, mean, std
+    return info, mean, std, values
+
+
+def _default_kind(task: str, s, group_col) -> str:
+    """The model unless told: linear for a grouped run (auto does not choose among grouped models)."""
+    return "linear" if group_col else default_model(task, s)
+
+
+def _check_grouped(config: RunConfig, group_col: str, max_groups: int) -> None:
+    """Options a grouped run cannot take, refused before the pool is read."""
+    if config.task != "regression":
+        raise UserError("--group-col applies to --task regression")
+    if config.model.is_auto:
+        raise UserError("--group-col needs --model linear, poly or mlp (not auto)")
+    if max_groups < 1:
+        raise UserError(f"--max-groups must be at least 1, got {max_groups}")
+    if group_col == config.pool.id_col or group_col in config.targets:
+        raise UserError(f"--group-col {group_col!r} is the id or a target: name another column")
+
+
+def _group_values(info, group_col: str, max_groups: int, reporter: Reporter) -> list[int]:
+    """The sorted distinct groups of the pool; a null, a value beyond float32's exact integers, or
+    more than ``max_groups`` groups is a UserError."""
+    seen = np.zeros(0, np.int64)
+    with reporter.progress("reading groups", info.n_rows) as advance:
+        for ids, col in poolio.column_batches(info, group_col):
+            if col.null_count:
+                i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+                raise UserError(
+                    f"pool has no group in column '{group_col}' for id {ids[i]}: "
+                    "fill it in or drop the row"
+                )
+            seen = np.union1d(seen, col.to_numpy().astype(np.int64))
+            if len(seen) > max_groups:
+                raise UserError(
+                    f"pool has more than {max_groups} groups in column '{group_col}': "
+                    "raise --max-groups (memory grows with it, see README) or group more coarsely"
+                )
+            advance(len(ids))
+    if len(seen) and np.max(np.abs(seen)) >= 2**24:
+        raise UserError(
+            f"group values in '{group_col}' reach {int(np.max(np.abs(seen)))}: recode them "
+            "below 16,777,216 (they are held exactly as float32)"
+        )
+    return [int(v) for v in seen]
 
 
 def _create(path, config: RunConfig, test_bytes, seed, info) -> dict:

@@ -54,10 +54,19 @@ def status(name: str, stop_rules: dict | None = None) -> dict:
         "figures": meta.get("figures", {}),
         "warnings": meta.get("warnings", []),
         "queries": [q["file"] for q in run.state.get("queries", [])],
+        "groups": group_table(meta.get("groups")),
         "stopping": stopping.decide(
             stopping.rounds_from_history(rundir.read_history(run)), run.task, rules
         ),
     }
+
+
+def group_table(groups: dict | None) -> list[dict] | None:
+    """Each group's value, labels, c_i and dc_i/ds at the last training (grouped runs; else None)."""
+    if not groups:
+        return None
+    rows = zip(groups["values"], groups["labels"], groups["c"], groups["dc_ds"])
+    return [{"group": g, "labels": n, "c": c, "dc_ds": dc} for g, n, c, dc in rows]
 
 
 def _s_by_round(run) -> list[dict]:

@@ -21,7 +21,7 @@ from alloop.io import atomic, rundir
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 from alloop.strategies.stream import check_devices
-from alloop.training import choose_model, choose_s
+from alloop.training import choose_model, choose_s, grouping
 from alloop.training import fit as fitting
 
 
@@ -179,6 +179,8 @@ def train_locked(
     }
     if picked is not None:
         meta["model_choice"] = picked.record()
+    if grouping.spec_of(config):
+        meta["groups"] = grouping.summary(config, result.params, result.tangent, x)
     stop_meta, stop_record = stopset.stop_signals(
         run, info, config, result, choice, prev_meta, reporter, stop
     )

@@ -32,14 +32,28 @@ DEFAULT_ALPHA = (
 )
 
 
-def group_of(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(features, code) of rows whose last column is the group code."""
-    return x[:, :-1], jnp.round(x[:, -1]).astype(jnp.int32)
+def codes(values, raw: jax.Array) -> jax.Array:
+    """Group codes 0..G-1 of raw group values by lookup in the sorted ``values``; -1 if absent."""
+    vocab = jnp.asarray(values, jnp.float32)
+    idx = jnp.clip(jnp.searchsorted(vocab, raw), 0, vocab.shape[0] - 1)
+    return jnp.where(vocab[idx] == raw, idx, -1).astype(jnp.int32)
 
 
-def grouped(base: Model, n_groups: int) -> Model:
-    """``base`` plus a per-group offset and slopes; n_in is base's plus one (the group code)."""
+def group_of(x: jax.Array, values=None) -> tuple[jax.Array, jax.Array]:
+    """(features, code) of rows whose last column is the group: a code 0..G-1 itself, or a value
+    looked up in the sorted ``values`` (the run's groups)."""
+    raw = x[:, -1]
+    code = jnp.round(raw).astype(jnp.int32) if values is None else codes(values, raw)
+    return x[:, :-1], code
+
+
+def grouped(base: Model, n_groups: int, values=None) -> Model:
+    """``base`` plus a per-group offset and slopes; n_in is base's plus one (the group column).
+
+    ``values``: the sorted group values the last column holds (None: it holds codes 0..G-1).
+    """
     d, k = base.n_in, base.n_out
+    vocab = None if values is None else np.asarray(values, np.float32)
 
     def init(key):
         return {
@@ -53,7 +67,7 @@ def grouped(base: Model, n_groups: int) -> Model:
         }
 
     def apply(params, stats, x):
-        feats, code = group_of(x)
+        feats, code = group_of(x, vocab)
         inner = Standardizer(stats.mean[:-1], stats.scale[:-1])
         z = (feats - inner.mean) / inner.scale
         known = (code >= 0)[:, None]
@@ -116,11 +130,12 @@ def with_alpha(params, alpha: float):
     return {**params, "alpha": jnp.asarray(alpha, jnp.float32)}
 
 
-def at_prior(params, s: float, labeled_codes) -> dict:
+def at_prior(params, s: float, labeled_codes, tangent=None):
     """Groups without labels put at the prior: θ_Mi = 0 and c_i at the prior's mode for ``s``.
 
     Their optimum is exactly that (no loss term reaches them), so training starts them there
-    rather than waiting for the optimizer to walk c_i to it.
+    rather than waiting for the optimizer to walk c_i to it. With ``tangent`` given, returns
+    (params, tangent) with theirs at the prior's too: θ̇_Mi = 0, dγ_i/ds = d log c0/ds = −1/(2s).
     """
     g = params["groups"]
     n = g["log_c"].shape[0]
@@ -134,7 +149,16 @@ def at_prior(params, s: float, labeled_codes) -> dict:
         "db": jnp.where(keep[:, None], g["db"], 0.0),
         "log_c": jnp.where(keep, g["log_c"], log_c0),
     }
-    return {**params, "groups": new}
+    params = {**params, "groups": new}
+    if tangent is None:
+        return params
+    t = tangent["groups"]
+    new_t = {
+        "dw": jnp.where(keep[:, None, None], t["dw"], 0.0),
+        "db": jnp.where(keep[:, None], t["db"], 0.0),
+        "log_c": jnp.where(keep, t["log_c"], np.float32(-0.5 / s)),
+    }
+    return params, {**tangent, "groups": new_t}
 
 
 def pseudo_regularities(params, tangent) -> tuple[np.ndarray, np.ndarray]:

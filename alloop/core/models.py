@@ -145,6 +145,12 @@ def mlp(
 def make_model(spec: dict, n_in: int, n_out: int) -> Model:
     """Build a model from a config dict such as ``{"kind": "mlp", "hidden": [64], "activation": "tanh"}``."""
     kind = spec.get("kind", "linear")
+    if spec.get("groups"):  # per-group deviations (core/groups.py); the group is x's last column
+        from alloop.core import groups  # local: groups builds on this module
+
+        values = spec["groups"]["values"]
+        base = make_model({**spec, "groups": None}, n_in - 1, n_out)
+        return groups.grouped(base, len(values), values)
     if kind == "linear":
         return linear(n_in, n_out)
     if kind == "poly":

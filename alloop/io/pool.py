@@ -534,6 +534,14 @@ def _concat_batches(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     )
 
 
+def column_batches(
+    info: PoolInfo, name: str, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Iterator[tuple[np.ndarray, pa.Array]]:
+    """(ids, values) of one column, batch by batch, nulls kept: the caller says what they mean."""
+    for rb in _record_batches(info, [info.id_col, name], batch_rows):
+        yield _ids(rb.column(info.id_col), info), rb.column(name)
+
+
 def _record_batches(info: PoolInfo, cols: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of ``cols`` from every file of the pool, in order; read errors become UserError."""
     for f in info.files:

@@ -19,10 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from alloop.config import ModelSpec, RunConfig, as_config
-from alloop.core import losses, models, objective, regularizers, second_order, sgdf, tangents
+from alloop.core import (
+    groups,
+    losses,
+    models,
+    objective,
+    regularizers,
+    second_order,
+    sgdf,
+    tangents,
+)
 from alloop.core.objective import Problem, default_curvature
 from alloop.core.scorers import residual_noise
-from alloop.training import classmap
+from alloop.training import classmap, grouping
 
 MIN_STEPS = 2000  # at least this many optimizer steps per training, however few the labels
 BOOTSTRAP_STEPS = 600
@@ -81,6 +90,8 @@ def build_problem(config: RunConfig, params, anchor=None) -> Problem:
     config = as_config(config)
     m = config.model
     reg_kind = config.regularizer
+    full = params  # grouped: eq 99 on the groups, the run's regularizer on the shared part
+    params = params["shared"] if groups.is_grouped(full) else params
     if reg_kind == "inherited-anchor":
         if anchor is None:
             raise ValueError("an inherited-anchor run needs its base model (θ0, θ̇0, s0)")
@@ -91,6 +102,8 @@ def build_problem(config: RunConfig, params, anchor=None) -> Problem:
         reg = regularizers.l2(jax.tree_util.tree_map(jnp.ones_like, params))
     else:
         raise ValueError(f"unknown regularizer {reg_kind!r}")
+    if groups.is_grouped(full):
+        reg = groups.hierarchy(full, reg)
     return Problem(
         build_model(config),
         loss_for(config),
@@ -212,6 +225,9 @@ def fit(
     problem = build_problem(config, init, anchor)
     tstats = target_stats(config, y) if target is None else target
     data = objective.make_data(x, make_targets(config, y, tstats))
+    if grouping.spec_of(config) and resume is None:
+        start = params if params is not None else init
+        params, tangent = grouping.start(config, start, tangent, config.s, x, data.y)
     cfg = train_config(config, len(x), epochs=epochs)
     chunk, stop = convergence_rule(config, cfg, len(x), given_epochs=epochs is not None)
     every = (
