@@ -14,6 +14,7 @@ files as they were.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,10 @@ class Run:
         """Choose the next ``k`` rows to label (``alloop query``)."""
         from alloop.commands.query import query
 
-        rec = query(self.name, k=k, strategy=strategy, fmt=fmt, seed=seed, reporter=self.reporter)
+        with api_wording():
+            rec = query(
+                self.name, k=k, strategy=strategy, fmt=fmt, seed=seed, reporter=self.reporter
+            )
         rows = (
             labelstudio.task_table(rec["path"])
             if fmt == "labelstudio"
@@ -78,8 +82,15 @@ class Run:
         allow_unqueried: bool = False,
         overwrite: bool = False,
         add_class: bool = False,
+        id_col: str | None = None,
+        target: str | list[str] | None = None,
     ) -> IngestResult:
-        """Add labels (a DataFrame with the id and target columns, or a file) and retrain (``alloop ingest``)."""
+        """Add labels (a DataFrame with the id and target columns, or a file) and retrain
+        (``alloop ingest``).
+
+        ``id_col`` and ``target``: the labels' names for the id and target column(s), when they
+        are not the run's.
+        """
         from alloop.commands.ingest import ingest
 
         opts = dict(
@@ -88,14 +99,18 @@ class Run:
             overwrite=overwrite,
             add_class=add_class,
             reporter=self.reporter,
+            id_col=id_col,
+            target=[target] if isinstance(target, str) else target,
         )
         if isinstance(labels, pd.DataFrame):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "labels.parquet"
                 labels.to_parquet(path, index=False)
-                rec = ingest(self.name, str(path), **opts)
+                with api_wording(path, "the labels DataFrame"):
+                    rec = ingest(self.name, str(path), **opts)
         elif isinstance(labels, (str, Path)):
-            rec = ingest(self.name, str(labels), **opts)
+            with api_wording():
+                rec = ingest(self.name, str(labels), **opts)
         else:
             raise UserError(
                 f"ingest takes a DataFrame or a file path, got {type(labels).__name__}: pass the filled query rows"
@@ -119,8 +134,54 @@ class Run:
         return status(self.name)
 
     def labels(self) -> pd.DataFrame:
-        """Every label so far: id, targets, the round and time each arrived."""
+        """Every label so far: id, targets, ``round`` (the query round it answers; 0 for seed
+        labels and rows no query asked) and ``time`` (when it was ingested, UTC)."""
         return rundir.read_labels(rundir.open_run(self.name))
+
+    def withdraw(
+        self, *, rounds: int | list[int] = (), ids: list | None = None, everything: bool = False
+    ) -> dict:
+        """Return outstanding rows to the pool (``alloop withdraw``): those of query ``rounds``,
+        the given ``ids``, or all with ``everything=True``. The query files stay as a record."""
+        from alloop.commands.withdraw import withdraw
+
+        rounds = (rounds,) if isinstance(rounds, int) else tuple(rounds)
+        with api_wording():
+            return withdraw(self.name, rounds=rounds, ids=tuple(ids or ()), everything=everything)
+
+
+# The command line's words for what the Python API calls arguments, as messages name them.
+_ARGUMENTS = {
+    "--id-col NAME": "id_col='NAME'",
+    "--target NAME": "target='NAME'",
+    "--allow-unqueried": "allow_unqueried=True",
+    "--overwrite": "overwrite=True",
+    "--add-class": "add_class=True",
+    "--no-train": "train=False",
+    "--round N": "rounds=N",
+    "--ids FILE": "ids=[...]",
+    "--all": "everything=True",
+    "--strategy": "strategy",
+    "--format": "fmt",
+    "--target": "target",
+    "--id-col": "id_col",
+    "-k ": "k=",
+}
+
+
+@contextlib.contextmanager
+def api_wording(path: Path | None = None, what: str = ""):
+    """Re-raise a UserError in the API's words: arguments instead of command-line options, and
+    ``what`` the caller passed instead of the temporary file ``path`` it was written to."""
+    try:
+        yield
+    except UserError as e:
+        text = str(e)
+        if path is not None:
+            text = text.replace(f"label file '{path}'", what).replace(str(path), what)
+        for flag, arg in _ARGUMENTS.items():
+            text = text.replace(flag, arg)
+        raise UserError(text) from None
 
 
 def open_run(name: str, reporter: Reporter | None = None) -> Run:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 import typer
@@ -40,9 +43,20 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
-def _error(message: str) -> None:
-    """One line on stderr; the message is printed as is (a '[' in a path is not rich markup)."""
+def _error(message: str, as_json: bool = False) -> None:
+    """One line on stderr; the message is printed as is (a '[' in a path is not rich markup).
+
+    With ``--json`` the error is also one JSON object on stdout, for the script reading it.
+    """
     err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if as_json:
+        sys.stdout.write(json.dumps({"error": message, "exit_code": 2}) + "\n")
+
+
+def _wants_json(ctx: typer.Context) -> bool:
+    """Whether the command line asked for --json (read before the command parsed its options)."""
+    args = [*getattr(ctx, "protected_args", []), *ctx.args]
+    return "--json" in args[: args.index("--") if "--" in args else len(args)]
 
 
 class _Commands(TyperGroup):
@@ -53,16 +67,17 @@ class _Commands(TyperGroup):
     """
 
     def invoke(self, ctx: typer.Context):
+        as_json = _wants_json(ctx)
         try:
             return super().invoke(ctx)
         except UserError as e:
-            _error(str(e))
+            _error(str(e), as_json)
         except UsageError as e:
             where = e.ctx.command_path if e.ctx else ctx.command_path
-            _error(f"{e.format_message()} (see `{where} --help`)")
-        except KeyboardInterrupt:
+            _error(f"{e.format_message()} (see `{where} --help`)", as_json)
+        except KeyboardInterrupt as e:
             err.print("interrupted: the run is at its last committed state", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
         raise typer.Exit(2)
 
 
@@ -72,7 +87,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: rich markup would eat "[ray]" in 'alloop[ray]'
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        import alloop
+
+        out.print(f"alloop {alloop.__version__}", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_show_version,
+        help="Print alloop's version and exit.",
+    ),
+) -> None:
+    """Active learning with regularity tangents: pick the rows worth labeling, a round at a time."""
+
 
 RUN_ARG = typer.Argument(
     ..., help="Run name (under runs/, or $ALLOOP_RUNS) or a path to a run directory."
@@ -435,12 +473,20 @@ def query(
         help="Split every batch over this many local devices (data-parallel scoring, and training if the model must be "
         "retrained first).",
     ),
+    reask_after: Optional[float] = typer.Option(
+        None,
+        "--reask-after",
+        metavar="DAYS",
+        help="Rows asked by a query over this many days ago and still unanswered go back to the "
+        "pool first, so this query may ask them again.",
+    ),
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Score every unlabeled pool row and write the best k to runs/NAME/queries/round-NNNN.<fmt>.
 
-    Fill in the target column of that file, then `alloop ingest NAME FILE`.
+    Fill in the target column of that file, then `alloop ingest NAME FILE`. -k above the rows
+    left to ask is refused; `alloop withdraw` returns unanswered rows to the pool.
     Example: alloop query houses -k 20   (on a Ray cluster: alloop query houses --engine ray --address auto)
     """
     from alloop.io.ray_cluster import cluster
@@ -463,14 +509,23 @@ def query(
             address=address,
             workers=workers,
             keep_workers=keep_workers,
+            reask_after=reask_after,
         )
     if not as_json:
-        err.print(
-            f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}; fill in the target column, "
-            f"then `alloop ingest {name} FILE`",
-            highlight=False,
-        )
+        err.print(_query_next_step(name, rec), highlight=False, markup=False)
     _emit(rec, as_json, rec["path"])
+
+
+def _query_next_step(name: str, rec: dict) -> str:
+    """What to do with the query file just written, naming the real paths."""
+    head = f"round {rec['round']}: {rec['rows']} rows chosen by {rec['strategy']}"
+    if "labeling_config" in rec:
+        config = Path(rec["path"]).parent.parent / rec["labeling_config"]
+        return (
+            f"{head}; in Label Studio paste {config} as the labeling interface, import "
+            f"{rec['path']}, label, export, then `alloop ingest {name} EXPORT`"
+        )
+    return f"{head}; fill in the target column, then `alloop ingest {name} {rec['path']}`"
 
 
 @app.command("release-workers")
@@ -517,14 +572,25 @@ def ingest(
         "--resolve",
         help="Label Studio exports: several annotations of a task give latest, mean (regression) or majority (classification).",
     ),
+    id_col: Optional[str] = typer.Option(
+        None,
+        "--id-col",
+        help="The file's id column, when it is not named as the run's.",
+    ),
+    target: Optional[str] = typer.Option(
+        None,
+        "--target",
+        help="The file's target column(s), comma-separated in the run's target order, when they "
+        "are not named as the run's.",
+    ),
     devices: int = TRAIN_DEVICES_OPT,
     wait: float = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Validate returned labels, add them to the run and retrain.
 
-    Rows whose target is left blank stay outstanding.
-    Example: alloop ingest houses runs/houses/queries/round-0001.csv
+    Rows whose target is left blank stay outstanding; a skipped Label Studio task goes back to the
+    pool. Example: alloop ingest houses runs/houses/queries/round-0001.csv
     """
     from alloop.commands.ingest import ingest as ingest_run
 
@@ -539,11 +605,71 @@ def ingest(
         devices=devices,
         wait=wait,
         reporter=RichReporter(),
+        id_col=id_col,
+        target=_split(target),
     )
     text = f"added {rec['added']} labels ({rec['labels']} in all, {rec['outstanding']} outstanding)"
     if "trained" in rec:
         text += "\n" + _figures_line(rec["trained"])
     _emit(rec, as_json, text)
+
+
+@app.command()
+def withdraw(
+    name: str = RUN_ARG,
+    round_: Optional[List[int]] = typer.Option(
+        None, "--round", help="Return the unanswered rows of this query round (repeatable)."
+    ),
+    ids: Optional[str] = typer.Option(
+        None,
+        "--ids",
+        metavar="FILE",
+        help="Return the ids listed in FILE: a CSV/Parquet/JSONL with the id column, or a .txt "
+        "file of one id per line.",
+    ),
+    id_col: Optional[str] = typer.Option(
+        None, "--id-col", help="The id column of the --ids file (default: the run's)."
+    ),
+    everything: bool = typer.Option(False, "--all", help="Return every outstanding row."),
+    wait: float = WAIT_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Return outstanding (asked, unanswered) rows to the pool, so a later query may ask them again.
+
+    The query files stay in the run as the record of what was asked.
+    Example: alloop withdraw houses --round 3
+    """
+    from alloop.commands.withdraw import withdraw as withdraw_run
+
+    rec = withdraw_run(
+        name,
+        rounds=tuple(round_ or ()),
+        ids_file=ids,
+        id_col=id_col,
+        everything=everything,
+        wait=wait,
+    )
+    text = f"returned {rec['withdrawn']} rows to the pool ({rec['outstanding']} still outstanding)"
+    _emit(rec, as_json, text)
+
+
+@app.command("runs")
+def list_runs(as_json: bool = JSON_OPT) -> None:
+    """List the runs under runs/ (or $ALLOOP_RUNS): labels, outstanding rows, round, task.
+
+    Example: alloop runs
+    """
+    from alloop.commands.runs import list_runs as runs_of
+
+    rows = runs_of()
+    lines = [
+        f"{r['name']}: {r['task']}, {r['labels']} labels, {r['outstanding']} outstanding, "
+        f"round {r['round']}"
+        if "error" not in r
+        else f"{r['name']}: unreadable ({r['error']})"
+        for r in rows
+    ]
+    _emit({"runs": rows}, as_json, "\n".join(lines) or "no runs yet: create one with alloop init")
 
 
 @app.command()
@@ -586,14 +712,16 @@ def status(
     ):
         table.add_row(key, _fmt(st[key]))
         if key == "model" and st["model"] == "auto":
-            why = (st.get("model_choice") or {}).get("reason", "linear until the first training")
-            table.add_row("model now", escape(f"{st['model_now']} ({why})"))
+            table.add_row("model now", escape(_model_now(st)))
         if key == "task" and st.get("classes"):
             table.add_row("classes", ", ".join(st["classes"]))
+    if st.get("labels_by_round"):
+        table.add_row("labels by round", _by_round(st["labels_by_round"]))
+    if st.get("outstanding_by_round"):
+        table.add_row("outstanding by round", _by_round(st["outstanding_by_round"]))
     if st.get("s_by_round"):
-        table.add_row(
-            "s by round", ", ".join(f"{r['round']}: {_fmt(r['s'])}" for r in st["s_by_round"][-8:])
-        )
+        trainings = st["s_by_round"][-8:]
+        table.add_row("s by labels", ", ".join(f"{r['labels']}: {_fmt(r['s'])}" for r in trainings))
     for key, v in st["figures"].items():
         if key != "residual":
             table.add_row(key, _fmt(v))
@@ -619,6 +747,22 @@ def _group_table(groups: list[dict]) -> Table:
     for g in rows[:GROUPS_SHOWN]:
         table.add_row(str(g["group"]), str(g["labels"]), _fmt(g["c"]), _fmt(g["dc_ds"]))
     return table
+
+
+def _model_now(st: dict) -> str:
+    """The model an auto run uses now and why, without saying its name twice."""
+    why = (st.get("model_choice") or {}).get("reason", "linear until the first training")
+    now = st["model_now"]
+    if why.startswith(f"{now}: "):
+        why = why[len(now) + 2 :]
+    elif why.startswith(f"kept {now}: "):
+        why = "kept: " + why[len(now) + 7 :]
+    return f"{now} ({why})"
+
+
+def _by_round(counts: dict) -> str:
+    """{round: count} as '0: 3, 1: 5' (round 0: seed labels and rows no query asked)."""
+    return ", ".join(f"{r}: {n}" for r, n in counts.items())
 
 
 def _stop_overrides(items: List[str]) -> dict:
@@ -950,16 +1094,36 @@ def figure(
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_like_ctrl_c() -> None:
+    """Make SIGTERM (``kill``, a scheduler, a wrapper) stop the command as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, skipping every ``finally``: a local Ray
+    cluster started by ``query --engine ray`` would not be shut down, prefetch threads not stopped.
+    Unwinding runs them; the run stays at its last commit either way.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    stop_like_ctrl_c()
     try:
         app()
     except UserError as e:  # normally handled in _Commands.invoke
         _error(str(e))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         err.print("interrupted: the run is at its last committed state", highlight=False)
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ def test_unknown_class_is_refused_and_changes_nothing(wine_run, runs, wine_truth
         invoke(["ingest", "w", filled], runs),
         "label 'class_9' is not a known class",
         "class_0, class_1, class_2",
+        f"at id {df.loc[1, 'id']}:",  # the row to fix (#32)
         "--add-class",
     )
     assert digest(run) == before

@@ -106,7 +106,11 @@ def test_query_refuses_when_nothing_is_left(runs, tmp_path, alloop_data):
     small = tmp_path / "small.parquet"
     pd.read_parquet(alloop_data.pool).iloc[:6].to_parquet(small, index=False)
     init_run("a", str(small), train=FAST)
-    assert query_cmd("a", k=10)["rows"] == 6  # fewer rows than asked for: all of them
+    before = digest(runs / "a")
+    with pytest.raises(UserError, match="-k 10 is more than the 6 pool rows left"):
+        query_cmd("a", k=10)  # refused, not all 6 made outstanding at once (#32)
+    assert digest(runs / "a") == before
+    assert query_cmd("a", k=6)["rows"] == 6
     before = digest(runs / "a")
     with pytest.raises(UserError, match="every pool row of run 'a' is labeled or outstanding"):
         query_cmd("a", k=1)

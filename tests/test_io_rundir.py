@@ -260,8 +260,10 @@ def test_commit_everything_then_reopen(run):
             "round": 1,
             "file": "queries/round-0001.csv",
             "sha256": atomic.sha256_file(r.path / "queries/round-0001.csv"),
+            "time": s["queries"][0]["time"],  # when it was asked (query --reask-after)
         }
     ]
+    assert s["queries"][0]["time"].endswith("Z")
     assert s["labels_sha256"] == atomic.sha256_file(r.path / s["labels_file"])
     again = open_run("exp")
     assert again.state == s and again.outstanding_ids.tolist() == [7, 8]

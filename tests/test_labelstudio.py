@@ -213,8 +213,34 @@ def test_ingest_an_export(ls_run, runs, tmp_path, fmt):
     assert res["added"] == 2
     labels = labels_of(run)
     assert labels.loc[ids[1], "target"] == 2.0 and labels.loc[ids[2], "target"] == -3.25
-    assert {str(ids[0]), str(ids[3])} <= outstanding_of(run) and ids[0] not in labels.index
+    assert str(ids[3]) in outstanding_of(run) and ids[0] not in labels.index
     assert any("disagreed on 1 task" in n and str(ids[1]) in n for n in res["notes"])
+    # only the full JSON export carries the skip (JSON-MIN and CSV leave cancelled annotations out)
+    assert (str(ids[0]) in outstanding_of(run)) == (fmt != "json")
+
+
+def test_a_skipped_task_returns_to_the_pool_and_is_reported_once(ls_run, runs, tmp_path):
+    """#32: a skipped task was never asked again (it stayed outstanding) and was reported twice."""
+    run, _, tasks = ls_run
+    ids = [t["data"]["alloop_id"] for t in tasks]
+    path = write(tmp_path / "export.json", json_export(tasks, {ids[0]: [None], ids[1]: [1.5]}))
+    res = ok(invoke(["ingest", "r", path, "--no-train", "--json"], runs), "ingest").json()
+    assert str(ids[0]) not in outstanding_of(run) and ids[0] not in labels_of(run).index
+    assert {str(i) for i in ids[2:]} <= outstanding_of(run)  # never opened: still asked
+    said = [n for n in res["notes"] if str(ids[0]) in n or "skipped" in n]
+    assert len(said) == 1 and "returned to the pool" in said[0], res["notes"]
+    assert "2 ids left blank stay outstanding" in res["notes"]  # ids[2:], not the skipped one
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["returned"] == 1
+
+
+def test_a_skip_alone_is_committed_and_the_row_can_be_asked_again(ls_run, runs, tmp_path):
+    run, _, tasks = ls_run
+    ids = [t["data"]["alloop_id"] for t in tasks]
+    path = write(tmp_path / "export.json", json_export(tasks, {ids[0]: [None]}))
+    res = ok(invoke(["ingest", "r", path, "--json"], runs), "ingest").json()
+    assert res["added"] == 0 and "trained" not in res
+    assert str(ids[0]) not in outstanding_of(run)
 
 
 def test_resolve_latest_takes_the_last_annotation(ls_run, runs, tmp_path):

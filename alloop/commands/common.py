@@ -117,8 +117,9 @@ def inheritance(run: rundir.Run) -> dict:
     }
 
 
-def label_frame(config: RunConfig, ids, values, round_: int) -> pd.DataFrame:
-    """Labels as the run stores them: id, the targets, the round and time they arrived."""
+def label_frame(config: RunConfig, ids, values, round_) -> pd.DataFrame:
+    """Labels as the run stores them: id, the targets, the query round each answers (a number for
+    all, or one per label; 0 when no query asked the row) and the time it was ingested."""
     values = np.asarray(values)
     cols: dict = {"id": ids}
     if config.task == "classification":
@@ -127,7 +128,7 @@ def label_frame(config: RunConfig, ids, values, round_: int) -> pd.DataFrame:
         values = values.reshape(len(ids), len(config.targets))
         for j, t in enumerate(config.targets):
             cols[t] = values[:, j].astype(np.float64)
-    cols["round"] = np.full(len(ids), round_, np.int64)
+    cols["round"] = np.broadcast_to(np.asarray(round_, np.int64), (len(ids),)).copy()
     cols["time"] = np.array([now()] * len(ids), dtype=object)
     return pd.DataFrame(cols)
 

@@ -32,12 +32,18 @@ def ingest(
     devices: int = 1,
     wait: float = 5.0,
     reporter: Reporter | None = None,
+    id_col: str | None = None,
+    target: list[str] | None = None,
 ) -> dict:
     """Validate a file of labels, append them to the run, and retrain (unless ``no_train``).
 
     ``add_class``: labels of classes the run does not know yet extend its class mapping (and the
     model's output layer) instead of being refused. ``devices``: as for ``train``. ``resolve``: how
     several annotations of one Label Studio task become one label (latest, mean or majority).
+    ``id_col`` and ``target``: the file's names for the id and target columns (target names in the
+    run's target order), when the labeler's file does not use the run's. Each label records the
+    query round it answers (0: a seed label or a row never queried) and when it was ingested;
+    a skipped Label Studio task goes back to the pool.
     """
     reporter = reporter or Reporter()
     if (
@@ -50,7 +56,7 @@ def ingest(
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
-        lf, read_notes = read_labels_of(run, info, file, resolve)
+        lf, read_notes = read_labels_of(run, info, file, resolve, id_col, target)
         current = rundir.read_labels(run)
         labeled = _labeled_dict(run, current)
         ids, values, notes = labelio.validate_ingest(
@@ -61,18 +67,21 @@ def ingest(
             allow_unqueried,
             overwrite,
         )
-        notes = [*read_notes, *notes]
-        added = _check_classes(run, values, add_class)
+        back, skip_notes = _skipped(run, lf)
+        notes = [*read_notes, *notes, *skip_notes]
+        added = _check_classes(run, ids, values, add_class)
         grown, grown_state = _grow_classes(run, added)
-        new_rows = label_frame(config_of(run), ids, values, run.round)
+        rounds = answered_rounds(run, current, ids)
+        new_rows = label_frame(config_of(run), ids, values, rounds)
         keep = current[~current["id"].isin(ids)] if len(current) else current
         merged = pd.concat([keep, new_rows], ignore_index=True) if len(keep) else new_rows
-        outstanding = {
-            key: r for key, r in run.outstanding.items() if key not in {str(i) for i in ids}
-        }
+        gone = {str(i) for i in ids} | set(back)
+        outstanding = {key: r for key, r in run.outstanding.items() if key not in gone}
         if len(ids):
             state = {"n_labels": len(merged), "outstanding": outstanding, **grown_state}
             run = rundir.commit(run, labels=merged, checkpoint=grown, state=state)
+        elif back:
+            run = rundir.commit(run, state={"outstanding": outstanding})
         if added:
             what = f"added class{'es' if len(added) > 1 else ''} {', '.join(map(repr, added))}"
             notes = [*notes, f"{what}: the run now has {len(config_of(run).classes)} classes"]
@@ -86,7 +95,9 @@ def ingest(
         }
         if added:
             record["classes_added"] = added
-        if len(ids):
+        if back:
+            record["returned"] = len(back)
+        if len(ids) or back:
             rundir.append_history(run, record)
         for n in notes:
             reporter.info(n)
@@ -99,21 +110,73 @@ def ingest(
 
 
 def read_labels_of(
-    run, info, file: str, resolve: str = "latest"
+    run, info, file: str, resolve: str = "latest", id_col=None, target=None
 ) -> tuple[labelio.LabelFile, list[str]]:
-    """The labels of a file: a Label Studio export (.json, or a CSV with alloop's task columns), else a label table."""
+    """The labels of a file: a Label Studio export (.json, or a CSV with alloop's task columns),
+    else a label table.
+
+    ``id_col`` and ``target`` name the file's columns when they differ from the run's.
+    """
+    targets = file_targets(run, target)
     if lsexport.is_export(file):
+        if id_col is not None:
+            raise UserError(
+                "--id-col does not apply to a Label Studio export (its ids are in alloop_id): "
+                "leave it out"
+            )
         return lsexport.read_export(
             file,
             run_name=run.name,
-            targets=run.targets,
+            targets=targets,
             id_kind=run.id_kind,
             task=run.task,
             resolve=resolve,
         )
     if resolve != "latest":
         lsexport.check_resolve(resolve, run.task)
-    return labelio.read_label_file(file, info.id_col, run.targets, run.id_kind, run.task), []
+    lf = labelio.read_label_file(file, id_col or info.id_col, targets, run.id_kind, run.task)
+    return lf, []
+
+
+def file_targets(run, target: list[str] | None) -> tuple[str, ...]:
+    """The file's target column names, in the run's target order (default: the run's names)."""
+    if not target:
+        return run.targets
+    if len(target) != len(run.targets):
+        raise UserError(
+            f"--target names {len(target)} column(s) but run '{run.name}' has "
+            f"{len(run.targets)} target(s) ({', '.join(run.targets)}): name one file column "
+            "for each, in that order"
+        )
+    return tuple(target)
+
+
+def answered_rounds(run, current: pd.DataFrame, ids) -> np.ndarray:
+    """The query round each new label answers: the round that made it outstanding; for a label
+    replaced with ``--overwrite`` the stored one's; 0 for a row no query asked."""
+    stored = dict(zip(current["id"].tolist(), current["round"].tolist())) if len(current) else {}
+    return np.array([run.outstanding.get(str(i), stored.get(i, 0)) for i in ids.tolist()], np.int64)
+
+
+def _skipped(run, lf: labelio.LabelFile) -> tuple[list[str], list[str]]:
+    """Outstanding ids the labeler skipped (they go back to the pool), and one note about them."""
+    if lf.skipped_ids is None or not len(lf.skipped_ids):
+        return [], []
+    keys = [str(i) for i in lf.skipped_ids.tolist()]
+    back = [k for k in keys if k in run.outstanding]
+    notes = []
+    if back:
+        ex = ", ".join(back[:3]) + (", ..." if len(back) > 3 else "")
+        notes.append(
+            f"{len(back)} skipped tasks (ids {ex}) returned to the pool: a later query may ask "
+            "them again"
+        )
+    if len(keys) > len(back):
+        notes.append(
+            f"{len(keys) - len(back)} skipped tasks were not outstanding (labeled or withdrawn "
+            "already): nothing changed for them"
+        )
+    return back, notes
 
 
 def _labeled_dict(run, current: pd.DataFrame) -> dict:
@@ -123,7 +186,7 @@ def _labeled_dict(run, current: pd.DataFrame) -> dict:
     return {i: vals[j] for j, i in enumerate(current["id"].tolist())}
 
 
-def _check_classes(run, values, add_class: bool = False) -> list[str]:
+def _check_classes(run, ids, values, add_class: bool = False) -> list[str]:
     """The labels of ``values`` that are new classes (only with ``add_class``; otherwise they are an error)."""
     if run.task != "classification":
         if add_class:
@@ -132,8 +195,11 @@ def _check_classes(run, values, add_class: bool = False) -> list[str]:
     known = list(config_of(run).classes or ())
     unknown = classmap.unknown(known, values)
     if unknown and not add_class:
+        at = [i for i, v in zip(ids.tolist(), classmap.normalize(values)) if v == unknown[0]]
+        more = f" and {len(at) - 1} more" if len(at) > 1 else ""
         raise UserError(
-            f"label {unknown[0]!r} is not a known class ({', '.join(known)}): fix the file, or pass --add-class"
+            f"label {unknown[0]!r} is not a known class ({', '.join(known)}), at id {at[0]}{more}: "
+            "fix the file, or pass --add-class"
         )
     return unknown
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from alloop import strategies
-from alloop.commands import labelstudio
+from alloop.commands import labelstudio, withdraw
 from alloop.commands.common import (
     config_of,
     inheritance,
@@ -56,6 +56,7 @@ def query(
     address: str | None = None,
     workers: int | None = None,
     keep_workers: float = 0.0,
+    reask_after: float | None = None,
 ) -> dict:
     """Score the pool and write the best ``k`` unlabeled rows to queries/round-NNNN.<fmt>.
 
@@ -64,6 +65,8 @@ def query(
     cluster at ``address`` (None: a local one; "auto": the one this machine belongs to) with ``workers``
     actors; the same query file as the local engine. ``keep_workers`` > 0 (a running cluster only): the actors stay
     on it, to serve the next queries of the same model and features without starting again, until idle that many seconds.
+    ``reask_after``: rows outstanding from queries more than that many days old go back to the pool
+    first (``alloop withdraw``), so this query may ask them again.
     """
     reporter = reporter or Reporter()
     check_format(fmt)
@@ -72,6 +75,9 @@ def query(
     with run_lock(run.path, wait):
         run = rundir.open_run(str(run.path))
         info = open_pool_of(run)
+        back = [] if reask_after is None else withdraw.expired(run, reask_after)
+        exclude = excluded_ids(run, back)
+        check_rows_left(run, info.n_rows, k, len(exclude))
         if needs_training(run):
             reporter.info(f"the model is older than the labels ({run.n_labels}): training first")
             run, _ = train_locked(run, info, reporter, devices=devices)
@@ -81,7 +87,11 @@ def query(
             if engine == "local"
             else ray_engine(run, rnd, strat, address, workers, keep_workers, reporter)
         )
-        sel = select_rows(run, info, rnd, strat, k, reporter, runner)
+        sel = select_rows(info, rnd, strat, k, reporter, exclude, runner)
+        if back:
+            reporter.info(
+                f"{len(back)} rows outstanding for over {reask_after:g} days returned to the pool"
+            )
         record, path = commit_query(
             run,
             info,
@@ -89,7 +99,11 @@ def query(
             strat.name,
             fmt,
             reporter,
-            extra=None if runner is None else {"engine": engine},
+            extra={
+                **({} if runner is None else {"engine": engine}),
+                **({"returned": len(back)} if back else {}),
+            },
+            returned=back,
         )
     return {**record, "path": str(path), "note": sel.note}
 
@@ -209,19 +223,42 @@ def trained_model(
     )
 
 
+def excluded_ids(run: rundir.Run, returned: list[str] = ()) -> np.ndarray:
+    """The ids a query must not ask: labeled or outstanding (less those ``returned``)."""
+    kind = np.int64 if run.id_kind == "int" else object
+    gone = set(returned)
+    keys = [k for k in run.outstanding if k not in gone]
+    outstanding = np.array([int(k) for k in keys] if kind is np.int64 else keys, dtype=kind)
+    labeled = rundir.read_labels(run)["id"].to_numpy()
+    return np.concatenate([labeled, outstanding]).astype(kind)
+
+
+def check_rows_left(run: rundir.Run, pool_rows: int, k: int, excluded: int) -> None:
+    """Refuse a ``k`` above the pool rows left to ask: they would all become outstanding at once."""
+    left = pool_rows - excluded
+    back = f"`alloop withdraw {run.name} --round N` (or --all) returns unanswered rows to the pool"
+    if left <= 0:
+        raise UserError(
+            f"every pool row of run '{run.name}' is labeled or outstanding: ingest the "
+            f"outstanding labels, add rows to the pool, or {back}"
+        )
+    if k > left:
+        raise UserError(
+            f"-k {k} is more than the {left} pool rows left to ask ({excluded} of {pool_rows} "
+            f"are labeled or outstanding): pass -k {left} or less"
+        )
+
+
 def select_rows(
-    run: rundir.Run,
     info: poolio.PoolInfo,
     rnd: Round,
     strat: Strategy,
     k: int,
     reporter: Reporter,
+    exclude: np.ndarray,
     engine=None,
 ) -> Selection:
     """Run the strategy over the pool's rows that are neither labeled nor outstanding, with a progress bar."""
-    exclude = np.concatenate(
-        [rundir.read_labels(run)["id"].to_numpy(), run.outstanding_ids]
-    ).astype(np.int64 if run.id_kind == "int" else object)
     where = "" if engine is None else " on Ray"
     with reporter.progress(f"scoring the pool{where} ({strat.name})", info.n_rows) as advance:
         return strategies.select(strat, info, rnd, exclude, k, advance, engine)
@@ -323,10 +360,12 @@ def commit_query(
     fmt: str,
     reporter: Reporter,
     extra: dict | None = None,
+    returned: list[str] = (),
 ):
     """Write the picks as the next round's query file, make them outstanding, commit, log: (record, path).
 
-    The caller holds the run lock.
+    ``returned``: outstanding ids that go back to the pool in the same commit. The caller holds the
+    run lock.
     """
     if len(sel.ids) == 0:
         raise UserError(
@@ -336,7 +375,7 @@ def commit_query(
         reporter.info(sel.note)
     frame = query_frame(run, info, sel)
     new_round = run.round + 1
-    outstanding = {**run.outstanding, **{str(i): new_round for i in sel.ids}}
+    outstanding = {**withdraw.remaining(run, returned), **{str(i): new_round for i in sel.ids}}
     payload = (
         (frame, fmt)
         if fmt != "labelstudio"

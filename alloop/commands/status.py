@@ -42,6 +42,8 @@ def status(name: str, stop_rules: dict | None = None) -> dict:
         "features": len(config.pool.features),
         "labels": run.n_labels,
         "outstanding": len(run.outstanding),
+        "outstanding_by_round": _count_by_round(run.outstanding.values()),
+        "labels_by_round": labels_by_round(run),
         "round": run.round,
         "s": config.s,
         "s_model": meta.get(
@@ -69,8 +71,27 @@ def group_table(groups: dict | None) -> list[dict] | None:
     return [{"group": g, "labels": n, "c": c, "dc_ds": dc} for g, n, c, dc in rows]
 
 
+def labels_by_round(run) -> dict[int, int]:
+    """How many labels answer each query round (0: seed labels and rows no query asked).
+
+    In run directories written before labels recorded the round they answer, the round is the one
+    current when the label was ingested.
+    """
+    if run.n_labels == 0:
+        return {}
+    return _count_by_round(rundir.read_labels(run)["round"].tolist())
+
+
+def _count_by_round(rounds) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for r in rounds:
+        counts[int(r)] = counts.get(int(r), 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _s_by_round(run) -> list[dict]:
-    """The s of every training, from the history: round, labels, s."""
+    """The s of every training, from the history: the round current when it ran (the last query
+    round before it), its labels, s. Several trainings can share a round (ingest, then train)."""
     return [
         {"round": r.get("round"), "labels": r.get("labels"), "s": r["s"]}
         for r in rundir.read_history(run)

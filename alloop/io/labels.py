@@ -39,11 +39,13 @@ _INTEGRAL_DECIMAL = re.compile(r"([+-]?\d+)\.0*")
 @dataclass
 class LabelFile:
     """Parsed labels: ``ids`` with ``values`` ((n, t) float64, or (n,) str objects for
-    classification), and ``blank_ids`` whose targets were left blank."""
+    classification), ``blank_ids`` whose targets were left blank, and ``skipped_ids`` that the
+    labeler declined to answer (they go back to the pool)."""
 
     ids: np.ndarray
     values: np.ndarray
     blank_ids: np.ndarray
+    skipped_ids: np.ndarray | None = None  # rows the labeler declined (a skipped Label Studio task)
 
 
 @dataclass
@@ -72,6 +74,22 @@ def read_label_file(
             f"label file '{path}' has no rows: fill in some labels, or check you sent the right file"
         )
     return _build(raw, path, targets, id_kind, task)
+
+
+def read_id_file(path, id_col: str, id_kind: str) -> np.ndarray:
+    """The ids a file lists, parsed as the pool's: a table with the id column (CSV, Parquet,
+    JSONL; other columns ignored) or a .txt file of one id per line. Duplicates count once."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        cells = [(c.strip(), f"line {n}") for n, c in enumerate(lines, 1) if c.strip()]
+    else:
+        raw = _READERS[_format(path)](path, id_col, ())
+        cells = [(v, raw.where(i)) for i, v in enumerate(raw.ids)]
+    if not cells:
+        raise UserError(f"id file '{path}' lists no ids: write one id per row")
+    ids = dict.fromkeys(_parse_id(v, id_kind, path, where) for v, where in cells)
+    return np.array(list(ids), dtype=np.int64 if id_kind == "int" else object)
 
 
 def _format(path: Path) -> str:

@@ -6,8 +6,9 @@ and round in ``model_version``, has a ``score`` that sorts most useful first (1 
 round, falling by rank) and the model's prediction as a pre-annotation: a ``Number`` per target for
 regression, a ``Choices`` for classification.
 
-Exports (JSON, JSON-MIN, CSV) are mapped back by ``alloop_id``; cancelled (skipped) annotations are
-dropped, so a task with no other annotation stays outstanding; several annotations of one task are
+Exports (JSON, JSON-MIN, CSV) are mapped back by ``alloop_id``; a task whose only annotations are
+cancelled (skipped) is reported as skipped (``LabelFile.skipped_ids``: ingest returns it to the
+pool), a cancelled annotation beside a real one is dropped; several annotations of one task are
 resolved by ``latest``, ``mean`` (regression) or ``majority`` (classification), and the tasks where
 annotators disagreed are reported. Any problem is one UserError line; nothing here writes a file.
 """
@@ -169,7 +170,7 @@ def read_export(
     )  # (where, data, annotation dict with result/was_cancelled/time/who) per annotation or task
     by_id: dict = {}
     order: list = []
-    skipped = 0
+    cancelled: set = set()
     for where, data, ann in records:
         id_ = _task_id(data, path, where, run_name, id_kind)
         if id_ not in by_id:
@@ -178,7 +179,7 @@ def read_export(
         if ann is None:
             continue
         if ann.get("cancelled"):
-            skipped += 1
+            cancelled.add(id_)
             continue
         values = [ann["values"].get(t) for t in targets]
         if all(_blank(v) for v in values):
@@ -202,14 +203,20 @@ def read_export(
     lf = labelio.build_label_file(
         order, cells, lambda i: f"task of id {order[i]}", path, targets, id_kind, task
     )
+    skipped = [i for i in order if i in cancelled and not by_id[i]]
+    lf.blank_ids = lf.blank_ids[~np.isin(lf.blank_ids, np.array(skipped, lf.blank_ids.dtype))]
+    lf.skipped_ids = np.array(skipped, lf.blank_ids.dtype)
     notes = []
     if disagree:
         ex = ", ".join(str(d) for d in disagree[:3]) + (", ..." if len(disagree) > 3 else "")
         notes.append(
             f"annotators disagreed on {len(disagree)} tasks (ids {ex}): resolved by --resolve {resolve}"
         )
-    if skipped:
-        notes.append(f"{skipped} skipped or cancelled annotations ignored")
+    overruled = len(cancelled) - len(skipped)
+    if overruled:
+        notes.append(
+            f"{overruled} tasks skipped by one annotator and labeled by another: the label counts"
+        )
     return lf, notes
 
 

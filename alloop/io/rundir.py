@@ -228,6 +228,12 @@ def open_run(name_or_path: str) -> Run:
     """Open an existing run by name or path; UserError when it is missing or unreadable."""
     path = resolve_run_path(name_or_path)
     if not path.is_dir():
+        near = [] if _is_path_like(name_or_path) else close_names(name_or_path)
+        if near:
+            raise UserError(
+                f"no run named '{name_or_path}' (looked in {_shown(path)}): did you mean "
+                f"'{near[0]}'? (`alloop runs` lists them)"
+            )
         raise UserError(
             f"no run named '{name_or_path}' (looked in {_shown(path)}): "
             f"create it with `alloop init {name_or_path} --pool PATH`"
@@ -239,6 +245,21 @@ def open_run(name_or_path: str) -> Run:
             f"run '{path.name}' has a state.json without a generation: restore it from a backup or init a new run"
         )
     return Run(path, path.name, effective_config(config, state), state)
+
+
+def run_names() -> list[str]:
+    """The directories under ``runs_root()`` that hold a state.json, sorted."""
+    root = runs_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / STATE).is_file())
+
+
+def close_names(name: str) -> list[str]:
+    """Run names that look like a mistyping of ``name``, closest first."""
+    import difflib
+
+    return difflib.get_close_matches(name, run_names(), n=3, cutoff=0.6)
 
 
 def effective_config(config: dict, state: dict) -> dict:
@@ -426,7 +447,7 @@ def _write_query(run: Run, new: dict, query, written: list) -> None:
     sha = _write_new(
         run, rel, data if isinstance(data, bytes) else encode_table(data, fmt), written
     )
-    entry = {"round": rnd, "file": rel, "sha256": sha}
+    entry = {"round": rnd, "file": rel, "sha256": sha, "time": _now()}
     for key, (ext, blob) in (rest[0] if rest else {}).items():
         entry[key] = f"queries/round-{rnd:04d}.{ext}"
         entry[f"{key}_sha256"] = _write_new(run, entry[key], blob, written)
@@ -481,6 +502,22 @@ def _now() -> str:
         .isoformat(timespec="seconds")
         .replace("+00:00", "Z")
     )
+
+
+def asked_times(run: Run) -> dict[int, str]:
+    """{query round: when it was asked (ISO UTC)}: the query's state entry, else its history line.
+
+    Runs made before query entries carried a time have it only in history.jsonl.
+    """
+    times = {
+        int(r["round"]): str(r["time"])
+        for r in read_history(run)
+        if r.get("command") == "query" and "round" in r and "time" in r
+    }
+    for q in run.state.get("queries", []):
+        if q.get("time"):
+            times[int(q["round"])] = str(q["time"])
+    return times
 
 
 def read_history(run: Run) -> list[dict]:
