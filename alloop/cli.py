@@ -6,7 +6,9 @@ A user's mistake (``UserError``) prints one line on stderr and exits 2, with no 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -1009,7 +1011,22 @@ def simulate(
         "Default: as `alloop init` sets it (auto for linear, poly and auto regression models, 1 otherwise).",
     ),
     jobs: Optional[int] = typer.Option(
-        None, "--jobs", help="Worker processes (default: one per CPU core)."
+        None,
+        "--jobs",
+        help="Worker processes (default: one per CPU core); with --engine ray, actors (default: "
+        "one per CPU of the cluster).",
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local (worker processes on this machine) or ray (actors on a Ray cluster; "
+        "pip install 'alloop[ray]'): the same curves.csv.",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="With --engine ray: the cluster, auto (the one this machine joined) or "
+        "ray://HOST:10001 (default: a local one).",
     ),
     endpoint_url: Optional[str] = typer.Option(
         None,
@@ -1029,41 +1046,49 @@ def simulate(
     Also reports, per strategy, where each stopping rule of `alloop status` would have stopped, the labels
     that saved and the test error given up. Writes curves.csv, summary.md, summary.json and curves.png to --out.
     Example: alloop simulate --dataset diabetes --strategies sld,sld-topk,random --reps 5
+    SIGINT or SIGTERM stops it and its workers; finished curves stay, and a rerun resumes.
     """
-    from alloop.sim import simulate as sim
+    from alloop.io.ray_cluster import cluster
 
-    spec = (
-        None
-        if model is None
-        else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
-    )
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a script:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a SIGINT still means stop
     try:
-        res = sim.run_simulation(
-            dataset=dataset,
-            pool=with_endpoint(pool, endpoint_url) if pool else pool,
-            test=with_endpoint(test, endpoint_url) if test else test,
-            target=target,
-            id_col=id_col,
-            strategy_list=_split(strategies),
-            reps=reps,
-            out=out,
-            jobs=jobs,
-            model=spec,
-            s=s,
-            task=task,
-            reporter=RichReporter(),
-            stop=_stop_overrides(stop),
-            budget=budget,
-            batch=batch,
-            initial=initial,
-            seed=seed,
-        )
-    except KeyboardInterrupt:
+        with cluster(address) if engine == "ray" else contextlib.nullcontext():  # Ray before JAX
+            from alloop.sim import simulate as sim
+
+            spec = (
+                None
+                if model is None
+                else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
+            )
+            res = sim.run_simulation(
+                dataset=dataset,
+                pool=with_endpoint(pool, endpoint_url) if pool else pool,
+                test=with_endpoint(test, endpoint_url) if test else test,
+                target=target,
+                id_col=id_col,
+                strategy_list=_split(strategies),
+                reps=reps,
+                out=out,
+                jobs=jobs,
+                model=spec,
+                s=s,
+                task=task,
+                reporter=RichReporter(),
+                stop=_stop_overrides(stop),
+                engine=engine,
+                address=address,
+                budget=budget,
+                batch=batch,
+                initial=initial,
+                seed=seed,
+            )
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGINT, or SIGTERM (Terminated: cli's or the engine's)
         err.print(
             "interrupted: finished curves are kept in curves.csv; run the same command again to resume",
             highlight=False,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if type(e).__name__ == "Terminated" else 130) from None
     files = f"\nfiles: {res['out']}/{{curves.csv,summary.md,summary.json,curves.png}}"
     _emit({k: v for k, v in res.items() if k != "markdown"}, as_json, res["markdown"] + files)
 
@@ -1099,7 +1124,21 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    if _drops_exceptions(frame):  # raised there it would be printed and lost: deliver it again soon
+        threading.Timer(0.05, _thread.interrupt_main, (signum,)).start()
+        return
     raise Terminated()
+
+
+def _drops_exceptions(frame) -> bool:
+    """Whether ``frame`` runs inside a garbage-collector callback or a ``__del__``, where Python
+    prints an exception as "ignored" instead of raising it (JAX registers such a callback)."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def stop_like_ctrl_c() -> None:

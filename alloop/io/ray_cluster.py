@@ -18,8 +18,10 @@ import io
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 
 from alloop.errors import UserError
@@ -112,6 +114,7 @@ def cluster(address: str | None = None):
     os.environ.setdefault(
         "RAY_BACKEND_LOG_LEVEL", "fatal"
     )  # Ray's C++ core logs notices on stderr; errors reach us as exceptions
+    on_term = signal.getsignal(signal.SIGTERM)
     try:
         with warnings.catch_warnings(), _quiet_level_line():
             # When JAX is loaded already (the Python API), subprocess warns at its fork-and-exec: the child execs at
@@ -132,6 +135,7 @@ def cluster(address: str | None = None):
         raise UserError(
             f"cannot start or reach a Ray cluster {where} ({why}): check --address, or start one with `ray start --head`"
         ) from None
+    _keep_sigterm(on_term)
     with contextlib.redirect_stdout(
         _Notices(sys.stderr)
     ):  # until Ray's notice thread stops at shutdown
@@ -139,6 +143,17 @@ def cluster(address: str | None = None):
             yield ray
         finally:
             ray.shutdown()
+
+
+def _keep_sigterm(handler) -> None:
+    """Put back this process's SIGTERM handler, which connecting replaced with Ray's C++ core's.
+
+    Ray's handler prints a stack and kills the process at once, skipping the ``finally`` that shuts
+    a local cluster down (its processes lived on). The command line's handler (``cli.main``) unwinds
+    like Ctrl-C instead; where the handler is Python's default, Ray's stays.
+    """
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def release(ray) -> int:
