@@ -12,9 +12,13 @@ DATASETS_ENV = "ALLOOP_DATASETS"
 
 
 def datasets_dir() -> Path:
-    """Bundled datasets: $ALLOOP_DATASETS, else the repository's datasets/ folder."""
+    """Bundled datasets: $ALLOOP_DATASETS, else those installed with the package (a wheel has them
+    in alloop/datasets, see setup.py), else the source tree's datasets/ folder (editable install)."""
     env = os.environ.get(DATASETS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "datasets"
+    if env:
+        return Path(env)
+    packaged = Path(__file__).resolve().parents[1] / "datasets"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "datasets"
 
 
 def available() -> list[str]:
@@ -29,8 +33,13 @@ def available() -> list[str]:
 def dataset_meta(name: str) -> dict:
     path = datasets_dir() / name / "meta.json"
     if not path.exists():
-        choices = ", ".join(available()) or "none found"
+        choices = available()
+        if not choices:
+            raise UserError(
+                f"no bundled datasets in {datasets_dir()}: install alloop from its wheel or source "
+                f"tree (they ship them), or set ${DATASETS_ENV} to a folder of datasets"
+            )
         raise UserError(
-            f"no bundled dataset '{name}' (in {datasets_dir()}): choose one of {choices}"
+            f"no bundled dataset '{name}' (in {datasets_dir()}): choose one of {', '.join(choices)}"
         )
     return json.loads(path.read_text())
