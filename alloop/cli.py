@@ -249,7 +249,12 @@ def init(
         "an MLP 64,64 by the cross-validated loss of the labels so far; status says which and why). Default: auto for regression "
         "(linear with a numeric --s), linear for classification.",
     ),
-    degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
+    degree: int = typer.Option(
+        3,
+        "--degree",
+        help="Degree of the poly model: each feature's powers x, x², …, up to it, with no "
+        "interaction terms (not scikit-learn's PolynomialFeatures).",
+    ),
     hidden: str = typer.Option(
         "64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated."
     ),
@@ -1000,7 +1005,12 @@ def simulate(
         help="linear, poly, mlp or auto (linear/poly 2/poly 3/MLP by CV each round) (default: the dataset's demo model, else as "
         "`alloop init` sets it: auto for regression, linear for classification).",
     ),
-    degree: int = typer.Option(3, "--degree", help="Degree of the poly model."),
+    degree: int = typer.Option(
+        3,
+        "--degree",
+        help="Degree of the poly model: each feature's powers x, x², …, up to it, with no "
+        "interaction terms (not scikit-learn's PolynomialFeatures).",
+    ),
     hidden: str = typer.Option(
         "64,64", "--hidden", help="Hidden layer sizes of the mlp, comma-separated (init's default)."
     ),

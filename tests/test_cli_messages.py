@@ -129,3 +129,9 @@ def test_status_says_the_model_name_once():
     assert _model_now(st) == "poly 2 (lowest CV loss (...))"
     st["model_choice"]["reason"] = "kept poly 2: within 2%"
     assert _model_now(st) == "poly 2 (kept: within 2%)"
+
+
+def test_poly_help_says_it_has_no_interaction_terms(runs):
+    for command in ("init", "simulate"):
+        shown = " ".join(ok(invoke([command, "--help"], runs)).stdout.split())
+        assert "no interaction terms" in shown, command
