@@ -17,7 +17,7 @@ from alloop.commands.common import (
 from alloop.config import RunConfig, parse_s
 from alloop.core import sgdf
 from alloop.errors import UserError
-from alloop.io import atomic, rundir
+from alloop.io import atomic, checkpoint, rundir
 from alloop.io.lock import run_lock
 from alloop.reporting import Reporter
 from alloop.strategies.stream import check_devices
@@ -191,6 +191,8 @@ def train_locked(
         checkpoint=(tree, atomic.to_json_value(meta)),
         state={"labels_at_checkpoint": run.n_labels, "training": None, **model_state},
     )
+    if picked is not None:
+        keep_grid_warm(run, picked.grid_state)
     record = {
         "command": "train",
         "labels": run.n_labels,
@@ -254,6 +256,7 @@ def training_s(
                 current=config.model if has_model else None,
                 s_prev=last_s(run, meta),
                 x_pool=x_pool,
+                warm=grid_warm(run, config),
             )
         reporter.info(f"model: {picked.reason}; s = {picked.s:.4g}")
         return (
@@ -274,3 +277,36 @@ def training_s(
             "(`alloop tune-s` shows the curve; give a number with --s to fix it)"
         )
     return config.with_s(value), choice, None
+
+
+# --- the MLP grid's warm start between trainings (a cache: losing it costs time, never a result) ------
+
+GRID_WARM_FILE = "grid-warm.npz"
+
+
+def grid_warm(run: rundir.Run, config: RunConfig) -> choose_s.GridWarm | None:
+    """The last ``--model auto`` choice's MLP grid trainings, where this one's grid search starts
+    (``choose_s.choose_grid``); None when there are none or they cannot be read. The search itself
+    checks that they were trained on this run's first labels (``GridWarm.fits``)."""
+    path = run.path / GRID_WARM_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = checkpoint.load_meta(path)
+        mlp = next(spec for spec in choose_model.candidates() if spec.kind == "mlp")
+        like = choose_s.grid_state_like(config.replace(model=mlp), int(meta["folds"]))
+        return choose_s.grid_state_from(checkpoint.load_tree(path, like), meta)
+    except (UserError, OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def keep_grid_warm(run: rundir.Run, state: choose_s.GridWarm | None) -> None:
+    """Keep the MLP grid's trainings for the next training's search (or drop a stale file)."""
+    path = run.path / GRID_WARM_FILE
+    try:
+        if state is None:
+            path.unlink(missing_ok=True)
+        else:
+            checkpoint.save_tree(path, *choose_s.grid_state_record(state))
+    except OSError:
+        pass

@@ -108,7 +108,8 @@ def herding(
     reference: int = HERDING_REFERENCE,
     chunk: int = 4096,
     weights: np.ndarray | None = None,
-) -> np.ndarray:
+    with_gains: bool = False,
+):
     """Greedy kernel herding: k rows of ``z`` (a uniform sample of the pool) chosen one at a time so that the
     labeled and chosen rows together come closest to the pool in maximum mean discrepancy (RBF kernel,
     median-heuristic bandwidth).
@@ -117,11 +118,13 @@ def herding(
     largest, μ(x) the mean kernel between x and the pool (Chen, Welling & Smola 2010). The batch follows
     the pool's density where the labels are thin, and never shifts the labeled sample away from the pool
     the way leverage-seeking picks do. ``weights`` (one per row of ``z``, ≥ 0) tilt the target from the pool
-    to the pool reweighted by them. Returns the indices in the order chosen.
+    to the pool reweighted by them. Returns the indices in the order chosen; ``with_gains``: also
+    each pick's gain μ(x) − Σ k(x, s) / (m + 1) when it was chosen (what the query file shows).
     """
     n = len(z)
     if n == 0 or k <= 0:
-        return np.zeros(0, np.int64)
+        none = np.zeros(0, np.int64)
+        return (none, np.zeros(0)) if with_gains else none
     pick = rng.choice(n, size=min(reference, n), replace=False)
     ref = z[pick]
     h = rbf_bandwidth(ref, rng)
@@ -137,14 +140,17 @@ def herding(
         near += rbf(z, z_labeled[i : i + chunk], h).sum(axis=1)
     m = len(z_labeled)
     chosen: list[int] = []
+    gains: list[float] = []
     for _ in range(min(k, n)):
         gain = mu - near / (m + 1)
         gain[chosen] = -np.inf
         j = int(np.argmax(gain))
         chosen.append(j)
+        gains.append(float(gain[j]))
         near += rbf(z, z[j : j + 1], h)[:, 0]
         m += 1
-    return np.asarray(chosen, np.int64)
+    idx = np.asarray(chosen, np.int64)
+    return (idx, np.asarray(gains)) if with_gains else idx
 
 
 # --- LCMD: the largest cluster's most distant point ---------------------------------------------------
