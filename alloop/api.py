@@ -15,6 +15,7 @@ files as they were.
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,8 @@ class Run:
         """Fit on every label so far (``alloop train``): the training's figures."""
         from alloop.commands.train import train
 
-        return train(self.name, fresh=fresh, epochs=epochs, s=s, reporter=self.reporter)
+        with api_wording():
+            return train(self.name, fresh=fresh, epochs=epochs, s=s, reporter=self.reporter)
 
     def status(self) -> dict:
         """Counts, round, s, tangent health and the latest metrics (``alloop status --json``)."""
@@ -161,12 +163,30 @@ _ARGUMENTS = {
     "--round N": "rounds=N",
     "--ids FILE": "ids=[...]",
     "--all": "everything=True",
+    "--epochs": "epochs",
+    "--fresh": "fresh=True",
+    "--labels": "labels",
+    "--test": "test",
+    "--features": "features",
+    "--classes": "classes",
+    "--model": "model",
+    "--pool": "pool",
     "--strategy": "strategy",
     "--format": "fmt",
     "--target": "target",
     "--id-col": "id_col",
     "-k ": "k=",
 }
+
+
+# Whole commands a message suggests, as the Python calls that do the same.
+_CALLS = [
+    (
+        re.compile(r"`alloop withdraw \S+ --round N` \(or --all\)"),
+        "run.withdraw(rounds=N) (or everything=True)",
+    ),
+    (re.compile(r"`alloop init (\S+) --pool PATH`"), r"alloop.init_run('\1', pool)"),
+]
 
 
 @contextlib.contextmanager
@@ -179,6 +199,8 @@ def api_wording(path: Path | None = None, what: str = ""):
         text = str(e)
         if path is not None:
             text = text.replace(f"label file '{path}'", what).replace(str(path), what)
+        for pattern, call in _CALLS:
+            text = pattern.sub(call, text)
         for flag, arg in _ARGUMENTS.items():
             text = text.replace(flag, arg)
         raise UserError(text) from None
@@ -186,7 +208,8 @@ def api_wording(path: Path | None = None, what: str = ""):
 
 def open_run(name: str, reporter: Reporter | None = None) -> Run:
     """An existing run; UserError if there is none by that name."""
-    rundir.open_run(name)
+    with api_wording():
+        rundir.open_run(name)
     return Run(name, reporter or Reporter())
 
 
@@ -202,5 +225,6 @@ def init_run(
     from alloop.commands.init import init_run as create
 
     targets = [target] if isinstance(target, str) else list(target)
-    create(name, pool, targets=targets, reporter=reporter, **options)
+    with api_wording():
+        create(name, pool, targets=targets, reporter=reporter, **options)
     return open_run(name, reporter)

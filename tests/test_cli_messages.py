@@ -108,6 +108,12 @@ def test_python_errors_speak_of_arguments_and_the_dataframe(run, runs, alloop_da
         r.query(k=10000)
     done = r.ingest(frame, train=False, id_col="row", target="price")
     assert done.added == len(ids)
+    with pytest.raises(alloop.UserError, match=r"alloop\.init_run\('nope', pool\)"):
+        alloop.open_run("nope")
+    st = r.status()
+    r.query(k=240 - st["labels"] - st["outstanding"], strategy="random")
+    with pytest.raises(alloop.UserError, match=r"run\.withdraw\(rounds=N\) \(or everything=True\)"):
+        r.query(k=1)
 
 
 # --- small things --------------------------------------------------------------------------------
