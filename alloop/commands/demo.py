@@ -109,7 +109,13 @@ def run_demo(
         if on_round:
             on_round(rows[-1])
         for r in range(1, rounds + 1):
-            q = query(name, k=k, strategy=strategy, reporter=reporter)
+            left = _rows_left(name)
+            if left == 0:
+                reporter.info(f"every pool row is labeled after round {r - 1}: the demo ends there")
+                break
+            if k > left:
+                reporter.info(f"round {r} asks for the {left} rows left, not {k}")
+            q = query(name, k=min(k, left), strategy=strategy, reporter=reporter)
             run = rundir.open_run(name)
             filled = answer(run, Path(q["path"]), Path(tmp) / f"answers-{r:04d}.csv")
             done = ingest(name, str(filled), reporter=reporter)
@@ -117,6 +123,12 @@ def run_demo(
             if on_round:
                 on_round(rows[-1])
     return {"run": str(rundir.resolve_run_path(name)), "dataset": dataset, "rounds": rows}
+
+
+def _rows_left(name: str) -> int:
+    """Pool rows neither labeled nor outstanding (a query refuses a larger -k)."""
+    run = rundir.open_run(name)
+    return open_pool_of(run).n_rows - run.n_labels - len(run.outstanding)
 
 
 def _round_figures(r: int, trained: dict, strategy: str | None = None) -> dict:
