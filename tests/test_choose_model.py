@@ -21,6 +21,7 @@ from cli_helpers import invoke
 
 from alloop import config as config_mod
 from alloop.commands import common
+from alloop.commands import train as train_cmd
 from alloop.config import PoolSpec, RunConfig
 from alloop.core import hyper
 from alloop.io import rundir
@@ -291,6 +292,23 @@ def test_an_auto_run_moves_to_the_mlp_when_the_target_is_a_sine_and_queries_with
         (64, 1),
     ]
     assert meta["s_choice"]["route"] == "grid" and meta["s"] in choose_s_mod.GRID_S
+    # the grid's trainings are kept, and the next training's search starts from them
+    kept = train_cmd.grid_warm(run, common.config_of(run))
+    assert kept is not None and kept.n == 80 and meta["s_choice"]["stop"] == "grid"
+    ok(
+        invoke(
+            [
+                "ingest",
+                "m",
+                _labels(pool, list(range(80, 90)), tmp_path / "c.csv"),
+                "--allow-unqueried",
+            ],
+            runs,
+        )
+    )
+    _, meta = common.load_checkpoint(rundir.open_run(str(runs / "m")))
+    assert meta["model_choice"]["model"] == "mlp 64,64"
+    assert meta["s_choice"]["stop"] == "grid, warm start", meta["s_choice"]
     ok(invoke(["verify", "m"], runs))
     q = invoke(["query", "m", "-k", "5", "--json"], runs)
     ok(q)

@@ -49,10 +49,18 @@ def fold_masks(n: int, folds: int, seed: int = 0) -> np.ndarray:
     k = min(max(int(folds), 2), n)
     if k == n:
         return 1.0 - np.eye(n, dtype=np.float32)
-    order = np.random.default_rng(seed).permutation(n)
-    which = np.empty(n, np.int64)
-    which[order] = np.arange(n) % k
+    which = fold_of_rows(n, k, seed)
     return (which[None, :] != np.arange(k)[:, None]).astype(np.float32)
+
+
+def fold_of_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """(n,) the fold of each row: rows [bk, (b+1)k) take a random permutation of the k folds, drawn from
+    (seed, b). Balanced (fold sizes differ by at most one), and stable as rows are appended: the first
+    n rows keep their folds at n + m rows, so a fold's training on them never saw its held-out rows
+    and can warm-start the next round's (``choose_s.choose_grid``)."""
+    blocks = -(-n // k)
+    perms = [np.random.default_rng([seed, b]).permutation(k) for b in range(blocks)]
+    return np.concatenate(perms)[:n].astype(np.int64) if perms else np.zeros(0, np.int64)
 
 
 def validation_masks(masks, w) -> jax.Array:

@@ -255,13 +255,14 @@ def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1
     return jax.jit(epoch)
 
 
-def make_fit_many(problem: Problem, n: int, cfg: TrainConfig) -> Callable:
+def make_fit_many(problem: Problem, n: int, cfg: TrainConfig, stacked: bool = False) -> Callable:
     """A jitted ``fit_many(params, data, weights, s) -> stacked θ``: m trainings at once (vmapped).
 
     Training i minimizes Σ_j weights[i, j] L_j + s[i] R from ``params`` with a fresh optimizer for
     ``cfg.epochs`` epochs of ``cfg.batch_size`` rows, without a tangent: every (fold, s) pair of a grid
     search in one compiled call (all see the same minibatches). ``data`` has ``n`` rows; its own
-    weights are ignored (each training has its row of ``weights``).
+    weights are ignored (each training has its row of ``weights``). ``stacked``: ``params`` has a
+    leading axis, one start per training (warm starts), instead of one start shared by all.
     """
     cfg = TrainConfig.from_dict({**asdict(cfg), "tangent_every": 0})
     opt = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
@@ -275,9 +276,9 @@ def make_fit_many(problem: Problem, n: int, cfg: TrainConfig) -> Callable:
         ).params
 
     return jax.jit(
-        lambda params, data, weights, s: jax.vmap(one, in_axes=(None, None, None, 0, 0))(
-            params, data.x, data.y, weights, s
-        )
+        lambda params, data, weights, s: jax.vmap(
+            one, in_axes=(0 if stacked else None, None, None, 0, 0)
+        )(params, data.x, data.y, weights, s)
     )
 
 

@@ -53,6 +53,7 @@ class AutoLearner:
             iter(self.learners)
         )  # the model in use: the first candidate until a fit chooses
         self._s = None
+        self._grid = None  # the MLP's grid trainings of the last round (``choose_s.GridWarm``)
         self.cv_loss = None
 
     @property
@@ -71,7 +72,9 @@ class AutoLearner:
             current=current,
             s_prev=None if first else self._s,
             x_pool=self.x_check,
+            warm=None if first else self._grid,
         )
+        self._grid = picked.grid_state
         label = picked.model.label()
         switched = label != self.current or first
         self.current, self._s, self.cv_loss = label, picked.s, picked.s_choice.cv_loss

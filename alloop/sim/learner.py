@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from alloop.config import RunConfig
+from alloop.core import compile_cache
 from alloop.sim.data import SimData
 from alloop.sim.settings import SimSettings, config_for
 from alloop.strategies import TrainedModel
@@ -53,6 +54,7 @@ def make_learner(data: SimData, settings: SimSettings) -> Learner:
     otherwise, the auto choice over them for ``--model auto``."""
     from alloop.sim import auto, ridge, sgdf  # the families import this module's protocol
 
+    compile_cache.enable()  # worker processes too: each compiled program once per machine
     config = config_for(data, settings)
     if settings.task == "regression" and config.model.kind == "auto":
         return auto.AutoLearner(data, settings, config)

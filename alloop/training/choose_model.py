@@ -54,6 +54,9 @@ class ModelChoice(NamedTuple):
     spread: dict | None = (
         None  # label -> its predictions' variance on the pool sample over the labels' (None: no sample)
     )
+    grid_state: choose_s.GridWarm | None = (
+        None  # the MLP's grid trainings: the next choice's warm start
+    )
 
     @property
     def switched(self) -> bool:
@@ -95,12 +98,14 @@ def choose(
     s_prev: float | None = None,
     margin: float = SWITCH_MARGIN,
     x_pool=None,
+    warm: choose_s.GridWarm | None = None,
 ) -> ModelChoice:
     """The simplest eligible candidate within one standard error of the lowest CV loss (``simplest_within_se``);
     ``current``, while eligible, is kept if more flexible than that and leading it by more than ``margin`` (``leads``),
     or if simpler and within one standard error or ``margin`` of the lowest (``keeps``).
 
-    ``x_pool``: a uniform sample of the pool's rows (the run's stop set); without it every candidate is eligible."""
+    ``x_pool``: a uniform sample of the pool's rows (the run's stop set); without it every candidate is eligible.
+    ``warm``: the last choice's ``grid_state``, where the MLP's grid search starts (``choose_s.choose_grid``)."""
     config = as_config(config)
     now = None if current is None else current.concrete().label()
     scored = []
@@ -111,8 +116,10 @@ def choose(
             y,
             s_prev=s_prev if spec.label() == now else None,
             x_pool=x_pool,
+            warm=warm,
         )
         scored.append((spec, value, choice))
+    grid_state = next((c.grid_state for _, _, c in scored if c.grid_state is not None), None)
     losses = {spec.label(): float(choice.cv_loss) for spec, _, choice in scored}
     spreads = (
         None if x_pool is None else {spec.label(): choice.spread for spec, _, choice in scored}
@@ -156,7 +163,16 @@ def choose(
             for label in out
         )
     spec, value, choice = best
-    return ModelChoice(spec, float(value), choice, losses, now, reason, spreads)
+    return ModelChoice(
+        model=spec,
+        s=float(value),
+        s_choice=choice,
+        cv_loss=losses,
+        previous=now,
+        reason=reason,
+        spread=spreads,
+        grid_state=grid_state,
+    )
 
 
 def simplest_within_se(scored: list) -> tuple:

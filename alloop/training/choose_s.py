@@ -18,6 +18,7 @@ No files here: ``plot_png`` returns the figure's bytes for the caller to write.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -104,6 +105,62 @@ def evaluator(
 # --- choosing s ----------------------------------------------------------------------------------
 
 
+class GridWarm(NamedTuple):
+    """A grid search's trainings, kept to warm-start the next round's: valid for labels whose first
+    ``n`` rows are these (``fingerprint``), with the same folds and s grid."""
+
+    n: int
+    folds: int
+    grid: tuple
+    fingerprint: str
+    params: object  # the chosen s's trainings, stacked per fold
+
+    def fits(self, x, y, folds: int, grid) -> bool:
+        """Whether these trainings can start the search on labels (x, y)."""
+        return (
+            self.folds == folds
+            and tuple(self.grid) == tuple(float(s) for s in grid)
+            and len(x) > self.n
+            and self.fingerprint == label_fingerprint(x[: self.n], y[: self.n])
+        )
+
+
+def grid_state_record(state: GridWarm) -> tuple[dict, dict]:
+    """(tree, meta) of a grid state, for a run to keep between trainings (``grid_state_from``)."""
+    meta = {
+        "n": state.n,
+        "folds": state.folds,
+        "grid": list(state.grid),
+        "fingerprint": state.fingerprint,
+    }
+    return {"params": state.params}, meta
+
+
+def grid_state_like(config: RunConfig, folds: int) -> dict:
+    """The tree shape ``grid_state_record`` stores for the MLP candidate of ``config`` (to load it)."""
+    init = cv_routes.COMPILED.get(config).init
+    return {
+        "params": jax.tree_util.tree_map(
+            lambda a: np.zeros((folds, *np.shape(a)), np.float32), init
+        )
+    }
+
+
+def grid_state_from(tree: dict, meta: dict) -> GridWarm:
+    """The grid state a run kept (``grid_state_record``)."""
+    params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
+    return GridWarm(
+        int(meta["n"]), int(meta["folds"]), tuple(meta["grid"]), str(meta["fingerprint"]), params
+    )
+
+
+def label_fingerprint(x, y) -> str:
+    """A digest of labeled rows (features and targets as float32), to recognize them next round."""
+    h = hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y, np.float64), np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 class Choice(NamedTuple):
     s: float
     mode: str
@@ -121,6 +178,9 @@ class Choice(NamedTuple):
         None  # (n,) each label's held-out loss at the chosen s (cv_loss is their mean); paired across
     )
     # models, since every route uses the same folds for the same labels (``choose_model`` compares candidates with it)
+    grid_state: GridWarm | None = (
+        None  # the grid's trainings, to warm-start the next round's (grid only)
+    )
 
     def record(self) -> dict:
         """What a checkpoint's meta and the history keep about the choice (no timing: same inputs, same bytes)."""
@@ -149,6 +209,7 @@ def choose_s(
     tc: TuneConfig | None = None,
     ev=None,
     x_pool=None,
+    warm: GridWarm | None = None,
 ) -> Choice:
     """Choose s for these labels: ``auto`` (hypergradient search from ``s_prev``) or ``loocv``
     (closed form). ``x_pool``: a uniform sample of pool rows, on which the choice also measures
@@ -162,7 +223,7 @@ def choose_s(
         return _choose_loocv(config, x, y, tc, s0, t0, x_pool)
     route = ev[0] if ev else route_for(cv_routes.COMPILED.get(config).problem, tc)
     if route == "grid":
-        return choose_grid(config, x, y, tc=tc, x_pool=x_pool)
+        return choose_grid(config, x, y, tc=tc, x_pool=x_pool, warm=warm)
     route, ev_, k = ev or evaluator(config, x, y, tc, params, tangent)
     res = hyper.minimize_log_s(
         ev_, s0, tc.s_min, tc.s_max, tol=tc.tol, max_evals=tc.max_evals, flat=tc.flat
@@ -222,12 +283,16 @@ GRID_S = (
     30.0,
 )  # the s a grid search tries (the MLP in --model auto; docs/results.md)
 GRID_STEPS = 1000  # steps of each grid training, from the model's initial parameters
+GRID_WARM_STEPS = (
+    250  # steps of each grid training warm-started from the last round's (``choose_grid``)
+)
 GRID_BATCH = 256  # rows per step: full batch up to 256 labels, minibatches above (the cost stops growing with the labels)
 
 
 def grid_padding(n: int) -> int:
-    """Rows a grid search pads n labels to: a power of two, at least 64 (one compilation per size)."""
-    return max(64, 1 << (n - 1).bit_length())
+    """Rows a grid search pads n labels to: a multiple of 32, at least 64, so few sizes compile and
+    little work goes to padding (powers of two trained up to twice the rows needed)."""
+    return max(64, -(-n // 32) * 32)
 
 
 def choose_grid(
@@ -239,9 +304,10 @@ def choose_grid(
     grid=GRID_S,
     steps: int = GRID_STEPS,
     x_pool=None,
+    warm: GridWarm | None = None,
 ) -> Choice:
     """The s of ``grid`` with the lowest k-fold CV loss, every (fold, s) trained at once from the
-    initial parameters.
+    initial parameters, or from the last round's trainings (``warm``) for GRID_WARM_STEPS steps.
 
     For models whose hypergradient search is erratic on few labels (the MLP: docs/choosing-s.md): no
     warm start from a fit that saw the held-out rows, no search path, the same folds as
@@ -249,6 +315,11 @@ def choose_grid(
     per size; each training takes ``steps`` steps of at most GRID_BATCH rows, so its cost stops
     growing with the labels. With ``x_pool``, the choice's ``spread`` is ``pool_spread``'s measure
     from the chosen s's fold trainings.
+
+    ``warm``: the previous round's ``Choice.grid_state``. The folds are stable as labels are appended
+    (``hyper.fold_of_rows``), so fold j's last training saw none of fold j's held-out rows, old or
+    new: starting there leaks nothing, and a quarter of the steps reach the same CV loss
+    (docs/results.md, "A simulation fast enough to decide"). Used when it ``fits`` these labels.
     """
     t0 = time.perf_counter()
     tc = tc or tune_config(config)
@@ -268,10 +339,18 @@ def choose_grid(
     grid = np.asarray(grid, np.float64)
     weights = np.repeat(masks, len(grid), axis=0) * w[None, :]
     s_all = np.tile(grid, k).astype(np.float32)
+    warm = warm if warm is not None and warm.fits(x, y, k, grid) else None
     train, held_out, held_rows, predict = compiled.grid_functions(
-        config, n_pad, steps, min(n_pad, GRID_BATCH)
+        config, n_pad, GRID_WARM_STEPS if warm else steps, min(n_pad, GRID_BATCH), warm is not None
     )
-    params = train(compiled.init, padded, jnp.asarray(weights), jnp.asarray(s_all))
+    # every s of fold j starts from fold j's training at the last chosen s (a homotopy in s: a start
+    # that collapsed under a large s would stay there, one fitted at the chosen s does not)
+    start = (
+        compiled.init
+        if warm is None
+        else jax.tree_util.tree_map(lambda a: jnp.repeat(a, len(grid), axis=0), warm.params)
+    )
+    params = train(start, padded, jnp.asarray(weights), jnp.asarray(s_all))
     loss = np.asarray(
         held_out(params, padded, jnp.asarray(np.repeat(masks, len(grid), axis=0))), np.float64
     )
@@ -293,10 +372,11 @@ def choose_grid(
         route="grid",
         s_start=float(grid[0]),
         evaluations=evals,
-        stop="grid",
+        stop="grid, warm start" if warm else "grid",
         seconds=time.perf_counter() - t0,
         spread=spread,
         row_loss=rows,
+        grid_state=GridWarm(n, k, tuple(float(s) for s in grid), label_fingerprint(x, y), chosen),
     )
 
 
@@ -339,14 +419,31 @@ def _choose_loocv(config, x, y, tc: TuneConfig, s0: float, t0: float, x_pool=Non
 
 
 def resolve_s(
-    config: RunConfig, x, y, *, s_prev: float | None = None, params=None, tangent=None, x_pool=None
+    config: RunConfig,
+    x,
+    y,
+    *,
+    s_prev: float | None = None,
+    params=None,
+    tangent=None,
+    x_pool=None,
+    warm: GridWarm | None = None,
 ) -> tuple[float, Choice | None]:
-    """The numeric s to train with: the config's number, or the value chosen now for its mode (``x_pool``: see ``choose_s``)."""
+    """The numeric s to train with: the config's number, or the value chosen now for its mode
+    (``x_pool``, ``warm``: see ``choose_s``, ``choose_grid``)."""
     config = as_config(config)
     if not is_mode(config.s):
         return float(config.s), None
     choice = choose_s(
-        config, x, y, mode=config.s, s_prev=s_prev, params=params, tangent=tangent, x_pool=x_pool
+        config,
+        x,
+        y,
+        mode=config.s,
+        s_prev=s_prev,
+        params=params,
+        tangent=tangent,
+        x_pool=x_pool,
+        warm=warm,
     )
     return choice.s, choice
 

@@ -104,9 +104,12 @@ class Compiled:
 
         return self._once("reg", build)
 
-    def grid_functions(self, config: RunConfig, n_pad: int, steps: int, batch: int):
+    def grid_functions(
+        self, config: RunConfig, n_pad: int, steps: int, batch: int, stacked: bool = False
+    ):
         """(vmapped trainer, per-training held-out loss sums, per-row held-out losses, pool
-        predictions) for a padded size: ``choose_s.choose_grid``'s compiled pieces."""
+        predictions) for a padded size: ``choose_s.choose_grid``'s compiled pieces (``stacked``:
+        the trainer starts each training from its own parameters, a warm start)."""
 
         def build():
             problem = self.problem
@@ -117,7 +120,7 @@ class Compiled:
                     "epochs": math.ceil(steps / sgdf.steps_per_epoch(n_pad, batch)),
                 }
             )
-            train = sgdf.make_fit_many(problem, n_pad, cfg)
+            train = sgdf.make_fit_many(problem, n_pad, cfg, stacked)
 
             def per_row(params, data):
                 return jax.vmap(lambda p: objective.per_example_loss(problem, p, data.x, data.y))(
@@ -137,7 +140,7 @@ class Compiled:
 
             return train, jax.jit(held_out), jax.jit(rows), jax.jit(predict)
 
-        return self._once(("grid", n_pad, steps, batch), build)
+        return self._once(("grid", n_pad, steps, batch, stacked), build)
 
 
 class CompiledCache:
