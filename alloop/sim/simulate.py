@@ -72,11 +72,17 @@ def simulate(
     jobs: int | None = None,
     reporter: Reporter | None = None,
     stop: dict | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict:
     """Run every missing (strategy, rep) curve, then write the summary and the plot; returns the summary.
 
     ``stop`` overrides stopping thresholds (``training.stopping.StopRules``) for the stop report only: the
     curves record the signals, so other thresholds are replayed without running anything again.
+    ``engine``: ``local`` (``jobs`` worker processes) or ``ray`` (``jobs`` actors on the Ray cluster
+    at ``address``; None: the one this process is connected to, else a new local one): the same
+    curves.
+    SIGINT and SIGTERM stop it (``engines.stop_on_signals``); the finished curves stay for a rerun.
     """
     reporter = reporter or Reporter()
     try:
@@ -87,15 +93,19 @@ def simulate(
     if reps < 1:
         raise UserError("--reps must be at least 1")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(engines.connected(engine, address))  # before anything is written
+        stack.enter_context(engines.stop_on_signals())
+        out.mkdir(parents=True, exist_ok=True)
         try:
             stack.enter_context(run_lock(out, wait=0.0))
         except UserError:
             raise UserError(
                 f"{out} is in use by another alloop simulate: wait for it to finish, or pass another --out"
             ) from None
-        return _simulate_locked(data, settings, strategy_list, reps, out, jobs, reporter, rules)
+        return _simulate_locked(
+            data, settings, strategy_list, reps, out, jobs, reporter, rules, engine, address
+        )
 
 
 def _simulate_locked(
@@ -107,6 +117,8 @@ def _simulate_locked(
     jobs,
     reporter: Reporter,
     rules: stopping.StopRules,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict:
     config = {
         "data": {
@@ -126,14 +138,15 @@ def _simulate_locked(
     todo = [(s, r) for r in range(reps) for s in strategy_list if (s, r) not in done]
     if len(done) and todo:
         reporter.info(f"resuming: {len(done)} finished curves in {path}, {len(todo)} to go")
-    jobs = max(1, min(jobs or engines.default_jobs(), len(todo) or 1))
     t0 = time.perf_counter()
     with reporter.progress(
         f"simulating {len(todo)} curves on {data.name}", len(todo) * len(expected)
     ) as advance:
-        for rows in engines.run_all(data, settings, todo, jobs, advance):
-            append_curve(path, rows)
-            done[(rows[0]["strategy"], rows[0]["rep"])] = rows
+        curves = engines.run_all(data, settings, todo, jobs, advance, engine, address)
+        with contextlib.closing(curves):  # an early end (a stop, an error) ends the workers now
+            for rows in curves:
+                append_curve(path, rows)
+                done[(rows[0]["strategy"], rows[0]["rep"])] = rows
     keep = [r for s in strategy_list for rep in range(reps) for r in done[(s, rep)]]
     summary = sim_summary.summarize(
         keep, strategy_list, settings, data.name, metric_name(settings.task), rules
@@ -159,6 +172,8 @@ def run_simulation(
     task: str | None = None,
     reporter: Reporter | None = None,
     stop: dict | None = None,
+    engine: str = "local",
+    address: str | None = None,
     **settings,
 ) -> dict:
     """The ``simulate`` use case: find the data (``dataset`` or ``pool`` + ``test``), then ``simulate``.
@@ -166,7 +181,9 @@ def run_simulation(
     A bundled dataset's ``demo`` defaults (model, s) and task apply unless given. Without them, model and s
     follow ``alloop init``'s policy (``config.default_model``, ``config.default_s``): auto model and s for
     regression, a linear model with s = 1 for classification.
+    ``engine``/``address``: where the curves run (``simulate``).
     """
+    engines.check_engine(engine, address)
     if dataset:
         if pool or test:
             raise UserError("pass either --dataset or --pool/--test, not both")
@@ -196,5 +213,7 @@ def run_simulation(
         jobs,
         reporter,
         stop,
+        engine,
+        address,
     )
     return {**summary, "out": str(where), "markdown": (where / "summary.md").read_text()}
