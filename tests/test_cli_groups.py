@@ -1,4 +1,4 @@
-"""``init --group-col``: a grouped run's cycle through the CLI and the Python API, and its bad input."""
+"""``init --group-col``: a grouped run's cycle through the CLI and the Python API; its bad input."""
 
 from __future__ import annotations
 
@@ -97,3 +97,27 @@ def test_bad_group_input_leaves_an_existing_run_unchanged(runs, tmp_path):
     before = digest(runs / "shop")
     res = invoke(["init", "shop", "--pool", pool, "--group-col", "nope"], runs)
     assert res.code == 2 and digest(runs / "shop") == before
+
+
+def test_simulate_replays_the_grouped_model(runs, tmp_path):
+    pool, _, truth = grouped_pool(tmp_path / "data")
+    test = pd.read_parquet(pool).drop(columns="id").iloc[:40]
+    test.to_parquet(tmp_path / "test.parquet", index=False)
+    args = ["simulate", "--pool", pool, "--test", tmp_path / "test.parquet", "--group-col", "store"]
+    short = ["--strategies", "sld", "--reps", "1", "--budget", "20", "--initial", "10", "--s", "1"]
+    res = invoke([*args, *short, "--jobs", "1", "--out", tmp_path / "sim"], runs)
+    assert res.code == 0, res.stderr
+    curves = pd.read_csv(tmp_path / "sim" / "curves.csv")
+    assert list(curves["n_labels"]) == [10, 20] and np.all(np.isfinite(curves["metric"]))
+    config = json.loads((tmp_path / "sim" / "config.json").read_text())
+    assert config["settings"]["group_col"] == "store"
+    bad = invoke([*args[:-1], "x9", *short, "--jobs", "1", "--out", tmp_path / "bad"], runs)
+    assert_user_error(bad, "'x9' is not a numeric column")
+
+
+def test_simulation_settings_without_groups_store_as_before():
+    """Simulations made before --group-col resume: their stored settings gain no key."""
+    from alloop.sim.settings import SimSettings
+
+    assert "group_col" not in SimSettings().to_dict()
+    assert SimSettings(group_col="store").to_dict()["group_col"] == "store"

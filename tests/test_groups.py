@@ -70,7 +70,7 @@ def test_sgdf_tangent_matches_finite_differences(case):
 
 def rho_of(prob, params, s):
     """ρ = ∂²(s R)/∂θ∂s by autodiff of the regularizer alone (no formula of ours), in float64: the
-    per-group term enters s R as s · (term / s), whose derivative in s is zero only up to rounding."""
+    per-group term enters s R as s · (term / s), whose s-derivative is zero only up to rounding."""
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
         grad = lambda t: jax.grad(lambda p: t * prob.reg.value(p, t))(p64)  # noqa: E731

@@ -173,7 +173,7 @@ def _read_pool(
 
 
 def _default_kind(task: str, s, group_col) -> str:
-    """The model unless told: linear for a grouped run (auto does not choose among grouped models)."""
+    """The model unless told: linear for a grouped run (auto chooses among ungrouped models only)."""
     return "linear" if group_col else default_model(task, s)
 
 

@@ -51,10 +51,13 @@ class Learner(Protocol):
 
 def make_learner(data: SimData, settings: SimSettings) -> Learner:
     """Closed-form ridge for linear/poly regression (what SGDF converges to), SGDF through the core
-    otherwise, the auto choice over them for ``--model auto``."""
-    from alloop.sim import auto, ridge, sgdf  # the families import this module's protocol
+    otherwise, the auto choice over them for ``--model auto``; the grouped model (sim/grouped.py)
+    with a group column."""
+    from alloop.sim import auto, grouped, ridge, sgdf  # the families import this protocol
 
     compile_cache.enable()  # worker processes too: each compiled program once per machine
+    if settings.group_col is not None:  # any --model: auto does not choose among grouped models
+        return grouped.GroupedLearner(grouped.with_group_last(data, settings.group_col), settings)
     config = config_for(data, settings)
     if settings.task == "regression" and config.model.kind == "auto":
         return auto.AutoLearner(data, settings, config)

@@ -36,9 +36,14 @@ class SimSettings:
         1.0  # a number, or "auto"/"loocv" (linear/poly regression): chosen every round as `alloop train` does
     )
     task: str = "regression"
+    group_col: str | None = None  # simulate --group-col: the grouped linear model (sim/grouped.py)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As stored in config.json; without group_col unless set (older simulations resume)."""
+        out = asdict(self)
+        if out["group_col"] is None:
+            del out["group_col"]
+        return out
 
 
 def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -> None:
@@ -73,6 +78,12 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
             "--model auto chooses among linear, polynomial and MLP models by the cross-validated loss of --s auto: "
             "use it for regression with --s auto (or loocv: linear and polynomial only)"
         )
+    if settings.group_col is not None and (settings.task != "regression" or kind == "mlp"):
+        raise UserError(
+            "--group-col simulates the grouped linear model: regression, --model linear (or auto)"
+        )
+    if settings.group_col is not None and kind == "poly":
+        raise UserError("--group-col simulates the grouped linear model: pass --model linear")
     unknown = [
         s for s in strategies_ if s not in strategies.REGISTRY and s not in strategies.ALIASES
     ]
