@@ -1064,42 +1064,39 @@ def simulate(
     Example: alloop simulate --dataset diabetes --strategies sld,sld-topk,random --reps 5
     SIGINT or SIGTERM stops it and its workers; finished curves stay, and a rerun resumes.
     """
-    from alloop.io.ray_cluster import cluster
-
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a script:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a SIGINT still means stop
-    try:
-        with cluster(address) if engine == "ray" else contextlib.nullcontext():  # Ray before JAX
-            from alloop.sim import simulate as sim
+    from alloop.sim import simulate as sim
 
-            spec = (
-                None
-                if model is None
-                else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
-            )
-            res = sim.run_simulation(
-                dataset=dataset,
-                pool=with_endpoint(pool, endpoint_url) if pool else pool,
-                test=with_endpoint(test, endpoint_url) if test else test,
-                target=target,
-                id_col=id_col,
-                strategy_list=_split(strategies),
-                reps=reps,
-                out=out,
-                jobs=jobs,
-                model=spec,
-                s=s,
-                task=task,
-                reporter=RichReporter(),
-                stop=_stop_overrides(stop),
-                engine=engine,
-                address=address,
-                budget=budget,
-                batch=batch,
-                initial=initial,
-                seed=seed,
-                **({"group_col": group_col} if group_col else {}),
-            )
+    spec = (
+        None
+        if model is None
+        else sim.model_of(model, degree=degree, hidden=_sizes(hidden, "--hidden"))
+    )
+    try:
+        res = sim.run_simulation(
+            dataset=dataset,
+            pool=with_endpoint(pool, endpoint_url) if pool else pool,
+            test=with_endpoint(test, endpoint_url) if test else test,
+            target=target,
+            id_col=id_col,
+            strategy_list=_split(strategies),
+            reps=reps,
+            out=out,
+            jobs=jobs,
+            model=spec,
+            s=s,
+            task=task,
+            reporter=RichReporter(),
+            stop=_stop_overrides(stop),
+            engine=engine,
+            address=address,
+            budget=budget,
+            batch=batch,
+            initial=initial,
+            seed=seed,
+            **({"group_col": group_col} if group_col else {}),
+        )
     except KeyboardInterrupt as e:  # Ctrl-C, SIGINT, or SIGTERM (Terminated: cli's or the engine's)
         err.print(
             "interrupted: finished curves are kept in curves.csv; run the same command again to resume",
