@@ -28,6 +28,7 @@ from alloop.training import grouping
 
 S_GRID = np.logspace(-2, 3, 6)  # s = "auto": 5-fold CV over these
 FOLDS = 5
+MAX_ITER, GRAD_TOL = 500, 1e-7  # L-BFGS: iterations, and ‖∇(f/n)‖ at which it stops
 
 
 def with_group_last(data: SimData, group_col: str) -> SimData:
@@ -106,7 +107,7 @@ class Exact:
             u, st = opt.update(g, st, f, value=v, grad=g, value_fn=fun)
             return optax.apply_updates(f, u), st, it + 1, jnp.linalg.norm(g)
 
-        cond = lambda c: (c[2] < 2000) & (c[3] > 1e-9)  # noqa: E731
+        cond = lambda c: (c[2] < MAX_ITER) & (c[3] > GRAD_TOL)  # noqa: E731
         return jax.lax.while_loop(cond, body, (flat0, opt.init(flat0), 0, jnp.inf))[0]
 
     def _exact_tangent(self, flat, x, y, w, s):
