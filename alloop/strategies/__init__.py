@@ -15,6 +15,7 @@ from alloop.io import pool as poolio
 from alloop.strategies import builtin, research
 from alloop.strategies.base import (
     DEFAULT_BATCH_ROWS,
+    Needs,
     Pick,
     Round,
     Selection,

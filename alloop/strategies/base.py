@@ -15,6 +15,7 @@ simulation measures exactly the code that ``alloop query`` runs, candidate sampl
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from alloop.core.models import Standardizer
+from alloop.errors import UserError
 from alloop.io import pool as poolio
 from alloop.strategies import stream
 from alloop.strategies.model import TrainedModel
@@ -71,17 +73,26 @@ def deterministic(idx, scores) -> Pick:
     return Pick(idx, np.asarray(scores, np.float64), np.full(len(idx), np.nan))
 
 
+class Needs(enum.Flag):
+    """What a strategy needs from the round (a misspelled need is an AttributeError, not a no-op)."""
+
+    NOTHING = 0
+    MODEL = enum.auto()  # a trained model
+    TANGENT = enum.auto()  # a finite, non-zero θ̇
+    MEMBERS = enum.auto()  # bootstrap models (query by committee)
+    GRADIENTS = enum.auto()  # per-row ∂F/∂θ of one regression output
+
+
 @dataclass(frozen=True, eq=False)
 class Strategy:
-    """A way of choosing rows. ``needs``: "model" (a trained model), "tangent" (a finite, non-zero θ̇),
-    "members" (bootstrap models), "gradients" (per-row ∂F/∂θ: one regression output)."""
+    """A way of choosing rows, and what it ``needs`` of the round (``Needs``)."""
 
     name: str
     about: str
     keep: Callable[[Round, int], tuple[RowScore, int]]
     pick: Callable[[stream.Kept, Round, int], Pick] | None = None
     tasks: tuple[str, ...] = ("regression", "classification")
-    needs: frozenset = frozenset()
+    needs: Needs = Needs.NOTHING
     weighted: bool = (
         False  # refit with LURE importance weights from the picks' probabilities (simulation only)
     )
@@ -122,6 +133,12 @@ def select(
     ``engine``: None streams the pool here (``stream.stream_top``); else a callable
     ``(info, ran, k, n_keep, exclude, on_rows) -> Kept`` that keeps the same rows elsewhere (``distributed.RayEngine``).
     """
+    outputs = np.shape(rnd.labeled_y)[1] if np.ndim(rnd.labeled_y) == 2 else 1
+    if Needs.GRADIENTS in strategy.needs and outputs != 1:
+        raise UserError(
+            f"strategy {strategy.name!r} works on the gradients of one regression target and this "
+            f"run has {outputs}: choose another strategy (herding, sld, random)"
+        )
     note = cold_start_note(strategy, rnd)
     ran = fallback if note else strategy
     score, n_keep = ran.keep(rnd, k)
@@ -139,8 +156,8 @@ def select(
 def cold_start_note(strategy: Strategy, rnd: Round) -> str | None:
     """Why ``strategy`` has nothing to say this round (then greedy sampling runs), or None."""
     fallback = "using greedy farthest-point sampling"
-    is_sld = "tangent" in strategy.needs
-    if "model" not in strategy.needs:
+    is_sld = Needs.TANGENT in strategy.needs
+    if Needs.MODEL not in strategy.needs:
         return None
     if rnd.model is None:
         why, what = (

@@ -18,7 +18,7 @@ import numpy as np
 
 from alloop.core import diversity, ranking, scorers
 from alloop.strategies import stream
-from alloop.strategies.base import Pick, Round, Strategy, deterministic, top_k
+from alloop.strategies.base import Needs, Pick, Round, Strategy, deterministic, top_k
 
 SLD_CANDIDATES = 20000  # sld (and the research strategies) draw from a uniform sample of this many unlabeled rows
 GREEDY_CANDIDATES = 4096  # greedy keeps the rows farthest from the labeled set, at least this many
@@ -99,7 +99,7 @@ def uncertainty(kind: str) -> Strategy:
         about,
         keep=lambda rnd, k: (model_score(rnd.model.uncertainty(kind), rnd), k),
         tasks=("classification",),
-        needs=frozenset({"model"}),
+        needs=Needs.MODEL,
     )
 
 
@@ -111,13 +111,13 @@ SLD = Strategy(
     f"sample of up to {SLD_CANDIDATES:,} unlabeled rows: the regression default",
     keep=uniform_sample,
     pick=sld_pick,
-    needs=frozenset({"model", "tangent"}),
+    needs=Needs.MODEL | Needs.TANGENT,
 )
 SLD_TOPK = Strategy(
     "sld-topk",
     "the k highest SLD scores over the whole pool (the paper's heuristic)",
     keep=lambda rnd, k: (model_score(rnd.model.sld(), rnd), k),
-    needs=frozenset({"model", "tangent"}),
+    needs=Needs.MODEL | Needs.TANGENT,
 )
 
 
@@ -142,7 +142,7 @@ COMMITTEE = Strategy(
     "committee",
     f"QBC: disagreement of {COMMITTEE_SIZE} bootstrap models (variance; mean KL for classifiers)",
     keep=lambda rnd, k: (model_score(rnd.model.committee(), rnd), k),
-    needs=frozenset({"model", "members"}),
+    needs=Needs.MODEL | Needs.MEMBERS,
 )
 
 ALL = (

@@ -36,7 +36,7 @@ import numpy as np
 from alloop.core import diversity, share
 from alloop.core.diversity import sq_distances
 from alloop.strategies import stream
-from alloop.strategies.base import Pick, Round, Strategy, deterministic
+from alloop.strategies.base import Needs, Pick, Round, Strategy, deterministic
 from alloop.strategies.builtin import labeled_z, sld_pick, uniform_sample
 
 POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
@@ -416,7 +416,7 @@ def lure_weights(probs: np.ndarray, n_pool: int) -> np.ndarray:
 
 
 REGRESSION = ("regression",)
-SLD_NEEDS = frozenset({"model", "tangent", "gradients"})
+SLD_NEEDS = Needs.MODEL | Needs.TANGENT | Needs.GRADIENTS
 
 
 def _research(name, about, pick, needs=SLD_NEEDS, keep=sample_keep, weighted=False) -> Strategy:
@@ -430,13 +430,13 @@ ALL = (
         "igs",
         "iGS (Wu 2019): farthest in inputs times outputs",
         igs_pick,
-        needs=frozenset({"model", "gradients"}),
+        needs=Needs.MODEL | Needs.GRADIENTS,
     ),
     _research(
         "emcm",
         "EMCM (Cai 2013): expected model change over bootstrap models",
         emcm_pick,
-        needs=frozenset({"model", "members", "gradients"}),
+        needs=Needs.MODEL | Needs.MEMBERS | Needs.GRADIENTS,
     ),
     _research(
         "sld-seq", "SLD, one at a time, discounting rows like those chosen (rank-one)", sld_seq_pick
@@ -450,7 +450,7 @@ ALL = (
         "vr",
         "largest drop of the pool-averaged predictive variance (rank-one), one at a time",
         vr_pick,
-        needs=frozenset({"model", "gradients"}),
+        needs=Needs.MODEL | Needs.GRADIENTS,
         keep=vr_keep,
     ),
     _research("sld-power", f"rows drawn with probability ∝ SLD^{POWER_BETA}", sld_power_pick),
@@ -470,7 +470,7 @@ ALL = (
         "kpp",
         "rows drawn ∝ D² (k-means++ seeding): sld-kpp without SLD",
         kpp_pick_with(lambda kept, rnd: np.ones(len(kept.ids))),
-        needs=frozenset(),
+        needs=Needs.NOTHING,
         keep=uniform_sample,
     ),
     Strategy(
@@ -488,7 +488,7 @@ ALL = (
         "lcmd",
         "LCMD (Holzmüller 2023): the largest cluster's most distant row, in the model's gradient space",
         lcmd_pick_with(None),
-        needs=frozenset({"model", "gradients"}),
+        needs=Needs.MODEL | Needs.GRADIENTS,
     ),
     _research(
         "sld-lcmd",
@@ -499,25 +499,25 @@ ALL = (
         "sld-mix",
         f"{MIX_SHARE:.0%} of each batch uniform, the rest by sld (SLD-weighted k-means++)",
         mix_pick_with(sld_pick),
-        needs=frozenset({"model", "tangent"}),
+        needs=Needs.MODEL | Needs.TANGENT,
     ),
     _research(
         "sld-mix-iw",
         "sld-mix, fitted with LURE importance weights (simulation only)",
         mix_pick_with(sld_pick),
-        needs=frozenset({"model", "tangent"}),
+        needs=Needs.MODEL | Needs.TANGENT,
         weighted=True,
     ),
     _research(
         "sld-mix-auto",
         "sld-mix with the uniform share chosen each round by what the labels say (core/share.py)",
         mix_pick_with(sld_pick, labeled_share),
-        needs=frozenset({"model", "tangent"}),
+        needs=Needs.MODEL | Needs.TANGENT,
     ),
     _research(
         "herding-grad",
         "kernel herding in the model's gradient space (sketched), not the inputs",
         herding_grad_pick,
-        needs=frozenset({"model", "gradients"}),
+        needs=Needs.MODEL | Needs.GRADIENTS,
     ),
 )
