@@ -328,7 +328,11 @@ def ray_engine(
         m = rnd.model
         anchor = inheritance(run).get("anchor")
         cold = strategies.cold_start_note(strat, rnd) is not None
-        members = host(m.member_params()) if "members" in strat.needs and not cold else None
+        members = (
+            host(m.member_params())
+            if strategies.Needs.MEMBERS in strat.needs and not cold
+            else None
+        )
         model = {
             "params": host(m.params),
             "tangent": host(m.tangent),
