@@ -1,19 +1,18 @@
-"""Choosing the regularity s for a run's labeled arrays (``--s auto``, ``--s loocv``, ``alloop tune-s``).
+"""Choosing the regularity s for a run's labeled arrays (``--s auto``, ``--s loocv``).
 
-- ``auto``: minimize the k-fold cross-validated loss (LOOCV when the labeled set is small) by gradient
-  steps on log s with the hypergradient dCV/ds = Σ_val ∇L·θ̇ (``core.hyper``), warm-started from the
-  previous round's s. Linear and poly models with the squared loss get their folds' θ and θ̇ from exact
-  solves (route ``exact``). Other regression models (the MLP) take the best s of a fixed grid, every
-  (fold, s) trained from the initial parameters at once (route ``grid``, ``choose_grid``): the search
-  below was erratic for them on few labels (docs/choosing-s.md). Classification models train their
-  folds with SGDF, all folds at once (vmapped), each evaluation continuing from the nearest evaluated
-  folds' (θ, θ̇) moved by θ̇ Δs (route ``sgdf``): no fold is ever retrained from scratch for a new s.
-- ``loocv`` (linear and poly, squared loss): the closed-form LOOCV error on a log grid of s, its global
-  minimum refined by the same search.
-- ``validation_curve``: the CV error over a log grid (the paper's Figure 2), with closed-form LOOCV and
-  G_pert (eq. 44) where they are tractable; ``plot_png`` draws it.
+- ``auto``: minimize the k-fold cross-validated loss (LOOCV when the labeled set is small) by
+  gradient steps on log s with the hypergradient dCV/ds = Σ_val ∇L·θ̇ (``core.hyper``), warm-started
+  from the previous round's s. How CV(s) is evaluated is the route's (``cv_routes``): linear and poly
+  models with the squared loss solve their folds in closed form (``exact``); classification models
+  train their folds with SGDF carried along s (``sgdf``). Other regression models (the MLP) take the
+  best s of a fixed grid, every (fold, s) trained at once (``grid``, ``choose_grid``): the search was
+  erratic for them on few labels (docs/choosing-s.md). A grid search starts from the last round's
+  trainings when it has them (``GridWarm``).
+- ``loocv`` (linear and poly, squared loss): the closed-form LOOCV error on a log grid of s, its
+  global minimum refined by the same search.
 
-No files here: ``plot_png`` returns the figure's bytes for the caller to write.
+The validation curve of ``alloop tune-s`` is ``validation_curve.py``. No files here: a run keeps a
+grid's trainings through ``grid_state_record`` / ``grid_state_from``.
 """
 
 from __future__ import annotations
