@@ -60,7 +60,9 @@ def test_row_losses_are_each_rows_held_out_error(setup):
     for m in masks:
         out = m == 0
         theta = _ridge(a[~out], y[~out], 0.3)
-        np.testing.assert_allclose(rows[out], np.sum((a[out] @ theta - y[out]) ** 2, axis=1), rtol=1e-8)
+        np.testing.assert_allclose(
+            rows[out], np.sum((a[out] @ theta - y[out]) ** 2, axis=1), rtol=1e-8
+        )
 
 
 @pytest.mark.parametrize("s", [1e-3, 0.3, 30.0])
@@ -131,3 +133,27 @@ def test_linear_rows_in_chunks_equal_the_linear_form(setup):
     dmat, lin = compiled.reg_form()
     np.testing.assert_allclose(dmat, np.asarray(form.dmat))
     np.testing.assert_allclose(lin, np.asarray(form.lin))
+
+
+def test_the_search_on_the_closed_forms_takes_the_jax_solves_path(setup):
+    """The exact route's numpy closed forms replaced jitted JAX solves (``hyper.exact_cv``): the same
+    folds give the same search, step for step, and the same chosen s."""
+    prob, data, params0, _, y = setup
+    masks = hyper.fold_masks(len(y), 5, seed=0)
+    numpy_cv = _cv(prob, data, params0, masks)
+    with jax.enable_x64(True):
+        form = hyper.linear_form(prob, params0, data.x)
+        d64 = hyper.cast(data, jax.numpy.float64)
+        fn = jax.jit(lambda m, s: hyper.exact_cv(prob, form, d64, m, s))
+
+        def jax_cv(s):
+            with jax.enable_x64(True):
+                return tuple(map(float, fn(jax.numpy.asarray(masks, jax.numpy.float64), s)))
+
+        a = hyper.minimize_log_s(jax_cv, 1.0)
+        b = hyper.minimize_log_s(numpy_cv, 1.0)
+    assert a.stop == b.stop and len(a.evaluations) == len(b.evaluations)
+    assert b.s == pytest.approx(a.s, rel=1e-9)
+    for ea, eb in zip(a.evaluations, b.evaluations):
+        assert eb.loss == pytest.approx(ea.loss, rel=1e-9)
+        assert eb.grad == pytest.approx(ea.grad, rel=1e-6, abs=1e-12)
