@@ -12,5 +12,6 @@ if [ -x "$VENV/bin/label-studio" ] && "$VENV/bin/python" -c "import label_studio
     exit 0
 fi
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "label-studio==$VERSION"
+# sentry-sdk 3 dropped an option Label Studio 1.23.2 passes at start ("Unknown option 'send_default_pii'")
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "label-studio==$VERSION" "sentry-sdk<3"
 echo "Label Studio $VERSION installed in $VENV"
