@@ -69,6 +69,7 @@ def test_withdraw_a_round_returns_its_rows_and_keeps_the_query_file(run, runs):
     assert after["generation"] == before["generation"] + 1
     last = json.loads((run / "history.jsonl").read_text().splitlines()[-1])
     assert last["command"] == "withdraw" and sorted(map(str, last["ids"])) == sorted(asked)
+    assert ok(invoke(["verify", "r", "--json"], runs)).json()["ok"]
 
 
 def test_withdrawn_rows_can_be_asked_again(run, runs):
