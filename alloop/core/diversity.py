@@ -20,7 +20,8 @@ def sq_distances(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
 
 
 def min_sq_distance(z: np.ndarray, to: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Squared distance from each row of ``z`` to its nearest row of ``to`` (+inf when ``to`` is empty)."""
+    """Squared distance from each row of ``z`` to its nearest row of ``to`` (+inf when ``to`` is
+    empty)."""
     if len(to) == 0:
         return np.full(len(z), np.inf)
     return (
@@ -33,7 +34,8 @@ def min_sq_distance(z: np.ndarray, to: np.ndarray, chunk: int = 4096) -> np.ndar
 
 
 def capped(scores: np.ndarray, clip: float = CLIP_QUANTILE) -> np.ndarray:
-    """Scores with non-finite values as 0, capped at their ``clip`` quantile: no outlier dominates a draw."""
+    """Scores with non-finite values as 0, capped at their ``clip`` quantile: no outlier dominates a
+    draw."""
     w = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     return np.minimum(w, np.quantile(w, clip)) if len(w) else w
 
@@ -46,17 +48,19 @@ def kpp_clip(
     rng: np.random.Generator,
     clip: float = CLIP_QUANTILE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw k rows ∝ min(score, quantile_clip(score)) · D²; returns (indices in order drawn, their probabilities)."""
+    """Draw k rows ∝ min(score, quantile_clip(score)) · D²; returns (indices in order drawn, their
+    probabilities)."""
     return kpp(z, capped(scores, clip), z_labeled, k, rng)
 
 
 def kpp(
     z: np.ndarray, weights: np.ndarray, z_labeled: np.ndarray, k: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means++ seeding: draw k rows ∝ weight · D², D the distance to the labeled and already drawn rows.
+    """k-means++ seeding: draw k rows ∝ weight · D², D the distance to the labeled and already drawn
+    rows.
 
-    Returns (indices in order drawn, the probability each had given the earlier draws: what importance
-    weighting needs). With nothing labeled the first draw follows the weights alone.
+    Returns (indices in order drawn, the probability each had given the earlier draws: what
+    importance weighting needs). With nothing labeled the first draw follows the weights alone.
     """
     w = np.maximum(
         np.asarray(weights, np.float64), 0.0
@@ -81,13 +85,14 @@ def kpp(
     return np.asarray(chosen, np.int64), np.asarray(probs)
 
 
-# --- kernel herding: a batch that makes the labeled rows look like the pool --------------------------
+# --- kernel herding: a batch that makes the labeled rows look like the pool -----------------------
 
 HERDING_REFERENCE = 2000  # pool rows the kernel mean is estimated on
 
 
 def rbf_bandwidth(z: np.ndarray, rng: np.random.Generator, pairs: int = 4096) -> float:
-    """The median heuristic: the median squared distance between random pairs of rows (1 if all coincide)."""
+    """The median heuristic: the median squared distance between random pairs of rows (1 if all
+    coincide)."""
     if len(z) < 2:
         return 1.0
     i, j = rng.integers(0, len(z), pairs), rng.integers(0, len(z), pairs)
@@ -110,16 +115,17 @@ def herding(
     weights: np.ndarray | None = None,
     with_gains: bool = False,
 ):
-    """Greedy kernel herding: k rows of ``z`` (a uniform sample of the pool) chosen one at a time so that the
-    labeled and chosen rows together come closest to the pool in maximum mean discrepancy (RBF kernel,
-    median-heuristic bandwidth).
+    """Greedy kernel herding: k rows of ``z`` (a uniform sample of the pool) chosen one at a time so
+    that the labeled and chosen rows together come closest to the pool in maximum mean discrepancy
+    (RBF kernel, median-heuristic bandwidth).
 
-    Adding x to the m rows S so far lowers MMD²(S, pool) the most when μ(x) − Σ_{s∈S} k(x, s) / (m + 1) is
-    largest, μ(x) the mean kernel between x and the pool (Chen, Welling & Smola 2010). The batch follows
-    the pool's density where the labels are thin, and never shifts the labeled sample away from the pool
-    the way leverage-seeking picks do. ``weights`` (one per row of ``z``, ≥ 0) tilt the target from the pool
-    to the pool reweighted by them. Returns the indices in the order chosen; ``with_gains``: also
-    each pick's gain μ(x) − Σ k(x, s) / (m + 1) when it was chosen (what the query file shows).
+    Adding x to the m rows S so far lowers MMD²(S, pool) the most when μ(x) − Σ_{s∈S} k(x, s) /
+    (m + 1) is largest, μ(x) the mean kernel between x and the pool (Chen, Welling & Smola 2010).
+    The batch follows the pool's density where the labels are thin, and never shifts the labeled
+    sample away from the pool the way leverage-seeking picks do. ``weights`` (one per row of
+    ``z``, ≥ 0) tilt the target from the pool to the pool reweighted by them. Returns the indices
+    in the order chosen; ``with_gains``: also each pick's gain μ(x) − Σ k(x, s) / (m + 1) when it
+    was chosen (what the query file shows).
     """
     n = len(z)
     if n == 0 or k <= 0:
@@ -153,19 +159,21 @@ def herding(
     return (idx, np.asarray(gains)) if with_gains else idx
 
 
-# --- LCMD: the largest cluster's most distant point ---------------------------------------------------
+# --- LCMD: the largest cluster's most distant point -----------------------------------------------
 
 
 def lcmd(
     e: np.ndarray, e_labeled: np.ndarray, k: int, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Largest-cluster-maximum-distance selection (Holzmüller et al. 2023, LCMD), optionally weighted.
+    """Largest-cluster-maximum-distance selection (Holzmüller et al. 2023, LCMD), optionally
+    weighted.
 
-    Every row belongs to its nearest center (the labeled rows and those chosen so far). A cluster's size is
-    Σ w(x) d(x)² over its rows, d the distance to the center; each pick is the row with the largest
-    w(x) d(x)² in the largest cluster, which then becomes a center. With w = 1 this is LCMD as published;
-    SLD weights make it favour clusters whose rows the model is most sensitive to. While nothing is labeled
-    the first pick is the row of largest w(x)·|x − mean|². Returns (indices in the order chosen, w·d² of each).
+    Every row belongs to its nearest center (the labeled rows and those chosen so far). A cluster's
+    size is Σ w(x) d(x)² over its rows, d the distance to the center; each pick is the row with the
+    largest w(x) d(x)² in the largest cluster, which then becomes a center. With w = 1 this is LCMD
+    as published; SLD weights make it favour clusters whose rows the model is most sensitive to.
+    While nothing is labeled the first pick is the row of largest w(x)·|x − mean|². Returns (indices
+    in the order chosen, w·d² of each).
     """
     n = len(e)
     w = (
@@ -200,7 +208,8 @@ def lcmd(
 
 
 def _nearest(e: np.ndarray, to: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Squared distance from each row of ``e`` to its nearest row of ``to``, and which row that is."""
+    """Squared distance from each row of ``e`` to its nearest row of ``to``, and which row that
+    is."""
     d2, near = [], []
     for i in range(0, len(e), chunk):
         block = sq_distances(e[i : i + chunk], to)

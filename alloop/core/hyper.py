@@ -1,6 +1,7 @@
 """Choosing the regularity s: hypergradients of a held-out loss, closed-form LOOCV and G_pert.
 
-The cross-validated loss of k folds (paper eq. 21–22), with θ_j*(s) trained on every row but fold j's,
+The cross-validated loss of k folds (paper eq. 21–22), with θ_j*(s) trained on every row but fold
+j's,
 
     CV(s) = (1/n) Σ_j Σ_{z ∈ fold j} L(z, θ_j*(s)),
 
@@ -13,13 +14,13 @@ a sum of losses (method.md) and the code's 1/n scale does not move the minimizer
 has one shape, and all folds train at once under ``jax.vmap``.
 
 Models linear in their parameters with the squared loss (``linear``, ``poly``) are written out
-exactly by ``linear_form``: F_i(θ) = J_i θ + F0_i and R(θ) = θᵀDθ + cᵀθ + R0, with J taken by autodiff
-*through the model*, so the run's standardizer (the pool's statistics, fixed at init and not refitted
-per fold) is inside J exactly as in training. Then θ_j*(s) = M_j⁻¹ b_j with M_j = Σ_i m_i w_i J_iᵀJ_i + sD,
-b_j = Σ_i m_i w_i J_iᵀ(y_i − F0_i) − s c/2, and θ̇_j = −M_j⁻¹(Dθ_j + c/2) (the paper's 87–93 with a bias
-left free: D has zeros there). For these, LOOCV has a closed form (``loocv``): the leave-one-out
-residual of row i is (I − w_i J_i M⁻¹ J_iᵀ)⁻¹ e_i, which for one output is e_i / (1 − h_ii) with
-h_ii the diagonal of the hat matrix A(AᵀA + sD)⁻¹Aᵀ.
+exactly by ``linear_form``: F_i(θ) = J_i θ + F0_i and R(θ) = θᵀDθ + cᵀθ + R0, with J taken by
+autodiff *through the model*, so the run's standardizer (the pool's statistics, fixed at init and
+not refitted per fold) is inside J exactly as in training. Then θ_j*(s) = M_j⁻¹ b_j with M_j = Σ_i
+m_i w_i J_iᵀJ_i + sD, b_j = Σ_i m_i w_i J_iᵀ(y_i − F0_i) − s c/2, and θ̇_j = −M_j⁻¹(Dθ_j + c/2) (the
+paper's 87–93 with a bias left free: D has zeros there). For these, LOOCV has a closed form
+(``loocv``): the leave-one-out residual of row i is (I − w_i J_i M⁻¹ J_iᵀ)⁻¹ e_i, which for one
+output is e_i / (1 − h_ii) with h_ii the diagonal of the hat matrix A(AᵀA + sD)⁻¹Aᵀ.
 
 ``g_pert`` is the paper's perturbative LOOCV estimate G_pert (eq. 44) from the dense Hessian, for
 any model small enough to form it. ``minimize_log_s`` is the 1-D search on log s that uses the
@@ -45,7 +46,8 @@ from alloop.core.objective import Data, Problem, full_objective, per_example_los
 
 
 def fold_masks(n: int, folds: int, seed: int = 0) -> np.ndarray:
-    """(k, n) training masks: row i is left out (0) of exactly one fold. ``folds >= n`` gives LOOCV."""
+    """(k, n) training masks: row i is left out (0) of exactly one fold. ``folds >= n`` gives
+    LOOCV."""
     k = min(max(int(folds), 2), n)
     if k == n:
         return 1.0 - np.eye(n, dtype=np.float32)
@@ -54,10 +56,10 @@ def fold_masks(n: int, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def fold_of_rows(n: int, k: int, seed: int = 0) -> np.ndarray:
-    """(n,) the fold of each row: rows [bk, (b+1)k) take a random permutation of the k folds, drawn from
-    (seed, b). Balanced (fold sizes differ by at most one), and stable as rows are appended: the first
-    n rows keep their folds at n + m rows, so a fold's training on them never saw its held-out rows
-    and can warm-start the next round's (``choose_s.choose_grid``)."""
+    """(n,) the fold of each row: rows [bk, (b+1)k) take a random permutation of the k folds, drawn
+    from (seed, b). Balanced (fold sizes differ by at most one), and stable as rows are appended:
+    the first n rows keep their folds at n + m rows, so a fold's training on them never saw its
+    held-out rows and can warm-start the next round's (``choose_s.choose_grid``)."""
     blocks = -(-n // k)
     perms = [np.random.default_rng([seed, b]).permutation(k) for b in range(blocks)]
     return np.concatenate(perms)[:n].astype(np.int64) if perms else np.zeros(0, np.int64)
@@ -72,13 +74,15 @@ def validation_masks(masks, w) -> jax.Array:
 
 
 def val_loss_and_hypergradient(problem: Problem, params, tangent, x, y, v):
-    """(Σ_i v_i L(z_i, θ), Σ_i v_i ∇θL(z_i, θ)·θ̇): the held-out loss and its derivative in s (sums)."""
+    """(Σ_i v_i L(z_i, θ), Σ_i v_i ∇θL(z_i, θ)·θ̇): the held-out loss and its derivative in s
+    (sums)."""
     total = lambda p: jnp.sum(v * per_example_loss(problem, p, x, y))  # noqa: E731
     return jax.jvp(total, (params,), (tangent,))
 
 
 def cv_loss_and_hypergradient(problem: Problem, params, tangents, data: Data, masks):
-    """(CV(s), dCV/ds) from per-fold θ_j, θ̇_j stacked on a leading axis, with training ``masks`` (k, n)."""
+    """(CV(s), dCV/ds) from per-fold θ_j, θ̇_j stacked on a leading axis, with training ``masks``
+    (k, n)."""
     v = validation_masks(masks, data.w)
     per_fold = jax.vmap(val_loss_and_hypergradient, in_axes=(None, 0, 0, None, None, 0))
     loss, dloss = per_fold(problem, params, tangents, data.x, data.y, v)
@@ -96,7 +100,8 @@ def cv_loss_and_hypergradient(problem: Problem, params, tangents, data: Data, ma
 )
 @dataclass(frozen=True)
 class LinearForm:
-    """F_i(θ) = J_i θ + F0_i and R(θ) = θᵀDθ + cᵀθ + R0, θ flattened (float64). A pytree: jit takes it."""
+    """F_i(θ) = J_i θ + F0_i and R(θ) = θᵀDθ + cᵀθ + R0, θ flattened (float64). A pytree: jit takes
+    it."""
 
     jac: jax.Array  # (n, k, p)
     offset: jax.Array  # (n, k)
@@ -106,7 +111,8 @@ class LinearForm:
 
 
 def is_linear(problem: Problem) -> bool:
-    """Whether ``linear_form`` is exact: a model linear in θ, the squared loss, a quadratic regularizer."""
+    """Whether ``linear_form`` is exact: a model linear in θ, the squared loss, a quadratic
+    regularizer."""
     return (
         problem.model.name in ("linear", "poly")
         and problem.loss.name == "squared"
@@ -125,12 +131,14 @@ def cast(tree, dtype):
 
 
 def promote(problem: Problem, tree, dtype=jnp.float64):
-    """The problem (its input statistics) and any tree cast to ``dtype``; call under ``jax.enable_x64``."""
+    """The problem (its input statistics) and any tree cast to ``dtype``; call under
+    ``jax.enable_x64``."""
     return problem._replace(stats=cast(problem.stats, dtype)), cast(tree, dtype)
 
 
 def linear_form(problem: Problem, params_like, x) -> LinearForm:
-    """J, F0, D and c by autodiff through the model and the regularizer. Call under ``jax.enable_x64``.
+    """J, F0, D and c by autodiff through the model and the regularizer. Call under
+    ``jax.enable_x64``.
 
     Works eagerly and inside jit (the autodiff is jitted either way: eager jacobians are slow).
     """
@@ -155,7 +163,8 @@ def _flat_rows(form: LinearForm, y, w):
 
 
 def spd_solve(m, b):
-    """m⁻¹ b for symmetric positive definite m (batched), by Cholesky: far quicker to compile than LU."""
+    """m⁻¹ b for symmetric positive definite m (batched), by Cholesky: far quicker to compile than
+    LU."""
     chol = jnp.linalg.cholesky(m)
     z = jax.lax.linalg.triangular_solve(chol, b, left_side=True, lower=True)
     return jax.lax.linalg.triangular_solve(chol, z, left_side=True, lower=True, transpose_a=True)
@@ -163,7 +172,8 @@ def spd_solve(m, b):
 
 @jax.jit
 def fold_solutions(form: LinearForm, y, w, masks, s):
-    """Exact (θ_j*, θ̇_j) of every fold, flat, shapes (k, p): the normal equations and their s-derivative."""
+    """Exact (θ_j*, θ̇_j) of every fold, flat, shapes (k, p): the normal equations and their
+    s-derivative."""
     jr, r, wr = _flat_rows(form, y, w)
     n, k_out, _ = form.jac.shape
     wm = wr[None, :] * jnp.repeat(jnp.asarray(masks, jnp.float64), k_out, axis=1)
@@ -175,7 +185,8 @@ def fold_solutions(form: LinearForm, y, w, masks, s):
 
 
 def exact_cv(problem: Problem, form: LinearForm, data: Data, masks, s):
-    """(CV(s), dCV/ds) of a linear model with exact fold solutions. Call under ``jax.enable_x64``."""
+    """(CV(s), dCV/ds) of a linear model with exact fold solutions. Call under
+    ``jax.enable_x64``."""
     prob, d = promote(problem, data)
     theta, tdot = fold_solutions(form, d.y, d.w, masks, s)
     params = jax.vmap(form.unravel)(theta)
@@ -191,7 +202,8 @@ class Loo(NamedTuple):
 
 @jax.jit
 def loocv(form: LinearForm, y, w, s) -> Loo:
-    """Closed-form LOOCV of a linear model at regularity s (no refitting). Call under ``jax.enable_x64``."""
+    """Closed-form LOOCV of a linear model at regularity s (no refitting). Call under
+    ``jax.enable_x64``."""
     jr, r, wr = _flat_rows(form, y, w)
     n, k, p = form.jac.shape
     m = jnp.einsum("rp,r,rq->pq", jr, wr, jr) + s * form.dmat
@@ -215,7 +227,8 @@ def loocv(form: LinearForm, y, w, s) -> Loo:
 
 @jax.jit
 def loocv_and_derivative(form: LinearForm, y, w, s):
-    """(LOOCV(s), dLOOCV/ds) by autodiff of the closed form; the reference for the fold hypergradient."""
+    """(LOOCV(s), dLOOCV/ds) by autodiff of the closed form; the reference for the fold
+    hypergradient."""
     s = jnp.asarray(s, jnp.float64)
     return jax.jvp(lambda s_: loocv(form, y, w, s_).loss, (s,), (jnp.ones_like(s),))
 
@@ -237,10 +250,12 @@ class GPert(NamedTuple):
 
 
 def g_pert(problem: Problem, params, s, data: Data) -> GPert:
-    """G_pert(s) = Σ_j w_j L_j + Σ_j w_j σ_jᵀ H⁻¹ σ_j at θ*(s), per row (dense Hessian: small models only).
+    """G_pert(s) = Σ_j w_j L_j + Σ_j w_j σ_jᵀ H⁻¹ σ_j at θ*(s), per row (dense Hessian: small models
+    only).
 
-    H is the Hessian of the unnormalized f = Σ w L + s R under the problem's curvature choice, σ_j the
-    gradient of row j's loss. For ridge, σ_jᵀH⁻¹σ_j = 2 e_j² h_jj: G_pert is LOOCV's first order in h.
+    H is the Hessian of the unnormalized f = Σ w L + s R under the problem's curvature choice, σ_j
+    the gradient of row j's loss. For ridge, σ_jᵀH⁻¹σ_j = 2 e_j² h_jj: G_pert is LOOCV's first order
+    in h.
     """
     with jax.enable_x64(True):
         prob, (p, d) = promote(problem, (params, data))
@@ -251,7 +266,8 @@ def g_pert(problem: Problem, params, s, data: Data) -> GPert:
 
 
 def g_pert_terms(prob: Problem, params, s, data: Data):
-    """(G_pert / n, mean loss, mean self-influence) as traceable arrays (same dtype as the inputs)."""
+    """(G_pert / n, mean loss, mean self-influence) as traceable arrays (same dtype as the
+    inputs)."""
     flat, unravel = ravel_pytree(params)
     n = data.x.shape[0]
     grad = lambda f: ravel_pytree(jax.grad(full_objective, argnums=1)(prob, unravel(f), s, data))[0]  # noqa: E731
@@ -269,7 +285,7 @@ def g_pert_tractable(params, max_params: int = 2000) -> bool:
     return sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(params)) <= max_params
 
 
-# --- the search on log s ---------------------------------------------------------------------------
+# --- the search on log s --------------------------------------------------------------------------
 
 
 class Evaluation(NamedTuple):
@@ -301,8 +317,8 @@ def minimize_log_s(
     derivative changes sign (or the loss rises), then secant steps on the derivative (Illinois, so
     both ends move) until the bracket is narrower than ``tol`` in log s (s known to about ``tol``).
     Returns, of the points evaluated whose loss is within a fraction ``flat`` of the lowest, the one
-    nearest ``s0``: never worse than ``s0`` on the loss it was given, and on a flat curve s stays put
-    instead of drifting to a bound for a negligible gain.
+    nearest ``s0``: never worse than ``s0`` on the loss it was given, and on a flat curve s stays
+    put instead of drifting to a bound for a negligible gain.
     """
     lo, hi = math.log(s_min), math.log(s_max)
     evals: list[Evaluation] = []

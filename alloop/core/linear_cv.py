@@ -8,9 +8,9 @@ fold's optimum and regularity tangent solve the normal equations (method.md, 87�
     θ̇_j = −M_j⁻¹ (D θ_j* + c/2),          r_i = y_i − F0_i.
 
 The Gram matrices of the folds do not depend on s, so they are formed once and every s the search
-tries costs k small solves. ``hyper.exact_cv`` computes the same quantities in JAX; compiled once per
-shape, it paid a compilation for every label count a run or a simulation passes through, which cost
-more than everything else a round does (benchmarks/bench_simulate.py). Nothing here compiles.
+tries costs k small solves. ``hyper.exact_cv`` computes the same quantities in JAX; compiled once
+per shape, it paid a compilation for every label count a run or a simulation passes through, which
+cost more than everything else a round does (benchmarks/bench_simulate.py). Nothing here compiles.
 
 LOOCV is the closed form of ``hyper.loocv`` with its derivative in s written out: with lev_i =
 w_i J_i M⁻¹ J_iᵀ, the leave-one-out residual is (I − lev_i)⁻¹ e_i, and d/ds of M⁻¹ is −M⁻¹DM⁻¹.
@@ -24,9 +24,10 @@ import numpy as np
 class LinearCV:
     """CV(s), its hypergradient and the related closed forms of one labeled set and its folds.
 
-    ``jac`` (n, k, p) and ``offset`` (n, k): the model's linear form on the labeled rows; ``y`` (n, k)
-    targets; ``w`` (n,) row weights (0: padding, never trained on or validated); ``masks`` (f, n) fold
-    training masks (``hyper.fold_masks``); ``dmat`` (p, p) and ``lin`` (p,): the regularizer's D and c.
+    ``jac`` (n, k, p) and ``offset`` (n, k): the model's linear form on the labeled rows; ``y`` (n,
+    k) targets; ``w`` (n,) row weights (0: padding, never trained on or validated); ``masks`` (f, n)
+    fold training masks (``hyper.fold_masks``); ``dmat`` (p, p) and ``lin`` (p,): the regularizer's
+    D and c.
     """
 
     def __init__(self, jac, offset, y, w, masks, dmat, lin):
@@ -77,7 +78,8 @@ class LinearCV:
         return e, de
 
     def __call__(self, s: float) -> tuple[float, float]:
-        """(CV(s), dCV/ds): the mean held-out squared error over validated rows and its derivative."""
+        """(CV(s), dCV/ds): the mean held-out squared error over validated rows and its
+        derivative."""
         e, de = self._fold_residuals(s)
         count = max(self.val.sum(), 1.0)
         loss = np.einsum("fi,fik->", self.val, e**2) / count

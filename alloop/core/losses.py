@@ -3,8 +3,8 @@
 Each loss knows three things about a model output ``F`` (shape (n, k)):
 
 - ``per_example(F, y)``: the loss L(z, θ) of each row (shape (n,));
-- ``expected_sld(F, u, noise)``: the unlabeled squared loss derivative, E_y[(∂L/∂F · u)²] with y drawn
-  from the model's own label distribution and ``u = J_F θ̇`` (method.md, eq. 67);
+- ``expected_sld(F, u, noise)``: the unlabeled squared loss derivative, E_y[(∂L/∂F · u)²] with y
+  drawn from the model's own label distribution and ``u = J_F θ̇`` (method.md, eq. 67);
 - ``sample(key, F, noise)``: a draw of labels from that distribution (used to check the line above).
 
 ``noise`` is the per-output label variance σ² for the squared loss and is ignored by the others.
@@ -52,8 +52,8 @@ def _softmax_per_example(logits, y):
 
 def _softmax_expected_sld(logits, u, noise):
     # dL/ds = (p - e_y)·u; over y ~ p this is the variance of u under p, summed as Σ p (u - mean)²:
-    # E[u²] - mean² cancels catastrophically in float32 when u is large and nearly equal across classes
-    # (it came out negative on real data, which broke the weighted batch draw)
+    # E[u²] - mean² cancels catastrophically in float32 when u is large and nearly equal across
+    # classes (it came out negative on real data, which broke the weighted batch draw)
     del noise
     p = jax.nn.softmax(logits, axis=-1)
     mean = jnp.sum(p * u, axis=-1, keepdims=True)

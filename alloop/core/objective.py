@@ -59,8 +59,8 @@ def default_curvature(model_kind: str) -> tuple[str, float]:
     MLPs: damped Gauss-Newton, chosen from the measurements in docs/curvature.md. Trained MLPs sit
     at points of negative curvature (CG on the Hessian breaks down, SGDF cannot find its tangent);
     the Gauss-Newton matrix is positive semi-definite but singular with L2 on the weights only, and
-    λ = 3e-3 (in units of f/n, targets standardized) makes it definite while the SLD ranking stays as
-    close to the undamped one as SGDF gets anyway; SGDF then ends within a residual of 0.5.
+    λ = 3e-3 (in units of f/n, targets standardized) makes it definite while the SLD ranking stays
+    as close to the undamped one as SGDF gets anyway; SGDF then ends within a residual of 0.5.
     """
     if model_kind in ("linear", "poly"):
         return "hessian", 0.0
@@ -70,7 +70,8 @@ def default_curvature(model_kind: str) -> tuple[str, float]:
 
 
 def outputs(problem: Problem, params, x) -> jax.Array:
-    """Model outputs, linearized at sg(θ) under Gauss-Newton curvature (same value, same gradient)."""
+    """Model outputs, linearized at sg(θ) under Gauss-Newton curvature (same value, same
+    gradient)."""
     apply = lambda p: problem.model.apply(p, problem.stats, x)  # noqa: E731
     if problem.curvature == "hessian":
         return apply(params)
@@ -107,7 +108,8 @@ def value_and_grad(problem: Problem, params, s, batch: Data, n_total):
 
 
 def grad_and_tangent(problem: Problem, params, tangent, s, ds, batch: Data, n_total):
-    """(f_B / n, g = its gradient, ġ = C θ̇ + ds ρ_B / n): the gradient and its derivative along (θ̇, ds).
+    """(f_B / n, g = its gradient, ġ = C θ̇ + ds ρ_B / n): the gradient and its derivative along
+    (θ̇, ds).
 
     C is the problem's curvature on the batch, damping included. This is the forward derivative of
     ``value_and_grad``, computed in one pass. Under Gauss-Newton it is built from one linearization

@@ -5,9 +5,9 @@ about them changes: a batch placed with a row-sharded ``NamedSharding`` makes XL
 computation (every row's score depends on that row only), with the parameters replicated.
 
 Training: the state and the labeled data are replicated, and every minibatch is constrained to be
-row-sharded inside the jitted epoch (``constrain_rows``), so each device computes the gradient and its
-tangent on its share of the rows and XLA all-reduces the sums. One device is the default and takes
-the plain path in both.
+row-sharded inside the jitted epoch (``constrain_rows``), so each device computes the gradient and
+its tangent on its share of the rows and XLA all-reduces the sums. One device is the default and
+takes the plain path in both.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def replicate(tree, n_devices: int):
 
 
 def constrain_rows(n_devices: int) -> Callable:
-    """tree -> tree, for use inside jit: every leaf's first axis split over the devices (identity for one)."""
+    """tree -> tree, for use inside jit: every leaf's first axis split over the devices (identity
+    for one)."""
     if n_devices == 1:
         return lambda tree: tree
     sharding = NamedSharding(mesh(n_devices), PartitionSpec(AXIS))
@@ -61,14 +62,16 @@ def padded_rows(batch_rows: int, n_devices: int) -> int:
 
 
 def even_chunk(n_rows: int, max_rows: int, n_devices: int = 1) -> int:
-    """Rows per call that split ``n_rows`` into equal calls of at most ``max_rows`` (a device multiple):
-    20,000 rows at 16,384 a call become two calls of 10,000, not 32,768 rows with 12,768 of padding."""
+    """Rows per call that split ``n_rows`` into equal calls of at most ``max_rows`` (a device
+    multiple): 20,000 rows at 16,384 a call become two calls of 10,000, not 32,768 rows with 12,768
+    of padding."""
     calls = max(-(-n_rows // max_rows), 1)
     return padded_rows(max(-(-n_rows // calls), 1), n_devices)
 
 
 def placer(batch_rows: int, n_devices: int = 1) -> Callable[[np.ndarray], object]:
-    """x (m ≤ rows, d) -> the batch padded to the fixed shape (repeating its last row), on the devices.
+    """x (m ≤ rows, d) -> the batch padded to the fixed shape (repeating its last row), on the
+    devices.
 
     With one device the padded numpy array is returned as is (the jitted scorer transfers it).
     """
@@ -90,7 +93,8 @@ def placer(batch_rows: int, n_devices: int = 1) -> Callable[[np.ndarray], object
 
 
 def score_rows(fn: Callable, x: np.ndarray, batch_rows: int, n_devices: int = 1) -> np.ndarray:
-    """``fn`` applied to every row of ``x`` in fixed-shape batches over ``n_devices`` devices (numpy out)."""
+    """``fn`` applied to every row of ``x`` in fixed-shape batches over ``n_devices`` devices (numpy
+    out)."""
     place = placer(batch_rows, n_devices)
     out = [
         np.asarray(fn(place(x[i : i + batch_rows])))[: len(x[i : i + batch_rows])]

@@ -22,7 +22,8 @@ def topk_empty(k: int, n_features: int, id_dtype) -> TopK:
 
 
 def _order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Best first: higher score, ties broken by smaller id (so the result is independent of batching)."""
+    """Best first: higher score, ties broken by smaller id (so the result is independent of
+    batching)."""
     return np.lexsort((ids, -scores))
 
 
@@ -42,7 +43,8 @@ def topk_merge(state: TopK, scores, ids, x, k: int) -> TopK:
 
 
 def topk_index(state: TopK, scores, ids, k: int) -> np.ndarray:
-    """Where the k best of ``state`` and a batch come from: j >= 0 is batch row j, j < 0 is state row -1 - j.
+    """Where the k best of ``state`` and a batch come from: j >= 0 is batch row j, j < 0 is state
+    row -1 - j.
 
     The same rows in the same order as ``topk_merge``, without gathering anything, so the caller can
     carry other per-row data along. Once the state is full, batch rows below its k-th score (which
@@ -64,8 +66,8 @@ def topk_index(state: TopK, scores, ids, k: int) -> np.ndarray:
 def farthest_point(z: np.ndarray, d0: np.ndarray, k: int) -> np.ndarray:
     """Greedy farthest-point order: repeatedly take the row farthest from everything chosen so far.
 
-    ``z`` are candidate rows (standardized), ``d0`` their distance to rows already labeled (+inf when
-    none: then the first pick is the candidate nearest the candidates' mean, as in GSx).
+    ``z`` are candidate rows (standardized), ``d0`` their distance to rows already labeled (+inf
+    when none: then the first pick is the candidate nearest the candidates' mean, as in GSx).
     """
     k = min(k, len(z))
     d = np.asarray(d0, np.float64).copy()

@@ -3,12 +3,14 @@
 Every scorer is built once from the trained state and then applied to fixed-shape batches
 (``pad_apply`` pads the last, short batch) so XLA compiles it once per query.
 
-- ``sld``: unlabeled squared loss derivative, E_y[(dL(z, θ*)/ds)²] (method.md eq. 67): one forward-mode
-  pass along θ̇ per batch, u = J_F θ̇, then the loss's closed form.
+- ``sld``: unlabeled squared loss derivative, E_y[(dL(z, θ*)/ds)²] (method.md eq. 67): one
+  forward-mode pass along θ̇ per batch, u = J_F θ̇, then the loss's closed form.
 - ``labeled_sld``: (∇θ L(z) · θ̇)² for rows whose label is known.
-- ``committee``: predictive variance across models fitted on bootstrap resamples (query by committee);
-  for classifiers ``committee_kl`` (mean KL of each member to the consensus) or ``vote_entropy``.
-- ``entropy``, ``margin``, ``least_confident``: uncertainty of a classifier's predictive distribution.
+- ``committee``: predictive variance across models fitted on bootstrap resamples (query by
+  committee); for classifiers ``committee_kl`` (mean KL of each member to the consensus) or
+  ``vote_entropy``.
+- ``entropy``, ``margin``, ``least_confident``: uncertainty of a classifier's predictive
+  distribution.
 - ``random``: a hash of (seed, id), so a row's score does not depend on how the pool is batched.
 - ``min_distance``: distance from a row to the nearest labeled row in standardized features (greedy
   sampling, GSx), the cold-start fallback.
@@ -32,8 +34,8 @@ _COMPILED: dict[
 
 
 def jit_for(problem: Problem, name: str, make: Callable) -> Callable:
-    """``jax.jit(make())``, built once per problem and name: a scorer rebuilt every round around new θ
-    (a simulation, a long-lived process) reuses the compiled function for the same shapes."""
+    """``jax.jit(make())``, built once per problem and name: a scorer rebuilt every round around new
+    θ (a simulation, a long-lived process) reuses the compiled function for the same shapes."""
     entry = _COMPILED.get(id(problem))
     if entry is None or entry[0] is not problem:
         if len(_COMPILED) >= 8:
@@ -50,7 +52,8 @@ def tangent_outputs(problem: Problem, params, tangent, x):
 
 
 def sld(problem: Problem, params, tangent, noise) -> Callable:
-    """Jitted x -> unlabeled SLD per row. ``noise`` is σ² per output (squared loss); ignored otherwise."""
+    """Jitted x -> unlabeled SLD per row. ``noise`` is σ² per output (squared loss); ignored
+    otherwise."""
     noise = jnp.asarray(noise, jnp.float32)
 
     def make():
@@ -110,7 +113,8 @@ def entropy(problem: Problem, params) -> Callable:
 
 
 def margin(problem: Problem, params) -> Callable:
-    """Jitted x -> −(p_(1) − p_(2)): minus the gap between the two most probable classes (small gap = high score)."""
+    """Jitted x -> −(p_(1) − p_(2)): minus the gap between the two most probable classes (small
+    gap = high score)."""
 
     def neg_gap(p):
         top = jax.lax.top_k(p, 2)[0]
@@ -129,7 +133,8 @@ def _stack(members: Sequence):
 
 
 def committee_kl(problem: Problem, members: Sequence) -> Callable:
-    """Jitted x -> mean over members of KL(p_m || p̄), p̄ the members' mean distribution (McCallum & Nigam 1998).
+    """Jitted x -> mean over members of KL(p_m || p̄), p̄ the members' mean distribution (McCallum &
+    Nigam 1998).
 
     Equals the entropy of p̄ minus the mean entropy of the members: disagreement, not shared doubt.
     """
@@ -147,7 +152,8 @@ def committee_kl(problem: Problem, members: Sequence) -> Callable:
 
 
 def vote_entropy(problem: Problem, members: Sequence) -> Callable:
-    """Jitted x -> entropy of the members' hard votes (fraction of members predicting each class)."""
+    """Jitted x -> entropy of the members' hard votes (fraction of members predicting each
+    class)."""
     stacked = _stack(members)
 
     @jax.jit
@@ -160,7 +166,8 @@ def vote_entropy(problem: Problem, members: Sequence) -> Callable:
 
 
 def min_distance(stats, labeled_x) -> Callable:
-    """Jitted x -> Euclidean distance (standardized features) to the nearest labeled row; +inf if none."""
+    """Jitted x -> Euclidean distance (standardized features) to the nearest labeled row; +inf if
+    none."""
     lz = standardize(stats, jnp.asarray(labeled_x, jnp.float32))
     if lz.shape[0] == 0:
         return lambda x: jnp.full((x.shape[0],), jnp.inf, jnp.float32)
@@ -169,14 +176,16 @@ def min_distance(stats, labeled_x) -> Callable:
 
 @jax.jit
 def _min_distance(stats, lz, x):
-    """One compiled function for every round (the statistics and labeled rows are arguments, not constants)."""
+    """One compiled function for every round (the statistics and labeled rows are arguments, not
+    constants)."""
     z = standardize(stats, x)
     d2 = jnp.sum(z**2, 1)[:, None] - 2 * z @ lz.T + jnp.sum(lz**2, 1)[None, :]
     return jnp.sqrt(jnp.maximum(jnp.min(d2, axis=1), 0.0))
 
 
 def random_scores(seed: int, ids: np.ndarray) -> np.ndarray:
-    """Uniform [0, 1) scores from a hash of (seed, id): deterministic and independent of batching."""
+    """Uniform [0, 1) scores from a hash of (seed, id): deterministic and independent of
+    batching."""
     if ids.dtype.kind in "iu":
         z = ids.astype(np.uint64) ^ np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
         with np.errstate(over="ignore"):  # splitmix64 finalizer
@@ -192,7 +201,8 @@ def random_scores(seed: int, ids: np.ndarray) -> np.ndarray:
 
 
 def pad_apply(fn: Callable, x: np.ndarray, batch_rows: int) -> np.ndarray:
-    """Apply ``fn`` in fixed-shape chunks of ``batch_rows`` rows (the last one padded), return numpy."""
+    """Apply ``fn`` in fixed-shape chunks of ``batch_rows`` rows (the last one padded), return
+    numpy."""
     n = x.shape[0]
     out = []
     for i in range(0, n, batch_rows):

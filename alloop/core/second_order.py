@@ -99,7 +99,8 @@ def _newton_cg(fun, x, tol, maxiter):
 
 
 def _truncated_cg(matvec, b, tol, maxiter):
-    """Approximately solve A d = b; stop at negative curvature (returning the last descent iterate, or b)."""
+    """Approximately solve A d = b; stop at negative curvature (returning the last descent iterate,
+    or b)."""
     d = jnp.zeros_like(b)
     r, p = b, b
     rs = jnp.vdot(r, r)

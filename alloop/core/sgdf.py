@@ -83,13 +83,15 @@ class TrainState(NamedTuple):
 class StopRule(NamedTuple):
     """When SGDF has trained enough (checked every chunk of epochs, on all rows):
 
-    - ``grad_tol``: ‖∇f(θ)‖ / n, the gradient of the mean objective (the loss per row plus s R / n), at most this;
+    - ``grad_tol``: ‖∇f(θ)‖ / n, the gradient of the mean objective (the loss per row plus s R / n),
+      at most this;
     - ``residual_tol``: ‖C θ̇ + ρ‖ / ‖ρ‖ at most this, C the problem's curvature (the Hessian, or
       Gauss-Newton plus damping): the tangent is at the fixed point its iteration converges to.
 
     Both are relative to the data's scale when the features and targets are standardized (as
-    ``training.fit`` does). At the defaults, a linear and an MLP run on bench_round_trip.py's data stopped
-    at 15% and 65% of their budgets with the test error within 0.01% of training the whole budget.
+    ``training.fit`` does). At the defaults, a linear and an MLP run on bench_round_trip.py's data
+    stopped at 15% and 65% of their budgets with the test error within 0.01% of training the whole
+    budget.
     """
 
     grad_tol: float = 1e-3
@@ -118,7 +120,8 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> Callable:
 
 
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optax optimizer for ``cfg``. Adam gets eps_root > 0: the tangent of √v is infinite at v = 0."""
+    """The optax optimizer for ``cfg``. Adam gets eps_root > 0: the tangent of √v is infinite at v =
+    0."""
     lr = make_schedule(cfg, total_steps)
     if cfg.optimizer == "sgd":
         return optax.sgd(lr, momentum=cfg.momentum or None)
@@ -151,7 +154,8 @@ def zeros_like_tree(tree):
 
 
 def init_state(params, opt: optax.GradientTransformation, tangent=None) -> TrainState:
-    """A fresh optimizer around ``params``; warm-started from ``tangent`` when given (else θ̇ = 0)."""
+    """A fresh optimizer around ``params``; warm-started from ``tangent`` when given (else θ̇ =
+    0)."""
     opt_state = opt.init(params)
     floats, _, _ = split_state(opt_state)
     tangent = (
@@ -206,9 +210,9 @@ def sgdf_step(problem, opt, n, state: TrainState, batch: Data, s, scale=1.0):
 def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1) -> Callable:
     """A jitted ``epoch(state, data, s, key) -> (state, mean loss)``: one pass over a permutation.
 
-    With ``devices > 1`` every minibatch's rows are split over that many local devices (data parallel:
-    the state and data are expected replicated, see ``fit``); the result equals one device's up to the
-    order of float sums.
+    With ``devices > 1`` every minibatch's rows are split over that many local devices (data
+    parallel: the state and data are expected replicated, see ``fit``); the result equals one
+    device's up to the order of float sums.
     """
     shard = parallel.constrain_rows(devices)
     bs = min(cfg.batch_size, n)
@@ -218,7 +222,8 @@ def make_epoch(problem: Problem, opt, n: int, cfg: TrainConfig, devices: int = 1
     schedule = make_schedule(cfg, cfg.epochs * steps)
 
     def _tangent_scale(step):
-        """min(k, lr_peak / lr_t): k tangent steps' worth, but never a larger step than the peak lr."""
+        """min(k, lr_peak / lr_t): k tangent steps' worth, but never a larger step than the peak
+        lr."""
         return jnp.minimum(float(every), cfg.lr / jnp.maximum(schedule(step), 1e-30 * cfg.lr))
 
     def one_step(state, batch, s):
@@ -259,10 +264,10 @@ def make_fit_many(problem: Problem, n: int, cfg: TrainConfig, stacked: bool = Fa
     """A jitted ``fit_many(params, data, weights, s) -> stacked θ``: m trainings at once (vmapped).
 
     Training i minimizes Σ_j weights[i, j] L_j + s[i] R from ``params`` with a fresh optimizer for
-    ``cfg.epochs`` epochs of ``cfg.batch_size`` rows, without a tangent: every (fold, s) pair of a grid
-    search in one compiled call (all see the same minibatches). ``data`` has ``n`` rows; its own
-    weights are ignored (each training has its row of ``weights``). ``stacked``: ``params`` has a
-    leading axis, one start per training (warm starts), instead of one start shared by all.
+    ``cfg.epochs`` epochs of ``cfg.batch_size`` rows, without a tangent: every (fold, s) pair of a
+    grid search in one compiled call (all see the same minibatches). ``data`` has ``n`` rows; its
+    own weights are ignored (each training has its row of ``weights``). ``stacked``: ``params`` has
+    a leading axis, one start per training (warm starts), instead of one start shared by all.
     """
     cfg = TrainConfig.from_dict({**asdict(cfg), "tangent_every": 0})
     opt = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
@@ -297,7 +302,8 @@ def convergence(problem: Problem, params, tangent, s, data: Data):
 
 
 def _scaled_norm(tree) -> jax.Array:
-    """√Σx² in float32 without overflowing the squares (scaled by the largest |x|); non-finite stays non-finite."""
+    """√Σx² in float32 without overflowing the squares (scaled by the largest |x|); non-finite stays
+    non-finite."""
     leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)]
     m = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in leaves]))
     safe = jnp.where(m > 0, m, 1.0)
@@ -307,11 +313,13 @@ def _scaled_norm(tree) -> jax.Array:
 def make_epochs(
     problem: Problem, opt, n: int, cfg: TrainConfig, chunk: int, devices: int = 1
 ) -> Callable:
-    """A jitted ``epochs(state, data, s, first, count) -> (state, losses, norms, (grad norm, residual))``.
+    """A jitted ``epochs(state, data, s, first, count) -> (state, losses, norms, (grad norm,
+    residual))``.
 
     Runs epochs first, ..., first + count - 1 (count <= chunk) in one compiled loop, each exactly as
-    ``make_epoch``'s (same keys, same steps); ``losses`` and ``norms`` (the tangent's norm after each
-    epoch) have ``chunk`` entries, the first ``count`` filled. The last pair is ``convergence`` at the end.
+    ``make_epoch``'s (same keys, same steps); ``losses`` and ``norms`` (the tangent's norm after
+    each epoch) have ``chunk`` entries, the first ``count`` filled. The last pair is ``convergence``
+    at the end.
     """
     one_epoch = make_epoch(problem, opt, n, cfg, devices).__wrapped__
 
@@ -335,8 +343,8 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
 
 
 def tree_norm(tree) -> float:
-    """√Σx² over the leaves, in float64 on the host: no op to compile, and no overflow of the squares
-    for a tangent near float32's range (which would read as non-finite)."""
+    """√Σx² over the leaves, in float64 on the host: no op to compile, and no overflow of the
+    squares for a tangent near float32's range (which would read as non-finite)."""
     return float(
         np.sqrt(
             sum(
@@ -363,14 +371,14 @@ def fit(
 ) -> tuple[TrainState, list[EpochReport]]:
     """Train for ``cfg.epochs`` epochs with SGDF and return the final state and per-epoch reports.
 
-    Start from ``state`` (resuming at ``start_epoch``), else from ``params``/``tangent`` (warm start with
-    a fresh optimizer), else from the model's initialization with seed ``cfg.seed``. ``devices``: split
-    every minibatch over that many local devices (``make_epoch``).
+    Start from ``state`` (resuming at ``start_epoch``), else from ``params``/``tangent`` (warm start
+    with a fresh optimizer), else from the model's initialization with seed ``cfg.seed``.
+    ``devices``: split every minibatch over that many local devices (``make_epoch``).
 
     ``chunk > 1``: run up to that many epochs per compiled call (``make_epochs``), chunks ending at
-    multiples of ``chunk``; ``on_epoch`` then gets every epoch's report after its chunk, with the state
-    at the chunk's end. ``stop``: end early, at the end of a chunk, once ``stop`` is met (the reports
-    then stop there: ``len(reports)`` tells how many epochs ran).
+    multiples of ``chunk``; ``on_epoch`` then gets every epoch's report after its chunk, with the
+    state at the chunk's end. ``stop``: end early, at the end of a chunk, once ``stop`` is met (the
+    reports then stop there: ``len(reports)`` tells how many epochs ran).
     """
     n = int(data.x.shape[0])
     opt = make_optimizer(cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
@@ -431,8 +439,9 @@ def _fit_chunked(
 
 
 def _still_growing(tail: np.ndarray) -> bool:
-    """More than 2x over the tail, or more than 1.25x at a rate that is not slowing down (a converging
-    tangent approaches its value ever more slowly; one iterated on negative curvature grows geometrically)."""
+    """More than 2x over the tail, or more than 1.25x at a rate that is not slowing down (a
+    converging tangent approaches its value ever more slowly; one iterated on negative curvature
+    grows geometrically)."""
     if not np.all(tail > 0):
         return False
     growth = tail[-1] / tail[0]
@@ -443,24 +452,28 @@ def _still_growing(tail: np.ndarray) -> bool:
 
 
 def tangent_warnings(reports: list[EpochReport], residual: float | None = None) -> list[str]:
-    """Signs that the tangent is not to be trusted: non-finite values, a norm still growing fast, a large residual."""
+    """Signs that the tangent is not to be trusted: non-finite values, a norm still growing fast, a
+    large residual."""
     out = []
     norms = np.array([r.tangent_norm for r in reports])
     losses = np.array([r.loss for r in reports])
     if norms.size and not np.all(np.isfinite(norms)):
         out.append(
-            "the regularity tangent became non-finite during training (try --curvature gauss-newton or a smaller --lr)"
+            "the regularity tangent became non-finite during training (try --curvature "
+            "gauss-newton or a smaller --lr)"
         )
     elif norms.size >= 10 and _still_growing(norms[-max(len(norms) // 5, 3) :]):
         tail = norms[-max(len(norms) // 5, 3) :]
         out.append(
-            f"the regularity tangent's norm still grew {tail[-1] / tail[0]:.1f}x over the last {len(tail)} epochs "
+            f"the regularity tangent's norm still grew {tail[-1] / tail[0]:.1f}x over the "
+            f"last {len(tail)} epochs "
             "(negative curvature? try --curvature gauss-newton or more --epochs)"
         )
     if losses.size and not np.all(np.isfinite(losses)):
         out.append("the training loss became non-finite (try a smaller --lr)")
     if residual is not None and (not np.isfinite(residual) or residual > 0.5):
         out.append(
-            f"the tangent's relative residual ||Hθ̇+ρ||/||ρ|| is {residual:.3g} (> 0.5): SLD scores are unreliable"
+            f"the tangent's relative residual ||Hθ̇+ρ||/||ρ|| is {residual:.3g} (> 0.5): SLD "
+            "scores are unreliable"
         )
     return out

@@ -1,16 +1,16 @@
 """The uniform share of a mixed batch, chosen by what the labeled data say.
 
-A mixed batch draws some rows uniformly from the pool and the rest by an active strategy. Whether an active
-label is worth more than a uniform one differs by table: a misspecified model fitted on leverage-seeking
-picks gets worse on the pool's typical rows (docs/results.md). So the share is measured, not fixed. The
-uniform rows among the labels are an unbiased sample of the pool. Each fold of them is held out in turn;
-the other uniform rows are split into a base and m rows set aside, and a ridge proxy (standardized inputs,
-its penalty chosen by LOOCV on all labels) is fitted twice on the base: once with the m uniform rows set
-aside, once with m of the active rows instead. On the held-out rows the two losses say which kind of label
-lowers the pool's error more, at the same count. The share is the bootstrap probability (over the
-held-out rows) that the uniform ones do: Thompson sampling between the two ways of choosing, held within
-[SHARE_FLOOR, 1 − SHARE_FLOOR] so that both keep being measured. With too few uniform rows, or no active
-one yet, it is SHARE_PRIOR.
+A mixed batch draws some rows uniformly from the pool and the rest by an active strategy. Whether an
+active label is worth more than a uniform one differs by table: a misspecified model fitted on
+leverage-seeking picks gets worse on the pool's typical rows (docs/results.md). So the share is
+measured, not fixed. The uniform rows among the labels are an unbiased sample of the pool. Each fold
+of them is held out in turn; the other uniform rows are split into a base and m rows set aside, and
+a ridge proxy (standardized inputs, its penalty chosen by LOOCV on all labels) is fitted twice on
+the base: once with the m uniform rows set aside, once with m of the active rows instead. On the
+held-out rows the two losses say which kind of label lowers the pool's error more, at the same
+count. The share is the bootstrap probability (over the held-out rows) that the uniform ones do:
+Thompson sampling between the two ways of choosing, held within [SHARE_FLOOR, 1 − SHARE_FLOOR] so
+that both keep being measured. With too few uniform rows, or no active one yet, it is SHARE_PRIOR.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ LAMBDAS = np.logspace(-3, 3, 13)
 
 
 class ShareEvidence(NamedTuple):
-    """The chosen share and what it came from. ``advantage``: 1 − (held-out loss with m active rows added) /
-    (with m uniform rows added), positive where the active labels did better; NaN without evidence."""
+    """The chosen share and what it came from. ``advantage``: 1 − (held-out loss with m active rows
+    added) / (with m uniform rows added), positive where the active labels did better; NaN without
+    evidence."""
 
     share: float
     advantage: float
@@ -41,8 +42,8 @@ class ShareEvidence(NamedTuple):
 def choose_share(
     z: np.ndarray, y: np.ndarray, uniform: np.ndarray, rng: np.random.Generator
 ) -> ShareEvidence:
-    """The uniform share for the next batch from labeled rows ``z`` (standardized inputs), labels ``y`` and
-    ``uniform`` (True where the row was drawn uniformly from the pool)."""
+    """The uniform share for the next batch from labeled rows ``z`` (standardized inputs), labels
+    ``y`` and ``uniform`` (True where the row was drawn uniformly from the pool)."""
     z, y, uniform = (
         np.asarray(z, np.float64),
         np.asarray(y, np.float64).ravel(),
@@ -66,8 +67,9 @@ def choose_share(
 def held_out_losses(
     z: np.ndarray, y: np.ndarray, uniform: np.ndarray, lam: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """(n_uniform, 2): each uniform row's squared error, held out, of the ridge fitted on a base of other uniform
-    rows plus m more uniform rows (column 0) or plus m active rows (column 1); averaged over DRAWS splits."""
+    """(n_uniform, 2): each uniform row's squared error, held out, of the ridge fitted on a base of
+    other uniform rows plus m more uniform rows (column 0) or plus m active rows (column 1);
+    averaged over DRAWS splits."""
     u_idx, a_idx = np.flatnonzero(uniform), np.flatnonzero(~uniform)
     folds = min(FOLDS, len(u_idx) // 2)
     fold = rng.permutation(len(u_idx)) % folds
@@ -87,7 +89,8 @@ def held_out_losses(
 
 
 def ridge_predict(z: np.ndarray, y: np.ndarray, z_new: np.ndarray, lam: float) -> np.ndarray:
-    """Ridge with an unpenalized intercept (centered on the training rows), fitted on (z, y), at ``z_new``."""
+    """Ridge with an unpenalized intercept (centered on the training rows), fitted on (z, y), at
+    ``z_new``."""
     mz, my = z.mean(axis=0), y.mean()
     zc = z - mz
     beta = np.linalg.solve(zc.T @ zc + lam * np.eye(z.shape[1]), zc.T @ (y - my))
@@ -100,7 +103,8 @@ def loocv_lambda(z: np.ndarray, y: np.ndarray) -> float:
 
 
 def loo_errors(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mean squared leave-one-out error of ``ridge_predict`` at each of LAMBDAS, in closed form (the hat matrix)."""
+    """Mean squared leave-one-out error of ``ridge_predict`` at each of LAMBDAS, in closed form (the
+    hat matrix)."""
     zc, yc = z - z.mean(axis=0), y - y.mean()
     u, sv, _ = np.linalg.svd(zc, full_matrices=False)
     uy = u.T @ yc

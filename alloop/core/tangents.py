@@ -73,7 +73,8 @@ def _promote(problem: Problem, params, s, data: Data, dtype):
 
 
 def exact(problem: Problem, params, s, data: Data, x64: bool = True) -> TangentResult:
-    """Solve H θ̇ = −ρ with the dense Hessian (p up to a few thousand); minimum-norm where H is singular."""
+    """Solve H θ̇ = −ρ with the dense Hessian (p up to a few thousand); minimum-norm where H is
+    singular."""
     with jax.enable_x64(x64):
         dtype = jnp.float64 if x64 else jnp.float32
         prob, p, s_, d = _promote(problem, params, s, data, dtype)
@@ -84,8 +85,10 @@ def exact(problem: Problem, params, s, data: Data, x64: bool = True) -> TangentR
             g = lambda f: ravel_pytree(gradient(prob, unravel(f), s_, d))[0]  # noqa: E731
             hess = jax.jacfwd(g)(flat)
             rho = ravel_pytree(mixed_derivative(prob, unravel(flat), s_, d))[0]
-            # least squares: the minimum-norm solution where H is singular along directions that neither
-            # the loss nor R sees (softmax: the same shift of every class's bias); otherwise the solve itself
+            # least squares: the minimum-norm solution where H is singular along directions that
+            # neither the loss nor R sees (softmax: the same shift of every class's bias); otherwise
+            # the
+            # solve itself
             sol = jnp.linalg.lstsq(hess, -rho)[0]
             return sol, _residual(prob, unravel(flat), unravel(sol), s_, d)
 
@@ -112,7 +115,8 @@ def cg(
         flat, unravel = ravel_pytree(p)
         x0_ = jnp.zeros_like(flat) if x0 is None else ravel_pytree(_cast(x0, dtype))[0]
 
-        @jax.jit  # θ, s and the data are arguments: baked in as constants XLA would fold them, slowly
+        # θ, s and the data are arguments: baked in as constants XLA would fold them, slowly
+        @jax.jit
         def solve(flat, s_, d, x0):
             b = -ravel_pytree(mixed_derivative(prob, unravel(flat), s_, d))[0]
             mv = lambda v: ravel_pytree(hvp(prob, unravel(flat), s_, d, unravel(v)))[0]  # noqa: E731
@@ -127,9 +131,9 @@ def cg(
 def cg_loop(matvec, b, x0, tol: float, maxiter: int):
     """Plain CG on flat vectors as one ``lax.while_loop`` (traceable: call it inside jit).
 
-    Stops when ||r|| <= tol ||b||, after ``maxiter`` iterations, or at the first direction of zero or
-    negative curvature (where CG is undefined; the iterate before it is returned). Returns the solution
-    and the number of iterations taken (the one that stopped it included).
+    Stops when ||r|| <= tol ||b||, after ``maxiter`` iterations, or at the first direction of zero
+    or negative curvature (where CG is undefined; the iterate before it is returned). Returns the
+    solution and the number of iterations taken (the one that stopped it included).
     """
     bnorm = jnp.linalg.norm(b)
     r = b - matvec(x0)
@@ -157,7 +161,8 @@ def cg_loop(matvec, b, x0, tol: float, maxiter: int):
 
 
 def lissa(problem: Problem, params, s, data: Data, batch_idx, lr: float, tangent=None) -> list:
-    """SGDF's tangent iteration with θ frozen: θ̇ ← θ̇ − η (H_B θ̇ + ρ_B) over the given minibatches.
+    """SGDF's tangent iteration with θ frozen: θ̇ ← θ̇ − η (H_B θ̇ + ρ_B) over the given
+    minibatches.
 
     This is LiSSA with a step size (paper §3.6): with h = −θ̇/η it reads h ← ρ_B + (I − ηH_B) h.
     Returns the tangent after every step.
