@@ -1,9 +1,11 @@
-"""Choosing the rows to label: one registry of strategies for ``alloop query`` and ``alloop simulate``.
+"""Choosing the rows to label: one registry of strategies for ``alloop query`` and ``alloop
+simulate``.
 
-A strategy is one ``Strategy`` object (``base.py``): a per-row streaming score that decides which rows
-to keep, and a pick among the kept rows. ``select`` runs one over a pool; the live query (local or on Ray)
-and the simulation both call it, so what the simulation measures is what ``alloop query`` does.
-Adding a strategy is one entry in ``builtin.py`` or ``research.py`` (or a module of its own listed here).
+A strategy is one ``Strategy`` object (``base.py``): a per-row streaming score that decides which
+rows to keep, and a pick among the kept rows. ``select`` runs one over a pool; the live query (local
+or on Ray) and the simulation both call it, so what the simulation measures is what ``alloop query``
+does. Adding a strategy is one entry in ``builtin.py`` or ``research.py`` (or a module of its own
+listed here).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def get(name: str, what: str = "strategy") -> Strategy:
 
 
 def names(task: str | None = None, live: bool = False) -> list[str]:
-    """Strategy names in registry order; ``task``: those that apply to it; ``live``: those ``alloop query`` runs."""
+    """Strategy names in registry order; ``task``: those that apply to it; ``live``: those ``alloop
+    query`` runs."""
     return [
         n
         for n, s in REGISTRY.items()
@@ -54,20 +57,21 @@ def names(task: str | None = None, live: bool = False) -> list[str]:
 
 
 def default_for(task: str, model: str | None = None) -> str:
-    """What a query uses unless told: the live strategy with the lowest mean relative area on the suite with
-    that kind of model (docs/results.md "The default"): kernel herding for linear, polynomial and auto regression
-    (whichever model auto has chosen: that is what the suite measured), LCMD in the network's gradient space
-    for an MLP, margin for classification."""
+    """What a query uses unless told: the live strategy with the lowest mean relative area on the
+    suite with that kind of model (docs/results.md "The default"): kernel herding for linear,
+    polynomial and auto regression (whichever model auto has chosen: that is what the suite
+    measured), LCMD in the network's gradient space for an MLP, margin for classification."""
     return MODEL_DEFAULT.get((task, model), DEFAULT.get(task, "sld"))
 
 
 def for_query(name: str | None, task: str, model: str | None = None) -> Strategy:
-    """The strategy a live query of a ``task`` run with a ``model`` kind uses (None: the default), after checking it applies."""
+    """The strategy a live query of a ``task`` run with a ``model`` kind uses (None: the default),
+    after checking it applies."""
     strategy = get(name or default_for(task, model), "--strategy")
     if strategy.weighted:
         raise UserError(
-            f"--strategy {strategy.name} refits with importance weights, which only `alloop simulate` does: "
-            f"choose one of {', '.join(names(task, live=True))}"
+            f"--strategy {strategy.name} refits with importance weights, which only `alloop "
+            f"simulate` does: choose one of {', '.join(names(task, live=True))}"
         )
     if task not in strategy.tasks:
         other = "regression" if task == "classification" else "classification"
@@ -87,6 +91,7 @@ def select(
     on_rows=None,
     engine=None,
 ) -> Selection:
-    """Choose ``k`` rows of the pool not in ``exclude``; a model strategy at cold start runs greedy (and says so).
-    ``engine``: None streams the pool in this process; ``distributed.RayEngine`` keeps the same rows on Ray."""
+    """Choose ``k`` rows of the pool not in ``exclude``; a model strategy at cold start runs greedy
+    (and says so). ``engine``: None streams the pool in this process; ``distributed.RayEngine``
+    keeps the same rows on Ray."""
     return base_select(strategy, info, rnd, exclude, k, REGISTRY["greedy"], on_rows, engine)

@@ -1,10 +1,11 @@
-"""One strategy type for ``alloop query`` and ``alloop simulate``, and the one function that runs it.
+"""One strategy type for ``alloop query`` and ``alloop simulate``, and the one function that runs
+it.
 
-A strategy chooses k rows in two steps, each a pure function of the round (modAL's and optax's shape:
-small pieces with one signature, composed):
+A strategy chooses k rows in two steps, each a pure function of the round (modAL's and optax's
+shape: small pieces with one signature, composed):
 
-- ``keep(round, k) -> (score, n)``: a per-row score and how many of the best-scoring unlabeled rows to
-  keep while the pool streams by (``stream.stream_top``; memory bounded by n, never by the pool);
+- ``keep(round, k) -> (score, n)``: a per-row score and how many of the best-scoring unlabeled rows
+  to keep while the pool streams by (``stream.stream_top``; memory bounded by n, never by the pool);
 - ``pick(kept, round, k) -> Pick``: the batch, chosen among the kept rows (None: the kept rows in
   order, i.e. top-k).
 
@@ -36,7 +37,8 @@ RowScore = Callable[
 
 
 class Round(NamedTuple):
-    """What a strategy may use this round. Built by the live query from the run, by the simulation from its learner."""
+    """What a strategy may use this round. Built by the live query from the run, by the simulation
+    from its learner."""
 
     task: str
     stats: Standardizer  # the pool's input standardization
@@ -58,9 +60,9 @@ class Round(NamedTuple):
 
 
 class Pick(NamedTuple):
-    """Rows chosen among the kept ones: their indices in ``kept`` (in order), the score written to the
-    query file, the probability each had when drawn (NaN when chosen deterministically), and which were
-    drawn uniformly from the unlabeled rows (None: none were)."""
+    """Rows chosen among the kept ones: their indices in ``kept`` (in order), the score written to
+    the query file, the probability each had when drawn (NaN when chosen deterministically), and
+    which were drawn uniformly from the unlabeled rows (None: none were)."""
 
     idx: np.ndarray
     scores: np.ndarray
@@ -74,7 +76,8 @@ def deterministic(idx, scores) -> Pick:
 
 
 class Needs(enum.Flag):
-    """What a strategy needs from the round (a misspelled need is an AttributeError, not a no-op)."""
+    """What a strategy needs from the round (a misspelled need is an AttributeError, not a
+    no-op)."""
 
     NOTHING = 0
     MODEL = enum.auto()  # a trained model
@@ -104,7 +107,8 @@ class Selection:
     scores: np.ndarray
     strategy: str  # what actually ran (a model strategy falls back to greedy at cold start)
     note: str | None = None
-    rows: object = None  # the picks' pool columns as stored (Arrow table, pick order), so the pool is not read again
+    # the picks' pool columns as stored (Arrow table, pick order), so the pool is not read again
+    rows: object = None
     kept: stream.Kept | None = None  # what the picks were chosen from
     prob: np.ndarray | None = None
     uniform: np.ndarray | None = (
@@ -128,10 +132,12 @@ def select(
     on_rows: Callable[[int], None] | None = None,
     engine=None,
 ) -> Selection:
-    """Run ``strategy`` over the pool's rows not in ``exclude``; ``fallback`` (greedy) when it cannot run yet.
+    """Run ``strategy`` over the pool's rows not in ``exclude``; ``fallback`` (greedy) when it
+    cannot run yet.
 
     ``engine``: None streams the pool here (``stream.stream_top``); else a callable
-    ``(info, ran, k, n_keep, exclude, on_rows) -> Kept`` that keeps the same rows elsewhere (``distributed.RayEngine``).
+    ``(info, ran, k, n_keep, exclude, on_rows) -> Kept`` that keeps the same rows elsewhere
+    (``distributed.RayEngine``).
     """
     outputs = np.shape(rnd.labeled_y)[1] if np.ndim(rnd.labeled_y) == 2 else 1
     if Needs.GRADIENTS in strategy.needs and outputs != 1:

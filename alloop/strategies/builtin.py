@@ -5,7 +5,8 @@ uncertainty measures (margin is the classification default), query by committee,
   uniform sample of up to SLD_CANDIDATES unlabeled rows, SLD being the squared loss derivative along
   the regularity tangent (method.md eq. 67);
 - ``sld-topk``: the k highest SLD scores over the whole pool (the paper's heuristic as stated);
-- ``committee``: predictive variance across bootstrap models (classification: their mean KL from the consensus);
+- ``committee``: predictive variance across bootstrap models (classification: their mean KL from the
+  consensus);
 - ``greedy``: farthest-point sampling in standardized inputs (GSx) over the rows farthest from the
   labeled set; also the cold-start fallback of every model strategy;
 - ``random``: uniform, from a hash of (seed, id) so that no pool batching changes it;
@@ -20,23 +21,27 @@ from alloop.core import diversity, ranking, scorers
 from alloop.strategies import stream
 from alloop.strategies.base import Needs, Pick, Round, Strategy, deterministic, top_k
 
-SLD_CANDIDATES = 20000  # sld (and the research strategies) draw from a uniform sample of this many unlabeled rows
+# sld (and the research strategies) draw from a uniform sample of this many unlabeled rows
+SLD_CANDIDATES = 20000
 GREEDY_CANDIDATES = 4096  # greedy keeps the rows farthest from the labeled set, at least this many
 CLIP_QUANTILE = diversity.CLIP_QUANTILE
 
 
 def random_score(rnd: Round):
-    """Uniform [0, 1) per row from a hash of (seed, id): the same for any batching or partition of the pool."""
+    """Uniform [0, 1) per row from a hash of (seed, id): the same for any batching or partition of
+    the pool."""
     return lambda b: scorers.random_scores(rnd.seed, b.ids)
 
 
 def uniform_sample(rnd: Round, k: int):
-    """Keep a uniform sample of up to max(SLD_CANDIDATES, 4k) unlabeled rows (all of a smaller pool)."""
+    """Keep a uniform sample of up to max(SLD_CANDIDATES, 4k) unlabeled rows (all of a smaller
+    pool)."""
     return random_score(rnd), max(SLD_CANDIDATES, 4 * k)
 
 
 def model_score(fn, rnd: Round):
-    """A jitted x -> scores function as a pool-batch scorer (fixed shapes, split over the round's devices)."""
+    """A jitted x -> scores function as a pool-batch scorer (fixed shapes, split over the round's
+    devices)."""
     return stream.device_scorer(fn, rnd.batch_rows, rnd.devices)
 
 
@@ -44,7 +49,7 @@ def labeled_z(rnd: Round, d: int) -> np.ndarray:
     return rnd.z(rnd.labeled_x) if len(rnd.labeled_x) else np.zeros((0, d))
 
 
-# --- random and greedy ------------------------------------------------------------------------------
+# --- random and greedy ----------------------------------------------------------------------------
 
 
 def greedy_keep(rnd: Round, k: int):
@@ -58,7 +63,8 @@ def greedy_keep(rnd: Round, k: int):
 
 
 def greedy_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """Farthest-point order over the kept rows; each pick's score is its distance to the nearest labeled or earlier pick."""
+    """Farthest-point order over the kept rows; each pick's score is its distance to the nearest
+    labeled or earlier pick."""
     z = rnd.z(kept.x)
     d0 = kept.scores if len(rnd.labeled_x) else np.full(len(kept.ids), np.inf)
     order = ranking.farthest_point(z, d0, k)
@@ -66,7 +72,8 @@ def greedy_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 
 def pick_distances(z: np.ndarray, d0: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Each pick's distance to the nearest labeled or previously picked row (inf for a first pick)."""
+    """Each pick's distance to the nearest labeled or previously picked row (inf for a first
+    pick)."""
     out = []
     for j, i in enumerate(order):
         prev = np.linalg.norm(z[order[:j]] - z[i], axis=1).min() if j else np.inf
@@ -74,11 +81,12 @@ def pick_distances(z: np.ndarray, d0: np.ndarray, order: np.ndarray) -> np.ndarr
     return np.asarray(out, np.float64)
 
 
-# --- SLD --------------------------------------------------------------------------------------------
+# --- SLD ------------------------------------------------------------------------------------------
 
 
 def sld_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """kpp-clip over the kept rows (``core.diversity``); the batch is the draw, listed by SLD, highest first."""
+    """kpp-clip over the kept rows (``core.diversity``); the batch is the draw, listed by SLD,
+    highest first."""
     sld = rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)
     z = rnd.z(kept.x)
     drawn, probs = diversity.kpp_clip(
@@ -91,7 +99,9 @@ def sld_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 def uncertainty(kind: str) -> Strategy:
     about = {
         "entropy": "entropy of the predicted class distribution",
-        "margin": "minus the gap between the two most probable classes (the classification default)",
+        "margin": (
+            "minus the gap between the two most probable classes (the classification default)"
+        ),
         "least-confident": "one minus the top class probability",
     }[kind]
     return Strategy(
@@ -107,8 +117,8 @@ COMMITTEE_SIZE = 5
 
 SLD = Strategy(
     "sld",
-    f"rows drawn ∝ min(SLD, its {CLIP_QUANTILE:.0%} quantile) · D² (SLD-weighted k-means++) over a uniform "
-    f"sample of up to {SLD_CANDIDATES:,} unlabeled rows: the regression default",
+    f"rows drawn ∝ min(SLD, its {CLIP_QUANTILE:.0%} quantile) · D² (SLD-weighted k-means++) over "
+    f"a uniform sample of up to {SLD_CANDIDATES:,} unlabeled rows: the regression default",
     keep=uniform_sample,
     pick=sld_pick,
     needs=Needs.MODEL | Needs.TANGENT,
@@ -122,7 +132,8 @@ SLD_TOPK = Strategy(
 
 
 def uniform_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """The k kept rows of a random score (a uniform draw without replacement), flagged as uniform draws."""
+    """The k kept rows of a random score (a uniform draw without replacement), flagged as uniform
+    draws."""
     return top_k(kept, rnd, k)._replace(uniform=np.ones(min(k, len(kept.ids)), bool))
 
 

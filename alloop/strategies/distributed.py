@@ -1,26 +1,30 @@
-"""Scoring the pool on a Ray cluster (``alloop query --engine ray``), reduced exactly to what the local stream keeps.
+"""Scoring the pool on a Ray cluster (``alloop query --engine ray``), reduced exactly to what the
+local stream keeps.
 
-Every strategy keeps the ``n`` best rows of the pool by a per-row score (``Strategy.keep``: a model's
-score, or for the batch strategies a seeded hash of the id, a uniform sample any partition can compute),
-then picks among them on one machine. So the pool can be split anywhere: each part keeps its own best
-``n`` rows (``partition_top``), and the best ``n`` of their union (``reduce``) are the rows one stream over
-the whole pool keeps, by the same order (score descending, NaN last, then id ascending), whatever the
-parts, their order or their sizes. The pick then runs on the driver exactly as in a local query.
+Every strategy keeps the ``n`` best rows of the pool by a per-row score (``Strategy.keep``: a
+model's score, or for the batch strategies a seeded hash of the id, a uniform sample any partition
+can compute), then picks among them on one machine. So the pool can be split anywhere: each part
+keeps its own best ``n`` rows (``partition_top``), and the best ``n`` of their union (``reduce``)
+are the rows one stream over the whole pool keeps, by the same order (score descending, NaN last,
+then id ascending), whatever the parts, their order or their sizes. The pick then runs on the driver
+exactly as in a local query.
 
-With Ray: a pool of actors (``Scorer``, Ray core) each builds the round (model, scorer) once per query from
-a recipe the driver ships (no run directory is needed on the workers), then runs the local engine's own
-stream (``stream.stream_top``: the same reader, batches and scorer) over one pool file per call, local or
-in object storage; the driver hands out the files (two queued per actor) and merges what comes back. An
-actor that dies is restarted and its files retried by Ray; the reduction does not depend on which actor
-scored what, so the result is the same. Ray Data is not used: on a small cluster its per-query start
-(a listing task, read tasks, its executor) took seconds more than reading and scoring the pool.
+With Ray: a pool of actors (``Scorer``, Ray core) each builds the round (model, scorer) once per
+query from a recipe the driver ships (no run directory is needed on the workers), then runs the
+local engine's own stream (``stream.stream_top``: the same reader, batches and scorer) over one pool
+file per call, local or in object storage; the driver hands out the files (two queued per actor) and
+merges what comes back. An actor that dies is restarted and its files retried by Ray; the reduction
+does not depend on which actor scored what, so the result is the same. Ray Data is not used: on a
+small cluster its per-query start (a listing task, read tasks, its executor) took seconds more than
+reading and scoring the pool.
 
-Starting an actor (a process, its imports of JAX and alloop, the scorer's compilation) is a fixed cost
-of every query. With ``keep_s`` (``query --keep-workers``, on a running cluster) the actors are named
-and detached, keyed by ``actor_key`` (alloop's version and source, the model, task, targets and
-features), and the next query of that key runs on them: each query still ships its whole round, so a
-kept actor holds no state a query depends on beyond code (in the key) and JAX's compiled programs (keyed
-by JAX). They leave after ``keep_s`` seconds without a query, or at ``alloop release-workers``.
+Starting an actor (a process, its imports of JAX and alloop, the scorer's compilation) is a fixed
+cost of every query. With ``keep_s`` (``query --keep-workers``, on a running cluster) the actors are
+named and detached, keyed by ``actor_key`` (alloop's version and source, the model, task, targets
+and features), and the next query of that key runs on them: each query still ships its whole round,
+so a kept actor holds no state a query depends on beyond code (in the key) and JAX's compiled
+programs (keyed by JAX). They leave after ``keep_s`` seconds without a query, or at ``alloop
+release-workers``.
 """
 
 from __future__ import annotations
@@ -49,19 +53,22 @@ from alloop.strategies import stream
 
 SCORE_COL = "__alloop_score__"  # a kept row's score (NaN scores already ranked as -inf)
 SEEN_COL = "__alloop_seen__"  # rows a part held, on one extra row of nulls (progress)
-QUEUED = 2  # files queued per actor: the next one is there when a file is done, so no actor waits for the driver
+# files queued per actor: the next one is there when a file is done, so no actor waits for the
+# driver
+QUEUED = 2
 RESTARTS = 4  # times Ray restarts a dead actor (and retries its files) before the query fails
-KILL_ENV = "ALLOOP_TEST_KILL_WORKER"  # tests: path of a file whose first claimant (an actor) kills itself with SIGKILL
+# tests: path of a file whose first claimant (an actor) kills itself with SIGKILL
+KILL_ENV = "ALLOOP_TEST_KILL_WORKER"
 
 
-# --- the exact reduction (no Ray needed) -----------------------------------------------------------
+# --- the exact reduction (no Ray needed) ----------------------------------------------------------
 
 
 def partition_top(
     table: pa.Table, info: poolio.PoolInfo, score: Callable, n_keep: int, leave_out: Callable
 ) -> pa.Table:
-    """The ``n_keep`` best rows of one part of the pool as a table: its columns as stored, the score, and one
-    extra row of nulls whose SEEN_COL counts the part's rows."""
+    """The ``n_keep`` best rows of one part of the pool as a table: its columns as stored, the
+    score, and one extra row of nulls whose SEEN_COL counts the part's rows."""
     top = stream.TopRows(n_keep, len(info.features), info.id_kind)
     for rb in table.select([info.id_col, *info.features]).combine_chunks().to_batches():
         if rb.num_rows == 0:
@@ -75,8 +82,8 @@ def partition_top(
 
 
 def kept_table(kept: stream.Kept, seen: int, info: poolio.PoolInfo, stored: pa.Schema) -> pa.Table:
-    """``kept`` (a part's best rows) as ``partition_top`` returns them: the columns as ``stored``, the score, and
-    the row of nulls whose SEEN_COL says how many rows the part held."""
+    """``kept`` (a part's best rows) as ``partition_top`` returns them: the columns as ``stored``,
+    the score, and the row of nulls whose SEEN_COL says how many rows the part held."""
     cols = [info.id_col, *info.features]
     schema = pa.schema([stored.field(c).remove_metadata() for c in cols])
     rows = kept.rows.select(cols).cast(schema) if kept.rows is not None else schema.empty_table()
@@ -99,7 +106,8 @@ def reduce(
     n_keep: int,
     on_rows: Callable[[int], None] | None = None,
 ) -> stream.Kept:
-    """The ``n_keep`` best rows of the union of ``partition_top`` results: what one stream over the pool keeps."""
+    """The ``n_keep`` best rows of the union of ``partition_top`` results: what one stream over the
+    pool keeps."""
     top = stream.TopRows(n_keep, len(info.features), info.id_kind)
     cols = [info.id_col, *info.features]
     for part in parts:
@@ -114,24 +122,27 @@ def reduce(
     return top.result()
 
 
-# --- on Ray ----------------------------------------------------------------------------------------
+# --- on Ray ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Job:
-    """What every actor needs: the pool, a picklable recipe of the round, the strategy that runs, k, the rows to leave out."""
+    """What every actor needs: the pool, a picklable recipe of the round, the strategy that runs, k,
+    the rows to leave out."""
 
     info: poolio.PoolInfo
-    make_round: Callable  # () -> Round, with the trained model rebuilt from arrays (commands.query.RoundRecipe)
+    # () -> Round, with the trained model rebuilt from arrays (commands.query.RoundRecipe)
+    make_round: Callable
     strategy: str
     k: int
     exclude: np.ndarray
 
 
 class Scorer:
-    """The Ray actor. Its start imports JAX and alloop once; each query's round and scorer are built at the actor's first
-    file of that query (JAX compiles the scorer at its first batch, or loads it from the compilation cache), then used
-    for every file of the query. A kept actor (``--keep-workers``) serves later queries without starting again."""
+    """The Ray actor. Its start imports JAX and alloop once; each query's round and scorer are built
+    at the actor's first file of that query (JAX compiles the scorer at its first batch, or loads it
+    from the compilation cache), then used for every file of the query. A kept actor
+    (``--keep-workers``) serves later queries without starting again."""
 
     def __init__(self, idle_s: float = 0.0) -> None:
         import ray
@@ -147,10 +158,13 @@ class Scorer:
             threading.Thread(target=self._leave_when_idle, args=(idle_s,), daemon=True).start()
 
     def top(self, files: tuple[str, ...], token: str, job_box: list) -> pa.Table:
-        """The best rows of ``files`` by the local engine's stream (same reader, batches, scorer and leave-out), as ``partition_top``
-        returns them. ``token`` names the query; its Job (in ``job_box``, fetched only when the token is new) builds the round."""
+        """The best rows of ``files`` by the local engine's stream (same reader, batches, scorer and
+        leave-out), as ``partition_top`` returns them. ``token`` names the query; its Job (in
+        ``job_box``, fetched only when the token is new) builds the round."""
         _maybe_die()
-        self.busy = True  # never idle while serving: a file longer than idle_s must not make the actor leave mid-query
+        # never idle while serving: a file longer than idle_s must not make the actor leave
+        # mid-query
+        self.busy = True
         try:
             return self._top(files, token, job_box)
         finally:
@@ -184,11 +198,13 @@ class Scorer:
         return kept_table(kept, sum(seen), self.job.info, schema)
 
     def idle_for(self, idle_s: float) -> bool:
-        """Whether this actor has served no file for more than ``idle_s`` seconds (never while it serves one)."""
+        """Whether this actor has served no file for more than ``idle_s`` seconds (never while it
+        serves one)."""
         return not self.busy and time.monotonic() - self.last > idle_s
 
     def state(self) -> dict:
-        """This actor's process, the queries it served, and whether Ray restarted it since the last time it was asked."""
+        """This actor's process, the queries it served, and whether Ray restarted it since the last
+        time it was asked."""
         restarted, self.restarted = self.restarted, False
         return {"pid": os.getpid(), "queries": self.queries, "restarted": restarted}
 
@@ -206,8 +222,9 @@ class Scorer:
 
 
 def _maybe_die() -> None:
-    """Fault injection for the tests: the first actor to claim the file named by $ALLOOP_TEST_KILL_WORKER dies at once;
-    while that file holds "always", every actor dies at every file."""
+    """Fault injection for the tests: the first actor to claim the file named by
+    $ALLOOP_TEST_KILL_WORKER dies at once; while that file holds "always", every actor dies at every
+    file."""
     arm = os.environ.get(KILL_ENV)
     if not arm:
         return
@@ -221,8 +238,8 @@ def _maybe_die() -> None:
 
 
 def scored(ray, actors: list, parts: list[tuple[str, ...]], token: str, job) -> Iterator[pa.Table]:
-    """Each part's ``Scorer.top`` as it comes back; a finished actor gets the next part, with QUEUED parts per actor
-    so none waits for the driver between files."""
+    """Each part's ``Scorer.top`` as it comes back; a finished actor gets the next part, with QUEUED
+    parts per actor so none waits for the driver between files."""
     todo, running = list(reversed(parts)), {}
 
     def submit(actor) -> None:
@@ -240,14 +257,18 @@ def scored(ray, actors: list, parts: list[tuple[str, ...]], token: str, job) -> 
 
 @dataclass(frozen=True)
 class RayEngine:
-    """``strategies.select``'s engine: the keep step over the pool on Ray, returning what ``stream.stream_top`` would."""
+    """``strategies.select``'s engine: the keep step over the pool on Ray, returning what
+    ``stream.stream_top`` would."""
 
     make_round: Callable
     address: str | None = None
     workers: int | None = (
-        None  # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than files)
+        # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than
+        # files)
+        None
     )
-    keep_s: float = 0.0  # > 0: the actors stay on the cluster (named, detached) for later queries, until idle this long
+    # > 0: the actors stay on the cluster (named, detached) for later queries, until idle this long
+    keep_s: float = 0.0
     on_note: Callable[[str], None] | None = (
         None  # one line for the user (an actor that Ray restarted)
     )
@@ -277,13 +298,15 @@ class RayEngine:
                     raise user from None
                 if isinstance(e, ray.exceptions.RayActorError):
                     raise UserError(
-                        f"a Ray scoring actor died and Ray's {RESTARTS} restarts did not help ({_first_line(e)}); the run is "
-                        "unchanged: check the workers' memory and logs (/tmp/ray/session_latest/logs on each node), retry, or use "
+                        f"a Ray scoring actor died and Ray's {RESTARTS} restarts did not help "
+                        f"({_first_line(e)}); the run is unchanged: check the workers' memory "
+                        "and logs (/tmp/ray/session_latest/logs on each node), retry, or use "
                         "--engine local"
                     ) from None
                 if isinstance(e, ray.exceptions.RayError):
                     raise UserError(
-                        f"the Ray query failed ({_first_line(e)}); the run is unchanged: retry, or use --engine local"
+                        f"the Ray query failed ({_first_line(e)}); the run is unchanged: "
+                        "retry, or use --engine local"
                     ) from None
                 raise
             else:
@@ -295,7 +318,8 @@ class RayEngine:
                         ray.kill(actor, no_restart=True)
 
     def _note_restarts(self, ray, actors: list) -> None:
-        """One line when Ray restarted an actor during the query (Ray's own notices of it are not shown: ray_cluster.cluster)."""
+        """One line when Ray restarted an actor during the query (Ray's own notices of it are not
+        shown: ray_cluster.cluster)."""
         try:
             restarted = sum(
                 s["restarted"] for s in ray.get([a.state.remote() for a in actors], timeout=30)
@@ -304,8 +328,9 @@ class RayEngine:
             return
         if restarted and self.on_note is not None:
             self.on_note(
-                f"{restarted} Ray scoring actor(s) died during the query and Ray restarted them; their files were scored "
-                "again (the result does not depend on which actor scored what)"
+                f"{restarted} Ray scoring actor(s) died during the query and Ray restarted them; "
+                "their files were scored again (the result does not depend on which actor "
+                "scored what)"
             )
 
 
@@ -314,9 +339,10 @@ def _default_workers(ray) -> int:
 
 
 def actor_key(make_round, info: poolio.PoolInfo) -> str:
-    """What a kept actor may be reused for: this alloop (version and source), the model, task, targets and features.
-    Each query still sends its round (parameters, labels, strategy); the key only keeps an actor built by other code,
-    or warmed on another model, from being taken for this one."""
+    """What a kept actor may be reused for: this alloop (version and source), the model, task,
+    targets and features. Each query still sends its round (parameters, labels, strategy); the key
+    only keeps an actor built by other code, or warmed on another model, from being taken for this
+    one."""
     config = getattr(make_round, "config", {}) or {}
     what = {
         "alloop": alloop.__version__,
@@ -344,9 +370,9 @@ _CODE: str | None = None
 
 
 def start_actors(ray, workers: int, key: str | None = None, keep_s: float = 0.0) -> list:
-    """``workers`` Scorer actors, spread over the cluster's nodes: one CPU each (a share where there are fewer CPUs
-    than workers), one GPU each where the cluster has them; restarted by Ray when one dies. With a ``key``: the kept
-    actors of that key (named, detached), started where missing."""
+    """``workers`` Scorer actors, spread over the cluster's nodes: one CPU each (a share where there
+    are fewer CPUs than workers), one GPU each where the cluster has them; restarted by Ray when one
+    dies. With a ``key``: the kept actors of that key (named, detached), started where missing."""
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
     opts = {
@@ -375,8 +401,9 @@ _USER_ERROR = re.compile(r"alloop\.errors\.UserError: (.+)")
 
 
 def _user_error(e: BaseException | None, depth: int = 0) -> UserError | None:
-    """The UserError an actor raised, through Ray's wrappers: the exception itself (cause, __cause__, __context__),
-    else its line in the remote traceback that Ray's error carries as text."""
+    """The UserError an actor raised, through Ray's wrappers: the exception itself (cause,
+    __cause__, __context__), else its line in the remote traceback that Ray's error carries as
+    text."""
     if e is None or depth > 8:
         return None
     cause = getattr(

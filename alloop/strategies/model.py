@@ -1,4 +1,5 @@
-"""The trained model as strategies see it: θ, θ̇ and the objective, with the row scorers built from them once.
+"""The trained model as strategies see it: θ, θ̇ and the objective, with the row scorers built from
+them once.
 
 Scorers come from ``core.scorers`` (jitted on first use and cached on this object, so one round
 compiles each at most once). Regression outputs are in the units training used (targets standardized
@@ -24,7 +25,8 @@ SCORE_ROWS = 16384  # rows per call when a whole candidate set is scored (stream
 
 @dataclass(eq=False, kw_only=True)
 class TrainedModel:
-    """A trained model as strategies see it, built by keyword (``TrainedModel(problem=..., params=...)``)."""
+    """A trained model as strategies see it, built by keyword (``TrainedModel(problem=...,
+    params=...)``)."""
 
     problem: Problem
     params: Any
@@ -59,7 +61,8 @@ class TrainedModel:
         )
 
     def uncertainty(self, kind: str) -> Callable:
-        """Jitted x -> entropy, margin or least-confident score of the predicted class distribution."""
+        """Jitted x -> entropy, margin or least-confident score of the predicted class
+        distribution."""
         build = {
             "entropy": scorers.entropy,
             "margin": scorers.margin,
@@ -81,7 +84,8 @@ class TrainedModel:
         )
 
     def on_rows(self, fn: Callable, x: np.ndarray, devices: int = 1) -> np.ndarray:
-        """``fn`` over all rows of ``x`` in equal chunks of at most SCORE_ROWS, split over ``devices`` (float64)."""
+        """``fn`` over all rows of ``x`` in equal chunks of at most SCORE_ROWS, split over
+        ``devices`` (float64)."""
         if len(x) == 0:
             return np.zeros(0)
         rows = parallel.even_chunk(len(x), SCORE_ROWS, devices)
@@ -135,8 +139,9 @@ class TrainedModel:
     def curvature_inverse(
         self, labeled_x: np.ndarray, weights: np.ndarray | None = None
     ) -> np.ndarray:
-        """(AᵀWA + sD)⁻¹ over the labeled rows, D the regularized coordinates: the inverse Hessian (halved)
-        of a model linear in θ, its Gauss-Newton form otherwise. Labeling row j adds a_j a_jᵀ to it."""
+        """(AᵀWA + sD)⁻¹ over the labeled rows, D the regularized coordinates: the inverse Hessian
+        (halved) of a model linear in θ, its Gauss-Newton form otherwise. Labeling row j adds a_j
+        a_jᵀ to it."""
         a = self.gradient_features(labeled_x)
         w = np.ones(len(a)) if weights is None else np.asarray(weights, np.float64)
         mask = np.asarray(ravel_pytree(models.weight_mask(self.params))[0], np.float64)

@@ -1,8 +1,9 @@
-"""Research strategies, measured by ``alloop simulate`` (docs/results.md) and selectable in ``alloop query``.
+"""Research strategies, measured by ``alloop simulate`` (docs/results.md) and selectable in ``alloop
+query``.
 
-Each sees the kept rows (a uniform sample of up to SLD_CANDIDATES unlabeled rows, like ``sld``) and the
-trained model: its outputs F(x), tangent outputs u(x) = J_F(x)θ̇, the gradient features a(x) = ∂F/∂θ and
-H⁻¹ = (AᵀA + sD)⁻¹ over the labeled rows (``model.TrainedModel``). Regression, one output.
+Each sees the kept rows (a uniform sample of up to SLD_CANDIDATES unlabeled rows, like ``sld``) and
+the trained model: its outputs F(x), tangent outputs u(x) = J_F(x)θ̇, the gradient features a(x) =
+∂F/∂θ and H⁻¹ = (AᵀA + sD)⁻¹ over the labeled rows (``model.TrainedModel``). Regression, one output.
 
 SLD of a row is 4σ²u(x)² (method.md, 57–58); σ² is common to all rows, so rankings and sampling
 probabilities use u² alone.
@@ -13,18 +14,20 @@ zero) and changes the Hessian by a_j a_jᵀ, so the exact new tangent is a rank-
 
     θ̇' = θ̇ − g (a_jᵀθ̇) / c,       u'(x) = u(x) − (a(x)ᵀg) u_j / c,       H'⁻¹ = H⁻¹ − g gᵀ / c.
 
-``sld-seq`` uses it to discount rows that resemble those already chosen in a batch; ``sld-lookahead``
-also uses it to score each row by how much labeling it would lower the kept rows' total SLD; ``vr``
-by how much it would lower the pool-averaged predictive variance σ² tr(H⁻¹C), C = mean a(x)a(x)ᵀ.
+``sld-seq`` uses it to discount rows that resemble those already chosen in a batch;
+``sld-lookahead`` also uses it to score each row by how much labeling it would lower the kept rows'
+total SLD; ``vr`` by how much it would lower the pool-averaged predictive variance σ² tr(H⁻¹C), C =
+mean a(x)a(x)ᵀ.
 
 Batch diversity without a model of the batch: ``sld-kpp`` draws rows one at a time with probability
-∝ SLD · D², D the distance to the labeled and already drawn rows (k-means++ seeding weighted by SLD, as
-BADGE does with gradient norms); ``sld`` (builtin) caps SLD first.
+∝ SLD · D², D the distance to the labeled and already drawn rows (k-means++ seeding weighted by SLD,
+as BADGE does with gradient norms); ``sld`` (builtin) caps SLD first.
 
 Diversity in the model's own space (its gradient features a(x), sketched when wide): ``lcmd`` (the
-largest cluster's most distant row, Holzmüller et al. 2023), ``sld-lcmd`` (the same, weighted by capped
-SLD) and ``herding-grad``. For a linear model that space is the standardized inputs; for an MLP it is
-where the fitted network is sensitive. ``sld-mix`` guards ``sld`` with a uniform share of each batch.
+largest cluster's most distant row, Holzmüller et al. 2023), ``sld-lcmd`` (the same, weighted by
+capped SLD) and ``herding-grad``. For a linear model that space is the standardized inputs; for an
+MLP it is where the fitted network is sensitive. ``sld-mix`` guards ``sld`` with a uniform share of
+each batch.
 """
 
 from __future__ import annotations
@@ -40,12 +43,16 @@ from alloop.strategies.base import Needs, Pick, Round, Strategy, deterministic
 from alloop.strategies.builtin import labeled_z, sld_pick, uniform_sample
 
 POWER_BETA = 0.5  # Kirsch et al. (2023) power acquisition: draw rows with probability ∝ SLD^β
-MAX_FEATURE_FLOATS = 20_000_000  # a(x) of the kept rows stays below this many floats (160 MB): fewer candidates for big models
-VR_FLOPS = 4_000_000_000  # vr: candidates × parameters² (its one product A·H⁻¹·C) stays below this (a few seconds on a CPU core)
+# a(x) of the kept rows stays below this many floats (160 MB): fewer candidates for big models
+MAX_FEATURE_FLOATS = 20_000_000
+# vr: candidates × parameters² (its one product A·H⁻¹·C) stays below this (a few seconds on a CPU
+# core)
+VR_FLOPS = 4_000_000_000
 
 
 class View(NamedTuple):
-    """The kept rows as a research strategy sees them (standardized inputs, predictions, tangent outputs)."""
+    """The kept rows as a research strategy sees them (standardized inputs, predictions, tangent
+    outputs)."""
 
     z: np.ndarray  # (n, d) standardized inputs of the kept rows
     z_labeled: np.ndarray  # (m, d) standardized inputs of the labeled rows
@@ -72,7 +79,8 @@ def labeled_targets(rnd: Round) -> np.ndarray:
 
 
 def sample_keep(rnd: Round, k: int):
-    """A uniform sample like ``sld``'s, smaller when the model's gradient features would not fit in memory."""
+    """A uniform sample like ``sld``'s, smaller when the model's gradient features would not fit in
+    memory."""
     score, n = uniform_sample(rnd, k)
     return score, max(4 * k, min(n, MAX_FEATURE_FLOATS // max(rnd.model.n_params, 1)))
 
@@ -83,7 +91,7 @@ def top(scores: np.ndarray, k: int, ids: np.ndarray) -> np.ndarray:
     return np.lexsort((ids, -s))[:k]
 
 
-# --- baselines that need a model -------------------------------------------------------------------
+# --- baselines that need a model ------------------------------------------------------------------
 
 
 def igs_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
@@ -109,7 +117,8 @@ def igs_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 
 def emcm_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """EMCM (Cai, Zhang & Zhou 2013): expected gradient length, mean_k |F(x) − F_k(x)| · ||∂F/∂θ||, top-k."""
+    """EMCM (Cai, Zhang & Zhou 2013): expected gradient length, mean_k |F(x) − F_k(x)| · ||∂F/∂θ||,
+    top-k."""
     m = rnd.model
     pred = m.predict(kept.x)
     preds = np.stack([m.predict(kept.x, params=p) for p in m.member_params()])
@@ -120,7 +129,7 @@ def emcm_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     return deterministic(idx, change[idx])
 
 
-# --- SLD variants ----------------------------------------------------------------------------------
+# --- SLD variants ---------------------------------------------------------------------------------
 
 
 def rank_one(a: np.ndarray, hinv: np.ndarray, u: np.ndarray, j: int):
@@ -131,7 +140,8 @@ def rank_one(a: np.ndarray, hinv: np.ndarray, u: np.ndarray, j: int):
 
 
 def _sequential(kept: stream.Kept, rnd: Round, k: int, gain) -> Pick:
-    """Pick one row at a time by ``gain(a, hinv, u, rest)``, each fantasized as labeled (rank-one update)."""
+    """Pick one row at a time by ``gain(a, hinv, u, rest)``, each fantasized as labeled (rank-one
+    update)."""
     m = rnd.model
     a, hinv = m.gradient_features(kept.x), m.curvature_inverse(rnd.labeled_x)
     u = m.outputs(kept.x)[1]
@@ -148,14 +158,17 @@ def _sequential(kept: stream.Kept, rnd: Round, k: int, gain) -> Pick:
 
 
 def sld_seq_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """Highest SLD one row at a time, each chosen row fantasized as labeled (rank-one tangent update)."""
+    """Highest SLD one row at a time, each chosen row fantasized as labeled (rank-one tangent
+    update)."""
     return _sequential(kept, rnd, k, lambda a, hinv, u, rest: u**2)
 
 
 def lookahead_gain(a: np.ndarray, hinv: np.ndarray, u: np.ndarray, over: np.ndarray) -> np.ndarray:
-    """For every row x: Σ_{x' ∈ over} u(x')² minus the same sum after labeling x with its prediction.
+    """For every row x: Σ_{x' ∈ over} u(x')² minus the same sum after labeling x with its
+    prediction.
 
-    With g = H⁻¹a(x), c = 1 + a(x)ᵀg, t = u(x)/c:  gain = 2t (A_overᵀ u_over)ᵀg − t² gᵀ(A_overᵀA_over)g.
+    With g = H⁻¹a(x), c = 1 + a(x)ᵀg, t = u(x)/c:
+    gain = 2t (A_overᵀ u_over)ᵀg − t² gᵀ(A_overᵀA_over)g.
     """
     ao = a[over]
     v, m = ao.T @ u[over], ao.T @ ao
@@ -170,7 +183,8 @@ def sld_lookahead_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 
 def variance_gain(a: np.ndarray, hinv: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """For every row x: tr(H⁻¹C) minus the same after labeling x (any label: the variance does not see it).
+    """For every row x: tr(H⁻¹C) minus the same after labeling x (any label: the variance does not
+    see it).
 
     With g = H⁻¹a(x): H'⁻¹ = H⁻¹ − g gᵀ / (1 + a(x)ᵀg), so the drop is gᵀCg / (1 + a(x)ᵀg).
     """
@@ -179,18 +193,21 @@ def variance_gain(a: np.ndarray, hinv: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def vr_keep(rnd: Round, k: int):
-    """``sample_keep``, with fewer candidates when n·p² (its one A·H⁻¹·C) would pass VR_FLOPS (wide models)."""
+    """``sample_keep``, with fewer candidates when n·p² (its one A·H⁻¹·C) would pass VR_FLOPS (wide
+    models)."""
     score, n = sample_keep(rnd, k)
     return score, max(4 * k, min(n, VR_FLOPS // max(rnd.model.n_params, 1) ** 2))
 
 
 def vr_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """Expected variance reduction over the pool (Cohn, Ghahramani & Jordan 1996; EMVR's criterion), exact for
-    a model linear in θ: one row at a time, the one that lowers the kept rows' mean predictive variance the
-    most, then H⁻¹ is updated as if it were labeled (rank-one). The kept rows are a uniform sample of the pool.
+    """Expected variance reduction over the pool (Cohn, Ghahramani & Jordan 1996; EMVR's criterion),
+    exact for a model linear in θ: one row at a time, the one that lowers the kept rows' mean
+    predictive variance the most, then H⁻¹ is updated as if it were labeled (rank-one). The kept
+    rows are a uniform sample of the pool.
 
-    ``variance_gain`` once, then per pick only rank-one updates: with G = AH⁻¹, the pick j (g = G_j, d its
-    denominator) turns G into G − (Ag) gᵀ / d and GC into GC − (Ag)(Cg)ᵀ / d, O(np) instead of O(np²)."""
+    ``variance_gain`` once, then per pick only rank-one updates: with G = AH⁻¹, the pick j (g = G_j,
+    d its denominator) turns G into G − (Ag) gᵀ / d and GC into GC − (Ag)(Cg)ᵀ / d, O(np) instead of
+    O(np²)."""
     m = rnd.model
     a, hinv = m.gradient_features(kept.x), m.curvature_inverse(rnd.labeled_x)
     c = a.T @ a / max(len(a), 1)
@@ -237,7 +254,8 @@ def sld_power_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 
 def rbf_density(z: np.ndarray, rng: np.random.Generator, anchors: int = 1000) -> np.ndarray:
-    """Mean RBF similarity of each row to a random sample of rows (bandwidth: their median distance)."""
+    """Mean RBF similarity of each row to a random sample of rows (bandwidth: their median
+    distance)."""
     idx = rng.choice(len(z), size=min(anchors, len(z)), replace=False)
     d2 = np.concatenate([sq_distances(z[i : i + 4096], z[idx]) for i in range(0, len(z), 4096)])
     h2 = float(np.median(sq_distances(z[idx], z[idx])))
@@ -245,7 +263,8 @@ def rbf_density(z: np.ndarray, rng: np.random.Generator, anchors: int = 1000) ->
 
 
 def sld_density_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """Information density (Settles & Craven 2008): SLD times the row's representativeness among the kept rows, top-k."""
+    """Information density (Settles & Craven 2008): SLD times the row's representativeness among the
+    kept rows, top-k."""
     u = rnd.model.outputs(kept.x)[1]
     score = u**2 * rbf_density(rnd.z(kept.x), np.random.default_rng(rnd.seed))
     idx = top(score, k, kept.ids)
@@ -253,7 +272,8 @@ def sld_density_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
 
 
 def kpp_pick_with(weights_of):
-    """k-means++ seeding over the kept rows: drawn ∝ weight · D², D the distance to the labeled and drawn rows."""
+    """k-means++ seeding over the kept rows: drawn ∝ weight · D², D the distance to the labeled and
+    drawn rows."""
 
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
         z = rnd.z(kept.x)
@@ -267,14 +287,16 @@ def kpp_pick_with(weights_of):
 
 
 def herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """Kernel herding over the kept rows (standardized inputs): the batch that brings the labeled sample closest to the pool."""
+    """Kernel herding over the kept rows (standardized inputs): the batch that brings the labeled
+    sample closest to the pool."""
     z = rnd.z(kept.x)
     rng = np.random.default_rng(rnd.seed)
     return deterministic(*diversity.herding(z, labeled_z(rnd, z.shape[1]), k, rng, with_gains=True))
 
 
 def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
-    """Kernel herding toward the pool tilted by SLD: half the target mass uniform, half ∝ SLD capped at its 90% quantile."""
+    """Kernel herding toward the pool tilted by SLD: half the target mass uniform, half ∝ SLD capped
+    at its 90% quantile."""
     z = rnd.z(kept.x)
     sld = capped_sld(kept, rnd)
     w = 0.5 / max(len(sld), 1) + (
@@ -286,15 +308,17 @@ def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     )
 
 
-# --- diversity in the model's own space ----------------------------------------------------------------
+# --- diversity in the model's own space -----------------------------------------------------------
 
-SKETCH_DIMS = 256  # gradient features wider than this are sketched (a Gaussian random projection keeps distances)
+# gradient features wider than this are sketched (a Gaussian random projection keeps distances)
+SKETCH_DIMS = 256
 
 
 def model_space(kept: stream.Kept, rnd: Round) -> tuple[np.ndarray, np.ndarray]:
-    """The kept and the labeled rows in the model's own space: its gradient features a(x) = ∂F/∂θ, sketched
-    to SKETCH_DIMS when wider (as LCMD and BADGE do). For a model linear in θ this is its design row
-    (standardized inputs for ``linear``); for an MLP, where the fitted network is sensitive."""
+    """The kept and the labeled rows in the model's own space: its gradient features a(x) = ∂F/∂θ,
+    sketched to SKETCH_DIMS when wider (as LCMD and BADGE do). For a model linear in θ this is its
+    design row (standardized inputs for ``linear``); for an MLP, where the fitted network is
+    sensitive."""
     m = rnd.model
     p = m.n_params
     proj = (
@@ -317,14 +341,16 @@ def model_space(kept: stream.Kept, rnd: Round) -> tuple[np.ndarray, np.ndarray]:
 
 
 def capped_sld(kept: stream.Kept, rnd: Round) -> np.ndarray:
-    """SLD of the kept rows, capped at its CLIP_QUANTILE quantile as ``sld`` does (outliers do not dominate)."""
+    """SLD of the kept rows, capped at its CLIP_QUANTILE quantile as ``sld`` does (outliers do not
+    dominate)."""
     return np.maximum(
         diversity.capped(rnd.model.on_rows(rnd.model.sld(), kept.x, rnd.devices)), 0.0
     )
 
 
 def lcmd_pick_with(weights_of):
-    """LCMD (``core.diversity.lcmd``) over the kept rows in the model's gradient space, rows weighted by ``weights_of``."""
+    """LCMD (``core.diversity.lcmd``) over the kept rows in the model's gradient space, rows
+    weighted by ``weights_of``."""
 
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
         e, e_lab = model_space(kept, rnd)
@@ -341,20 +367,21 @@ def herding_grad_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     return deterministic(*diversity.herding(e, e_lab, k, rng, with_gains=True))
 
 
-# --- a uniform share: the guard against losing to random ------------------------------------------------
+# --- a uniform share: the guard against losing to random ------------------------------------------
 
 MIX_SHARE = 0.3  # of each batch drawn uniformly from the unlabeled rows
 
 
 def mix_pick_with(base, share=MIX_SHARE):
-    """A share of the batch uniform over the unlabeled pool, the rest by ``base`` among the other kept rows.
+    """A share of the batch uniform over the unlabeled pool, the rest by ``base`` among the other
+    kept rows.
 
-    ``share``: a fraction, or a function of the round giving one (``labeled_share``); round(share·k) rows,
-    at least one while the share is positive. The kept rows are a uniform sample in hash order
-    (``uniform_sample``), so their first rows are a uniform draw from the unlabeled pool, whatever the pool's
-    batching. ``base`` then sees those rows as labeled (its distances and herding count them), so the two
-    parts do not crowd each other. A uniform row has the probability of a uniform draw: weight 1 under LURE
-    (NaN here, as deterministic picks).
+    ``share``: a fraction, or a function of the round giving one (``labeled_share``); round(share·k)
+    rows, at least one while the share is positive. The kept rows are a uniform sample in hash order
+    (``uniform_sample``), so their first rows are a uniform draw from the unlabeled pool, whatever
+    the pool's batching. ``base`` then sees those rows as labeled (its distances and herding count
+    them), so the two parts do not crowd each other. A uniform row has the probability of a uniform
+    draw: weight 1 under LURE (NaN here, as deterministic picks).
     """
 
     def pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
@@ -380,8 +407,8 @@ def mix_pick_with(base, share=MIX_SHARE):
 
 
 def labeled_share(rnd: Round) -> float:
-    """The uniform share the labels support (``core.share``): SHARE_PRIOR while the round does not know
-    which of its labeled rows were uniform draws."""
+    """The uniform share the labels support (``core.share``): SHARE_PRIOR while the round does not
+    know which of its labeled rows were uniform draws."""
     return labeled_evidence(rnd).share
 
 
@@ -396,11 +423,12 @@ def labeled_evidence(rnd: Round) -> share.ShareEvidence:
     )
 
 
-# --- importance weights ----------------------------------------------------------------------------
+# --- importance weights ---------------------------------------------------------------------------
 
 
 def lure_weights(probs: np.ndarray, n_pool: int) -> np.ndarray:
-    """LURE weights (Farquhar, Gal & Rainforth 2021) for rows acquired in order with probabilities ``probs``.
+    """LURE weights (Farquhar, Gal & Rainforth 2021) for rows acquired in order with probabilities
+    ``probs``.
 
     v_m = 1 + (N − M)/(N − m) · (1 / ((N − m + 1) q_m) − 1): unbiased risk under pool-based sampling
     without replacement. A uniform draw has weight 1; rows with NaN probability (chosen
@@ -475,7 +503,8 @@ ALL = (
     ),
     Strategy(
         "herding",
-        "kernel herding: rows that make the labeled sample most like the pool (MMD, standardized inputs)",
+        "kernel herding: rows that make the labeled sample most like the pool (MMD, "
+        "standardized inputs)",
         keep=uniform_sample,
         pick=herding_pick,
     ),
@@ -486,7 +515,8 @@ ALL = (
     ),
     _research(
         "lcmd",
-        "LCMD (Holzmüller 2023): the largest cluster's most distant row, in the model's gradient space",
+        "LCMD (Holzmüller 2023): the largest cluster's most distant row, in the model's "
+        "gradient space",
         lcmd_pick_with(None),
         needs=Needs.MODEL | Needs.GRADIENTS,
     ),

@@ -1,10 +1,10 @@
 """The streaming top-k over the pool, pipelined: read ahead, score on the device, merge on the host.
 
-Three things overlap. A reader thread reads, decodes and converts the next batches and finds the rows
-to leave out (labeled or outstanding); the device scores batch i (JAX dispatch returns at once); the
-host merges batch i-1's scores into the running top-k. Along with each kept row's score, id and
-float32 features go its columns as stored in the pool (an Arrow table of at most k rows), so the
-query file is written without reading the pool a second time.
+Three things overlap. A reader thread reads, decodes and converts the next batches and finds the
+rows to leave out (labeled or outstanding); the device scores batch i (JAX dispatch returns at
+once); the host merges batch i-1's scores into the running top-k. Along with each kept row's score,
+id and float32 features go its columns as stored in the pool (an Arrow table of at most k rows), so
+the query file is written without reading the pool a second time.
 
 Memory: the reader's queue (``depth`` batches), the batch being scored, the one being merged, and
 the k kept rows with a buffer of max(k, BUFFER_ROWS) rows that may enter them; never the pool.
@@ -27,14 +27,16 @@ from alloop.io import pool as poolio
 from alloop.io.prefetch import prefetch
 
 PREFETCH_DEPTH = 2
-SCORE_ROWS = 16384  # rows per scorer call: a wide MLP's activations stay small, and it is no slower than 64k on CPU
+# rows per scorer call: a wide MLP's activations stay small, and it is no slower than 64k on CPU
+SCORE_ROWS = 16384
 BUFFER_ROWS = (
     8192  # rows that may enter the top-k, gathered before they are merged into it (at least k)
 )
 
 
 class Kept(NamedTuple):
-    """The best rows so far, best first: scores, ids, float32 features, and the rows as stored (or None)."""
+    """The best rows so far, best first: scores, ids, float32 features, and the rows as stored (or
+    None)."""
 
     scores: np.ndarray
     ids: np.ndarray
@@ -48,7 +50,8 @@ def empty(n_features: int, id_kind: str) -> Kept:
 
 
 def excluder(exclude: np.ndarray) -> Callable[[np.ndarray], np.ndarray | None]:
-    """ids -> indices of the ids not in ``exclude``, or None when none is excluded (the common case).
+    """ids -> indices of the ids not in ``exclude``, or None when none is excluded (the common
+    case).
 
     Integer ids: one binary search per row in the sorted exclusions; string ids: a hash lookup.
     """
@@ -78,11 +81,12 @@ def excluder(exclude: np.ndarray) -> Callable[[np.ndarray], np.ndarray | None]:
 def device_scorer(
     fn: Callable, batch_rows: int, devices: int = 1
 ) -> Callable[[poolio.PoolBatch], list]:
-    """A pool-batch scorer from a jitted x -> scores function: fixed-shape chunks of at most SCORE_ROWS
-    rows (the last one padded), each split over ``devices``, dispatched without waiting for the results.
+    """A pool-batch scorer from a jitted x -> scores function: fixed-shape chunks of at most
+    SCORE_ROWS rows (the last one padded), each split over ``devices``, dispatched without waiting
+    for the results.
 
-    Its ``warm_up(n_features)`` compiles the function on one chunk of zeros (stream_top runs it while
-    the first batches are read).
+    Its ``warm_up(n_features)`` compiles the function on one chunk of zeros (stream_top runs it
+    while the first batches are read).
     """
     chunk = min(batch_rows, SCORE_ROWS)
     place = parallel.placer(chunk, devices)
@@ -95,7 +99,8 @@ def device_scorer(
 
 
 def host_scores(scores, m: int) -> np.ndarray:
-    """The first ``m`` scores as float64 numpy: a list of chunk results is joined (this waits for the device)."""
+    """The first ``m`` scores as float64 numpy: a list of chunk results is joined (this waits for
+    the device)."""
     if isinstance(scores, list):
         scores = (
             np.concatenate([np.asarray(a).reshape(-1) for a in scores]) if scores else np.zeros(0)
@@ -107,14 +112,15 @@ class TopRows:
     """The running top-k of a stream, with the rows that may enter it buffered between merges.
 
     Each batch costs one comparison with the current k-th score and a copy of the few rows that pass
-    (at most the batch's own k best) into a buffer; the O(k) merge (sort, gathers) runs only when the
-    buffer is full, so a large k (a diversity strategy's candidate buffer) costs per batch about what a
-    small one does. The result is the same as merging every batch at once.
+    (at most the batch's own k best) into a buffer; the O(k) merge (sort, gathers) runs only when
+    the buffer is full, so a large k (a diversity strategy's candidate buffer) costs per batch about
+    what a small one does. The result is the same as merging every batch at once.
 
-    Storage for the kept and the buffered rows (scores, ids, float32 features, stored columns as numpy)
-    is allocated once, at the first rows: small arrays allocated mid-stream and kept alive across
-    batches pin the allocator's heap between the large per-batch buffers, and the process grew by
-    ~20-200 MB per million rows streamed until nothing long-lived was allocated after the start.
+    Storage for the kept and the buffered rows (scores, ids, float32 features, stored columns as
+    numpy) is allocated once, at the first rows: small arrays allocated mid-stream and kept alive
+    across batches pin the allocator's heap between the large per-batch buffers, and the process
+    grew by ~20-200 MB per million rows streamed until nothing long-lived was allocated after the
+    start.
     """
 
     def __init__(self, k: int, n_features: int, id_kind: str) -> None:
@@ -128,7 +134,8 @@ class TopRows:
         self.with_rows = True
 
     def add(self, batch: poolio.PoolBatch, keep: np.ndarray | None, scores) -> None:
-        """Buffer the rows of ``batch`` (``keep``: the ones to consider, None for all) that can enter."""
+        """Buffer the rows of ``batch`` (``keep``: the ones to consider, None for all) that can
+        enter."""
         s = host_scores(scores, len(batch.ids))
         s = np.where(np.isnan(s), -np.inf, s)
         rows = np.arange(len(s)) if keep is None else keep
@@ -174,7 +181,8 @@ class TopRows:
             "i": np.empty(m, self.id_dtype),
             "x": np.empty((m, self.d), np.float32),
         }
-        # the pool's columns under ("col", name): a pool column named s, i or x is no clash with the store's own arrays
+        # the pool's columns under ("col", name): a pool column named s, i or x is no clash with the
+        # store's own arrays
         self.names = [("col", name) for name in cols or {}]
         self.store.update({("col", name): np.empty(m, v.dtype) for name, v in (cols or {}).items()})
 
@@ -191,7 +199,8 @@ class TopRows:
         self.n, self.b = len(at), 0
 
     def result(self) -> Kept:
-        """The kept rows, best first, with their stored columns as an Arrow table (when every batch had them)."""
+        """The kept rows, best first, with their stored columns as an Arrow table (when every batch
+        had them)."""
         self.flush()
         if self.store is None:
             return empty(self.d, "int" if self.id_dtype is np.int64 else "str")
@@ -206,7 +215,8 @@ class TopRows:
 
 
 def _numpy_rows(table: pa.RecordBatch, rows: np.ndarray) -> dict:
-    """Columns of ``rows`` of ``table`` as numpy copies (ids and features: no nulls, so nothing is lost)."""
+    """Columns of ``rows`` of ``table`` as numpy copies (ids and features: no nulls, so nothing is
+    lost)."""
     taken = table.take(pa.array(rows, pa.int64()))
     return {
         name: np.array(col.to_numpy(zero_copy_only=False))
@@ -223,11 +233,13 @@ def stream_top(
     on_rows: Callable[[int], None] | None = None,
     depth: int = PREFETCH_DEPTH,
 ) -> Kept:
-    """The k best-scoring rows of the pool (or of its slice ``info.rows``) whose ids are not in ``exclude``.
+    """The k best-scoring rows of the pool (or of its slice ``info.rows``) whose ids are not in
+    ``exclude``.
 
     ``score_batch`` gets every batch whole and returns its scores (numpy, or a device array that is
-    only waited for when the next batch has been dispatched; entries past the batch's rows are padding).
-    The result is the same as one full sort by (score desc, id asc), whatever the batching.
+    only waited for when the next batch has been dispatched; entries past the batch's rows are
+    padding). The result is the same as one full sort by (score desc, id asc), whatever the
+    batching.
     """
     top = TopRows(k, len(info.features), info.id_kind)
     leave_out = excluder(exclude)
@@ -257,7 +269,8 @@ def stream_top(
 
 
 def _warm_up(score_batch, n_features: int) -> threading.Thread | None:
-    """Compile the scorer in a thread while the reader fills its queue; errors surface at the first real call."""
+    """Compile the scorer in a thread while the reader fills its queue; errors surface at the first
+    real call."""
     warm = getattr(score_batch, "warm_up", None)
     if warm is None:
         return None
@@ -284,5 +297,6 @@ def check_devices(devices: int) -> None:
     if not 1 <= devices <= have:
         kind = jax.default_backend()
         raise UserError(
-            f"--devices {devices}: this machine has {have} {kind} device{'s' if have > 1 else ''}; pass --devices 1..{have}"
+            f"--devices {devices}: this machine has {have} {kind} "
+            f"device{'s' if have > 1 else ''}; pass --devices 1..{have}"
         )
