@@ -262,11 +262,9 @@ class RayEngine:
 
     make_round: Callable
     address: str | None = None
-    workers: int | None = (
-        # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than
-        # files)
-        None
-    )
+    # concurrent scoring actors (None: 1 per 4 CPUs of the cluster, at least 1; never more than
+    # files)
+    workers: int | None = None
     # > 0: the actors stay on the cluster (named, detached) for later queries, until idle this long
     keep_s: float = 0.0
     on_note: Callable[[str], None] | None = (
