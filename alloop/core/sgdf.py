@@ -466,8 +466,8 @@ def tangent_warnings(reports: list[EpochReport], residual: float | None = None) 
         tail = norms[-max(len(norms) // 5, 3) :]
         out.append(
             f"the regularity tangent's norm still grew {tail[-1] / tail[0]:.1f}x over the "
-            f"last {len(tail)} epochs "
-            "(negative curvature? try --curvature gauss-newton or more --epochs)"
+            f"last {len(tail)} epochs (negative curvature? try --curvature gauss-newton or "
+            "more --epochs)"
         )
     if losses.size and not np.all(np.isfinite(losses)):
         out.append("the training loss became non-finite (try a smaller --lr)")

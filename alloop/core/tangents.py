@@ -87,8 +87,7 @@ def exact(problem: Problem, params, s, data: Data, x64: bool = True) -> TangentR
             rho = ravel_pytree(mixed_derivative(prob, unravel(flat), s_, d))[0]
             # least squares: the minimum-norm solution where H is singular along directions that
             # neither the loss nor R sees (softmax: the same shift of every class's bias); otherwise
-            # the
-            # solve itself
+            # the solve itself
             sol = jnp.linalg.lstsq(hess, -rho)[0]
             return sol, _residual(prob, unravel(flat), unravel(sol), s_, d)
 
