@@ -1,13 +1,14 @@
-"""What ``--model auto`` costs per training with its MLP candidate, as ratios measured in one process.
+"""What ``--model auto`` costs per training with its MLP candidate, as ratios measured in one
+process.
 
 For n labels (a nonlinear target on 8 features), after one warm-up call of each (XLA compiles once
 per padded size, which a run pays once):
 
 - ``choose``: the whole model choice (linear, poly 2, poly 3 and, from 40 labels, the MLP's grid),
   against the same choice without the MLP (``linear only``);
-- ``grid``: the MLP's grid alone (every fold and s trained at once, ``choose_s.choose_grid``), against
-  the run's own training of that MLP on the n labels (``fit.fit``, SGDF with the tangent, what
-  ``alloop train`` does after choosing).
+- ``grid``: the MLP's grid alone (every fold and s trained at once, ``choose_s.choose_grid``),
+  against the run's own training of that MLP on the n labels (``fit.fit``, SGDF with the tangent,
+  what ``alloop train`` does after choosing).
 
     python benchmarks/bench_auto_cost.py                 # n = 50, 200, 2000
     python benchmarks/bench_auto_cost.py --labels 100,1000 --reps 3
@@ -62,7 +63,8 @@ def main() -> None:
     mlp = config(d, "mlp").with_s(1.0)
     linear_specs = [spec for spec in choose_model.candidates() if spec.kind != "mlp"]
     print(
-        "labels  choose (s)  linear only (s)  choose / linear only  grid (s)  MLP training (s)  grid / training"
+        "labels  choose (s)  linear only (s)  choose / linear only  grid (s)  MLP training "
+        "(s)  grid / training"
     )
     for n in (int(v) for v in args.labels.split(",")):
         x = rng.normal(size=(n, d)).astype(np.float32)
@@ -82,7 +84,8 @@ def main() -> None:
         )
         train = timed(lambda x=x, y=y: fitting.fit(mlp, x, y), 1)
         print(
-            f"{n:6d}  {everything:10.2f}  {linear:15.2f}  {everything / linear:20.1f}  {grid:8.2f}  {train:16.2f}  {grid / train:15.2f}",
+            f"{n:6d}  {everything:10.2f}  {linear:15.2f}  {everything / linear:20.1f}  "
+            f"{grid:8.2f}  {train:16.2f}  {grid / train:15.2f}",
             flush=True,
         )
 

@@ -1,12 +1,16 @@
-"""Does ``--s auto`` help? Test RMSE after a few active-learning rounds, fixed s = 1 against s chosen per round.
+"""Does ``--s auto`` help? Test RMSE after a few active-learning rounds, fixed s = 1 against s
+chosen per round.
 
-Each run is the real cycle through ``alloop.commands`` (``demo.run_demo``: init → train → (query → simulated
-labeler → ingest → retrain) × rounds, SLD queries, SGDF training), on the bundled regression datasets
-and on a generated one (30 features, 5 of them informative, noisy labels: few labels, many weights).
+Each run is the real cycle through ``alloop.commands`` (``demo.run_demo``: init → train → (query →
+simulated labeler → ingest → retrain) × rounds, SLD queries, SGDF training), on the bundled
+regression datasets and on a generated one (30 features, 5 of them informative, noisy labels: few
+labels, many weights).
 
-    python benchmarks/bench_choose_s.py                       # every dataset, 3 repetitions
+    # every dataset, 3 repetitions
+    python benchmarks/bench_choose_s.py
     python benchmarks/bench_choose_s.py --datasets diabetes --reps 2 --rounds 4
-    python benchmarks/bench_choose_s.py --strategy random   # same labeled rows in both arms: the fit alone
+    # same labeled rows in both arms: the fit alone
+    python benchmarks/bench_choose_s.py --strategy random
     python benchmarks/bench_choose_s.py --model mlp --hidden 32 --datasets concrete,powerplant
 
 Prints one table per dataset (mean test RMSE by round, and the s auto chose) and a summary line;
@@ -130,31 +134,35 @@ def summarize(rows: list[dict]) -> str:
         a = np.array([r["rmse"] for r in auto])
         s_auto = np.array([r["s_used"] for r in auto])
         out.append(
-            f"\n{ds}: test RMSE by round, mean over {len(fixed)} seeds (s chosen by auto: median over seeds)"
+            f"\n{ds}: test RMSE by round, mean over {len(fixed)} seeds (s chosen by auto: "
+            "median over seeds)"
         )
         out.append(
             f"{'round':>5} {'labels':>6} {'s=1':>10} {'auto':>10} {'auto/s=1':>9} {'s auto':>9}"
         )
         for i, n in enumerate(fixed[0]["labels"]):
             out.append(
-                f"{i:>5} {n:>6} {f[:, i].mean():>10.4g} {a[:, i].mean():>10.4g} {a[:, i].mean() / f[:, i].mean():>9.3f} {np.median(s_auto[:, i]):>9.3g}"
+                f"{i:>5} {n:>6} {f[:, i].mean():>10.4g} {a[:, i].mean():>10.4g} "
+                f"{a[:, i].mean() / f[:, i].mean():>9.3f} {np.median(s_auto[:, i]):>9.3g}"
             )
         per_seed = a / f
         wins += int(np.sum(per_seed[:, 1:] < 1.0))
         total += per_seed[:, 1:].size
         ratios.append(float(np.exp(np.mean(np.log(per_seed[:, 1:])))))
         out.append(
-            f"geometric mean of RMSE ratio auto/s=1 over rounds 1..{f.shape[1] - 1} and seeds: {ratios[-1]:.3f}"
+            f"geometric mean of RMSE ratio auto/s=1 over rounds 1..{f.shape[1] - 1} and "
+            f"seeds: {ratios[-1]:.3f}"
         )
     if total:
         out.append(
-            f"\nall datasets: auto has the lower RMSE in {wins}/{total} (seed, round) pairs; per-dataset ratios {', '.join(f'{r:.3f}' for r in ratios)}"
+            f"\nall datasets: auto has the lower RMSE in {wins}/{total} (seed, round) pairs; "
+            f"per-dataset ratios {', '.join(f'{r:.3f}' for r in ratios)}"
         )
     return "\n".join(out)
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join((GENERATED, *REGRESSION)))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5)

@@ -11,8 +11,8 @@ area under the test *error* curve (1 - accuracy over the rounds) relative to ran
 over repetitions of the per-repetition ratio with its standard error: below 1 saves labels.
 
 Usage: python benchmarks/bench_classification_al.py [--datasets breast_cancer,wine,digits]
-       [--strategies sld,sld-topk,random,entropy,margin] [--reps 6] [--first-rep 0] [--rounds 10] [--k 10]
-       [--s auto|NUMBER] [--jobs 2] [--json FILE]
+       [--strategies sld,sld-topk,random,entropy,margin] [--reps 6] [--first-rep 0] [--rounds 10]
+       [--k 10] [--s auto|NUMBER] [--jobs 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ STRATEGIES = ("sld", "sld-topk", "random", "entropy", "margin")
 
 
 def one_curve(job: tuple) -> dict:
-    """(dataset, strategy, rep, rounds, k, initial, runs) -> the per-round test accuracy of one loop."""
+    """(dataset, strategy, rep, rounds, k, initial, runs) -> the per-round test accuracy of one
+    loop."""
     dataset, strategy, rep, rounds, k, initial, runs, s = job
     os.environ["ALLOOP_RUNS"] = runs
     from alloop.commands import demo  # noqa: PLC0415 - after ALLOOP_RUNS is set
@@ -100,7 +101,8 @@ def summarize(curves: list[dict], strategies: list[str]) -> list[dict]:
 
 def table(rows: list[dict], k: int, initial: int) -> str:
     lines = [
-        f"| dataset | strategy | accuracy at {initial} labels | halfway | at the end | error area / random (± se) |",
+        f"| dataset | strategy | accuracy at {initial} labels | halfway | at the end | error "
+        "area / random (± se) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -110,8 +112,9 @@ def table(rows: list[dict], k: int, initial: int) -> str:
             else f"{r['area_vs_random']:.3f} ± {r['area_vs_random_se']:.3f}"
         )
         lines.append(
-            f"| {r['dataset']} | {r['strategy']} | {r['acc_start']:.3f} | {r['acc_mid']:.3f} ({initial + k * r['round_mid']}) | "
-            f"{r['acc_end']:.3f} ({initial + k * r['rounds']}) | {ratio} |"
+            f"| {r['dataset']} | {r['strategy']} | {r['acc_start']:.3f} | {r['acc_mid']:.3f} "
+            f"({initial + k * r['round_mid']}) | {r['acc_end']:.3f} "
+            f"({initial + k * r['rounds']}) | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -152,16 +155,16 @@ def main() -> None:
             for c in pool.map(one_curve, jobs):
                 curves.append(c)
                 print(
-                    f"{c['dataset']} {c['strategy']} rep {c['rep']}: accuracy {c['accuracy'][0]:.3f} -> {c['accuracy'][-1]:.3f} "
-                    f"({c['seconds']:.0f} s)",
+                    f"{c['dataset']} {c['strategy']} rep {c['rep']}: accuracy "
+                    f"{c['accuracy'][0]:.3f} -> {c['accuracy'][-1]:.3f} ({c['seconds']:.0f} s)",
                     file=sys.stderr,
                     flush=True,
                 )
     rows = summarize(curves, strategies)
     print(table(rows, args.k, args.initial))
     print(
-        f"\n{args.reps} repetitions, {args.rounds} rounds of {args.k} after {args.initial} random seed labels; "
-        f"{time.perf_counter() - t0:.0f} s",
+        f"\n{args.reps} repetitions, {args.rounds} rounds of {args.k} after {args.initial} "
+        f"random seed labels; {time.perf_counter() - t0:.0f} s",
         file=sys.stderr,
     )
     if args.json:

@@ -3,17 +3,21 @@
 Every figure is a ratio of two timings taken in this one process, interleaved round by round (so a
 machine that slows down or speeds up affects both sides alike), after a warm-up that compiles each
 function ahead of time. Training: every configuration (plain, and SGDF with each tangent_every k)
-is trained side by side, one epoch of each in turn, and the ratio of each epoch to the plain epoch of
-the same round is taken; reported is its median over the epochs, in wall-clock time and in process
-CPU time (the CPU figure is steadier on a machine shared with other work), and each side's rows per second.
+is trained side by side, one epoch of each in turn, and the ratio of each epoch to the plain epoch
+of the same round is taken; reported is its median over the epochs, in wall-clock time and in
+process CPU time (the CPU figure is steadier on a machine shared with other work), and each side's
+rows per second.
 
 Also reported: how good the tangent is at the end of a training with the same settings: the cosine
 to the closed-form ridge tangent (linear model), or to a conjugate-gradient solve of the same
 curvature at the final θ (MLP; the default curvature, docs/curvature.md).
 
-    python benchmarks/bench_core.py            # the full benchmark (a few minutes on 2 cores)
-    python benchmarks/bench_core.py --quick    # smaller sizes, a smoke run (well under a minute)
-    python benchmarks/bench_core.py --batch 4096   # an accelerator's minibatch (README: the figures on one H200)
+    # the full benchmark (a few minutes on 2 cores)
+    python benchmarks/bench_core.py
+    # smaller sizes, a smoke run (well under a minute)
+    python benchmarks/bench_core.py --quick
+    # an accelerator's minibatch (README: the figures on one H200)
+    python benchmarks/bench_core.py --batch 4096
 
 This is a measurement, not a test: nothing here asserts a time.
 """
@@ -64,7 +68,8 @@ class Case(NamedTuple):
 
 
 def _features(rng, n, p):
-    """Correlated features (a random rotation of scales spanning 10x): a curvature with condition ~100."""
+    """Correlated features (a random rotation of scales spanning 10x): a curvature with condition
+    ~100."""
     mix = np.linalg.qr(rng.normal(size=(p, p)))[0]
     return ((rng.normal(size=(n, p)) * np.geomspace(1.0, 0.1, p)) @ mix + 3.0).astype(np.float32)
 
@@ -91,7 +96,8 @@ def linear_case(sz: Sizes, seed=0) -> Case:
 
 
 def mlp_case(sz: Sizes, seed=0) -> Case:
-    """A tanh MLP on a smooth nonlinear target (a random teacher network plus noise), targets standardized."""
+    """A tanh MLP on a smooth nonlinear target (a random teacher network plus noise), targets
+    standardized."""
     rng = np.random.default_rng(seed)
     x = _features(rng, sz.n, sz.p)
     stats = models.fit_standardizer(x.mean(0), x.std(0))
@@ -202,7 +208,8 @@ def cosine(a, b) -> float:
 
 
 def ridge_reference(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """θ* and θ̇ = −(AᵀA + sD)⁻¹Dθ* in float64, A = [standardized X, 1], D = diag(1, …, 1, 0); as [w; b]."""
+    """θ* and θ̇ = −(AᵀA + sD)⁻¹Dθ* in float64, A = [standardized X, 1], D = diag(1, …, 1, 0); as
+    [w; b]."""
     st = case.problem.stats
     z = (np.asarray(case.data.x, np.float64) - np.asarray(st.mean, np.float64)) / np.asarray(
         st.scale, np.float64
@@ -215,7 +222,8 @@ def ridge_reference(case: Case) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cg_reference(case: Case, params, x0, tol: float, maxiter: int):
-    """CG on C θ̇ = −ρ at ``params`` with C the problem's curvature (float32, jitted, data as an argument).
+    """CG on C θ̇ = −ρ at ``params`` with C the problem's curvature (float32, jitted, data as an
+    argument).
 
     Curvature-vector products are tangents.hvp: forward-over-reverse on the full objective, not the
     training step's fused path, so the reference is computed independently of what it checks.
@@ -385,26 +393,31 @@ def main(argv=None) -> None:
                 scoring[kind] = time_scoring(case, state.params, state.tangent, sz)
                 sc = scoring[kind]
                 print(
-                    f"[{time.perf_counter() - t_start:4.0f}s] {case.name} scoring {sz.pool} rows: predict {sc['predict'][0]:.2f}s, "
-                    f"SLD/predict {sc['sld'][1]:.2f} (cpu {sc['sld'][2]:.2f})",
+                    f"[{time.perf_counter() - t_start:4.0f}s] {case.name} scoring {sz.pool} "
+                    f"rows: predict {sc['predict'][0]:.2f}s, SLD/predict {sc['sld'][1]:.2f} (cpu "
+                    f"{sc['sld'][2]:.2f})",
                     flush=True,
                 )
 
     print(
-        f"\nTotal {time.perf_counter() - t_start:.0f}s. SGDF epoch time / plain epoch time, n={sz.n}, batch {sz.batch}, "
-        f"cosine schedule; medians over the epochs of trainings run side by side (linear {sz.epochs_linear}, MLP {sz.epochs_mlp} epochs):\n"
+        f"\nTotal {time.perf_counter() - t_start:.0f}s. SGDF epoch time / plain epoch time, "
+        f"n={sz.n}, batch {sz.batch}, cosine schedule; medians over the epochs of trainings run "
+        f"side by side (linear {sz.epochs_linear}, MLP {sz.epochs_mlp} epochs):\n"
     )
     print(
-        "| model | optimizer | curvature | tangent_every | SGDF/plain (wall) | SGDF/plain (CPU) | cosine at end | reference |"
+        "| model | optimizer | curvature | tangent_every | SGDF/plain (wall) | SGDF/plain "
+        "(CPU) | cosine at end | reference |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, opt, curv, k, _, rw, rc, acc, ref in rows:
         label = k if not k.endswith("s") else f"{k[:-1]}, scaled"
         print(
-            f"| {name} | {opt} | {curv} | {label} | {rw:.2f} | {rc:.2f} | {'' if acc is None else f'{acc:.5f}'} | {ref} |"
+            f"| {name} | {opt} | {curv} | {label} | {rw:.2f} | {rc:.2f} | "
+            f"{'' if acc is None else f'{acc:.5f}'} | {ref} |"
         )
     print(
-        "\nTargets (Adam; time target met in wall-clock and CPU time, and cosine ≥ 0.999 at the end):\n"
+        "\nTargets (Adam; time target met in wall-clock and CPU time, and cosine ≥ 0.999 "
+        "at the end):\n"
     )
     for kind, name in (("linear", cases["linear"].name), ("mlp", cases["mlp"].name)):
         target = TARGETS[f"sgdf_{kind}"]
@@ -412,14 +425,16 @@ def main(argv=None) -> None:
             both = max(rw, rc) <= target and acc is not None and acc >= TARGETS["cosine"]
             every = f"{k.rstrip('s')}{' scaled' if k.endswith('s') else ''}"
             print(
-                f"- {name}, tangent_every={every}: SGDF/plain {rw:.2f} / {rc:.2f} (≤ {target}), cosine {acc:.5f}: {'met' if both else 'not met'}"
+                f"- {name}, tangent_every={every}: SGDF/plain {rw:.2f} / {rc:.2f} (≤ "
+                f"{target}), cosine {acc:.5f}: {'met' if both else 'not met'}"
             )
     if args.quick:
         print(
             "\n(--quick: sizes and epochs too small for the targets to mean anything; a smoke run)"
         )
     print(
-        f"\nSLD scoring time / prediction time ({sz.pool} rows in batches of {sz.pool_batch}, both jitted):\n"
+        f"\nSLD scoring time / prediction time ({sz.pool} rows in batches of "
+        f"{sz.pool_batch}, both jitted):\n"
     )
     print(
         "| model | predict (s) | SLD (s) | SLD/predict (wall) | SLD/predict (CPU) | target | met |"
@@ -429,10 +444,12 @@ def main(argv=None) -> None:
         target = TARGETS[f"sld_{kind}"]
         sld = sc["sld"]
         print(
-            f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sld[0]:.2f} | {sld[1]:.2f} | {sld[2]:.2f} | ≤ {target} | {_ok(sld[1], target)} |"
+            f"| {cases[kind].name} | {sc['predict'][0]:.2f} | {sld[0]:.2f} | {sld[1]:.2f} | "
+            f"{sld[2]:.2f} | ≤ {target} | {_ok(sld[1], target)} |"
         )
     print(
-        f"\nThroughput on {jax.devices()[0].device_kind} (rows per second; training: median epoch of {sz.n} rows in batches of {sz.batch}):\n"
+        f"\nThroughput on {jax.devices()[0].device_kind} (rows per second; training: median "
+        f"epoch of {sz.n} rows in batches of {sz.batch}):\n"
     )
     print(
         "| model | optimizer | plain training | "
@@ -450,7 +467,8 @@ def main(argv=None) -> None:
     print("|---|---|---|")
     for kind, sc in scoring.items():
         print(
-            f"| {cases[kind].name} | {sz.pool / sc['predict'][0]:,.0f} | {sz.pool / sc['sld'][0]:,.0f} |"
+            f"| {cases[kind].name} | {sz.pool / sc['predict'][0]:,.0f} | "
+            f"{sz.pool / sc['sld'][0]:,.0f} |"
         )
 
 

@@ -1,20 +1,24 @@
-"""``--model auto``'s first choice on a few labels, with and without the pool check, on the suite's regression tables.
+"""``--model auto``'s first choice on a few labels, with and without the pool check, on the suite's
+regression tables.
 
-For n random labels of each table (repetition r draws ``default_rng([7, r, n])``), every candidate among
-linear, poly 2 and poly 3 gets its s and CV loss as ``alloop train`` computes them and its spread on the
-run's stop set (``choose_s.pool_spread``), then is fitted in closed form on the n labels and scored on the
-table's test rows. Three choices are compared by test RMSE, each over the linear model's (paired by
-repetition, then averaged over repetitions and over tables):
+For n random labels of each table (repetition r draws ``default_rng([7, r, n])``), every candidate
+among linear, poly 2 and poly 3 gets its s and CV loss as ``alloop train`` computes them and its
+spread on the run's stop set (``choose_s.pool_spread``), then is fitted in closed form on the n
+labels and scored on the table's test rows. Three choices are compared by test RMSE, each over the
+linear model's (paired by repetition, then averaged over repetitions and over tables):
 
 - ``cv``: the lowest CV loss, what ``choose_model.choose`` did before the pool check;
 - ``cv + pool check``: the lowest CV loss among the candidates ``choose_model.ineligible`` leaves;
-- ``+ one SE``: of those, the simplest within one standard error of the lowest (``choose_model.simplest_within_se``), what it does now;
+- ``+ one SE``: of those, the simplest within one standard error of the lowest
+  (``choose_model.simplest_within_se``), what it does now;
 - ``hindsight``: the candidate with the lowest test RMSE (what no rule can know).
 
-This is the first training of a run (no model in use yet, so no switching margin) and without the MLP
-(a candidate from 40 labels), so at 50 and 80 labels it is the polynomials' part of the choice only.
+This is the first training of a run (no model in use yet, so no switching margin) and without the
+MLP (a candidate from 40 labels), so at 50 and 80 labels it is the polynomials' part of the choice
+only.
 
-    python benchmarks/bench_model_choice.py                   # all 16 tables, n = 10, 20, 30, 50, 80, 8 repetitions (15–25 min)
+    # all 16 tables, n = 10, 20, 30, 50, 80, 8 repetitions (15–25 min)
+    python benchmarks/bench_model_choice.py
     python benchmarks/bench_model_choice.py --datasets carseats,wage --labels 20,30 --reps 4
 """
 
@@ -38,7 +42,8 @@ RULES = ("cv", "cv + pool check", "+ one SE", "hindsight")
 
 
 def table(name: str, labels: list[int], reps: int) -> dict:
-    """{n: {rule: [test RMSE over the linear model's, per repetition]}}, plus how often the check ruled a candidate out."""
+    """{n: {rule: [test RMSE over the linear model's, per repetition]}}, plus how often the check
+    ruled a candidate out."""
     folder = suite.folder(name)
     data = sim.load_data(str(folder / "pool.parquet"), str(folder / "test.parquet"), name=name)
     config = sim.config_for(
@@ -94,7 +99,7 @@ def table(name: str, labels: list[int], reps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join(suite.names("regression")))
     ap.add_argument("--labels", default="10,20,30,50,80")
     ap.add_argument("--reps", type=int, default=8)
@@ -121,7 +126,10 @@ def main() -> None:
     print("|---|---|" + "---|" * (len(RULES) + 1))
     for n, rules in sorted(per_n.items()):
         cells = [
-            f"{np.mean(rules[rule]):.3f} ({np.max(rules[rule]):.2f}, {sum(v > 1.05 for v in rules[rule])})"
+            (
+                f"{np.mean(rules[rule]):.3f} ({np.max(rules[rule]):.2f}, "
+                f"{sum(v > 1.05 for v in rules[rule])})"
+            )
             for rule in RULES
         ]
         print(

@@ -10,7 +10,8 @@ run with a few seed labels, trains, and then measures in fresh processes:
 Peak RSS is each child process's VmHWM (see PEAK). benchmarks/bench_scale.py is the fuller study
 (64 float32 features, 1M and 10M rows, both models, CPU time, the in-memory scoring bound).
 
-Usage: python benchmarks/bench_query_memory.py [--rows 500000,2000000] [--features 16] [--model linear]
+Usage: python benchmarks/bench_query_memory.py [--rows 500000,2000000] [--features 16] [--model
+linear]
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ BASELINE = (
 import sys, time, numpy as np, pyarrow.parquet as pq
 path, cols = sys.argv[1], sys.argv[2].split(",")
 t = time.perf_counter(); n = 0
-for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(batch_size=65536, columns=["id", *cols]):
-    x = np.column_stack([rb.column(c).to_numpy(zero_copy_only=False) for c in cols]).astype(np.float32)
+for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+    batch_size=65536, columns=["id", *cols]
+):
+    x = np.column_stack(
+        [rb.column(c).to_numpy(zero_copy_only=False) for c in cols]
+    ).astype(np.float32)
     n += len(x)
 dt = time.perf_counter() - t
 print(n / dt, peak_mb())
@@ -150,13 +155,15 @@ def main() -> None:
             )
             pool.unlink()
     print(
-        "| pool rows | read+convert rows/s | read peak RSS MB | query rows/s | query peak RSS MB | (alloop+jax imported, idle) MB |"
+        "| pool rows | read+convert rows/s | read peak RSS MB | query rows/s | query peak "
+        "RSS MB | (alloop+jax imported, idle) MB |"
     )
     print("|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['rows']:,} | {r['read_rows_per_s']:,.0f} | {r['read_peak_rss_mb']:.0f} | {r['query_rows_per_s']:,.0f} | "
-            f"{r['query_peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} |"
+            f"| {r['rows']:,} | {r['read_rows_per_s']:,.0f} | {r['read_peak_rss_mb']:.0f} | "
+            f"{r['query_rows_per_s']:,.0f} | {r['query_peak_rss_mb']:.0f} | "
+            f"{r['import_rss_mb']:.0f} |"
         )
     print(json.dumps(results))
 

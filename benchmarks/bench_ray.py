@@ -1,26 +1,31 @@
-"""`alloop query --engine ray` against the local engine, on one pool read from a local directory and from S3.
+"""`alloop query --engine ray` against the local engine, on one pool read from a local directory and
+from S3.
 
-One pool (--rows rows x --features float32 features, zstd, 1M-row files with pyarrow's default row groups,
-generated in a temporary directory) is held twice: as a local directory and as objects behind an S3
-endpoint on localhost (moto's server in this process). One trained run (linear, 50 labels) over each. Then
-``alloop query NAME -k 20 --strategy S`` runs on a fresh copy of the run, each time in a fresh process
-(timed after imports: opening the run, reading, scoring, reducing, committing; for Ray also connecting, the
-actors' start, their imports of JAX and alloop, and their compilation), with:
+One pool (--rows rows x --features float32 features, zstd, 1M-row files with pyarrow's default row
+groups, generated in a temporary directory) is held twice: as a local directory and as objects
+behind an S3 endpoint on localhost (moto's server in this process). One trained run (linear, 50
+labels) over each. Then ``alloop query NAME -k 20 --strategy S`` runs on a fresh copy of the run,
+each time in a fresh process (timed after imports: opening the run, reading, scoring, reducing,
+committing; for Ray also connecting, the actors' start, their imports of JAX and alloop, and their
+compilation), with:
 
 - local: the local engine (pipelined stream in one process);
-- ray-1, ray-2 (cold): ``--engine ray --workers 1|2`` on a local Ray cluster started here once (``num_cpus`` =
-  the machine's cores), which the query joins by address; every query starts its actors;
-- ray-1, ray-2 (warm): the same with ``--keep-workers 600``, measured on the second such query: the first
-  (not timed) started the actors and left them on the cluster; the timed one runs on them (no process start,
-  no imports, the scorer compiled already for the first query's round). They are released after it
-  (``alloop release-workers``), so the next cold query finds the cores free.
+- ray-1, ray-2 (cold): ``--engine ray --workers 1|2`` on a local Ray cluster started here once
+  (``num_cpus`` = the machine's cores), which the query joins by address; every query starts its
+  actors;
+- ray-1, ray-2 (warm): the same with ``--keep-workers 600``, measured on the second such query: the
+  first (not timed) started the actors and left them on the cluster; the timed one runs on them (no
+  process start, no imports, the scorer compiled already for the first query's round). They are
+  released after it (``alloop release-workers``), so the next cold query finds the cores free.
 
-Reported: rows/s (best of --reps, measurements interleaved), the ratio of every engine's rows/s to the local
-engine's on the same source, for Ray the seconds until the first pool file's best rows reached the driver
-(connecting, starting the actors, one file read and scored: Ray's fixed cost per query), the query process's
-peak RSS (VmHWM) and the peak RSS of each Ray scoring actor (polled every 50 ms), all from one run.
+Reported: rows/s (best of --reps, measurements interleaved), the ratio of every engine's rows/s to
+the local engine's on the same source, for Ray the seconds until the first pool file's best rows
+reached the driver (connecting, starting the actors, one file read and scored: Ray's fixed cost per
+query), the query process's peak RSS (VmHWM) and the peak RSS of each Ray scoring actor (polled
+every 50 ms), all from one run.
 
-Usage: python benchmarks/bench_ray.py [--rows 10000000] [--features 16] [--reps 2] [--strategy sld-topk] [--no-s3] [--json FILE]
+Usage: python benchmarks/bench_ray.py [--rows 10000000] [--features 16] [--reps 2] [--strategy
+sld-topk] [--no-s3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ import json, sys, time
 from alloop.commands.query import query
 name, strategy, engine, address, workers, keep = sys.argv[1:7]
 t, marks = time.perf_counter(), {}
-kw = {} if engine == "local" else {"engine": "ray", "address": address, "workers": int(workers), "keep_workers": float(keep)}
+kw = {} if engine == "local" else {
+    "engine": "ray", "address": address, "workers": int(workers), "keep_workers": float(keep)
+}
 if engine == "ray":
     from alloop.strategies import distributed
     scored = distributed.scored
@@ -64,7 +71,10 @@ if engine == "ray":
             yield part
     distributed.scored = first_back
 rec = query(name, k=20, strategy=strategy, **kw)
-print(json.dumps({"seconds": time.perf_counter() - t, "rss_mb": peak_mb(), "rows": rec["rows"], "file": rec["file"], **marks}))
+print(json.dumps({
+    "seconds": time.perf_counter() - t, "rss_mb": peak_mb(), "rows": rec["rows"],
+    "file": rec["file"], **marks,
+}))
 """
 )
 
@@ -93,7 +103,8 @@ def labels(folder: Path, w: np.ndarray, n: int = 50) -> Path:
 
 
 class WorkerPeaks:
-    """Peak RSS of every Ray worker process while a query runs (polled with psutil): the scoring actors, and any other task."""
+    """Peak RSS of every Ray worker process while a query runs (polled with psutil): the scoring
+    actors, and any other task."""
 
     def __init__(self, every: float = 0.05) -> None:
         self.every, self.peaks, self.stop = every, {}, threading.Event()
@@ -190,8 +201,10 @@ def main() -> None:
         pool, w = write_pool(tmp / "pool", args.rows, args.features)
         seed = labels(pool, w)
         print(
-            f"pool: {args.rows:,} rows x {args.features} float32 features, {len(list(pool.glob('*.parquet')))} files, "
-            f"{sum(f.stat().st_size for f in pool.glob('*.parquet')) / 2**20:.0f} MB ({time.perf_counter() - t:.0f} s)",
+            f"pool: {args.rows:,} rows x {args.features} float32 features, "
+            f"{len(list(pool.glob('*.parquet')))} files, "
+            f"{sum(f.stat().st_size for f in pool.glob('*.parquet')) / 2**20:.0f} MB "
+            f"({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
         fast = ["--epochs", "5", "--s", "1"]
@@ -267,15 +280,16 @@ def main() -> None:
                         else ""
                     )
                     print(
-                        f"  {src:>3} {engine}-{workers}{' warm' if warm else ''}: {args.rows / rec['seconds']:,.0f} rows/s{first}",
+                        f"  {src:>3} {engine}-{workers}{' warm' if warm else ''}: "
+                        f"{args.rows / rec['seconds']:,.0f} rows/s{first}",
                         flush=True,
                     )
         ray.shutdown()
 
         figures = []
         print(
-            "\n| source | engine | query rows/s | / local | query s | first file back | query process peak RSS | peak RSS per scoring actor "
-            "| same file as local |"
+            "\n| source | engine | query rows/s | / local | query s | first file back | query "
+            "process peak RSS | peak RSS per scoring actor | same file as local |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for src in sources:
@@ -285,15 +299,19 @@ def main() -> None:
                 label = (
                     "local"
                     if engine == "local"
-                    else f"ray, {workers} worker{'s' if workers > 1 else ''}, {'warm' if warm else 'cold'}"
+                    else (
+                        f"ray, {workers} worker{'s' if workers > 1 else ''}, "
+                        f"{'warm' if warm else 'cold'}"
+                    )
                 )
                 rate = args.rows / r["seconds"]
                 same = r["file_bytes"] == local["file_bytes"]
                 actor = f"{r['actor_mb']:,.0f} MB" if engine == "ray" else "-"
                 first = f"{r['first_s']:.1f} s" if "first_s" in r else "-"
                 print(
-                    f"| {'local directory' if src == 'dir' else 'S3 (localhost)'} | {label} | {rate:,.0f} | "
-                    f"{rate / (args.rows / local['seconds']):.2f} | {r['seconds']:.1f} | {first} | {r['rss_mb']:,.0f} MB | {actor} | {same} |"
+                    f"| {'local directory' if src == 'dir' else 'S3 (localhost)'} | {label} | "
+                    f"{rate:,.0f} | {rate / (args.rows / local['seconds']):.2f} | "
+                    f"{r['seconds']:.1f} | {first} | {r['rss_mb']:,.0f} MB | {actor} | {same} |"
                 )
                 figures.append(
                     {

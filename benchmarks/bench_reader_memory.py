@@ -1,8 +1,9 @@
-"""Why a plain pyarrow reading loop peaks at 2.4+ GB on a 5M x 100 pool, and what alloop's reader peaks at.
+"""Why a plain pyarrow reading loop peaks at 2.4+ GB on a 5M x 100 pool, and what alloop's reader
+peaks at.
 
-Generates a float32 zstd Parquet file (default 5M rows x 100 features, 1M-row row groups: the issue's
-prototype) in a temporary directory and reads it whole in 65,536-row batches, each way in a fresh
-process (peak RSS: VmHWM):
+Generates a float32 zstd Parquet file (default 5M rows x 100 features, 1M-row row groups: the
+issue's prototype) in a temporary directory and reads it whole in 65,536-row batches, each way in a
+fresh process (peak RSS: VmHWM):
 
 - prototype: ``ParquetFile(path).iter_batches`` with pyarrow's defaults, then ``np.column_stack`` of
   the columns and ``astype(float32)``;
@@ -10,7 +11,8 @@ process (peak RSS: VmHWM):
 - alloop: ``alloop.io.pool.iter_batches`` (pre_buffer off, a 1 MB read buffer, each batch's columns
   written straight into one float32 matrix).
 
-Usage: python benchmarks/bench_reader_memory.py [--rows 5000000] [--features 100] [--row-group 1000000]
+Usage: python benchmarks/bench_reader_memory.py [--rows 5000000] [--features 100] [--row-group
+1000000]
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def make_pool(path: Path, rows: int, d: int, row_group: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--features", type=int, default=100)
     ap.add_argument("--row-group", type=int, default=1_000_000)
@@ -85,8 +87,8 @@ def main() -> None:
         make_pool(path, args.rows, args.features, args.row_group)
         decoded_mb = args.row_group * args.features * 4 / 2**20
         print(
-            f"{args.rows:,} rows x {args.features} float32, row groups of {args.row_group:,} ({decoded_mb:.0f} MB decoded each), "
-            f"{path.stat().st_size / 2**20:,.0f} MiB on disk",
+            f"{args.rows:,} rows x {args.features} float32, row groups of {args.row_group:,} "
+            f"({decoded_mb:.0f} MB decoded each), {path.stat().st_size / 2**20:,.0f} MiB on disk",
             file=sys.stderr,
         )
         print("| reader | rows/s | peak RSS (MB) |\n|---|---|---|")

@@ -1,20 +1,23 @@
-"""The wait between rounds: ``alloop ingest`` (with its retrain), then ``alloop query -k 10``, as whole processes.
+"""The wait between rounds: ``alloop ingest`` (with its retrain), then ``alloop query -k 10``, as
+whole processes.
 
-A generated regression pool (50,000 rows x 26 float features, zstd Parquet), a run seeded with 50 labels and
-a test set; the run's first query (10 rows) is answered from the hidden truth. Then, timed, each in a fresh
-process on a fresh copy of that run:
+A generated regression pool (50,000 rows x 26 float features, zstd Parquet), a run seeded with 50
+labels and a test set; the run's first query (10 rows) is answered from the hidden truth. Then,
+timed, each in a fresh process on a fresh copy of that run:
 
-- ``ingest``: ``alloop ingest NAME filled.csv`` (validates, stores 10 labels, chooses s, retrains on 60);
+- ``ingest``: ``alloop ingest NAME filled.csv`` (validates, stores 10 labels, chooses s, retrains on
+  60);
 - ``query``: ``alloop query NAME -k 10`` (scores the pool, writes round 2);
 - ``query again``: a second ``alloop query NAME -k 10`` on the unchanged model and pool (round 3);
 
 for the linear model (the default, ``--s auto``) and an MLP (``--model mlp --hidden 64,64``), and
-``python -c "import jax, optax"`` alone for reference. Every timed process runs this file's ``--child``
-mode, which imports alloop and then calls the CLI's ``main()`` with timers wrapped around the use cases'
-parts (no change to alloop's code is needed to measure it). Each phase's time is exclusive (its timed
-sub-phases subtracted):
+``python -c "import jax, optax"`` alone for reference. Every timed process runs this file's
+``--child`` mode, which imports alloop and then calls the CLI's ``main()`` with timers wrapped
+around the use cases' parts (no change to alloop's code is needed to measure it). Each phase's time
+is exclusive (its timed sub-phases subtracted):
 
-- start: the interpreter's start up to this script's first line (wall clock minus what the child saw);
+- start: the interpreter's start up to this script's first line (wall clock minus what the child
+  saw);
 - imports: ``alloop.cli`` (typer, rich) and the command's module (JAX, optax, pyarrow, pandas);
 - open: everything not in another phase (opening and locking the run, reading the pool's schema,
   labels, label validation, loading the checkpoint, history);
@@ -26,16 +29,18 @@ sub-phases subtracted):
 - compile (part of the above): XLA compilation time reported by JAX's monitoring events.
 
 Each step's wall clock and its process's CPU time (user + system, all threads: on a machine shared
-with other jobs the steadier of the two) are reported. The figures are medians over ``--reps`` repetitions (interleaved), after one untimed warm-up round that
-also fills the persistent compilation cache (``$ALLOOP_CACHE_DIR``, a temporary folder here); ``cold``
-is the first repetition's total with an empty cache. The machine's load average is printed with the
-table: on a shared machine read the ratios.
+with other jobs the steadier of the two) are reported. The figures are medians over ``--reps``
+repetitions (interleaved), after one untimed warm-up round that also fills the persistent
+compilation cache (``$ALLOOP_CACHE_DIR``, a temporary folder here); ``cold`` is the first
+repetition's total with an empty cache. The machine's load average is printed with the table: on a
+shared machine read the ratios.
 
-``--tree NAME=PATH`` (repeatable) measures the alloop found at PATH (put first on PYTHONPATH), e.g. a
-``git worktree`` of an older commit: the trees are measured in turn within every repetition, so they
-share the machine's load. Without it, the installed alloop.
+``--tree NAME=PATH`` (repeatable) measures the alloop found at PATH (put first on PYTHONPATH), e.g.
+a ``git worktree`` of an older commit: the trees are measured in turn within every repetition, so
+they share the machine's load. Without it, the installed alloop.
 
-Usage: python benchmarks/bench_round_trip.py [--reps 3] [--models linear,mlp] [--rows 50000] [--tree NAME=PATH ...] [--json FILE]
+Usage: python benchmarks/bench_round_trip.py [--reps 3] [--models linear,mlp] [--rows 50000] [--tree
+NAME=PATH ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ MODELS = {"linear": [], "mlp": ["--model", "mlp", "--hidden", "64,64"]}
 N_FEATURES, N_SEED, K = 26, 50, 10
 
 
-# --- the child: one alloop command with phase timers ------------------------------------------------
+# --- the child: one alloop command with phase timers ----------------------------------------------
 
 
 def child(out: str, argv: list[str]) -> None:
@@ -181,7 +186,7 @@ def child(out: str, argv: list[str]) -> None:
     sys.exit(code)
 
 
-# --- the parent: data, runs, timing ------------------------------------------------------------------
+# --- the parent: data, runs, timing ---------------------------------------------------------------
 
 
 def make_data(folder: Path, rows: int, seed: int = 0):
@@ -261,7 +266,7 @@ def import_jax(env) -> float:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2], sys.argv[3:])
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default="linear,mlp")
     ap.add_argument("--rows", type=int, default=50_000)
@@ -368,8 +373,9 @@ def main() -> None:
 
 def print_table(res: dict) -> None:
     print(
-        f"\n{res['rows']:,}-row pool, {N_FEATURES} features, {N_SEED} labels + {K} returned; medians of {res['reps']} "
-        f"(load average {res['load_before'][0]:.2f} before, {res['load_after'][0]:.2f} after)"
+        f"\n{res['rows']:,}-row pool, {N_FEATURES} features, {N_SEED} labels + {K} returned; "
+        f"medians of {res['reps']} (load average {res['load_before'][0]:.2f} before, "
+        f"{res['load_after'][0]:.2f} after)"
     )
     print(f"`import jax, optax` alone: {res['import_jax_optax']:.2f} s\n")
     cols = [*PHASES, "pool read (overlapped)", "compile (part)"]
@@ -383,7 +389,10 @@ def print_table(res: dict) -> None:
                     for c in cols
                 ]
                 print(
-                    f"| {tree} | {model} | {step} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['cold']:.2f} | "
+                    (
+                        f"| {tree} | {model} | {step} | {r['wall']:.2f} | {r['cpu']:.2f} | "
+                        f"{r['cold']:.2f} | "
+                    )
                     + " | ".join(cells)
                     + " |"
                 )
@@ -393,8 +402,9 @@ def print_table(res: dict) -> None:
             total = steps["ingest"]["wall"] + steps["query"]["wall"]
             cpu = steps["ingest"]["cpu"] + steps["query"]["cpu"]
             print(
-                f"{tree} {model}: ingest + retrain + next query = {total:.2f} s ({cpu:.2f} s CPU); "
-                f"a second query {steps['query again']['wall']:.2f} s ({steps['query again']['cpu']:.2f} s CPU)"
+                f"{tree} {model}: ingest + retrain + next query = {total:.2f} s ({cpu:.2f} s "
+                f"CPU); a second query {steps['query again']['wall']:.2f} s "
+                f"({steps['query again']['cpu']:.2f} s CPU)"
             )
 
 

@@ -1,24 +1,27 @@
-"""`alloop query` at scale: throughput against what reading and scoring alone allow, and peak memory.
+"""`alloop query` at scale: throughput against what reading and scoring alone allow, and peak
+memory.
 
-For each pool size (default 1M and 10M rows x 64 float32 features, zstd, pyarrow's default row groups,
-generated in a temporary directory) and each model (linear; MLP 64->256->256->1, tanh), every
-measurement runs in a fresh process (peak RSS: VmHWM, see PEAK):
+For each pool size (default 1M and 10M rows x 64 float32 features, zstd, pyarrow's default row
+groups, generated in a temporary directory) and each model (linear; MLP 64->256->256->1, tanh),
+every measurement runs in a fresh process (peak RSS: VmHWM, see PEAK):
 
-- read: pyarrow reads the id and feature columns in 65,536-row batches and converts them to a float32
-  (m, d) matrix: what any streaming scorer pays, with the reader settings alloop uses;
+- read: pyarrow reads the id and feature columns in 65,536-row batches and converts them to a
+  float32 (m, d) matrix: what any streaming scorer pays, with the reader settings alloop uses;
 - score: the run's own SLD scorer on rows already in memory (a 256k-row buffer, cycled), in alloop's
   chunk size, after compilation, as many rows as the pool (at most --score-rows);
-- query: ``alloop query NAME -k 20 --strategy S`` end to end (``commands.query`` timed after imports, on a
-  fresh copy of the trained run): reading, scoring, merging, fixed costs (opening, checkpoint,
-  compilation, commit). S is the strategy that scores every pool row with the model (``sld-topk``
-  where it exists), ``sld`` (which streams a hash and scores only its candidates) and the regression
-  default ``herding`` (the same stream, then kernel herding among the candidates), and the model's own
-  default where it differs (``lcmd`` for the MLP: LCMD over the candidates' gradient features).
+- query: ``alloop query NAME -k 20 --strategy S`` end to end (``commands.query`` timed after
+  imports, on a fresh copy of the trained run): reading, scoring, merging, fixed costs (opening,
+  checkpoint, compilation, commit). S is the strategy that scores every pool row with the model
+  (``sld-topk`` where it exists), ``sld`` (which streams a hash and scores only its candidates) and
+  the regression default ``herding`` (the same stream, then kernel herding among the candidates),
+  and the model's own default where it differs (``lcmd`` for the MLP: LCMD over the candidates'
+  gradient features).
 
-The table gives rows/s (best of --reps, the measurements interleaved), peak RSS, and query / bound with
-bound = min(read, score) for whole-pool scoring (read for the default sld): the figure the target asks
-to be >= 0.9. Then the per-point influence alternative (a CG solve H v = ∇L(z) for every pool point,
-with alloop.core.tangents' Hessian-vector product) against SLD on the same points, as a time ratio.
+The table gives rows/s (best of --reps, the measurements interleaved), peak RSS, and query / bound
+with bound = min(read, score) for whole-pool scoring (read for the default sld): the figure the
+target asks to be >= 0.9. Then the per-point influence alternative (a CG solve H v = ∇L(z) for every
+pool point, with alloop.core.tangents' Hessian-vector product) against SLD on the same points, as a
+time ratio.
 
 Usage: python benchmarks/bench_scale.py [--rows 1000000,10000000] [--reps 2] [--quick] [--json FILE]
 """
@@ -51,7 +54,9 @@ import json, sys, time, numpy as np, pyarrow.parquet as pq
 path, d = sys.argv[1], int(sys.argv[2])
 cols = [f"f{j}" for j in range(d)]
 t, c0 = time.perf_counter(), time.process_time(); n = 0
-for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(batch_size=65536, columns=["id", *cols], use_threads=False):
+for rb in pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+    batch_size=65536, columns=["id", *cols], use_threads=False
+):
     ids = rb.column("id").to_numpy()
     x = np.empty((rb.num_rows, d), np.float32)
     for j, c in enumerate(cols):
@@ -73,11 +78,16 @@ from alloop.core import scorers
 from alloop.io import rundir
 run = rundir.open_run(sys.argv[1]); n = int(sys.argv[2])
 tree, meta = common.load_checkpoint(run)
-fn = scorers.sld(fitting.build_problem(run.config, tree["params"]), tree["params"], tree["tangent"], np.asarray(meta["noise"], np.float32))
+fn = scorers.sld(
+    fitting.build_problem(run.config, tree["params"]), tree["params"], tree["tangent"],
+    np.asarray(meta["noise"], np.float32),
+)
 chunk = streaming.SCORE_ROWS
 n = max(chunk, n // chunk * chunk)
 buf = min(n, 1 << 18)  # rows held in memory (64 MB at 64 features), cycled until n rows are scored
-x = np.random.default_rng(0).standard_normal((buf, len(run.config["pool"]["features"])), dtype=np.float32)
+x = np.random.default_rng(0).standard_normal(
+    (buf, len(run.config["pool"]["features"])), dtype=np.float32
+)
 np.asarray(fn(x[:chunk]))  # compile (not timed)
 t, c0 = time.perf_counter(), time.process_time()
 for i in range(0, n, chunk):
@@ -96,7 +106,10 @@ from alloop.commands.query import query as query_cmd
 t, c0 = time.perf_counter(), time.process_time()
 rec = query_cmd(sys.argv[1], k=20, strategy=sys.argv[2])
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb(), "strategy": rec["strategy"]}))
+print(json.dumps({
+    "seconds": dt, "cpu": time.process_time() - c0, "rss_mb": peak_mb(),
+    "strategy": rec["strategy"],
+}))
 """
 )
 
@@ -145,10 +158,12 @@ for _ in range(reps):
     np.asarray(sld(x))
 sld_s = (time.perf_counter() - t) / reps
 
-# influence: CG on H v = ∇L(z) for every point, with alloop.core.tangents' Hessian-vector product and CG
-# loop, compiled once for all the points (the fastest honest form of it)
+# influence: CG on H v = ∇L(z) for every point, with alloop.core.tangents' Hessian-vector product
+# and CG loop, compiled once for all the points (the fastest honest form of it)
 def grad_z(xz, yz):
-    f = lambda q: jnp.sum(problem.loss.per_example(problem.model.apply(unravel(q), problem.stats, xz[None]), yz[None]))
+    f = lambda q: jnp.sum(
+        problem.loss.per_example(problem.model.apply(unravel(q), problem.stats, xz[None]), yz[None])
+    )
     return jax.grad(f)(flat)
 
 @jax.jit
@@ -162,13 +177,14 @@ t = time.perf_counter(); its = []
 for i in range(n_points):
     v, it = solve(flat, s_arr, data, x[i], y[i]); v.block_until_ready(); its.append(int(it))
 cg_s = (time.perf_counter() - t) / n_points * 1000
-print(json.dumps({"params": int(p), "points_timed": n_points, "sld_s_per_1000": sld_s, "cg_s_per_1000": cg_s,
-                  "cg_iterations_mean": float(np.mean(its))}))
+print(json.dumps({"params": int(p), "points_timed": n_points, "sld_s_per_1000": sld_s,
+                  "cg_s_per_1000": cg_s, "cg_iterations_mean": float(np.mean(its))}))
 """
 
 
 def make_pool(path: Path, rows: int, d: int = D, seed: int = 0) -> None:
-    """``rows`` x ``d`` standard-normal float32 features, a float32 target, int64 ids; zstd, no dictionary."""
+    """``rows`` x ``d`` standard-normal float32 features, a float32 target, int64 ids; zstd, no
+    dictionary."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=d).astype(np.float32)
     writer = None
@@ -197,7 +213,8 @@ def py(code: str, *args, env=None) -> dict:
 
 
 def prepare_run(name: str, pool: Path, model: str, seed_csv: Path, env) -> None:
-    """`alloop init NAME --pool POOL --labels SEED --model MODEL --epochs 1 --min-steps 200` then `alloop train NAME`."""
+    """`alloop init NAME --pool POOL --labels SEED --model MODEL --epochs 1 --min-steps 200` then
+    `alloop train NAME`."""
     out = subprocess.run(
         [sys.executable, "-c", PREPARE, name, str(pool), str(seed_csv), model],
         capture_output=True,
@@ -209,7 +226,8 @@ def prepare_run(name: str, pool: Path, model: str, seed_csv: Path, env) -> None:
 
 
 def whole_pool_strategy() -> str:
-    """The strategy that scores every pool row with the model (SLD top-k): the path the throughput target is about."""
+    """The strategy that scores every pool row with the model (SLD top-k): the path the throughput
+    target is about."""
     from alloop import strategies
 
     return "sld-topk" if "sld-topk" in strategies.REGISTRY else "sld"
@@ -218,7 +236,8 @@ def whole_pool_strategy() -> str:
 def measure(
     rows: int, model: str, pool: Path, runs: Path, reps: int, score_rows: int, env
 ) -> list[dict]:
-    """Best-of-``reps`` rates, the measurements interleaved so that all see the same machine load."""
+    """Best-of-``reps`` rates, the measurements interleaved so that all see the same machine
+    load."""
     name, whole = f"{model}-{rows}", whole_pool_strategy()
     from alloop.strategies import default_for
 
@@ -242,8 +261,8 @@ def measure(
             keep(strategy, rows, py(QUERY, f"{name}-q", strategy, env=env))
     out = []
     for strategy in strategies:
-        # the whole-pool strategy is bound by reading or by scoring; sld, herding and lcmd stream a hash and
-        # score or pick among only their candidate buffer, so reading bounds them
+        # the whole-pool strategy is bound by reading or by scoring; sld, herding and lcmd stream a
+        # hash and score or pick among only their candidate buffer, so reading bounds them
         bound = min(best["read"], best["score"]) if strategy == whole else best["read"]
         out.append(
             {
@@ -268,48 +287,57 @@ def measure(
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| pool rows | model | strategy | read+convert rows/s | in-memory score rows/s | alloop query rows/s | query / bound | bound | "
-        "peak RSS read / score / query (MB) |",
+        "| pool rows | model | strategy | read+convert rows/s | in-memory score rows/s | alloop "
+        "query rows/s | query / bound | bound | peak RSS read / score / query (MB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_rows_per_s']:,.0f} | {r['score_rows_per_s']:,.0f} | "
-            f"{r['query_rows_per_s']:,.0f} | {r['ratio']:.2f} | {r['bound']} | "
-            f"{r['read_rss_mb']:.0f} / {r['score_rss_mb']:.0f} / {r['query_rss_mb']:.0f} |"
+            f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_rows_per_s']:,.0f} | "
+            f"{r['score_rows_per_s']:,.0f} | {r['query_rows_per_s']:,.0f} | {r['ratio']:.2f} | "
+            f"{r['bound']} | {r['read_rss_mb']:.0f} / {r['score_rss_mb']:.0f} / "
+            f"{r['query_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def cpu_table(results: list[dict]) -> str:
-    """Process CPU seconds (all threads) per million rows: steadier than wall time on a shared machine."""
+    """Process CPU seconds (all threads) per million rows: steadier than wall time on a shared
+    machine."""
     lines = [
-        "| pool rows | model | strategy | read CPU s / 1M rows | score CPU s / 1M rows | query CPU s / 1M rows | query / (read + score) |",
+        "| pool rows | model | strategy | read CPU s / 1M rows | score CPU s / 1M rows | "
+        "query CPU s / 1M rows | query / (read + score) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['rows']:,} | {r['model']} | {r['strategy']} | {r['read_cpu_s_per_1m']:.2f} | {r['score_cpu_s_per_1m']:.2f} | "
-            f"{r['query_cpu_s_per_1m']:.2f} | {r['query_cpu_s_per_1m'] / (r['read_cpu_s_per_1m'] + r['score_cpu_s_per_1m']):.2f} |"
+            f"| {r['rows']:,} | {r['model']} | {r['strategy']} | "
+            f"{r['read_cpu_s_per_1m']:.2f} | "
+            f"{r['score_cpu_s_per_1m']:.2f} | "
+            f"{r['query_cpu_s_per_1m']:.2f} | "
+            f"{r['query_cpu_s_per_1m'] / (r['read_cpu_s_per_1m'] + r['score_cpu_s_per_1m']):.2f} "
+            "|"
         )
     return "\n".join(lines)
 
 
 def influence_table(results: dict) -> str:
     lines = [
-        "| model | parameters | SLD, 1,000 points (s) | per-point CG, 1,000 points (s) | CG / SLD | mean CG iterations |",
+        "| model | parameters | SLD, 1,000 points (s) | per-point CG, 1,000 points (s) | CG "
+        "/ SLD | mean CG iterations |",
         "|---|---|---|---|---|---|",
     ]
     for model, r in results.items():
         lines.append(
-            f"| {model} | {r['params']:,} | {r['sld_s_per_1000']:.4f} | {r['cg_s_per_1000']:.2f} (from {r['points_timed']}) | "
-            f"{r['cg_s_per_1000'] / r['sld_s_per_1000']:,.0f}x | {r['cg_iterations_mean']:.0f} |"
+            f"| {model} | {r['params']:,} | {r['sld_s_per_1000']:.4f} | {r['cg_s_per_1000']:.2f} "
+            f"(from {r['points_timed']}) | {r['cg_s_per_1000'] / r['sld_s_per_1000']:,.0f}x | "
+            f"{r['cg_iterations_mean']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1000000,10000000", help="pool sizes, comma-separated")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument(
@@ -347,7 +375,8 @@ def main() -> None:
         free = shutil.disk_usage(tmp).free
         if need > 0.8 * free:
             sys.exit(
-                f"the {max(sizes):,}-row pool needs about {need / 2**30:.1f} GiB and {tmp} has {free / 2**30:.1f} GiB free: pass smaller --rows or --tmp"
+                f"the {max(sizes):,}-row pool needs about {need / 2**30:.1f} GiB and {tmp} "
+                f"has {free / 2**30:.1f} GiB free: pass smaller --rows or --tmp"
             )
         runs = Path(tmp) / "runs"
         env = {
@@ -368,7 +397,8 @@ def main() -> None:
                 check=True,
             )  # keeps this process small
             print(
-                f"generated {rows:,} rows ({pool.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s",
+                f"generated {rows:,} rows ({pool.stat().st_size / 2**20:,.0f} MiB) in "
+                f"{time.perf_counter() - t:.0f} s",
                 file=sys.stderr,
             )
             for model in args.models.split(","):

@@ -116,8 +116,9 @@ def block(
         mat = (hess if curv == "hessian" else gn) + damp * np.eye(len(rho))
         exact = np.linalg.solve(mat, -rho)
         cg = tangents.cg(pr, st.params, s, data, tol=1e-8, maxiter=2000)
-        # drift: continue with full-batch steps (no minibatch noise) at a tenth of the peak learning rate,
-        # Adam's state carried on: a tangent iterated on negative curvature grows, a converging one settles
+        # drift: continue with full-batch steps (no minibatch noise) at a tenth of the peak learning
+        # rate, Adam's state carried on: a tangent iterated on negative curvature grows, a
+        # converging one settles
         cont_cfg = sgdf.TrainConfig(
             **{
                 **cfg.to_dict(),
@@ -176,8 +177,9 @@ def cg_text(r) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "| model, L2 on | curvature | λ | min eig H (max) | min eig C | CG converges | SGDF residual: end / max during / after drift check (norm ×) "
-        "| cos(SGDF, exact) | Spearman SLD: SGDF vs exact | vs undamped GN (exact / SGDF) |"
+        "| model, L2 on | curvature | λ | min eig H (max) | min eig C | CG converges | SGDF "
+        "residual: end / max during / after drift check (norm ×) | cos(SGDF, exact) | Spearman "
+        "SLD: SGDF vs exact | vs undamped GN (exact / SGDF) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -186,9 +188,11 @@ def print_table(rows: list[dict]) -> None:
             f"{r['rho_ref_exact']:.2f} / {r['rho_ref_sgdf']:.2f}" if undamped_ok else "(undefined)"
         )
         print(
-            f"| {r['act']}, {r['reg']} | {r['curvature']} | {r['damping']:g} | {r['eig_h_min']:.1e} ({r['eig_h_max']:.0f}; {r['n_neg']} neg.) "
-            f"| {r['eig_c_min']:.1e} | {cg_text(r)} | {r['res_end']:.2f} / {r['res_max']:.0f} / {r['res_cont']:.2f} ({r['growth_cont']:.2g}×) "
-            f"| {r['cos_exact']:.3f} | {r['rho_own']:.2f} | {ref} |"
+            f"| {r['act']}, {r['reg']} | {r['curvature']} | {r['damping']:g} | "
+            f"{r['eig_h_min']:.1e} ({r['eig_h_max']:.0f}; {r['n_neg']} neg.) | "
+            f"{r['eig_c_min']:.1e} | {cg_text(r)} | {r['res_end']:.2f} / {r['res_max']:.0f} / "
+            f"{r['res_cont']:.2f} ({r['growth_cont']:.2g}×) | {r['cos_exact']:.3f} | "
+            f"{r['rho_own']:.2f} | {ref} |"
         )
 
 
@@ -216,8 +220,8 @@ def main(argv=None) -> None:
         rows += block(act, reg, args.n, args.s, cfg, extra_epochs=args.extra)
         print(f"# {act}/{reg}: {time.perf_counter() - t0:.0f}s", flush=True)
     print(
-        f"\nn={args.n}, s={args.s}, Adam lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size}, cosine schedule; "
-        f"drift check {args.extra} full-batch steps\n"
+        f"\nn={args.n}, s={args.s}, Adam lr {cfg.lr}, {cfg.epochs} epochs of batch "
+        f"{cfg.batch_size}, cosine schedule; drift check {args.extra} full-batch steps\n"
     )
     print_table(rows)
     for r in rows:

@@ -1,14 +1,16 @@
 """A probe, not shipped: kernel herding with a bandwidth that shrinks as labels come in.
 
-    python benchmarks/herding_bandwidth.py --power 2.5 --reps 5                 # the regression suite, linear model
+    # the regression suite, linear model
+    python benchmarks/herding_bandwidth.py --power 2.5 --reps 5
     python benchmarks/herding_bandwidth.py --power 2.5 --reps 6 --model auto --datasets gag_urine
 
-``herding`` uses the median-heuristic bandwidth h² (``core.diversity.rbf_bandwidth``): wide enough that its
-picks match the pool's low moments (what a linear fit's variance depends on) but not finer structure (on
-gag_urine, 4.4 years of age; docs/results.md). The probe scales h² by n^(−power·2/(d+4)), n the labels after
-the batch (power 1: Silverman's rate for a density estimate), by patching ``diversity.herding`` in this process.
-It runs ``herding`` and ``random`` as shipped and the patched ``herding`` with the suite's protocol (same seeds,
-so paired), then prints per table the relative area of each ``herding`` over the same repetitions of random.
+``herding`` uses the median-heuristic bandwidth h² (``core.diversity.rbf_bandwidth``): wide enough
+that its picks match the pool's low moments (what a linear fit's variance depends on) but not finer
+structure (on gag_urine, 4.4 years of age; docs/results.md). The probe scales h² by
+n^(−power·2/(d+4)), n the labels after the batch (power 1: Silverman's rate for a density estimate),
+by patching ``diversity.herding`` in this process. It runs ``herding`` and ``random`` as shipped and
+the patched ``herding`` with the suite's protocol (same seeds, so paired), then prints per table the
+relative area of each ``herding`` over the same repetitions of random.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
             jobs=1,
         )
     print(
-        f"| table | herding / random | shrinking bandwidth (power {a.power:g}) / random |\n|---|---|---|"
+        f"| table | herding / random | shrinking bandwidth (power {a.power:g}) / random "
+        "|\n|---|---|---|"
     )
     rel = []
     for name in names:
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {rel[-1][0]:.3f} | {rel[-1][1]:.3f} |")
     b, p = np.array(rel).T
     print(
-        f"| mean of {len(rel)} | {b.mean():.3f} ({int(np.sum(b > 1.01))} above 1.01) | {p.mean():.3f} ({int(np.sum(p > 1.01))} above 1.01) |"
+        f"| mean of {len(rel)} | {b.mean():.3f} ({int(np.sum(b > 1.01))} above 1.01) | "
+        f"{p.mean():.3f} ({int(np.sum(p > 1.01))} above 1.01) |"
     )
     return 0
 

@@ -3,11 +3,13 @@
 For each bundled regression dataset (diabetes, concrete, powerplant), each model (linear with
 ``--s auto``, MLP 64,64) and each labeled-set size, a run is made with that many random pool rows as
 labels (seeded) and the dataset's test set, trained once with ``alloop train --json`` in a fresh
-process, and its test RMSE reported; with ``--tree NAME=PATH`` (repeatable) the same is done with the
+process, and its test RMSE reported; with ``--tree NAME=PATH`` (repeatable) the same is done with
+the
 alloop at PATH (e.g. a worktree of the commit before), and the relative difference to the first tree
 is printed.
 
-Usage: python benchmarks/round_trip_error.py [--labels 30,100] --tree before=/path/to/old --tree after=.
+Usage: python benchmarks/round_trip_error.py [--labels 30,100] --tree before=/path/to/old --tree
+after=.
 """
 
 from __future__ import annotations

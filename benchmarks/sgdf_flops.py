@@ -1,14 +1,14 @@
 """The floor of SGDF's cost on an MLP: the flops XLA compiles for one plain step and one SGDF step.
 
-For the MLP of bench_core.py (100 -> 256 -> 256 -> 1, tanh, batch 256, Adam, the default Gauss-Newton
-curvature with damping) this compiles ``sgdf._plain_step`` and ``sgdf.sgdf_step`` on one minibatch and
-prints XLA's own flop count of each (``compiled.cost_analysis()``), with the count by hand: a dense
-layer of m x n weights costs 2·B·m·n flops per matrix product; a plain step takes 3 products per
-layer (forward, and backward to the inputs and to the weights; the first layer's input gradient is
-pruned), SGDF under Gauss-Newton takes 7 (``objective.grad_and_tangent``: the linearization's
-forward and tangent, and the transpose applied to two cotangents at once).
-If the time ratio measured by bench_core.py is at or below the flop ratio, the step is at its
-arithmetic floor and what is left is the method's, not the implementation's.
+For the MLP of bench_core.py (100 -> 256 -> 256 -> 1, tanh, batch 256, Adam, the default
+Gauss-Newton curvature with damping) this compiles ``sgdf._plain_step`` and ``sgdf.sgdf_step`` on
+one minibatch and prints XLA's own flop count of each (``compiled.cost_analysis()``), with the count
+by hand: a dense layer of m x n weights costs 2·B·m·n flops per matrix product; a plain step takes 3
+products per layer (forward, and backward to the inputs and to the weights; the first layer's input
+gradient is pruned), SGDF under Gauss-Newton takes 7 (``objective.grad_and_tangent``: the
+linearization's forward and tangent, and the transpose applied to two cotangents at once). If the
+time ratio measured by bench_core.py is at or below the flop ratio, the step is at its arithmetic
+floor and what is left is the method's, not the implementation's.
 
 Usage: python benchmarks/sgdf_flops.py [--hidden 256,256] [--p 100] [--batch 256]
 """
@@ -70,7 +70,8 @@ def main() -> None:
     for curvature, plain, tang in rows:
         print(f"| {curvature} | {plain:.3g} | {tang:.3g} | {tang / plain:.2f} |")
     print(
-        f"by hand (matrix products only): plain {by_hand_plain:.3g}, SGDF Gauss-Newton {by_hand_gn:.3g}, ratio {by_hand_gn / by_hand_plain:.2f}"
+        f"by hand (matrix products only): plain {by_hand_plain:.3g}, SGDF Gauss-Newton "
+        f"{by_hand_gn:.3g}, ratio {by_hand_gn / by_hand_plain:.2f}"
     )
 
 

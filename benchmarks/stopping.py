@@ -1,18 +1,22 @@
-"""When to stop: the stopping rules of ``alloop status``, validated by simulation on the bundled datasets.
+"""When to stop: the stopping rules of ``alloop status``, validated by simulation on the bundled
+datasets.
 
-    python benchmarks/stopping.py              # simulate (resumable), choose thresholds, print the tables
-    python benchmarks/stopping.py --doc        # and rewrite docs/results.md's stopping section
+    # simulate (resumable), choose thresholds, print the tables
+    python benchmarks/stopping.py
+    # and rewrite docs/results.md's stopping section
+    python benchmarks/stopping.py --doc
 
-For every bundled dataset, ``alloop simulate`` runs the live default strategy (``herding`` for regression,
-``margin`` for classification) and ``random`` from 10 random labels in batches of 10 up to 200 labels
-(or three quarters of a smaller pool), ``--reps`` repetitions; each round records the stopping signals a
-run records (``alloop/sim/simulate.py``). Each rule is then replayed over those signals for a grid of
-thresholds (``training.stopping.stop_rounds``; nothing is simulated again), and per rule the threshold that
-saves the most labels on average is chosen among those whose mean error given up (the test metric where the
-rule stopped, relative to the same repetition's at the full budget; for classification the error rate's
-difference in percentage points) is at most ``--tolerance`` (2%) or ``--tolerance-points`` (0.5 points) on
-every bundled dataset of the task. The tables report, for the chosen thresholds and for each dataset and strategy,
-how often the rule stopped before the budget, the labels it spent and saved, and the error it gave up.
+For every bundled dataset, ``alloop simulate`` runs the live default strategy (``herding`` for
+regression, ``margin`` for classification) and ``random`` from 10 random labels in batches of 10 up
+to 200 labels (or three quarters of a smaller pool), ``--reps`` repetitions; each round records the
+stopping signals a run records (``alloop/sim/simulate.py``). Each rule is then replayed over those
+signals for a grid of thresholds (``training.stopping.stop_rounds``; nothing is simulated again),
+and per rule the threshold that saves the most labels on average is chosen among those whose mean
+error given up (the test metric where the rule stopped, relative to the same repetition's at the
+full budget; for classification the error rate's difference in percentage points) is at most
+``--tolerance`` (2%) or ``--tolerance-points`` (0.5 points) on every bundled dataset of the task.
+The tables report, for the chosen thresholds and for each dataset and strategy, how often the rule
+stopped before the budget, the labels it spent and saved, and the error it gave up.
 """
 
 from __future__ import annotations
@@ -85,12 +89,14 @@ def replay(rows: list[dict], task: str, rules: stopping.StopRules) -> dict:
 
 
 def given_up(f: dict, task: str) -> float:
-    """What a tolerance bounds: relative error for regression, error-rate points for classification."""
+    """What a tolerance bounds: relative error for regression, error-rate points for
+    classification."""
     return f["error_given_up_abs"] if task == "classification" else f["error_given_up"]
 
 
 def choose(curves: dict[str, list[dict]], task: str, tolerance: float, strategy: str) -> dict:
-    """Per rule of the task: the grid thresholds saving the most labels with mean error given up ≤ tolerance on every dataset."""
+    """Per rule of the task: the grid thresholds saving the most labels with mean error given up ≤
+    tolerance on every dataset."""
     chosen = {}
     for rule in stopping.rules_for(task):
         grid = GRID[rule]
@@ -112,7 +118,8 @@ def choose(curves: dict[str, list[dict]], task: str, tolerance: float, strategy:
 
 def table(curves: dict[str, list[dict]], task: str, chosen: dict) -> list[str]:
     lines = [
-        "| dataset | strategy | rule | thresholds | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |",
+        "| dataset | strategy | rule | thresholds | stopped before the budget | labels spent "
+        "| labels saved | error given up (mean, worst) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in curves.items():
@@ -129,8 +136,9 @@ def table(curves: dict[str, list[dict]], task: str, chosen: dict) -> list[str]:
                     continue
                 f = f[rule]
                 lines.append(
-                    f"| {name} | {strategy} | {rule} | {label} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | "
-                    f"{f['labels_saved']:.0f} | {sim_summary.given_up(f, task == 'classification')} |"
+                    f"| {name} | {strategy} | {rule} | {label} | {f['stopped']}/{f['reps']} | "
+                    f"{f['labels']:.0f} | {f['labels_saved']:.0f} | "
+                    f"{sim_summary.given_up(f, task == 'classification')} |"
                 )
     return lines
 
@@ -158,10 +166,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     text = [
-        f"{args.reps} repetitions per dataset; thresholds chosen per rule on the live default strategy's curves "
-        f"(most labels saved with mean error given up ≤ {args.tolerance:.0%} on every bundled regression dataset, "
-        f"≤ {100 * args.tolerance_points:g} points of error rate on every classification one), "
-        "then reported for it and for random sampling. Defaults of `alloop status` are in `alloop/training/stopping.py` (`StopRules`).",
+        f"{args.reps} repetitions per dataset; thresholds chosen per rule on the live default "
+        f"strategy's curves (most labels saved with mean error given up ≤ {args.tolerance:.0%} "
+        f"on every bundled regression dataset, ≤ {100 * args.tolerance_points:g} points of error "
+        "rate on every classification one), then reported for it and for random sampling. "
+        "Defaults of `alloop status` are in `alloop/training/stopping.py` (`StopRules`).",
         "",
     ]
     for task, names in DATASETS.items():
@@ -176,7 +185,12 @@ def main() -> None:
         text += [
             f"**{task}** (default strategy `{default}`): chosen thresholds "
             + "; ".join(
-                f"{rule}: {'none meets the tolerance' if th is None else ', '.join(f'{k}={v:g}' for k, v in th.items())}"
+                f"{rule}: "
+                + (
+                    "none meets the tolerance"
+                    if th is None
+                    else ", ".join(f"{k}={v:g}" for k, v in th.items())
+                )
                 for rule, th in chosen.items()
             ),
             "",

@@ -1,18 +1,21 @@
-"""Does a suite table's test set look like its pool? Chance shifts of small random splits, and what they do.
+"""Does a suite table's test set look like its pool? Chance shifts of small random splits, and what
+they do.
 
-    python benchmarks/suite_shift.py                                   # per regression table: the pool/test KS tests
-    python benchmarks/suite_shift.py --matched gag_urine --reps 10     # herding vs random on the test set and on it
-                                                                       # reweighted to the pool (linear model)
+    # per regression table: the pool/test KS tests
+    python benchmarks/suite_shift.py
+    # herding vs random on the test set and on it reweighted to the pool (linear model)
+    python benchmarks/suite_shift.py --matched gag_urine --reps 10
     python benchmarks/suite_shift.py --matched gag_urine --reps 6 --model auto
 
-The suite splits every table 80/20 at random (``benchmarks/suite/build.py``); on a table of a few hundred rows
-the test set can still differ from the pool by chance. The first form prints, per table, the two-sample
-Kolmogorov–Smirnov p-value of the most shifted feature (times the number of features: Bonferroni) and of the
-target. The second rebuilds the test set with the pool's distribution of its most shifted feature (each test
-row repeated in proportion to pool share / test share of its quintile bin of that feature, four copies at
-share 1) and runs ``alloop simulate`` with the suite's protocol on both test sets. A strategy that matches the
-pool (``herding``) is measured on what it aims at only by the second; the suite's own figure stays the first.
-Needs scipy (installed with scikit-learn, which builds the suite's data).
+The suite splits every table 80/20 at random (``benchmarks/suite/build.py``); on a table of a few
+hundred rows the test set can still differ from the pool by chance. The first form prints, per
+table, the two-sample Kolmogorov–Smirnov p-value of the most shifted feature (times the number of
+features: Bonferroni) and of the target. The second rebuilds the test set with the pool's
+distribution of its most shifted feature (each test row repeated in proportion to pool share / test
+share of its quintile bin of that feature, four copies at share 1) and runs ``alloop simulate`` with
+the suite's protocol on both test sets. A strategy that matches the pool (``herding``) is measured
+on what it aims at only by the second; the suite's own figure stays the first. Needs scipy
+(installed with scikit-learn, which builds the suite's data).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ COPIES = 4  # copies of a test row whose bin has the pool's share
 
 
 def shift_report(meta: dict, pool: pd.DataFrame, test: pd.DataFrame) -> dict:
-    """The most shifted feature by KS, its p-value (raw and times the features), and the target's."""
+    """The most shifted feature by KS, its p-value (raw and times the features), and the
+    target's."""
     ps = {f: float(stats.ks_2samp(pool[f], test[f]).pvalue) for f in meta["features"]}
     worst = min(ps, key=ps.get)
     return {
@@ -47,7 +51,8 @@ def shift_report(meta: dict, pool: pd.DataFrame, test: pd.DataFrame) -> dict:
 
 
 def matched_test(pool: pd.DataFrame, test: pd.DataFrame, feature: str) -> pd.DataFrame:
-    """The test rows repeated so that ``feature``'s quintile bins (over pool and test) have the pool's shares."""
+    """The test rows repeated so that ``feature``'s quintile bins (over pool and test) have the
+    pool's shares."""
     edges = np.quantile(np.r_[pool[feature], test[feature]], np.linspace(0, 1, BINS + 1))[1:-1]
     bp, bt = np.digitize(pool[feature], edges), np.digitize(test[feature], edges)
     sp, st = (
@@ -61,7 +66,8 @@ def matched_test(pool: pd.DataFrame, test: pd.DataFrame, feature: str) -> pd.Dat
 
 
 def relative_area(curves: Path) -> tuple[float, float, int]:
-    """herding's learning-curve area over random's (paired reps), the per-rep ratios' standard error, wins (``al_suite.summarize``)."""
+    """herding's learning-curve area over random's (paired reps), the per-rep ratios' standard
+    error, wins (``al_suite.summarize``)."""
     df = pd.read_csv(curves).rename(columns={"strategy": "method"}).assign(model="alloop")
     row = al_suite.summarize(df, int(df["n_labels"].max())).set_index("method").loc["herding"]
     return float(row["rel_area"]), float(row["rel_se"]), int(row["wins"])
@@ -74,8 +80,9 @@ def run_matched(name: str, model: str, reps: int, out: Path) -> None:
     matched = matched_test(pool, test, feature)
     matched.to_parquet(out / "test_matched.parquet", index=False)
     print(
-        f"{name}: {feature} median pool {pool[feature].median():.3g}, test {test[feature].median():.3g}, "
-        f"matched test ({len(matched)} rows) {matched[feature].median():.3g}"
+        f"{name}: {feature} median pool {pool[feature].median():.3g}, test "
+        f"{test[feature].median():.3g}, matched test ({len(matched)} rows) "
+        f"{matched[feature].median():.3g}"
     )
     for label, path in (("suite test", None), ("matched test", out / "test_matched.parquet")):
         dest = out / f"{model}-{label.split()[0]}"
@@ -90,7 +97,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--matched",
-        help="a regression table: herding vs random on its test set and on one reweighted to the pool",
+        help=(
+            "a regression table: herding vs random on its test set and on one "
+            "reweighted to the pool"
+        ),
     )
     ap.add_argument("--model", default="linear")
     ap.add_argument("--reps", type=int, default=10)
@@ -100,13 +110,15 @@ def main(argv=None) -> int:
         run_matched(a.matched, a.model, a.reps, Path(a.out) / a.matched)
         return 0
     print(
-        "| table | test rows | most shifted feature | KS p | × features | target KS p |\n|---|---|---|---|---|---|"
+        "| table | test rows | most shifted feature | KS p | × features | target KS p "
+        "|\n|---|---|---|---|---|---|"
     )
     for name in sorted(al_suite.suite.names("regression")):
         pool, test, meta = al_suite.suite.load(name)
         r = shift_report(meta, pool, test)
         print(
-            f"| {name} | {r['n_test']} | {r['feature']} | {r['p']:.4f} | {r['p_bonferroni']:.3f} | {r['p_target']:.3f} |"
+            f"| {name} | {r['n_test']} | {r['feature']} | {r['p']:.4f} | "
+            f"{r['p_bonferroni']:.3f} | {r['p_target']:.3f} |"
         )
     return 0
 

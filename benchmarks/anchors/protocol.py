@@ -3,8 +3,9 @@
 Import by path, e.g.::
 
     import importlib.util
-    spec = importlib.util.spec_from_file_location("anchor_protocol", "benchmarks/anchors/protocol.py")
-    protocol = importlib.util.module_from_spec(spec); spec.loader.exec_module(protocol)
+    spec = importlib.util.spec_from_file_location("anchor_protocol",
+    "benchmarks/anchors/protocol.py") protocol = importlib.util.module_from_spec(spec);
+    spec.loader.exec_module(protocol)
 """
 
 import numpy as np

