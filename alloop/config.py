@@ -1,9 +1,9 @@
 """The run configuration, typed: what ``init`` was given, as stored in a run's ``config.json``.
 
 ``RunConfig.from_json`` reads every config.json alloop has written (keys that older versions did not
-write take their defaults) and ``to_json`` writes the same JSON back, so run directories move between
-versions. ``validate`` is the one place where options are checked, with the fix in each message.
-Plain data only (no JAX): ``status`` and ``verify`` read it without starting JAX.
+write take their defaults) and ``to_json`` writes the same JSON back, so run directories move
+between versions. ``validate`` is the one place where options are checked, with the fix in each
+message. Plain data only (no JAX): ``status`` and ``verify`` read it without starting JAX.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from alloop.errors import UserError
 
 TASKS = ("regression", "classification")
 MODEL_KINDS = ("linear", "poly", "mlp", "auto")
-AUTO = "auto"  # --model auto: the run chooses among AUTO_CANDIDATES by cross-validation (training.choose_model)
+# --model auto: the run chooses among AUTO_CANDIDATES by cross-validation (training.choose_model)
+AUTO = "auto"
 AUTO_CANDIDATES = (
     {"kind": "linear"},
     {"kind": "poly", "degree": 2},
@@ -94,7 +95,8 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The model family and its shape. ``extra`` keeps keys this version does not know, as stored."""
+    """The model family and its shape. ``extra`` keeps keys this version does not know, as
+    stored."""
 
     kind: str = "linear"
     degree: int = 3  # poly
@@ -130,8 +132,9 @@ class ModelSpec:
 
     @property
     def is_auto(self) -> bool:
-        """Chosen by the run (``--model auto``): the kind itself before the first training, then the chosen
-        model marked ``"auto": true`` (``io.rundir.effective_config`` puts it there from state.json)."""
+        """Chosen by the run (``--model auto``): the kind itself before the first training, then the
+        chosen model marked ``"auto": true`` (``io.rundir.effective_config`` puts it there from
+        state.json)."""
         return self.kind == AUTO or bool(self.extra.get(AUTO))
 
     def concrete(self) -> ModelSpec:
@@ -151,14 +154,16 @@ class ModelSpec:
         return self.kind
 
     def validate(self) -> None:
-        """Model options that training would otherwise trip over (with a traceback), refused up front."""
+        """Model options that training would otherwise trip over (with a traceback), refused up
+        front."""
         if self.kind not in MODEL_KINDS:
             raise UserError(f"unknown --model {self.kind!r}: choose linear, poly, mlp or auto")
         if self.kind == "poly" and self.degree < 1:
             raise UserError(f"--degree must be at least 1, got {self.degree}")
         if self.kind == "mlp" and any(h < 1 for h in self.hidden):
             raise UserError(
-                f"--hidden sizes must be at least 1, got {','.join(map(str, self.hidden))}: try --hidden 64,64"
+                f"--hidden sizes must be at least 1, got {','.join(map(str, self.hidden))}: "
+                "try --hidden 64,64"
             )
         if self.kind == "mlp" and self.activation not in ACTIVATIONS:
             raise UserError(
@@ -171,18 +176,19 @@ class ModelSpec:
 
 
 def default_s(task: str, kind: str) -> float | str:
-    """The s of a new run unless told (docs/choosing-s.md has the measurements): ``auto`` for linear and
-    poly regression, where it beat s = 1 on average; 1 for MLPs, where auto's SGDF cross-validation on
-    few labels chose erratic s and raised the test RMSE (1.00-1.24x), and for classification, where on
-    separable label sets it runs s to its lower bound."""
+    """The s of a new run unless told (docs/choosing-s.md has the measurements): ``auto`` for linear
+    and poly regression, where it beat s = 1 on average; 1 for MLPs, where auto's SGDF
+    cross-validation on few labels chose erratic s and raised the test RMSE (1.00-1.24x), and for
+    classification, where on separable label sets it runs s to its lower bound."""
     return "auto" if task == "regression" and kind in ("linear", "poly", AUTO) else 1.0
 
 
 def default_model(task: str, s: float | str | None = None) -> str:
-    """The model of a new run unless told (docs/results.md, "`--model auto` on the suite"): ``auto`` for
-    regression whose s is chosen (the default), where choosing among linear, polynomials and an MLP by
-    CV beat bmdal-reg's LCMD on its own network on more tables at 100 and 200 labels than ridge did;
-    linear for classification and for a given numeric s, which auto's cross-validation cannot use."""
+    """The model of a new run unless told (docs/results.md, "`--model auto` on the suite"): ``auto``
+    for regression whose s is chosen (the default), where choosing among linear, polynomials and an
+    MLP by CV beat bmdal-reg's LCMD on its own network on more tables at 100 and 200 labels than
+    ridge did; linear for classification and for a given numeric s, which auto's cross-validation
+    cannot use."""
     return AUTO if task == "regression" and (s is None or is_s_mode(s)) else "linear"
 
 
@@ -192,7 +198,8 @@ def is_s_mode(s) -> bool:
 
 
 def parse_s(value) -> float | str:
-    """``--s``: a positive number, ``auto`` or ``loocv``; anything else is a user error naming the fix."""
+    """``--s``: a positive number, ``auto`` or ``loocv``; anything else is a user error naming the
+    fix."""
     if isinstance(value, str) and value.strip().lower() in S_MODES:
         return value.strip().lower()
     try:
@@ -210,7 +217,8 @@ def parse_s(value) -> float | str:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything ``init`` fixed for a run. Stored as config.json; ``classes`` may grow (kept in state.json)."""
+    """Everything ``init`` fixed for a run. Stored as config.json; ``classes`` may grow (kept in
+    state.json)."""
 
     pool: PoolSpec
     standardizer: Mapping[str, list]  # {"mean": [...], "std": [...]} of the features over the pool
@@ -310,8 +318,9 @@ class RunConfig:
         self.model.validate()
         if self.model.is_auto and (self.task != "regression" or not is_s_mode(self.s)):
             raise UserError(
-                "--model auto chooses among linear, polynomial and MLP models by the cross-validated loss that --s auto computes: "
-                "use it for regression with --s auto or loocv (or pick --model linear, poly or mlp)"
+                "--model auto chooses among linear, polynomial and MLP models by the "
+                "cross-validated loss that --s auto computes: use it for regression with --s "
+                "auto or loocv (or pick --model linear, poly or mlp)"
             )
         if self.tangent not in TANGENTS:
             raise UserError(f"unknown --tangent {self.tangent!r}: choose sgdf, cg or exact")
@@ -346,7 +355,8 @@ def validate_targets(targets, id_col: str) -> None:
         if t in RESERVED or t == id_col:
             names = ", ".join(dict.fromkeys([id_col, *RESERVED]))
             raise UserError(
-                f"target column {t!r} clashes with a column alloop writes ({names}): rename it in the pool and labels"
+                f"target column {t!r} clashes with a column alloop writes ({names}): rename "
+                "it in the pool and labels"
             )
     if len(set(targets)) < len(targets):
         raise UserError(

@@ -1,1 +1,2 @@
-"""Active learning replayed on labeled pools: strategy against strategy (simulate), users inheriting a base (users), the paper's figure."""
+"""Active learning replayed on labeled pools: strategy against strategy (simulate), users inheriting
+a base (users), the paper's figure."""

@@ -1,11 +1,12 @@
-"""``--model auto`` in simulation: every round chooses the model as ``alloop train`` does, then fits it.
+"""``--model auto`` in simulation: every round chooses the model as ``alloop train`` does, then fits
+it.
 
-``training.choose_model.choose`` scores the candidates on the labels (the simplest within one standard
-error of the lowest CV loss, a more flexible model in use kept while it leads that by 2%; flexible ones
-ruled out when they vary too much on the stop set, the pool sample a run checks them on); the chosen one
-is fitted by its own simulation learner: closed-form ridge for linear and poly, SGDF through the core for
-the MLP. A switch to the MLP starts its parameters afresh, as a run's training does after a switch;
-staying on it warm-starts from its last fit.
+``training.choose_model.choose`` scores the candidates on the labels (the simplest within one
+standard error of the lowest CV loss, a more flexible model in use kept while it leads that by 2%;
+flexible ones ruled out when they vary too much on the stop set, the pool sample a run checks them
+on); the chosen one is fitted by its own simulation learner: closed-form ridge for linear and poly,
+SGDF through the core for the MLP. A switch to the MLP starts its parameters afresh, as a run's
+training does after a switch; staying on it warm-starts from its last fit.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class AutoFit(NamedTuple):
 
 
 class AutoLearner:
-    """``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the auto run's RunConfig (s auto)."""
+    """``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the auto run's
+    RunConfig (s auto)."""
 
     def __init__(self, data, settings, config):
         self.data, self.settings, self.auto_config = data, settings, config
@@ -58,7 +60,8 @@ class AutoLearner:
 
     @property
     def config(self):
-        """The config of the model in use, at the s it was fitted with (what rounds and stop signals are built from)."""
+        """The config of the model in use, at the s it was fitted with (what rounds and stop signals
+        are built from)."""
         return self.learners[self.current].config
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):

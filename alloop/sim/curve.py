@@ -1,6 +1,6 @@
-"""One learning curve: the rounds of a repetition, each batch chosen by ``strategies.select`` over the
-pool file (the call ``alloop query`` makes), answered from the pool's targets, the learner refitted
-and the test metric and stopping signals recorded."""
+"""One learning curve: the rounds of a repetition, each batch chosen by ``strategies.select`` over
+the pool file (the call ``alloop query`` makes), answered from the pool's targets, the learner
+refitted and the test metric and stopping signals recorded."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from alloop.training import stopping
 def round_of(
     learner, state, labeled: np.ndarray, seed: int, uniform: np.ndarray | None = None
 ) -> strategies.Round:
-    """The round as a strategy sees it, from the learner's fit: what ``alloop query`` builds from a run.
-    ``uniform``: which labeled rows were uniform draws (the initial labels, a mixed batch's share)."""
+    """The round as a strategy sees it, from the learner's fit: what ``alloop query`` builds from a
+    run. ``uniform``: which labeled rows were uniform draws (the initial labels, a mixed batch's
+    share)."""
     return round_with(
         learner.data, learner.config, labeled, seed, learner.model(state, seed), uniform
     )
@@ -36,7 +37,8 @@ def round_with(
     model: strategies.TrainedModel | None,
     uniform: np.ndarray | None = None,
 ) -> strategies.Round:
-    """A Round over the simulation's pool with a given model (the standardizer is the config's, as in a run)."""
+    """A Round over the simulation's pool with a given model (the standardizer is the config's, as
+    in a run)."""
     return strategies.Round(
         config.task,
         fitting.standardizer(config),
@@ -57,10 +59,11 @@ def run_curve(
 ) -> list[dict]:
     """One learning curve: the test metric after every batch, from the repetition's initial labels.
 
-    Every batch is chosen by ``strategies.select`` over the pool file, the call ``alloop query`` makes.
-    Each round also records the stopping signals a run's training records (``commands/stopset.py``):
-    the change (regression) or kappa (classification) of the predictions on a fixed stop set against the
-    last round's, the CV loss of an s search, and the mean SLD on the stop set.
+    Every batch is chosen by ``strategies.select`` over the pool file, the call ``alloop query``
+    makes. Each round also records the stopping signals a run's training records
+    (``commands/stopset.py``): the change (regression) or kappa (classification) of the predictions
+    on a fixed stop set against the last round's, the CV loss of an s search, and the mean SLD on
+    the stop set.
     """
     data = learner.data
     strat = strategies.get(strategy)
@@ -102,7 +105,8 @@ def run_curve(
 
 
 def stop_signal(learner, state, x_stop: np.ndarray, prev, seed: int) -> tuple[dict, np.ndarray]:
-    """({change, kappa, cv_loss, mean_sld}, this round's stop-set predictions) for a fitted learner."""
+    """({change, kappa, cv_loss, mean_sld}, this round's stop-set predictions) for a fitted
+    learner."""
     model, task = learner.model(state, seed), learner.config.task
     pred = stopping.stop_predictions(
         fitting.predict(learner.config, model.params, x_stop.astype(np.float32), model.target),

@@ -1,5 +1,6 @@
-"""``DIR/curves.csv`` and ``DIR/config.json``: finished curves appended whole (fsynced), read back on
-resume (a partial last line dropped), and the settings they were made with, checked on every rerun."""
+"""``DIR/curves.csv`` and ``DIR/config.json``: finished curves appended whole (fsynced), read back
+on resume (a partial last line dropped), and the settings they were made with, checked on every
+rerun."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ CONFIG_FILE = "config.json"
 
 
 def read_curves(path: Path, expected_n: list[int]) -> dict[tuple[str, int], list[dict]]:
-    """Complete curves in ``path`` by (strategy, rep). Incomplete or malformed rows are dropped and the
-    file is rewritten without them (a simulation killed mid-write leaves at most a partial line)."""
+    """Complete curves in ``path`` by (strategy, rep). Incomplete or malformed rows are dropped and
+    the file is rewritten without them (a simulation killed mid-write leaves at most a partial
+    line)."""
     if not path.exists():
         return {}
     text = path.read_text()

@@ -33,7 +33,8 @@ class SimData:
     target: str = "target"
 
     def open_pool(self) -> poolio.PoolInfo:
-        """The pool as ``alloop query`` opens it: features only, the target column never read by a strategy."""
+        """The pool as ``alloop query`` opens it: features only, the target column never read by a
+        strategy."""
         if self.pool is None:
             raise ValueError(
                 "this SimData was made from arrays: load it with load_data to stream its pool"
@@ -79,13 +80,14 @@ def load_data(
     if task == "classification":
         if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in y_pool):
             raise UserError(
-                f"pool '{pool}' has a missing value in target '{target}': simulate needs every row labeled"
+                f"pool '{pool}' has a missing value in target '{target}': simulate needs "
+                "every row labeled"
             )
         y_pool = np.asarray(classmap.normalize(y_pool), dtype=object)
     elif y_pool.dtype == object or not np.all(np.isfinite(y_pool.astype(np.float64))):
         raise UserError(
-            f"pool '{pool}' has a missing or non-numeric value in target '{target}': simulate needs every row labeled "
-            "(a class label? pass --task classification)"
+            f"pool '{pool}' has a missing or non-numeric value in target '{target}': simulate "
+            "needs every row labeled (a class label? pass --task classification)"
         )
     df = tables.read_test_set(test, list(info.features), [target], task)
     y_test = (
@@ -115,7 +117,8 @@ def dataset_files(name: str) -> tuple[str, str, dict]:
 
 
 def pool_name(pool: str) -> str:
-    """A name for the simulation's default folder: the pool file's stem, or its folder's name when the file is pool.parquet."""
+    """A name for the simulation's default folder: the pool file's stem, or its folder's name when
+    the file is pool.parquet."""
     text = str(pool).partition("?")[0].rstrip("/")
     if poolio.is_uri(text):
         parts = [p for p in text.split("://", 1)[1].split("/") if p]

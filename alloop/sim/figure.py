@@ -2,11 +2,13 @@
 
 A degree-5 polynomial y = power(x)ᵀθ, power(x) = (1, x, …, x⁵) on raw x, fitted by ridge with the
 paper's penalty s θᵀθ (every coefficient, the intercept too) to six points with a gap in the middle
-(the seed labels of ``datasets/paper1d``). s minimizes the closed-form LOOCV error. The figure shows:
+(the seed labels of ``datasets/paper1d``). s minimizes the closed-form LOOCV error. The figure
+shows:
 
 - the points, the fit at s and the fit at s + δ (dashed);
 - the SLD curve u(x)² with u(x) = power(x)ᵀθ̇, θ̇ = −(XᵀX + sI)⁻¹θ* (eq. 87), beside its
-  finite-difference approximation ((F(x; s + δ) − F(x; s)) / δ)², and u(x) itself (which changes sign);
+  finite-difference approximation ((F(x; s + δ) − F(x; s)) / δ)², and u(x) itself (which changes
+  sign);
 - the LOOCV error against s (the paper's Figure 2), with the chosen s marked.
 
 SLD = 4σ²u² for squared loss; σ² is one number for all x, so the curve is drawn as u².
@@ -38,7 +40,8 @@ def seed_points(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     seeds, pool = folder / "seed_labels.parquet", folder / "pool.parquet"
     if not (seeds.exists() and pool.exists()):
         raise UserError(
-            f"no paper1d dataset at {folder} (seed_labels.parquet and pool.parquet): rebuild it with python datasets/build.py paper1d"
+            f"no paper1d dataset at {folder} (seed_labels.parquet and pool.parquet): rebuild "
+            "it with python datasets/build.py paper1d"
         )
     s = pd.read_parquet(seeds)
     p = pd.read_parquet(pool, columns=["id", "x"]).set_index("id")
@@ -52,7 +55,8 @@ def analyse(
     grid: np.ndarray = S_GRID,
     xs: np.ndarray | None = None,
 ) -> dict:
-    """Everything the figure draws: s by LOOCV, fits at s and s + δ, u(x), its finite-difference estimate."""
+    """Everything the figure draws: s by LOOCV, fits at s and s + δ, u(x), its finite-difference
+    estimate."""
     a, d = power(x), np.ones(DEGREE + 1)
     loocv = np.array([sim_learners.loocv_mse(a, y, float(s), d) for s in grid])
     s = float(grid[int(np.argmin(loocv))])

@@ -1,14 +1,17 @@
-"""Exact ridge for simulations: θ*, the regularity tangent θ̇ and LOOCV in closed form (numpy, float64).
+"""Exact ridge for simulations: θ*, the regularity tangent θ̇ and LOOCV in closed form (numpy,
+float64).
 
 The core's ``linear`` and ``poly`` models are linear in their parameters: F(x) = a(x)ᵀθ with
 a(x) = [φ(z), 1], z the standardized input, φ the model's features (z, or z, z², …, z^degree) and a
-bias that the l2 regularizer leaves free (D = diag(1, …, 1, 0)). With f = Σ w_i (a_iᵀθ − y_i)² + s θᵀDθ,
+bias that the l2 regularizer leaves free (D = diag(1, …, 1, 0)). With f = Σ w_i (a_iᵀθ − y_i)² + s
+θᵀDθ,
 
     θ* = (AᵀWA + sD)⁻¹ AᵀWy,        θ̇ = −(AᵀWA + sD)⁻¹ D θ*          (method.md, 87–93)
 
 which is what every tangent method of the core converges to (method.md, identity 1), at the cost of
 one p×p inverse instead of thousands of SGDF steps. The simulation retrains hundreds of times per
-curve, so it uses this form; tests check it against ``core.tangents.exact`` and ``core.scorers.sld``.
+curve, so it uses this form; tests check it against ``core.tangents.exact`` and
+``core.scorers.sld``.
 
 LOOCV has a closed form for such linear smoothers: the leave-one-out residual of row i is
 e_i / (1 − h_ii), with h the diagonal of the hat matrix A(AᵀA + sD)⁻¹Aᵀ.
@@ -56,7 +59,8 @@ class Ridge(NamedTuple):
 
 
 def make_features(model: dict, mean, std) -> Features:
-    """Features for a model spec such as ``{"kind": "poly", "degree": 2}`` (constant columns get scale 1)."""
+    """Features for a model spec such as ``{"kind": "poly", "degree": 2}`` (constant columns get
+    scale 1)."""
     kind = model.get("kind", "linear")
     if kind not in ("linear", "poly"):
         raise ValueError(f"closed-form ridge needs a linear or poly model, not {kind!r}")
@@ -139,13 +143,15 @@ class RidgeFit(NamedTuple):
 
 
 class RidgeLearner:
-    """The simulation's learner for linear/poly regression: ridge in closed form on the pool's features.
+    """The simulation's learner for linear/poly regression: ridge in closed form on the pool's
+    features.
 
-    ``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the RunConfig ``alloop init`` would
-    write. Its s is chosen every round as ``alloop train`` chooses it (``choose_s.resolve_s``, warm-started
-    from the last round's s) when it is ``auto`` or ``loocv``. ``model(state)`` hands the fit to the
-    strategies as the core's model with θ* and θ̇, what a run's checkpoint gives them; SGDF converges to the
-    same θ* and θ̇ (tests/test_simulate.py checks it against ``fit.fit``).
+    ``data``/``settings``: ``simulate.SimData``/``SimSettings``; ``config``: the RunConfig ``alloop
+    init`` would write. Its s is chosen every round as ``alloop train`` chooses it
+    (``choose_s.resolve_s``, warm-started from the last round's s) when it is ``auto`` or ``loocv``.
+    ``model(state)`` hands the fit to the strategies as the core's model with θ* and θ̇, what a
+    run's checkpoint gives them; SGDF converges to the same θ* and θ̇ (tests/test_simulate.py checks
+    it against ``fit.fit``).
     """
 
     def __init__(self, data, settings, config):

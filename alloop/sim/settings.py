@@ -1,5 +1,6 @@
-"""What defines a simulated curve (``SimSettings``), its checks, and the randomness a curve draws from
-the seed alone: initial labels from (seed, rep), each round's choices from (seed, rep, round)."""
+"""What defines a simulated curve (``SimSettings``), its checks, and the randomness a curve draws
+from the seed alone: initial labels from (seed, rep), each round's choices from (seed, rep,
+round)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ class SimSettings:
     batch: int = 10
     seed: int = 0
     model: dict = field(default_factory=lambda: {"kind": "linear"})
-    s: float | str = (
-        1.0  # a number, or "auto"/"loocv" (linear/poly regression): chosen every round as `alloop train` does
-    )
+    # a number, or "auto"/"loocv" (linear/poly regression): chosen every round as `alloop train`
+    # does
+    s: float | str = 1.0
     task: str = "regression"
     group_col: str | None = None  # simulate --group-col: the grouped linear model (sim/grouped.py)
 
@@ -68,15 +69,17 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
     if isinstance(settings.s, str):
         if settings.s not in ("auto", "loocv") or kind == "mlp" or settings.task != "regression":
             raise UserError(
-                "--s must be a positive number, or auto/loocv with a linear or poly regression model (an MLP or classifier "
-                "takes a number: choosing s by SGDF cross-validation every round is too slow to simulate)"
+                "--s must be a positive number, or auto/loocv with a linear or poly regression "
+                "model (an MLP or classifier takes a number: choosing s by SGDF cross-validation "
+                "every round is too slow to simulate)"
             )
     elif not (np.isfinite(settings.s) and settings.s > 0):
         raise UserError(f"--s must be a positive number, got {settings.s}")
     if kind == "auto" and (settings.task != "regression" or not isinstance(settings.s, str)):
         raise UserError(
-            "--model auto chooses among linear, polynomial and MLP models by the cross-validated loss of --s auto: "
-            "use it for regression with --s auto (or loocv: linear and polynomial only)"
+            "--model auto chooses among linear, polynomial and MLP models by the cross-validated "
+            "loss of --s auto: use it for regression with --s auto (or loocv: linear and "
+            "polynomial only)"
         )
     if settings.group_col is not None and (settings.task != "regression" or kind == "mlp"):
         raise UserError(
@@ -89,12 +92,14 @@ def check_settings(settings: SimSettings, strategies_: list[str], n_pool: int) -
     ]
     if unknown:
         raise UserError(
-            f"unknown strategy {unknown[0]!r}: choose from {', '.join(strategy_names(settings.task))}"
+            f"unknown strategy {unknown[0]!r}: choose from "
+            f"{', '.join(strategy_names(settings.task))}"
         )
     other = [s for s in strategies_ if settings.task not in strategies.get(s).tasks]
     if other:
         raise UserError(
-            f"strategy {other[0]!r} does not apply to {settings.task}: choose from {', '.join(strategy_names(settings.task))}"
+            f"strategy {other[0]!r} does not apply to {settings.task}: choose from "
+            f"{', '.join(strategy_names(settings.task))}"
         )
     if not strategies_:
         raise UserError("--strategies is empty: name at least one, e.g. sld,random")
@@ -119,7 +124,8 @@ def strategy_names(task: str = "regression") -> list[str]:
 
 
 def schedule(settings: SimSettings, n_pool: int) -> list[int]:
-    """Label counts at which the metric is recorded: initial, +batch, …, budget (capped by the pool)."""
+    """Label counts at which the metric is recorded: initial, +batch, …, budget (capped by the
+    pool)."""
     end = min(settings.budget, n_pool)
     return [*range(settings.initial, end, settings.batch), end]
 
@@ -134,18 +140,20 @@ def initial_rows(settings: SimSettings, rep: int, n_pool: int) -> np.ndarray:
 
 
 def round_seed(settings: SimSettings, rep: int, round_: int) -> int:
-    """The seed of one round's random choices (candidate sample, draws): every strategy of a repetition gets
-    the same one in the same round, as live runs with the same seed would."""
+    """The seed of one round's random choices (candidate sample, draws): every strategy of a
+    repetition gets the same one in the same round, as live runs with the same seed would."""
     return int(np.random.SeedSequence([settings.seed, rep, round_]).generate_state(1)[0])
 
 
 def stop_rows(settings: SimSettings, n_pool: int) -> np.ndarray:
-    """The stop set: the rows a run with this seed draws (``stopping.stop_rows``), the same for every strategy and repetition."""
+    """The stop set: the rows a run with this seed draws (``stopping.stop_rows``), the same for
+    every strategy and repetition."""
     return stopping.stop_rows(settings.seed, n_pool)
 
 
 def config_for(data: SimData, settings: SimSettings) -> RunConfig:
-    """The RunConfig ``alloop init`` would write for this pool and these options (what a run trains and scores with)."""
+    """The RunConfig ``alloop init`` would write for this pool and these options (what a run trains
+    and scores with)."""
     spec = fitting.model_spec(**settings.model)
     s = settings.s if settings.s is not None else default_s(settings.task, spec.kind)
     pool = PoolSpec(

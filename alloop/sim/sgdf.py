@@ -1,14 +1,17 @@
-"""The simulation's learner for every run that is not linear regression: SGDF through the core, as ``alloop train`` trains.
+"""The simulation's learner for every run that is not linear regression: SGDF through the core, as
+``alloop train`` trains.
 
-The model, loss, regularizer, curvature and optimizer come from the RunConfig that ``alloop init`` would
-write for these options (``config_for``), and every round warm-starts from the previous round's θ and θ̇
-as ``alloop train`` does. One difference, for speed: training is full-batch over the labeled rows padded
-with weight-0 rows to the label budget, so XLA compiles one training for the whole simulation. The core
-minimizes mean(w L) + (s / n) R over the padded set, i.e. f(θ, s) / n_pad with f = Σ_labeled L_i + s R:
-the same θ*(s), hence the same θ̇, as the unpadded problem that ``alloop train`` solves by minibatches.
+The model, loss, regularizer, curvature and optimizer come from the RunConfig that ``alloop init``
+would write for these options (``config_for``), and every round warm-starts from the previous
+round's θ and θ̇ as ``alloop train`` does. One difference, for speed: training is full-batch over
+the labeled rows padded with weight-0 rows to the label budget, so XLA compiles one training for the
+whole simulation. The core minimizes mean(w L) + (s / n) R over the padded set, i.e. f(θ, s) / n_pad
+with f = Σ_labeled L_i + s R: the same θ*(s), hence the same θ̇, as the unpadded problem that
+``alloop train`` solves by minibatches.
 
 Regression targets are standardized with the current labels' mean and spread (``fit.target_stats``),
-as in a run. ``model`` hands the fit to the strategies as a ``TrainedModel``, as a run's checkpoint does.
+as in a run. ``model`` hands the fit to the strategies as a ``TrainedModel``, as a run's checkpoint
+does.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class SGDFFit(NamedTuple):
 
 
 class SGDFLearner:
-    """``data``/``settings``: ``SimData``/``SimSettings``; ``config``: the run's RunConfig (numeric s)."""
+    """``data``/``settings``: ``SimData``/``SimSettings``; ``config``: the run's RunConfig (numeric
+    s)."""
 
     cv_loss = None  # s is fixed: no search, no CV evidence
 
@@ -93,7 +97,8 @@ class SGDFLearner:
         return objective.make_data(x.astype(np.float32), y, w), stats
 
     def forget(self) -> None:
-        """The next fit starts from the initial parameters (a run's training after a switch of model)."""
+        """The next fit starts from the initial parameters (a run's training after a switch of
+        model)."""
         self._prev = None
 
     def fit(self, labeled: np.ndarray, w: np.ndarray | None):

@@ -1,18 +1,19 @@
 """What a simulation's learning curves say: the summary figures, summary.md/json and the plot.
 
-Lower metric is better (test RMSE, or the test error rate for classification). Per strategy, against ``random``:
+Lower metric is better (test RMSE, or the test error rate for classification). Per strategy, against
+``random``:
 
 - ``relative_area``: the area under its mean learning curve (trapezoids over the label counts)
-  divided by random's; below 1 is better. ``relative_area_se`` is the standard error of the same ratio
-  computed per repetition (paired: both start from the repetition's initial labels).
+  divided by random's; below 1 is better. ``relative_area_se`` is the standard error of the same
+  ratio computed per repetition (paired: both start from the repetition's initial labels).
 - ``labels_to_match_random``: the fewest labels at which its mean curve reaches random's final
   (mean) metric, or None if it never does within the budget.
 - ``wins``/``losses``: repetitions whose area is below/above random's in the same repetition.
 
 And per strategy and stopping rule (``training.stopping``, replayed over each repetition's recorded
-signals): in how many repetitions the rule stopped before the budget, the labels spent (the budget where
-it never stopped), the labels saved, and the error given up: the metric where it stopped relative to the
-same repetition's metric at the full budget.
+signals): in how many repetitions the rule stopped before the budget, the labels spent (the budget
+where it never stopped), the labels saved, and the error given up: the metric where it stopped
+relative to the same repetition's metric at the full budget.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def curve_table(rows: list[dict], strategy: str) -> tuple[np.ndarray, np.ndarray
 
 
 def milestones(n: np.ndarray, count: int = 4) -> list[int]:
-    """A few label counts to tabulate: the first, the last, and those nearest to even fractions of the last."""
+    """A few label counts to tabulate: the first, the last, and those nearest to even fractions of
+    the last."""
     targets = [n[0]] + [n[-1] * f for f in np.linspace(0, 1, count)[1:]]
     picks = sorted({int(n[np.argmin(np.abs(n - t))]) for t in targets})
     return picks
@@ -58,7 +60,8 @@ def _se(x: np.ndarray) -> float:
 
 
 def strategy_summary(rows: list[dict], strategy: str, reference: tuple | None) -> dict:
-    """The figures of one strategy; ``reference`` is random's (label counts, metric table) or None."""
+    """The figures of one strategy; ``reference`` is random's (label counts, metric table) or
+    None."""
     n, m = curve_table(rows, strategy)
     mean = m.mean(axis=0)
     per_rep_area = np.array([area(n, row) for row in m])
@@ -95,7 +98,8 @@ METRIC_LABEL = {"rmse": "Test RMSE", "error": "Test error rate"}
 def stop_summary(
     rows: list[dict], strategy: str, task: str, rules: stopping.StopRules
 ) -> dict | None:
-    """Each stopping rule of the task replayed over every repetition of one strategy; None without signals."""
+    """Each stopping rule of the task replayed over every repetition of one strategy; None without
+    signals."""
     reps: dict[int, list[dict]] = {}
     for r in sorted(
         (r for r in rows if r["strategy"] == strategy), key=lambda r: (r["rep"], r["n_labels"])
@@ -144,7 +148,8 @@ def summarize(
     metric: str = "rmse",
     rules: stopping.StopRules | None = None,
 ) -> dict:
-    """Figures for every strategy, relative to random when random was run, and what each stopping rule would have done."""
+    """Figures for every strategy, relative to random when random was run, and what each stopping
+    rule would have done."""
     ref = curve_table(rows, REFERENCE) if any(r["strategy"] == REFERENCE for r in rows) else None
     rules = rules or stopping.StopRules()
     task = settings.to_dict().get("task", "regression")
@@ -174,8 +179,8 @@ def markdown(summary: dict) -> str:
     lines = [
         f"# Simulation: {summary['dataset']}",
         "",
-        f"{METRIC_LABEL.get(summary.get('metric'), 'Test metric')} "
-        f"(mean ± s.e. over {first['reps']} repetitions) after n labels; model {st['model']}, s = {st['s']}, "
+        f"{METRIC_LABEL.get(summary.get('metric'), 'Test metric')} (mean ± s.e. over "
+        f"{first['reps']} repetitions) after n labels; model {st['model']}, s = {st['s']}, "
         f"{st['initial']} initial random labels, batches of {st['batch']}, seed {st['seed']}.",
         "",
     ]
@@ -212,28 +217,34 @@ def stop_markdown(summary: dict) -> list[str]:
         summary.get("metric") == "error"
     )  # error rates: given up in percentage points, not relative to a small rate
     what = (
-        "the test error rate there minus the same repetition's at the full budget, in percentage points"
+        (
+            "the test error rate there minus the same repetition's at the full budget, in "
+            "percentage points"
+        )
         if points
         else "the test metric there relative to the same repetition's at the full budget"
     )
     lines = [
         "",
-        f"Stopping rules (alloop status's decision is {stop['primary']}; thresholds {th}): where each would have stopped, "
-        f"the labels it saved, and {what}.",
+        f"Stopping rules (alloop status's decision is {stop['primary']}; thresholds {th}): where "
+        f"each would have stopped, the labels it saved, and {what}.",
         "",
-        "| strategy | rule | stopped before the budget | labels spent | labels saved | error given up (mean, worst) |",
+        "| strategy | rule | stopped before the budget | labels spent | labels saved | error "
+        "given up (mean, worst) |",
         "|---|---|---|---|---|---|",
     ]
     for s, rules in stop["strategies"].items():
         for rule, f in rules.items():
             lines.append(
-                f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | {f['labels_saved']:.0f} | {given_up(f, points)} |"
+                f"| {s} | {rule} | {f['stopped']}/{f['reps']} | {f['labels']:.0f} | "
+                f"{f['labels_saved']:.0f} | {given_up(f, points)} |"
             )
     return lines
 
 
 def given_up(f: dict, points: bool) -> str:
-    """The error a stopping rule gave up, as the stop tables print it: relative, or in percentage points for error rates."""
+    """The error a stopping rule gave up, as the stop tables print it: relative, or in percentage
+    points for error rates."""
     if points:
         return (
             f"{100 * f['error_given_up_abs']:+.1f} pt, {100 * f['error_given_up_abs_max']:+.1f} pt"
@@ -275,7 +286,8 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
     )
     reps = next(iter(summary["strategies"].values()))["reps"]
     ax.set_title(
-        f"{summary['dataset']}: {model}, s = {st['s']}, batches of {st['batch']}; mean of {reps} repetitions (±1 s.e.)",
+        f"{summary['dataset']}: {model}, s = {st['s']}, batches of {st['batch']}; mean of "
+        f"{reps} repetitions (±1 s.e.)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)

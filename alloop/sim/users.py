@@ -61,7 +61,8 @@ def fit_l2(x, y, s) -> Fit:
 
 
 def fit_inherited(x, y, s, base: Fit) -> Fit:
-    """Σ(Aθ − y)² + s||θ − θ0(s)||²: θ = (AᵀA + sI)⁻¹(Aᵀy + sθ0), θ̇ = (AᵀA + sI)⁻¹(sθ̇0 − (θ − θ0))."""
+    """Σ(Aθ − y)² + s||θ − θ0(s)||²: θ = (AᵀA + sI)⁻¹(Aᵀy + sθ0), θ̇ = (AᵀA + sI)⁻¹(sθ̇0 − (θ −
+    θ0))."""
     a = _design(x)
     m = a.T @ a + s * np.eye(a.shape[1])
     theta = np.linalg.solve(m, a.T @ y + s * base.theta)
@@ -161,7 +162,8 @@ __all__ = ["UsersConfig", "run_users", "summarize", "VARIANTS"]
 
 
 def on_dataset(dataset: str, cfg: UsersConfig, out: str | None = None) -> tuple[dict, str]:
-    """``alloop simulate-users`` on a bundled regression dataset: (result for --json, the table as text)."""
+    """``alloop simulate-users`` on a bundled regression dataset: (result for --json, the table as
+    text)."""
     meta = datasets.dataset_meta(dataset)
     if meta.get("task", "regression") != "regression":
         raise UserError(f"simulate-users takes a regression dataset; '{dataset}' is {meta['task']}")

@@ -1,1 +1,2 @@
-"""Training a run's model from its config: the bridge between RunConfig and the pure core (fit, choose_s, classmap)."""
+"""Training a run's model from its config: the bridge between RunConfig and the pure core (fit,
+choose_s, classmap)."""

@@ -2,12 +2,12 @@
 
 - ``auto``: minimize the k-fold cross-validated loss (LOOCV when the labeled set is small) by
   gradient steps on log s with the hypergradient dCV/ds = Σ_val ∇L·θ̇ (``core.hyper``), warm-started
-  from the previous round's s. How CV(s) is evaluated is the route's (``cv_routes``): linear and poly
-  models with the squared loss solve their folds in closed form (``exact``); classification models
-  train their folds with SGDF carried along s (``sgdf``). Other regression models (the MLP) take the
-  best s of a fixed grid, every (fold, s) trained at once (``grid``, ``choose_grid``): the search was
-  erratic for them on few labels (docs/choosing-s.md). A grid search starts from the last round's
-  trainings when it has them (``GridWarm``).
+  from the previous round's s. How CV(s) is evaluated is the route's (``cv_routes``): linear and
+  poly models with the squared loss solve their folds in closed form (``exact``); classification
+  models train their folds with SGDF carried along s (``sgdf``). Other regression models (the MLP)
+  take the best s of a fixed grid, every (fold, s) trained at once (``grid``, ``choose_grid``): the
+  search was erratic for them on few labels (docs/choosing-s.md). A grid search starts from the last
+  round's trainings when it has them (``GridWarm``).
 - ``loocv`` (linear and poly, squared loss): the closed-form LOOCV error on a log grid of s, its
   global minimum refined by the same search.
 
@@ -51,7 +51,8 @@ class TuneConfig:
         1e-3  # leave s where it is when a factor e changes the CV loss by less than this fraction
     )
     max_evals: int = 16
-    route: str = "auto"  # "exact" (linear/poly, squared loss) | "grid" (other regression models) | "sgdf" | "auto"
+    # "exact" (linear/poly, squared loss) | "grid" (other regression models) | "sgdf" | "auto"
+    route: str = "auto"
     steps: int = 300  # SGDF steps per evaluation (warm-started)
     seed: int = 0
 
@@ -78,7 +79,8 @@ def n_folds(n: int, tc: TuneConfig) -> int:
 
 
 def trained_s(config: RunConfig, meta: dict | None) -> float:
-    """The numeric s the run's model was trained with: the checkpoint's, when s is chosen per round."""
+    """The numeric s the run's model was trained with: the checkpoint's, when s is chosen per
+    round."""
     config = as_config(config)
     if not is_mode(config.s):
         return float(config.s)
@@ -87,7 +89,7 @@ def trained_s(config: RunConfig, meta: dict | None) -> float:
     return tune_config(config).s_init
 
 
-# --- routes (``cv_routes``): s -> (CV(s), dCV/ds) ---------------------------------------------------
+# --- routes (``cv_routes``): s -> (CV(s), dCV/ds) -------------------------------------------------
 
 
 def route_for(problem, tc: TuneConfig) -> str:
@@ -136,7 +138,8 @@ def grid_state_record(state: GridWarm) -> tuple[dict, dict]:
 
 
 def grid_state_like(config: RunConfig, folds: int) -> dict:
-    """The tree shape ``grid_state_record`` stores for the MLP candidate of ``config`` (to load it)."""
+    """The tree shape ``grid_state_record`` stores for the MLP candidate of ``config`` (to load
+    it)."""
     init = cv_routes.COMPILED.get(config).init
     return {
         "params": jax.tree_util.tree_map(
@@ -173,16 +176,17 @@ class Choice(NamedTuple):
     spread: float | None = (
         None  # pool_spread at the chosen s, when a pool sample was given (None otherwise)
     )
-    row_loss: np.ndarray | None = (
-        None  # (n,) each label's held-out loss at the chosen s (cv_loss is their mean); paired across
-    )
-    # models, since every route uses the same folds for the same labels (``choose_model`` compares candidates with it)
+    # (n,) each label's held-out loss at the chosen s (cv_loss is their mean); paired across
+    row_loss: np.ndarray | None = None
+    # models, since every route uses the same folds for the same labels (``choose_model`` compares
+    # candidates with it)
     grid_state: GridWarm | None = (
         None  # the grid's trainings, to warm-start the next round's (grid only)
     )
 
     def record(self) -> dict:
-        """What a checkpoint's meta and the history keep about the choice (no timing: same inputs, same bytes)."""
+        """What a checkpoint's meta and the history keep about the choice (no timing: same inputs,
+        same bytes)."""
         return {
             "s": self.s,
             "mode": self.mode,
@@ -285,7 +289,9 @@ GRID_STEPS = 1000  # steps of each grid training, from the model's initial param
 GRID_WARM_STEPS = (
     250  # steps of each grid training warm-started from the last round's (``choose_grid``)
 )
-GRID_BATCH = 256  # rows per step: full batch up to 256 labels, minibatches above (the cost stops growing with the labels)
+# rows per step: full batch up to 256 labels, minibatches above (the cost stops growing with the
+# labels)
+GRID_BATCH = 256
 
 
 def grid_padding(n: int) -> int:
@@ -315,9 +321,9 @@ def choose_grid(
     growing with the labels. With ``x_pool``, the choice's ``spread`` is ``pool_spread``'s measure
     from the chosen s's fold trainings.
 
-    ``warm``: the previous round's ``Choice.grid_state``. The folds are stable as labels are appended
-    (``hyper.fold_of_rows``), so fold j's last training saw none of fold j's held-out rows, old or
-    new: starting there leaks nothing, and a quarter of the steps reach the same CV loss
+    ``warm``: the previous round's ``Choice.grid_state``. The folds are stable as labels are
+    appended (``hyper.fold_of_rows``), so fold j's last training saw none of fold j's held-out rows,
+    old or new: starting there leaks nothing, and a quarter of the steps reach the same CV loss
     (docs/results.md, "A simulation fast enough to decide"). Used when it ``fits`` these labels.
     """
     t0 = time.perf_counter()

@@ -3,9 +3,9 @@
 The mapping is a list of label strings (normalized with ``labels.class_label``, so 1, 1.0 and "1"
 are one class); class ``i`` is output ``i`` of the model. It is fixed at init from an explicit
 ``--classes`` list (kept in the order given) or, without one, from the seed labels and the test
-set (sorted: numbers by value, then text). It only ever grows, at the end (``--add-class`` on ingest),
-so a class never changes index and trained weights stay where they are; the output layer grows
-with it (``grow_tree``). Files in and out always carry the user's labels, never indices.
+set (sorted: numbers by value, then text). It only ever grows, at the end (``--add-class`` on
+ingest), so a class never changes index and trained weights stay where they are; the output layer
+grows with it (``grow_tree``). Files in and out always carry the user's labels, never indices.
 
 No files here: pure lists and numpy.
 """
@@ -40,10 +40,11 @@ def sorted_classes(labels: Iterable[str]) -> list[str]:
 def initial_classes(
     targets, seed_values=(), test_values=(), explicit: list | None = None
 ) -> list[str]:
-    """The mapping of a new run: ``explicit`` as given, else the sorted union of seed and test labels.
+    """The mapping of a new run: ``explicit`` as given, else the sorted union of seed and test
+    labels.
 
-    With ``explicit``, a seed or test label outside it is an error (a typo in either is caught at init).
-    A run needs at least two classes and exactly one target column.
+    With ``explicit``, a seed or test label outside it is an error (a typo in either is caught at
+    init). A run needs at least two classes and exactly one target column.
     """
     check_targets(targets)
     seen = normalize(seed_values) + normalize(test_values)
@@ -55,16 +56,16 @@ def initial_classes(
         extra = unknown(classes, seen)
         if extra:
             raise UserError(
-                f"the seed labels or the test set hold class {extra[0]!r}, which --classes does not list "
-                f"({', '.join(classes)}): add it to --classes or fix the file"
+                f"the seed labels or the test set hold class {extra[0]!r}, which --classes does "
+                f"not list ({', '.join(classes)}): add it to --classes or fix the file"
             )
     else:
         classes = sorted_classes(seen)
     if len(classes) < 2:
         found = f"only {classes[0]!r}" if classes else "none"
         raise UserError(
-            f"a classification run needs at least two classes and the seed labels and test set give {found}: "
-            "list them with --classes a,b,..."
+            "a classification run needs at least two classes and the seed labels and test set "
+            f"give {found}: list them with --classes a,b,..."
         )
     return classes
 
@@ -73,7 +74,8 @@ def check_targets(targets) -> None:
     """A classification run has exactly one target column (the class label)."""
     if len(targets) != 1:
         raise UserError(
-            f"classification takes exactly one target column, got {len(targets)} ({', '.join(targets)}): pass --target NAME"
+            f"classification takes exactly one target column, got {len(targets)} "
+            f"({', '.join(targets)}): pass --target NAME"
         )
 
 
@@ -84,12 +86,14 @@ def unknown(classes: list[str], values) -> list[str]:
 
 
 def extend(classes: list[str], values) -> list[str]:
-    """``classes`` with the unknown labels of ``values`` appended (sorted), so old indices keep their class."""
+    """``classes`` with the unknown labels of ``values`` appended (sorted), so old indices keep
+    their class."""
     return [*classes, *unknown(classes, values)]
 
 
 def to_indices(classes: list[str], values) -> np.ndarray:
-    """Class indices (int32) of labels; a label outside the mapping is a ValueError (validate first)."""
+    """Class indices (int32) of labels; a label outside the mapping is a ValueError (validate
+    first)."""
     index = {c: i for i, c in enumerate(classes)}
     labels = normalize(values)
     missing = [v for v in labels if v not in index]
@@ -104,7 +108,8 @@ def to_labels(classes: list[str], indices) -> np.ndarray:
 
 
 def grow_leaf(old, like) -> np.ndarray:
-    """``old`` zero-padded to the shape of ``like`` (each axis may only grow): new classes start at zero."""
+    """``old`` zero-padded to the shape of ``like`` (each axis may only grow): new classes start at
+    zero."""
     old = np.asarray(old)
     shape = tuple(np.shape(like))
     if old.shape == shape:
@@ -117,7 +122,8 @@ def grow_leaf(old, like) -> np.ndarray:
 
 
 def grow_tree(tree, like):
-    """A checkpoint tree saved with fewer classes, padded to the structure of ``like`` (same tree, more outputs).
+    """A checkpoint tree saved with fewer classes, padded to the structure of ``like`` (same tree,
+    more outputs).
 
     Only the output layer's leaves (weights (h, K), biases (K,)) and their tangent and optimizer
     moments differ; their new class entries are zero: logit 0 for the new class at first, the

@@ -1,13 +1,13 @@
-"""How a run's labeled arrays are cross-validated for choosing s: one ``Evaluator`` protocol, a route
-per model family, and the compiled functions each route needs, owned by one cache.
+"""How a run's labeled arrays are cross-validated for choosing s: one ``Evaluator`` protocol, a
+route per model family, and the compiled functions each route needs, owned by one cache.
 
 - ``exact`` (linear and poly models, squared loss): ``ExactCV``, the closed forms of
   ``core.linear_cv`` in numpy float64 over the model's linear form. The linear form is taken by
   autodiff through the model (so the run's standardizer is inside it exactly as in training), in
   chunks of a fixed number of rows: one compilation per model, whatever the label count.
 - ``sgdf`` (other models): ``SGDFCV``, SGDF fold trainings carried along s, all folds at once.
-- ``grid`` (the MLP in ``--model auto``) chooses by its own trainings (``choose_s.choose_grid``); its
-  compiled trainer and held-out losses are built here, once per model and padded size.
+- ``grid`` (the MLP in ``--model auto``) chooses by its own trainings (``choose_s.choose_grid``);
+  its compiled trainer and held-out losses are built here, once per model and padded size.
 
 ``COMPILED`` maps what defines a problem (model, regularizer, task, classes, standardizer, seed) to
 its ``Compiled`` entry: the problem, its initial parameters and its jitted functions. XLA compiles
@@ -48,7 +48,7 @@ class Evaluator(Protocol):
         ...
 
 
-# --- the compiled functions of one problem ---------------------------------------------------------
+# --- the compiled functions of one problem --------------------------------------------------------
 
 
 class Compiled:
@@ -64,7 +64,8 @@ class Compiled:
         return self._fns[key]
 
     def linear_rows(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """(J (n, k, p), F0 (n, k)) of a linear model at rows ``x``, float64, by autodiff in chunks."""
+        """(J (n, k, p), F0 (n, k)) of a linear model at rows ``x``, float64, by autodiff in
+        chunks."""
         fn = self._once("rows", self._build_rows)
         x = np.asarray(x, np.float64)
         jacs, offsets = [], []
@@ -181,9 +182,10 @@ COMPILED = CompiledCache()
 def setup(config: RunConfig, x, y) -> tuple[Compiled, Data]:
     """The run's compiled problem and its labeled data, targets standardized as training sees them.
 
-    Targets are standardized with the statistics of all labels, as ``fitting.fit`` does, so CV losses
-    are in standardized units (1 ≈ predicting the mean). For models linear in θ this changes neither
-    the chosen s nor any prediction: the free bias absorbs the mean and s is invariant to the scale.
+    Targets are standardized with the statistics of all labels, as ``fitting.fit`` does, so CV
+    losses are in standardized units (1 ≈ predicting the mean). For models linear in θ this changes
+    neither the chosen s nor any prediction: the free bias absorbs the mean and s is invariant to
+    the scale.
     """
     config = as_config(config)
     compiled = COMPILED.get(config)
@@ -204,11 +206,12 @@ def route_for(problem, route: str = "auto") -> str:
     return "grid" if problem.loss.name == "squared" else "sgdf"
 
 
-# --- exact: linear and poly models -----------------------------------------------------------------
+# --- exact: linear and poly models ----------------------------------------------------------------
 
 
 class ExactCV:
-    """CV(s) and its hypergradient for a linear model: every fold solved exactly (``core.linear_cv``)."""
+    """CV(s) and its hypergradient for a linear model: every fold solved exactly
+    (``core.linear_cv``)."""
 
     route = "exact"
 
@@ -247,13 +250,14 @@ class ExactCV:
 
 
 def held_out_rows(problem, params, data: Data, masks):
-    """(n,) each row's loss under the fold that left it out (params stacked per fold; 0 for weight-0 rows)."""
+    """(n,) each row's loss under the fold that left it out (params stacked per fold; 0 for weight-0
+    rows)."""
     v = hyper.validation_masks(masks, data.w)
     per_row = jax.vmap(lambda p: objective.per_example_loss(problem, p, data.x, data.y))(params)
     return jnp.sum(v * per_row, axis=0)
 
 
-# --- sgdf: any model --------------------------------------------------------------------------------
+# --- sgdf: any model ------------------------------------------------------------------------------
 
 
 class SGDFCV:
@@ -261,8 +265,8 @@ class SGDFCV:
 
     The folds (and, with ``full``, one more training on every row, for G_pert) train at once under
     vmap as the labeled set with per-fold weights. Each evaluation starts from the evaluated folds
-    nearest in log s, moved by the first-order prediction θ + θ̇ Δs (Δs capped at a factor of 2), and
-    runs ``steps`` SGDF steps with a fresh optimizer; θ̇ is carried along.
+    nearest in log s, moved by the first-order prediction θ + θ̇ Δs (Δs capped at a factor of 2),
+    and runs ``steps`` SGDF steps with a fresh optimizer; θ̇ is carried along.
     """
 
     def __init__(

@@ -1,12 +1,14 @@
-"""The layout of a run's checkpoint, from its config alone (numpy only: ``alloop verify`` never imports JAX).
+"""The layout of a run's checkpoint, from its config alone (numpy only: ``alloop verify`` never
+imports JAX).
 
-A checkpoint (``fit.checkpoint_tree``) stores θ, θ̇, the optax optimizer state and that state's tangent.
-Their structure follows from the model spec and the optimizer: the core's ``linear``/``poly`` models are
-``{"w": (p, outputs), "b": (outputs,)}`` and its ``mlp`` a list of such layers; ``optax.sgd`` keeps a
-momentum trace (when momentum > 0) and a step count, ``optax.adam`` a count and the moments μ and ν, and
-the learning-rate schedule a count; the state's tangent has one array per floating leaf of the state.
-``tests/test_verify_layout.py`` checks this equals ``fit.checkpoint_like`` (built by JAX) for every model
-kind and optimizer, so the two cannot drift apart unnoticed.
+A checkpoint (``fit.checkpoint_tree``) stores θ, θ̇, the optax optimizer state and that state's
+tangent. Their structure follows from the model spec and the optimizer: the core's
+``linear``/``poly`` models are ``{"w": (p, outputs), "b": (outputs,)}`` and its ``mlp`` a list of
+such layers; ``optax.sgd`` keeps a momentum trace (when momentum > 0) and a step count,
+``optax.adam`` a count and the moments μ and ν, and the learning-rate schedule a count; the state's
+tangent has one array per floating leaf of the state. ``tests/test_verify_layout.py`` checks this
+equals ``fit.checkpoint_like`` (built by JAX) for every model kind and optimizer, so the two cannot
+drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def _leaves(tree) -> list:
 
 
 def layout_tree(config: RunConfig) -> dict:
-    """The checkpoint's tree with ``(shape, dtype)`` leaves (nodes are dicts and lists; optax's tuples become dicts keyed "0", "1")."""
+    """The checkpoint's tree with ``(shape, dtype)`` leaves (nodes are dicts and lists; optax's
+    tuples become dicts keyed "0", "1")."""
     config = as_config(config)
     params = param_shapes(config)
     train = config.train
@@ -68,7 +71,8 @@ def layout_tree(config: RunConfig) -> dict:
 
 
 def checkpoint_like(config: RunConfig) -> dict:
-    """Zeros laid out as the run's checkpoint: what ``checkpoint.load_tree`` checks a file against, without JAX."""
+    """Zeros laid out as the run's checkpoint: what ``checkpoint.load_tree`` checks a file against,
+    without JAX."""
 
     def zeros(tree):
         if isinstance(tree, dict):

@@ -15,10 +15,12 @@ The rules (thresholds in ``StopRules``; each says stop at the first round where 
 
 - ``stable_predictions`` (regression): the relative change of the stop-set predictions between
   successive rounds, rms(new − old) / std(old), stays below ``change_threshold`` for
-  ``change_rounds`` comparisons in a row (the regression analogue of Bloodgood & Vijay-Shanker 2009).
+  ``change_rounds`` comparisons in a row (the regression analogue of Bloodgood & Vijay-Shanker
+  2009).
 - ``kappa`` (classification): the mean Cohen's kappa of successive models' predicted classes on the
   stop set over the last ``kappa_window`` comparisons reaches ``kappa_threshold`` (Bloodgood &
-  Vijay-Shanker 2009 used window 3, threshold 0.99; window 1 saved more labels within the tolerance here).
+  Vijay-Shanker 2009 used window 3, threshold 0.99; window 1 saved more labels within the tolerance
+  here).
 - ``cv_plateau``: the CV loss improved by at most ``cv_tolerance`` (relative) over the last
   ``cv_window`` rounds.
 - ``sld_fall``: the mean SLD on the stop set, the tangent's measure of how much a label can still
@@ -46,9 +48,10 @@ PRIMARY = {"regression": "stable_predictions", "classification": "kappa"}
 
 @dataclass(frozen=True)
 class StopRules:
-    """Thresholds of the rules. The deciding rules' defaults are the values ``benchmarks/stopping.py`` chose on the
-    bundled datasets (most labels saved with ≤ 2% test error given up, ≤ 0.5 points for classification, docs/results.md);
-    for ``cv_plateau`` and ``sld_fall`` no value tried met that tolerance, so they are evidence, not the decision."""
+    """Thresholds of the rules. The deciding rules' defaults are the values
+    ``benchmarks/stopping.py`` chose on the bundled datasets (most labels saved with ≤ 2% test error
+    given up, ≤ 0.5 points for classification, docs/results.md); for ``cv_plateau`` and ``sld_fall``
+    no value tried met that tolerance, so they are evidence, not the decision."""
 
     change_threshold: float = 0.05
     change_rounds: int = 3
@@ -73,7 +76,8 @@ class StopRules:
 
 
 def prediction_change(old, new) -> float:
-    """rms(new − old) / std(old) over the stop set (per target, the largest); 0 for identical predictions."""
+    """rms(new − old) / std(old) over the stop set (per target, the largest); 0 for identical
+    predictions."""
     old = np.asarray(old, np.float64).reshape(len(old), -1)
     new = np.asarray(new, np.float64).reshape(len(new), -1)
     if old.shape != new.shape or len(old) == 0:
@@ -85,7 +89,8 @@ def prediction_change(old, new) -> float:
 
 
 def cohen_kappa(a, b) -> float:
-    """Cohen's kappa of two labelings of the same rows: 1 for identical ones, 0 for agreement by chance."""
+    """Cohen's kappa of two labelings of the same rows: 1 for identical ones, 0 for agreement by
+    chance."""
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     if a.shape != b.shape or len(a) == 0:
         raise ValueError(f"labelings of different lengths {a.shape} and {b.shape}")
@@ -101,26 +106,30 @@ STOP_SET_ROWS = 1000
 
 
 def stop_rows(seed: int, n_pool: int) -> np.ndarray:
-    """The stop set's rows: a fixed uniform sample of the pool (sorted indices), drawn from the run's seed alone."""
+    """The stop set's rows: a fixed uniform sample of the pool (sorted indices), drawn from the
+    run's seed alone."""
     rng = np.random.default_rng([int(seed), 0x5709])
     return np.sort(rng.choice(n_pool, size=min(STOP_SET_ROWS, n_pool), replace=False))
 
 
 def stop_predictions(outputs, rows: int, task: str) -> np.ndarray:
-    """A model's raw outputs on the stop set as the rules compare them: (rows,) classes, or (rows, outputs) values."""
+    """A model's raw outputs on the stop set as the rules compare them: (rows,) classes, or (rows,
+    outputs) values."""
     out = np.asarray(outputs, np.float64).reshape(rows, -1)
     return np.argmax(out, axis=1) if task == "classification" else out
 
 
 def compare(old, new, task: str, rows: int) -> tuple[float | None, float | None]:
-    """(change, kappa) of successive stop-set predictions (flat or shaped): the change for regression, kappa for classification."""
+    """(change, kappa) of successive stop-set predictions (flat or shaped): the change for
+    regression, kappa for classification."""
     if task == "classification":
         return None, cohen_kappa(old, new)
     return prediction_change(np.reshape(old, (rows, -1)), np.reshape(new, (rows, -1))), None
 
 
 def signals(history: list[dict], task: str) -> list[dict]:
-    """Per round: labels, change and kappa against the previous round (None for the first), cv_loss, mean_sld."""
+    """Per round: labels, change and kappa against the previous round (None for the first), cv_loss,
+    mean_sld."""
     out, prev = [], None
     for r in history:
         change, kappa = r.get("change"), r.get("kappa")
@@ -144,7 +153,8 @@ def signals(history: list[dict], task: str) -> list[dict]:
 
 
 def rounds_from_history(records: list[dict]) -> list[dict]:
-    """The rounds of a run's history.jsonl: the ``stop`` signals of its trainings, the last one per label count."""
+    """The rounds of a run's history.jsonl: the ``stop`` signals of its trainings, the last one per
+    label count."""
     by_labels: dict = {}
     for r in records:
         if r.get("command") == "train" and isinstance(r.get("stop"), dict):
@@ -219,14 +229,16 @@ def rules_for(task: str) -> tuple[str, ...]:
 def stop_rounds(
     history: list[dict], task: str = "regression", rules: StopRules | None = None
 ) -> dict[str, int | None]:
-    """For each rule of the task: the index (into ``history``) of the first round at which it says stop, or None."""
+    """For each rule of the task: the index (into ``history``) of the first round at which it says
+    stop, or None."""
     rules = rules or StopRules()
     sig = signals(history, task)
     return {name: _RULE_FNS[name](sig, rules) for name in rules_for(task)}
 
 
 def decide(history: list[dict], task: str = "regression", rules: StopRules | None = None) -> dict:
-    """Whether to stop now, and why: {"stop", "rule", "reasons", "rules": {name: {"stop", "round", "labels", "why"}}, "thresholds"}."""
+    """Whether to stop now, and why: {"stop", "rule", "reasons", "rules": {name: {"stop", "round",
+    "labels", "why"}}, "thresholds"}."""
     rules = rules or StopRules()
     sig = signals(history, task)
     at = {name: _RULE_FNS[name](sig, rules) for name in rules_for(task)}
@@ -263,28 +275,36 @@ def _why(name: str, sig: list[dict], rules: StopRules) -> str:
     if name == "stable_predictions":
         recent = [s["change"] for s in sig[-rules.change_rounds :]]
         return (
-            f"relative change of the stop-set predictions over the last {len(recent)} rounds {', '.join(_fmt(c) for c in recent)} "
-            f"(stop below {rules.change_threshold:g} for {rules.change_rounds} rounds)"
+            f"relative change of the stop-set predictions over the last {len(recent)} rounds "
+            f"{', '.join(_fmt(c) for c in recent)} (stop below {rules.change_threshold:g} for "
+            f"{rules.change_rounds} rounds)"
         )
     if name == "kappa":
         recent = [s["kappa"] for s in sig[-rules.kappa_window :]]
         return (
             f"kappa of successive models on the stop set {', '.join(_fmt(k) for k in recent)} "
-            f"(stop when the mean of the last {rules.kappa_window} reaches {rules.kappa_threshold:g})"
+            f"(stop when the mean of the last {rules.kappa_window} reaches "
+            f"{rules.kappa_threshold:g})"
         )
     if name == "cv_plateau":
         cv = [s["cv_loss"] for s in sig]
         if not any(_finite(c) for c in cv):
             return "no CV loss recorded (it is computed with --s auto or loocv)"
         if len(cv) > rules.cv_window:
-            seen = f"CV loss {_fmt(cv[-1])}, {rules.cv_window} rounds before {_fmt(cv[-1 - rules.cv_window])}"
+            seen = (
+                f"CV loss {_fmt(cv[-1])}, {rules.cv_window} rounds before "
+                f"{_fmt(cv[-1 - rules.cv_window])}"
+            )
         else:
             seen = f"CV loss {_fmt(cv[-1])}, fewer than {rules.cv_window + 1} rounds"
-        return (
-            seen
-            + f" (stop when it improves by at most {rules.cv_tolerance:.0%} over {rules.cv_window} rounds)"
+        return seen + (
+            f" (stop when it improves by at most {rules.cv_tolerance:.0%} over "
+            f"{rules.cv_window} rounds)"
         )
     vals = [s["mean_sld"] for s in sig if _finite(s["mean_sld"])]
     if not vals:
         return "no SLD recorded"
-    return f"mean SLD on the stop set {_fmt(vals[-1])}, {vals[-1] / max(vals):.3g} of its peak {_fmt(max(vals))} (stop at {rules.sld_fraction:g} of the peak)"
+    return (
+        f"mean SLD on the stop set {_fmt(vals[-1])}, {vals[-1] / max(vals):.3g} of its peak "
+        f"{_fmt(max(vals))} (stop at {rules.sld_fraction:g} of the peak)"
+    )

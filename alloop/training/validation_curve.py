@@ -57,9 +57,9 @@ def validation_curve(
     tangent=None,
     mode: str = "auto",
 ) -> Curve:
-    """The criterion ``mode`` minimizes over ``grid`` (k-fold CV, or closed-form LOOCV for "loocv"), with
-    closed-form LOOCV and G_pert beside it where tractable, and the s the mode chooses (auto shares the
-    grid's fold trainings).
+    """The criterion ``mode`` minimizes over ``grid`` (k-fold CV, or closed-form LOOCV for "loocv"),
+    with closed-form LOOCV and G_pert beside it where tractable, and the s the mode chooses (auto
+    shares the grid's fold trainings).
     """
     tc = tune_config(config)
     route, ev, k = evaluator(config, x, y, tc, params, tangent, full=True)
@@ -94,7 +94,8 @@ def validation_curve(
 
 
 def plot_png(curve: Curve, title: str = "") -> bytes:
-    """The validation error against s (log axis), local minima and the chosen s marked: PNG bytes."""
+    """The validation error against s (log axis), local minima and the chosen s marked: PNG
+    bytes."""
     import io
 
     from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas
