@@ -93,28 +93,6 @@ def test_herding_brings_the_labeled_sample_closer_to_the_pool_than_random_draws(
     assert ours < np.quantile(random_draws, 0.05)
 
 
-def test_herding_gains_are_each_picks_drop_of_the_objective():
-    """#32: the query file's score for herding was k, k-1, ..., 1. It is now each pick's gain
-    μ(x) − Σ k(x, s) / (m + 1), recomputed here by hand (every row a reference, so μ is the pool's)."""
-    from alloop.core.diversity import herding, rbf_bandwidth
-
-    z = np.random.default_rng(7).normal(size=(120, 3))
-    labeled = z[:4]
-    idx, gains = herding(z, labeled, 5, np.random.default_rng(8), reference=120, with_gains=True)
-    assert idx.tolist() == herding(z, labeled, 5, np.random.default_rng(8), reference=120).tolist()
-    rng = np.random.default_rng(8)
-    h = rbf_bandwidth(z[rng.choice(120, size=120, replace=False)], rng)
-
-    def k(a, b):
-        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / h)
-
-    for j, i in enumerate(idx):
-        chosen = np.r_[labeled, z[idx[:j]]]
-        want = k(z[i : i + 1], z).mean() - k(z[i : i + 1], chosen).sum() / (len(chosen) + 1)
-        assert abs(gains[j] - want) <= 1e-9 * abs(want) + 1e-12
-    assert not np.allclose(gains, np.arange(5, 0, -1))
-
-
 def test_herding_fills_what_the_labels_leave_thin():
     """20 labels already in the big cluster: the next rows go mostly to the small one, which has none."""
     from alloop.core.diversity import herding

@@ -141,10 +141,3 @@ def test_poly_help_says_it_has_no_interaction_terms(runs):
     for command in ("init", "simulate"):
         shown = " ".join(ok(invoke([command, "--help"], runs)).stdout.split())
         assert "no interaction terms" in shown, command
-
-
-def test_a_herding_query_file_scores_each_row_by_its_gain(run, runs):
-    """#32: herding's score was k, k-1, ..., 1, which says nothing `rank` does not."""
-    q = ok(invoke(["query", "r", "-k", "4", "--strategy", "herding", "--json"], runs)).json()
-    scores = pd.read_csv(q["path"])["score"].to_numpy()
-    assert scores.tolist() != [4.0, 3.0, 2.0, 1.0] and all(abs(scores) < 1)

@@ -113,8 +113,7 @@ def herding(
     reference: int = HERDING_REFERENCE,
     chunk: int = 4096,
     weights: np.ndarray | None = None,
-    with_gains: bool = False,
-):
+) -> np.ndarray:
     """Greedy kernel herding: k rows of ``z`` (a uniform sample of the pool) chosen one at a time so
     that the labeled and chosen rows together come closest to the pool in maximum mean discrepancy
     (RBF kernel, median-heuristic bandwidth).
@@ -124,13 +123,11 @@ def herding(
     The batch follows the pool's density where the labels are thin, and never shifts the labeled
     sample away from the pool the way leverage-seeking picks do. ``weights`` (one per row of
     ``z``, ≥ 0) tilt the target from the pool to the pool reweighted by them. Returns the indices
-    in the order chosen; ``with_gains``: also each pick's gain μ(x) − Σ k(x, s) / (m + 1) when it
-    was chosen (what the query file shows).
+    in the order chosen.
     """
     n = len(z)
     if n == 0 or k <= 0:
-        none = np.zeros(0, np.int64)
-        return (none, np.zeros(0)) if with_gains else none
+        return np.zeros(0, np.int64)
     pick = rng.choice(n, size=min(reference, n), replace=False)
     ref = z[pick]
     h = rbf_bandwidth(ref, rng)
@@ -146,17 +143,14 @@ def herding(
         near += rbf(z, z_labeled[i : i + chunk], h).sum(axis=1)
     m = len(z_labeled)
     chosen: list[int] = []
-    gains: list[float] = []
     for _ in range(min(k, n)):
         gain = mu - near / (m + 1)
         gain[chosen] = -np.inf
         j = int(np.argmax(gain))
         chosen.append(j)
-        gains.append(float(gain[j]))
         near += rbf(z, z[j : j + 1], h)[:, 0]
         m += 1
-    idx = np.asarray(chosen, np.int64)
-    return (idx, np.asarray(gains)) if with_gains else idx
+    return np.asarray(chosen, np.int64)
 
 
 # --- LCMD: the largest cluster's most distant point -----------------------------------------------

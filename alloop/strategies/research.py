@@ -85,6 +85,12 @@ def sample_keep(rnd: Round, k: int):
     return score, max(4 * k, min(n, MAX_FEATURE_FLOATS // max(rnd.model.n_params, 1)))
 
 
+def in_order(idx) -> Pick:
+    """A deterministic pick whose score is only its order (first chosen highest): herding's
+    batches. Its gains are not monotone down the batch, and a query file lists rows by score."""
+    return deterministic(idx, np.arange(len(idx), 0, -1, dtype=np.float64))
+
+
 def top(scores: np.ndarray, k: int, ids: np.ndarray) -> np.ndarray:
     """The k highest scores, best first; ties go to the smaller id (as the streaming top-k)."""
     s = np.where(np.isfinite(scores), scores, -np.inf)
@@ -290,8 +296,8 @@ def herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Kernel herding over the kept rows (standardized inputs): the batch that brings the labeled
     sample closest to the pool."""
     z = rnd.z(kept.x)
-    rng = np.random.default_rng(rnd.seed)
-    return deterministic(*diversity.herding(z, labeled_z(rnd, z.shape[1]), k, rng, with_gains=True))
+    idx = diversity.herding(z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed))
+    return in_order(idx)
 
 
 def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
@@ -302,10 +308,10 @@ def sld_herding_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     w = 0.5 / max(len(sld), 1) + (
         0.5 * sld / sld.sum() if sld.sum() > 0 else 0.5 / max(len(sld), 1)
     )
-    rng = np.random.default_rng(rnd.seed)
-    return deterministic(
-        *diversity.herding(z, labeled_z(rnd, z.shape[1]), k, rng, weights=w, with_gains=True)
+    idx = diversity.herding(
+        z, labeled_z(rnd, z.shape[1]), k, np.random.default_rng(rnd.seed), weights=w
     )
+    return in_order(idx)
 
 
 # --- diversity in the model's own space -----------------------------------------------------------
@@ -363,8 +369,8 @@ def lcmd_pick_with(weights_of):
 def herding_grad_pick(kept: stream.Kept, rnd: Round, k: int) -> Pick:
     """Kernel herding (``herding``) in the model's gradient space instead of the inputs."""
     e, e_lab = model_space(kept, rnd)
-    rng = np.random.default_rng(rnd.seed)
-    return deterministic(*diversity.herding(e, e_lab, k, rng, with_gains=True))
+    idx = diversity.herding(e, e_lab, k, np.random.default_rng(rnd.seed))
+    return in_order(idx)
 
 
 # --- a uniform share: the guard against losing to random ------------------------------------------
