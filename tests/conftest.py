@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-# Tests never write into the user's compilation cache (alloop/core/compile_cache.py); test_round_trip.py
-# turns it on, in a temporary folder, where it is the subject. Subprocesses inherit this.
+# Tests never write into the user's compilation cache (alloop/core/compile_cache.py);
+# test_round_trip.py turns it on, in a temporary folder, where it is the subject. Subprocesses
+# inherit this.
 os.environ["ALLOOP_NO_CACHE"] = "1"
 
 
@@ -30,7 +31,8 @@ def alloop_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prepared_run(alloop_data, tmp_path_factory):
-    """A run mid-cycle, built once: 3 seed labels, round 1 queried (5 rows), 3 of them ingested, 2 outstanding."""
+    """A run mid-cycle, built once: 3 seed labels, round 1 queried (5 rows), 3 of them ingested, 2
+    outstanding."""
     from cli_helpers import FAST, fill, invoke
 
     runs = tmp_path_factory.mktemp("prepared-runs")
@@ -70,7 +72,8 @@ def run(prepared_run, runs):
 
 @pytest.fixture(scope="session")
 def aws_env():
-    """Credentials for the local S3 endpoint, for this process and its children; no $AWS_ENDPOINT_URL from outside."""
+    """Credentials for the local S3 endpoint, for this process and its children; no
+    $AWS_ENDPOINT_URL from outside."""
     from s3_helpers import CREDENTIALS
 
     mp = pytest.MonkeyPatch()
@@ -83,8 +86,8 @@ def aws_env():
 
 @pytest.fixture(scope="session")
 def s3(aws_env):
-    """A local S3 endpoint (moto's server on a free port of 127.0.0.1) with an empty bucket ``s3_helpers.BUCKET``:
-    yields (endpoint URL, boto3 client)."""
+    """A local S3 endpoint (moto's server on a free port of 127.0.0.1) with an empty bucket
+    ``s3_helpers.BUCKET``: yields (endpoint URL, boto3 client)."""
     import boto3
     from moto.server import ThreadedMotoServer
     from s3_helpers import BUCKET, REGION

@@ -45,7 +45,8 @@ def flat_linear(tree) -> np.ndarray:
 
 
 def cosine(a, b) -> float:
-    """The cosine of the angle between a and b; 0 when either is zero (a zero vector agrees with nothing)."""
+    """The cosine of the angle between a and b; 0 when either is zero (a zero vector agrees with
+    nothing)."""
     a, b = np.ravel(a), np.ravel(b)
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / norms) if norms > 0 else 0.0

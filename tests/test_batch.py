@@ -1,4 +1,5 @@
-"""SLD-weighted k-means++ batches: spread out, follow the scores, refuse outliers' pull, reproducible."""
+"""SLD-weighted k-means++ batches: spread out, follow the scores, refuse outliers' pull,
+reproducible."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_zero_score_rows_are_never_drawn_while_others_remain():
 
 
 def test_batch_spreads_out_compared_with_top_k():
-    """A tight cluster of the highest scores: top-k takes the cluster, kpp leaves it after a pick or two."""
+    """A tight cluster of the highest scores: top-k takes the cluster, kpp leaves it after a pick or
+    two."""
     rng = np.random.default_rng(2)
     z = np.r_[rng.normal(0, 0.01, size=(50, 2)), rng.normal(0, 3, size=(450, 2))]
     s = np.r_[np.full(50, 10.0), np.ones(450)]
@@ -36,7 +38,8 @@ def test_batch_spreads_out_compared_with_top_k():
 
 
 def test_clip_bounds_an_outlier_score():
-    """A row with a wild score among ordinary ones: drawn almost always unclipped, rarely once clipped."""
+    """A row with a wild score among ordinary ones: drawn almost always unclipped, rarely once
+    clipped."""
     z = np.linspace(-1, 1, 100)[:, None]
     s = np.ones(100)
     s[50] = 1e9
@@ -51,7 +54,7 @@ def test_clip_bounds_an_outlier_score():
     assert draw(0.9) < 0.1
 
 
-# --- kernel herding --------------------------------------------------------------------------------
+# --- kernel herding -------------------------------------------------------------------------------
 
 
 def _mmd2(sample: np.ndarray, pool: np.ndarray, h: float) -> float:
@@ -68,7 +71,8 @@ def _two_clusters(rng, big=800, small=200):
 
 
 def test_herding_follows_the_pool_density():
-    """Nothing labeled: 10 rows from a pool that is 80% one cluster, 20% another are split about 8 to 2."""
+    """Nothing labeled: 10 rows from a pool that is 80% one cluster, 20% another are split about 8
+    to 2."""
     from alloop.core.diversity import herding
 
     rng = np.random.default_rng(0)
@@ -94,7 +98,8 @@ def test_herding_brings_the_labeled_sample_closer_to_the_pool_than_random_draws(
 
 
 def test_herding_fills_what_the_labels_leave_thin():
-    """20 labels already in the big cluster: the next rows go mostly to the small one, which has none."""
+    """20 labels already in the big cluster: the next rows go mostly to the small one, which has
+    none."""
     from alloop.core.diversity import herding
 
     rng = np.random.default_rng(4)
@@ -126,11 +131,12 @@ def test_herding_weights_tilt_the_target_and_uniform_weights_change_nothing():
     assert np.sum(plain >= 800) <= 3 and 4 <= np.sum(tilted >= 800) <= 6
 
 
-# --- LCMD: the largest cluster's most distant point -------------------------------------------------
+# --- LCMD: the largest cluster's most distant point -----------------------------------------------
 
 
 def _lcmd_by_hand(e, labeled, k, w):
-    """LCMD spelled out with loops: clusters of nearest centers, sizes Σ w d², the biggest one's farthest row."""
+    """LCMD spelled out with loops: clusters of nearest centers, sizes Σ w d², the biggest one's
+    farthest row."""
     centers, chosen = [tuple(c) for c in labeled], []
     for _ in range(k):
         best = {}

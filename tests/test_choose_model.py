@@ -1,10 +1,11 @@
-"""``--model auto``: the run chooses linear, poly 2, poly 3 or an MLP by the cross-validated loss of its own labels.
+"""``--model auto``: the run chooses linear, poly 2, poly 3 or an MLP by the cross-validated loss of
+its own labels.
 
 Checked against the generating function (a linear target picks linear; a cubic one picks poly 3; a
 sine, which no polynomial of degree 3 follows, the MLP), the switching margin, the MLP's grid CV
-against fold trainings written out one by one, the run's files (the checkpoint has the chosen model's
-shapes, verify agrees), a switch when new labels show curvature, and the user's mistakes (exit 2, one
-line, run unchanged).
+against fold trainings written out one by one, the run's files (the checkpoint has the chosen
+model's shapes, verify agrees), a switch when new labels show curvature, and the user's mistakes
+(exit 2, one line, run unchanged).
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def test_a_sine_that_no_cubic_follows_picks_the_mlp():
 
 
 def test_grid_cv_equals_each_fold_trained_alone_on_its_own_rows():
-    """Every (fold, s) of the vmapped, padded grid training against an unpadded training on the fold's rows only:
-    the held-out rows must not reach the fold's model, and the CV loss is their mean squared error."""
+    """Every (fold, s) of the vmapped, padded grid training against an unpadded training on the
+    fold's rows only: the held-out rows must not reach the fold's model, and the CV loss is their
+    mean squared error."""
     from alloop.core import objective, sgdf
 
     x, y = _xy(lambda x: np.sin(2.0 * x[:, 0]) + x[:, 1], n=45, seed=2)
@@ -158,7 +160,8 @@ def test_grid_cv_equals_each_fold_trained_alone_on_its_own_rows():
         got.s == grid[int(np.argmin([e.loss for e in got.evaluations]))]
         and got.folds == len(masks) == 5
     )
-    # each label's held-out loss at the chosen s (what the one-standard-error rule pairs across candidates)
+    # each label's held-out loss at the chosen s (what the one-standard-error rule pairs across
+    # candidates)
     np.testing.assert_allclose(got.row_loss, rows_at_chosen, rtol=5e-3, atol=1e-4)
 
 
@@ -514,7 +517,8 @@ def test_candidates_are_the_configs():
 
 
 def test_a_poly_model_is_its_polynomial_within_3_sd_and_goes_on_linearly_beyond():
-    """The poly candidates of auto must not explode on a heavy tail's rows (docs/results.md): powers from 2 on stop at ±3 sd."""
+    """The poly candidates of auto must not explode on a heavy tail's rows (docs/results.md): powers
+    from 2 on stop at ±3 sd."""
     from alloop.core import models
     from alloop.sim import ridge
 
@@ -536,11 +540,12 @@ def test_a_poly_model_is_its_polynomial_within_3_sd_and_goes_on_linearly_beyond(
     )  # simulate's ridge = the run's model
 
 
-# --- the pool check: a flexible fit that varies more on the pool than the labels allow is ruled out -------
+# --- the pool check: a flexible fit that varies more on the pool than the labels allow is ruled out
 
 
 def test_pool_spread_is_the_variance_of_the_exact_fit_on_the_pool_over_the_labels():
-    """Against closed-form ridge in numpy (simulate's learner): the fit at s on every label, its predictions on the pool."""
+    """Against closed-form ridge in numpy (simulate's learner): the fit at s on every label, its
+    predictions on the pool."""
     from alloop.sim import ridge
 
     x, y = _xy(lambda x: x[:, 0] ** 2 + x[:, 1], n=25, seed=5)
@@ -561,7 +566,8 @@ def test_pool_spread_is_the_variance_of_the_exact_fit_on_the_pool_over_the_label
 
 
 def test_the_grids_spread_is_its_chosen_folds_predictions_on_the_pool():
-    """The MLP's spread: the chosen s's fold trainings (each trained alone here), their pool variance averaged."""
+    """The MLP's spread: the chosen s's fold trainings (each trained alone here), their pool
+    variance averaged."""
     from alloop.core import objective, sgdf
 
     x, y = _xy(lambda x: np.sin(2.0 * x[:, 0]) + x[:, 1], n=45, seed=2)
@@ -599,9 +605,10 @@ def test_the_grids_spread_is_its_chosen_folds_predictions_on_the_pool():
 
 
 def test_a_polynomial_that_runs_wild_on_the_pool_is_ruled_out_though_its_cv_is_lowest():
-    """Labels near 0 of a target with curvature there: poly 3 cross-validates best. On a pool that reaches further
-    (where its cubic term grows, and the true target is bounded), its predictions vary far more than the labels:
-    it is ruled out, and the choice says why. On a pool like the labels, it stays the choice."""
+    """Labels near 0 of a target with curvature there: poly 3 cross-validates best. On a pool that
+    reaches further (where its cubic term grows, and the true target is bounded), its predictions
+    vary far more than the labels: it is ruled out, and the choice says why. On a pool like the
+    labels, it stays the choice."""
     rng = np.random.default_rng(7)
     x = rng.uniform(-1.0, 1.0, size=(30, 1)).astype(np.float32)
     y = (np.tanh(2.0 * x[:, 0]) + 0.02 * rng.normal(size=30))[
@@ -615,7 +622,8 @@ def test_a_polynomial_that_runs_wild_on_the_pool_is_ruled_out_though_its_cv_is_l
     assert choose_model.choose(config, x, y, x_pool=near).model.label() == "poly 3"
     guarded = choose_model.choose(config, x, y, x_pool=far)
     assert guarded.model.label() != "poly 3" and "poly 3 ruled out" in guarded.reason
-    # the rule, from the recorded figures: ruled out exactly when above Var y's upper limit plus its CV loss and above linear's
+    # the rule, from the recorded figures: ruled out exactly when above Var y's upper limit plus its
+    # CV loss and above linear's
     from scipy import stats
 
     limit = 29 / stats.chi2.ppf(0.05, 29)  # the exact quantile: 30 labels
@@ -641,11 +649,12 @@ def test_the_linear_model_is_never_ruled_out():
     assert picked.model.label() == "linear"
 
 
-# --- the one-standard-error rule ----------------------------------------------------------------------
+# --- the one-standard-error rule ------------------------------------------------------------------
 
 
 def _refit_rows(spec, x, y, s, masks):
-    """Each label's held-out squared error (standardized target) from numpy ridge refitted on its fold's other rows."""
+    """Each label's held-out squared error (standardized target) from numpy ridge refitted on its
+    fold's other rows."""
     from alloop.sim import ridge
 
     config = _config(x.shape[1]).replace(model=spec)
@@ -685,8 +694,8 @@ def test_each_labels_held_out_loss_is_its_fold_refitted_without_it(n):
 
 
 def _one_large_count(seed=6, n=30):
-    """A linear target whose label furthest out in x0 carries a large count (+3 noise sd's ×10): the polynomials
-    bend toward that one label, and their lowest mean CV loss is that label's doing."""
+    """A linear target whose label furthest out in x0 carries a large count (+3 noise sd's ×10): the
+    polynomials bend toward that one label, and their lowest mean CV loss is that label's doing."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.0, 1.0, size=(n, 2)).astype(np.float32)
     y = 0.5 * x[:, 0] + x[:, 1] + 0.3 * rng.normal(size=n)
@@ -695,7 +704,8 @@ def _one_large_count(seed=6, n=30):
 
 
 def _row_losses(x, y) -> dict:
-    """Each candidate's per-label held-out losses at its own chosen s, fitted alone (label -> (n,))."""
+    """Each candidate's per-label held-out losses at its own chosen s, fitted alone (label ->
+    (n,))."""
     return {
         spec.label(): fitting_choose(spec, x, y)[1].row_loss
         for spec in choose_model.candidates(len(x), _config(2))
@@ -708,7 +718,8 @@ def test_a_flexible_models_lower_cv_carried_by_one_label_does_not_choose_it():
     lowest = min(picked.cv_loss, key=picked.cv_loss.get)
     assert lowest != "linear"  # by the mean alone, a polynomial
     assert picked.model.label() == "linear" and "within one standard error" in picked.reason
-    # the rule from each candidate's per-label losses, written out: linear's excess over the lowest is under one SE
+    # the rule from each candidate's per-label losses, written out: linear's excess over the lowest
+    # is under one SE
     rows = _row_losses(x, y)
     d = rows["linear"] - rows[lowest]
     assert d.mean() == pytest.approx(picked.cv_loss["linear"] - picked.cv_loss[lowest], rel=1e-6)
@@ -719,9 +730,10 @@ def test_a_flexible_models_lower_cv_carried_by_one_label_does_not_choose_it():
 
 
 def test_a_flexible_model_in_use_stays_while_it_leads_the_one_se_choice_by_the_margin():
-    """Adopted on a lead beyond one SE, a flexible model is not dropped the round its lead dips inside it (on
-    elec_demand the choice flapped between poly 3 and the MLP every round), but stays only while it still leads
-    the simpler choice: within one SE of the lowest is not enough (on doctor_visits that held an MLP 80 labels)."""
+    """Adopted on a lead beyond one SE, a flexible model is not dropped the round its lead dips
+    inside it (on elec_demand the choice flapped between poly 3 and the MLP every round), but stays
+    only while it still leads the simpler choice: within one SE of the lowest is not enough (on
+    doctor_visits that held an MLP 80 labels)."""
     x, y = _one_large_count()
     fresh = choose_model.choose(_config(2), x, y)
     assert fresh.model.label() == "linear"  # from scratch, the one-SE rule
@@ -732,7 +744,8 @@ def test_a_flexible_model_in_use_stays_while_it_leads_the_one_se_choice_by_the_m
         assert (
             d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) + 1e-12
         )  # both within one SE of the lowest, written out
-    # poly 3's CV loss is below linear's by more than 2%, poly 2's is not: poly 3 stays, poly 2 gives way
+    # poly 3's CV loss is below linear's by more than 2%, poly 2's is not: poly 3 stays, poly 2
+    # gives way
     lead = rows["linear"].mean() / rows["poly 3"].mean() - 1.0
     assert (
         lead > choose_model.SWITCH_MARGIN
@@ -786,7 +799,8 @@ def test_paired_se_is_the_standard_error_of_the_mean_difference():
         np.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2
     )
     assert choose_model.paired_se(a, None) == 0.0 and choose_model.paired_se(a[:1], b[:1]) == 0.0
-    # one label alone: its difference D makes mean D/n and standard error D/n, never more than one SE apart
+    # one label alone: its difference D makes mean D/n and standard error D/n, never more than one
+    # SE apart
     one = np.zeros(50)
     one[7] = 9.0
     assert choose_model.paired_se(one, np.zeros(50)) == pytest.approx(one.mean())

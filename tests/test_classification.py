@@ -26,7 +26,8 @@ S = 2.0
 
 
 def _flat(tree) -> np.ndarray:
-    """The leaves in float64, concatenated in tree order (dict keys sorted: b before w), without jnp's float32."""
+    """The leaves in float64, concatenated in tree order (dict keys sorted: b before w), without
+    jnp's float32."""
     return np.concatenate(
         [np.ravel(np.asarray(a, np.float64)) for a in jax.tree_util.tree_leaves(tree)]
     )
@@ -36,7 +37,8 @@ _NEWTON: dict = {}
 
 
 def _newton_fns(prob, params):
-    """(f, grad, hess, ravel, unravel) of f/n in float64, jitted once per problem (data passed as arguments)."""
+    """(f, grad, hess, ravel, unravel) of f/n in float64, jitted once per problem (data passed as
+    arguments)."""
     key = id(prob)
     if key not in _NEWTON:
         cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)  # noqa: E731
@@ -56,7 +58,8 @@ def _newton_fns(prob, params):
 
 
 def newton64(prob, data, s, params0, iters=50):
-    """Damped Newton on f/n in float64 (minimum-norm steps where H is singular); returns params and ||∇||."""
+    """Damped Newton on f/n in float64 (minimum-norm steps where H is singular); returns params and
+    ||∇||."""
     with jax.enable_x64(True):
         f, grad, hess, ravel, unravel = _newton_fns(prob, params0)
         d = objective.Data(
@@ -116,7 +119,8 @@ def test_exact_tangent_of_logistic_regression_matches_finite_differences(logisti
 
 
 def test_sgdf_tangent_of_logistic_regression_matches_finite_differences(logistic_case):
-    """SGDF (full-batch SGD started at θ*): the tangent iteration converges to the retrained derivative."""
+    """SGDF (full-batch SGD started at θ*): the tangent iteration converges to the retrained
+    derivative."""
     prob, data, theta, fd = logistic_case
     cfg = sgdf.TrainConfig(optimizer="sgd", lr=0.5, epochs=300, batch_size=80, schedule="constant")
     state, _ = sgdf.fit(
@@ -131,14 +135,16 @@ def test_sgdf_tangent_of_logistic_regression_matches_finite_differences(logistic
 
 
 def _centered(tree) -> np.ndarray:
-    """A linear softmax tangent without its null direction (the same shift of every class's bias)."""
+    """A linear softmax tangent without its null direction (the same shift of every class's
+    bias)."""
     b = np.asarray(tree["b"], np.float64)
     return np.r_[np.asarray(tree["w"], np.float64).ravel(), b - b.mean()]
 
 
 @pytest.fixture(scope="module")
 def softmax_case():
-    """Three-class multinomial logistic regression: the app's loss, with its bias shift left free."""
+    """Three-class multinomial logistic regression: the app's loss, with its bias shift left
+    free."""
     prob, data, p0 = _linear_problem(losses.softmax_cross_entropy, 3, seed=1)
     theta, g = newton64(prob, data, S, p0)
     assert g < 1e-13
@@ -146,8 +152,9 @@ def softmax_case():
 
 
 def test_softmax_tangents_match_finite_differences(softmax_case):
-    """exact and cg agree with retraining, including the free bias shift: H is singular along it, and all
-    three leave it at zero (minimum-norm solve; CG and Newton's minimum-norm steps from zero stay off it)."""
+    """exact and cg agree with retraining, including the free bias shift: H is singular along it,
+    and all three leave it at zero (minimum-norm solve; CG and Newton's minimum-norm steps from zero
+    stay off it)."""
     prob, data, theta, fd = softmax_case
     assert abs(fd[:3].sum()) < 1e-9  # _flat orders dict keys: b, then w
     for res in (tangents.exact(prob, theta, S, data), tangents.cg(prob, theta, S, data)):
@@ -156,7 +163,8 @@ def test_softmax_tangents_match_finite_differences(softmax_case):
 
 
 def test_app_training_of_a_classifier_carries_the_tangent(softmax_case):
-    """What `alloop train` runs (fitting.fit: Adam, cosine decay, SGDF) gives the retrained tangent."""
+    """What `alloop train` runs (fitting.fit: Adam, cosine decay, SGDF) gives the retrained
+    tangent."""
     prob, data, theta, fd = softmax_case
     x = np.asarray(data.x)
     config = {
@@ -206,7 +214,8 @@ def test_duality_for_softmax_by_reweighted_retraining(softmax_case):
 
 
 def test_softmax_sld_is_the_variance_of_u_under_p():
-    """Q = Σ p u² − (Σ p u)², by hand, and unchanged by a common shift of u (the bias null direction)."""
+    """Q = Σ p u² − (Σ p u)², by hand, and unchanged by a common shift of u (the bias null
+    direction)."""
     logits = jnp.asarray([[0.0, 1.0, -1.0], [2.0, 2.0, 2.0]])
     u = jnp.asarray([[1.0, -2.0, 0.5], [3.0, 0.0, 0.0]])
     p = np.exp(np.asarray(logits)) / np.exp(np.asarray(logits)).sum(1, keepdims=True)
@@ -222,7 +231,8 @@ def test_softmax_sld_is_the_variance_of_u_under_p():
 
 
 def test_two_class_softmax_sld_equals_logistic_sld():
-    """Binary softmax with logits (z0, z1) is logistic regression on z1 − z0: same SLD, p(1 − p)(u1 − u0)²."""
+    """Binary softmax with logits (z0, z1) is logistic regression on z1 − z0: same SLD, p(1 − p)(u1
+    − u0)²."""
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(7, 2)), jnp.float32)
     u = jnp.asarray(rng.normal(size=(7, 2)), jnp.float32)
@@ -234,7 +244,8 @@ def test_two_class_softmax_sld_equals_logistic_sld():
 
 
 def test_unlabeled_sld_is_mc_mean_of_labeled_sld_for_a_trained_classifier(softmax_case):
-    """Identity 5 at a trained multinomial model with its exact tangent (test_scorers checks random ones)."""
+    """Identity 5 at a trained multinomial model with its exact tangent (test_scorers checks random
+    ones)."""
     prob, data, theta, _ = softmax_case
     theta = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), theta)
     tdot = tangents.exact(prob, theta, S, data).tangent
@@ -256,7 +267,8 @@ def test_unlabeled_sld_is_mc_mean_of_labeled_sld_for_a_trained_classifier(softma
 
 
 def _fixed_logits_problem(logits):
-    """A linear model whose output on the identity rows is ``logits`` (x = e_i, W = logits, b = 0)."""
+    """A linear model whose output on the identity rows is ``logits`` (x = e_i, W = logits, b =
+    0)."""
     logits = np.asarray(logits, np.float32)
     n, k = logits.shape
     model = models.linear(n, k)
@@ -313,7 +325,8 @@ def test_strategies_refuse_the_other_task(monkeypatch):
     for s in ("sld", "random", "committee", "greedy"):
         strategies.for_query(s, "classification")
         strategies.for_query(s, "regression")
-    # a strategy declared for regression only is refused on a classification run without further code
+    # a strategy declared for regression only is refused on a classification run without further
+    # code
     for s in ("emcm", "sld-seq"):
         strategies.for_query(s, "regression")
         with pytest.raises(UserError, match="is for regression runs"):
@@ -331,7 +344,8 @@ def test_strategies_refuse_the_other_task(monkeypatch):
 
 
 def test_classification_metrics_by_hand():
-    """Four rows, three classes (class 2 never occurs nor is predicted: macro-F1 averages classes 0 and 1)."""
+    """Four rows, three classes (class 2 never occurs nor is predicted: macro-F1 averages classes 0
+    and 1)."""
     p = np.array([[0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.25, 0.7, 0.05]])
     y = np.array([0, 1, 1, 1])
     m = fitting.classification_metrics(np.log(p), y, 3)
@@ -396,7 +410,8 @@ def test_extending_the_mapping_keeps_every_index():
 
 @pytest.mark.parametrize("spec", [{"kind": "linear"}, {"kind": "mlp", "hidden": [4]}])
 def test_growing_the_output_layer_keeps_the_trained_classes(spec):
-    """A checkpoint for 2 classes padded to 3: old logits unchanged, the new class's logit starts at 0 (linear) / its bias."""
+    """A checkpoint for 2 classes padded to 3: old logits unchanged, the new class's logit starts at
+    0 (linear) / its bias."""
     config = {
         "task": "classification",
         "classes": ["a", "b"],

@@ -1,4 +1,5 @@
-"""Curvature choices for non-convex models (docs/curvature.md) and the detection of a diverging tangent."""
+"""Curvature choices for non-convex models (docs/curvature.md) and the detection of a diverging
+tangent."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _flat(tree) -> np.ndarray:
 
 
 def _dense_curvature(prob, params, s, data) -> np.ndarray:
-    """The curvature matrix of f/n that ``prob`` defines (Hessian or Gauss-Newton, damping included), float64."""
+    """The curvature matrix of f/n that ``prob`` defines (Hessian or Gauss-Newton, damping
+    included), float64."""
     with jax.enable_x64(True):
         pr, p, s_, d = tangents._promote(prob, params, s, data, jnp.float64)
         flat, unravel = ravel_pytree(p)
@@ -33,7 +35,8 @@ def _dense_curvature(prob, params, s, data) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def saddle():
-    """A tanh MLP after 50 epochs of Adam (seeded, so the point is fixed): its Hessian is indefinite there."""
+    """A tanh MLP after 50 epochs of Adam (seeded, so the point is fixed): its Hessian is indefinite
+    there."""
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, size=(32, 2)).astype(np.float32)
     y = (np.sin(2 * x[:, :1]) * x[:, 1:] + 0.1 * rng.normal(size=(32, 1))).astype(np.float32)
@@ -83,7 +86,8 @@ def test_gauss_newton_tangent_is_well_defined_where_the_hessian_is_indefinite(sa
     "curvature,damping", [("hessian", 0.0), ("gauss-newton", 0.0), ("gauss-newton", 0.3)]
 )
 def test_fused_gradient_tangent_is_the_derivative_of_the_objective(loss, k, curvature, damping):
-    """SGDF's one-pass (g, ġ) equals the forward derivative of ∇(f_B/n) along (θ̇, ds = 1), for every curvature."""
+    """SGDF's one-pass (g, ġ) equals the forward derivative of ∇(f_B/n) along (θ̇, ds = 1), for
+    every curvature."""
     rng = np.random.default_rng(1)
     model = models.mlp(3, k, hidden=(5, 4), activation="tanh")
     params = model.init(jax.random.PRNGKey(0))
@@ -121,7 +125,8 @@ def test_fused_gradient_tangent_is_the_derivative_of_the_objective(loss, k, curv
 
 
 def _unstable(damping: float, epochs: int):
-    """Ridge with a negative damping: curvature − |λ|I in the tangent's iteration only (θ trains as usual)."""
+    """Ridge with a negative damping: curvature − |λ|I in the tangent's iteration only (θ trains as
+    usual)."""
     prob, data = ridge_problem(np.random.default_rng(1))
     cfg = sgdf.TrainConfig(
         optimizer="sgd", lr=0.05, epochs=epochs, batch_size=32, schedule="constant"

@@ -1,7 +1,7 @@
-"""Data-parallel training over several (forced host) devices: SGDF with every minibatch split over the
-devices trains the same θ and θ̇ as one device, still satisfies the ridge closed form, and is really
-partitioned (the compiled epoch works on a share of the rows and all-reduces); `alloop train --devices`
-writes the checkpoint one device would have.
+"""Data-parallel training over several (forced host) devices: SGDF with every minibatch split over
+the devices trains the same θ and θ̇ as one device, still satisfies the ridge closed form, and is
+really partitioned (the compiled epoch works on a share of the rows and all-reduces); `alloop train
+--devices` writes the checkpoint one device would have.
 
 The flag that makes the host CPU look like several devices must be set before JAX starts, so the
 checks run in subprocesses.
@@ -41,7 +41,8 @@ CORE = textwrap.dedent("""
         for u, v in zip(leaves(a), leaves(b)):
             assert np.max(np.abs(u - v)) <= tol * (np.max(np.abs(u)) + 1e-12), np.max(np.abs(u - v))
 
-    # 1. ridge: the tangent over 2, 3 and 4 devices (34 rows per step: uneven over 3 and 4) is the closed form's
+    # 1. ridge: the tangent over 2, 3 and 4 devices (34 rows per step: uneven over 3 and 4) is the
+    # closed form's
     prob, data = ridge_problem(np.random.default_rng(1), n=203)
     theta, tdot = ridge_closed_form(data, 1.0)
     cfg = sgdf.TrainConfig(optimizer="adam", lr=0.05, epochs=60, batch_size=34)
@@ -50,11 +51,14 @@ CORE = textwrap.dedent("""
         state, _ = sgdf.fit(prob, data, 1.0, cfg, devices=d)
         assert all(len(a.sharding.device_set) == d for a in jax.tree_util.tree_leaves(state.params))
         assert rel_err(flat_linear(state.params), theta) < 5e-3
-        assert cosine(flat_linear(state.tangent), tdot) >= 0.999, cosine(flat_linear(state.tangent), tdot)
+        assert cosine(flat_linear(state.tangent), tdot) >= 0.999, cosine(
+            flat_linear(state.tangent), tdot
+        )
         same(one, state, 1e-4)
 
     # 2. an MLP with the Gauss-Newton tangent, a resumed second half included
-    config = {"model": {"kind": "mlp", "hidden": [16, 8], "activation": "tanh"}, "task": "regression", "targets": ["y"],
+    config = {"model": {"kind": "mlp", "hidden": [16, 8], "activation": "tanh"},
+              "task": "regression", "targets": ["y"],
               "pool": {"features": [f"f{j}" for j in range(5)]},
               "standardizer": {"mean": [0.0] * 5, "std": [1.0] * 5}, "regularizer": "l2", "s": 1.0}
     rng = np.random.default_rng(0)
@@ -126,8 +130,9 @@ def test_cli_train_on_two_devices_writes_the_one_device_checkpoint(prepared_run,
         assert r.code == 0, r.stderr
     a, b = _checkpoint_arrays(runs / "one"), _checkpoint_arrays(runs / "two")
     assert a.keys() == b.keys() and a
-    # 6 labels, 150 Adam steps: at the optimum Adam divides tiny gradients by their tiny second moment, which
-    # amplifies the different order of float sums to ~0.3% (the core test above checks 1e-4 where it is well posed)
+    # 6 labels, 150 Adam steps: at the optimum Adam divides tiny gradients by their tiny second
+    # moment, which amplifies the different order of float sums to ~0.3% (the core test above checks
+    # 1e-4 where it is well posed)
     for group in ("params", "tangent"):
         keys = [k for k in a if k.startswith(group)]
         u, v = (np.concatenate([t[k].ravel() for k in keys]) for t in (a, b))

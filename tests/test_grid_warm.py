@@ -1,9 +1,10 @@
-"""The grid search's warm start (``choose_s.choose_grid(warm=...)``) and the stable folds it rests on.
+"""The grid search's warm start (``choose_s.choose_grid(warm=...)``) and the stable folds it rests
+on.
 
 A fold's training may start the next round's only if it never saw that fold's held-out rows, old or
-new: that holds when appending labels leaves the first rows' folds as they were. Checked on the masks
-themselves, then on a search: a warm start on other labels is refused, and a warm search on a small
-MLP lands on the cold search's CV loss within the spread of the grid.
+new: that holds when appending labels leaves the first rows' folds as they were. Checked on the
+masks themselves, then on a search: a warm start on other labels is refused, and a warm search on a
+small MLP lands on the cold search's CV loss within the spread of the grid.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""core.hyper: the hypergradient of a cross-validated loss, closed-form LOOCV, G_pert and the log-s search.
+"""core.hyper: the hypergradient of a cross-validated loss, closed-form LOOCV, G_pert and the log-s
+search.
 
 References are independent of the code under test: ridge regression solved with numpy on features
 built by hand from the standardizer (z = (x − mean)/scale, powers, a free bias), and brute-force
@@ -41,7 +42,8 @@ def _problem(rng, n=40, d=2, k=1, degree=DEGREE, anchor=False):
 
 
 def _features(prob, x, degree=DEGREE):
-    """A = [z, c², …, 1] by hand, c = z held within ±3: the model's design matrix, weights-then-bias layout."""
+    """A = [z, c², …, 1] by hand, c = z held within ±3: the model's design matrix, weights-then-bias
+    layout."""
     mean = np.asarray(prob.stats.mean, np.float64)
     scale = np.asarray(prob.stats.scale, np.float64)
     z = (np.asarray(x, np.float64) - mean) / scale
@@ -184,7 +186,8 @@ def test_loocv_closed_form_equals_brute_force_retraining(poly, s):
 
 
 def test_loocv_closed_form_multi_output_with_weights(rng):
-    """Two outputs and unequal row weights: the block form (I − w_i J_i M⁻¹ J_iᵀ)⁻¹ e_i, against retraining."""
+    """Two outputs and unequal row weights: the block form (I − w_i J_i M⁻¹ J_iᵀ)⁻¹ e_i, against
+    retraining."""
     prob, data, params0 = _problem(rng, n=25, k=2, degree=2)
     w = rng.choice([0.5, 1.0, 2.0], size=25)
     data = data._replace(w=jnp.asarray(w, jnp.float32))
@@ -202,7 +205,8 @@ def test_loocv_closed_form_multi_output_with_weights(rng):
 
 
 def test_loocv_closed_form_outputs_sharing_parameters(rng):
-    """Outputs coupled through shared weights, F = [z·w + b1, z·(w + v) + b2]: the k×k blocks are not diagonal."""
+    """Outputs coupled through shared weights, F = [z·w + b1, z·(w + v) + b2]: the k×k blocks are
+    not diagonal."""
     n, d, s = 20, 3, 0.4
     x = rng.normal(size=(n, d)).astype(np.float32)
     y = rng.normal(size=(n, 2))
@@ -242,7 +246,8 @@ def test_loocv_closed_form_outputs_sharing_parameters(rng):
 
 
 def test_loocv_folds_agree_with_closed_form_value_and_derivative(poly, exact_cv):
-    """LOOCV as n folds with exact tangents = the closed form, and its hypergradient = the closed form's derivative."""
+    """LOOCV as n folds with exact tangents = the closed form, and its hypergradient = the closed
+    form's derivative."""
     prob, data, _, form, _, y = poly
     for s in (0.01, 3.0):
         cv, grad = exact_cv(form, hyper.fold_masks(len(y), len(y)), s)
@@ -256,7 +261,8 @@ def test_loocv_folds_agree_with_closed_form_value_and_derivative(poly, exact_cv)
 
 
 def test_g_pert_on_ridge_is_loocv_to_first_order_in_the_leverage(poly):
-    """σ_jᵀH⁻¹σ_j = 2 e_j² h_jj for ridge, so G_pert = mean e²(1 + 2h), LOOCV's expansion of e²/(1−h)²."""
+    """σ_jᵀH⁻¹σ_j = 2 e_j² h_jj for ridge, so G_pert = mean e²(1 + 2h), LOOCV's expansion of
+    e²/(1−h)²."""
     prob, data, _, form, a, y = poly
     s = 2.0
     theta = _ridge(a, y, s)

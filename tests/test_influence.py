@@ -74,7 +74,8 @@ def _flat(t):
 
 
 def test_total_influence_equals_s_squared_times_labeled_sld():
-    """(Σ_i ∇L(z_i)ᵀ H⁻¹ ∇L(z))² = s² (∇L(z)·θ̇)², because Σ_i ∇L(z_i) = −sρ at the optimum (59–63)."""
+    """(Σ_i ∇L(z_i)ᵀ H⁻¹ ∇L(z))² = s² (∇L(z)·θ̇)², because Σ_i ∇L(z_i) = −sρ at the optimum
+    (59–63)."""
     rng = np.random.default_rng(7)
     prob, x, y, p0 = _mlp_problem(rng)
     s = 0.4
@@ -107,7 +108,8 @@ def test_total_influence_equals_s_squared_times_labeled_sld():
 
 
 def test_sgdf_with_frozen_theta_is_lissa():
-    """Identity 6: the frozen-θ SGDF tangent iterates equal −η h_t of LiSSA h ← ρ_B + (I − ηH_B) h."""
+    """Identity 6: the frozen-θ SGDF tangent iterates equal −η h_t of LiSSA h ← ρ_B + (I − ηH_B)
+    h."""
     rng = np.random.default_rng(2)
     prob, data = ridge_problem(rng, n=64, d=3)
     s, lr, n = 20.0, 0.01, 64

@@ -1,8 +1,8 @@
 """core.linear_cv: the numpy closed forms behind the exact route of choosing s.
 
-References are independent of the code under test: ridge refitted by numpy with each fold or row left
-out on features built by hand (test_hyper's helpers), central finite differences in s, and the general
-autodiff G_pert of ``hyper.g_pert`` (a dense Hessian of the objective).
+References are independent of the code under test: ridge refitted by numpy with each fold or row
+left out on features built by hand (test_hyper's helpers), central finite differences in s, and the
+general autodiff G_pert of ``hyper.g_pert`` (a dense Hessian of the objective).
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def test_g_pert_equals_autodiff_g_pert(rng, anchor):
 
 
 def test_linear_rows_in_chunks_equal_the_linear_form(setup):
-    """The exact route's chunked autodiff (fixed shape, any row count) gives hyper.linear_form's J."""
+    """The exact route's chunked autodiff (fixed shape, any row count) gives hyper.linear_form's
+    J."""
     prob, data, params0, _, _ = setup
     compiled = cv_routes.Compiled(prob, params0)
     x = np.repeat(np.asarray(data.x), 8, axis=0)[: cv_routes.CHUNK + 13]  # two chunks, one partial
@@ -136,8 +137,8 @@ def test_linear_rows_in_chunks_equal_the_linear_form(setup):
 
 
 def test_the_search_on_the_closed_forms_takes_the_jax_solves_path(setup):
-    """The exact route's numpy closed forms replaced jitted JAX solves (``hyper.exact_cv``): the same
-    folds give the same search, step for step, and the same chosen s."""
+    """The exact route's numpy closed forms replaced jitted JAX solves (``hyper.exact_cv``): the
+    same folds give the same search, step for step, and the same chosen s."""
     prob, data, params0, _, y = setup
     masks = hyper.fold_masks(len(y), 5, seed=0)
     numpy_cv = _cv(prob, data, params0, masks)

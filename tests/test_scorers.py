@@ -49,7 +49,8 @@ def test_unlabeled_sld_is_mc_mean_of_labeled_sld(loss, k, noise):
 
 
 def test_softmax_sld_is_a_variance_without_cancellation():
-    """u large and nearly equal across classes: E[u²] - mean² loses everything in float32; Σ p (u - mean)² does not."""
+    """u large and nearly equal across classes: E[u²] - mean² loses everything in float32; Σ p (u -
+    mean)² does not."""
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(500, 4))
     u = 1e4 + 1e-1 * rng.normal(size=(500, 4))

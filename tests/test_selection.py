@@ -1,4 +1,5 @@
-"""The streaming top-k equals a full sort, whatever the batching; farthest-point picks spread out."""
+"""The streaming top-k equals a full sort, whatever the batching; farthest-point picks spread
+out."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The training contract of SGDF (alloop.core.sgdf): the loss falls, a seed fixes the result bit for bit,
-a resumed training repeats an uninterrupted one, a warm start keeps the tangent; with and without jit."""
+"""The training contract of SGDF (alloop.core.sgdf): the loss falls, a seed fixes the result bit for
+bit, a resumed training repeats an uninterrupted one, a warm start keeps the tangent; with and
+without jit."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def test_resume_repeats_an_uninterrupted_run(ridge, ridge_run):
 
 @pytest.mark.parametrize("keep_tangent", [True, False])
 def test_warm_start_keeps_the_tangent(ridge, ridge_run, keep_tangent):
-    """A converged run continued for a few epochs with a fresh optimizer keeps θ̇ (but only if it is passed on)."""
+    """A converged run continued for a few epochs with a fresh optimizer keeps θ̇ (but only if it is
+    passed on)."""
     prob, data, tdot = ridge
     state = ridge_run[0]
     assert cosine(flat_linear(state.tangent), tdot) >= 0.999
@@ -127,8 +129,9 @@ def test_same_result_with_and_without_jit():
 
 
 def test_scaled_tangent_steps_keep_theta_and_speed_up_the_tangent(ridge):
-    """tangent_scaled changes only the tangent: θ is bit-identical, and with k = 4 the scaled tangent
-    ends closer to the closed form than the unscaled one (it makes up for the skipped steps)."""
+    """tangent_scaled changes only the tangent: θ is bit-identical, and with k = 4 the scaled
+    tangent ends closer to the closed form than the unscaled one (it makes up for the skipped
+    steps)."""
     prob, data, tdot = ridge
     cfg = sgdf.TrainConfig(optimizer="sgd", lr=0.05, epochs=60, batch_size=32, tangent_every=4)
     plain, _ = sgdf.fit(prob, data, S, cfg)

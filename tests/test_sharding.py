@@ -1,6 +1,6 @@
-"""Streaming scoring at scale: the pipelined top-k through the real pool reader equals one full sort;
-the best rows of any split of the pool reduce to the whole's; the reader thread stops cleanly; rows split over several (forced
-host) devices score as on one."""
+"""Streaming scoring at scale: the pipelined top-k through the real pool reader equals one full
+sort; the best rows of any split of the pool reduce to the whole's; the reader thread stops cleanly;
+rows split over several (forced host) devices score as on one."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ FILES = [
 
 @pytest.fixture(scope="module")
 def pool_dir(tmp_path_factory):
-    """A directory pool of four files (one of a single row) with odd row groups and mixed column types."""
+    """A directory pool of four files (one of a single row) with odd row groups and mixed column
+    types."""
     rng = np.random.default_rng(0)
     n = FILES[-1][1]
     df = pd.DataFrame(
@@ -124,8 +125,9 @@ def test_progress_counts_every_row(pool_dir):
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 7, 2400])
 def test_partition_tops_reduce_to_the_whole_streams_top(pool_dir, parts):
-    """What the Ray engine relies on: the best rows of each part of the pool (any split, any order), reduced,
-    are the rows one stream over the whole pool keeps, with their scores, features and stored columns."""
+    """What the Ray engine relies on: the best rows of each part of the pool (any split, any order),
+    reduced, are the rows one stream over the whole pool keeps, with their scores, features and
+    stored columns."""
     import pyarrow as pa
 
     from alloop.strategies import distributed
@@ -204,7 +206,7 @@ def test_prefetch_raises_the_readers_error_and_stops_early():
     )  # leaving early closed the reader's iterator (its files) in the reader thread
 
 
-# --- several devices (forced host devices, in a subprocess: the flag must precede jax's start) -----
+# --- several devices (forced host devices, in a subprocess: the flag must precede jax's start) ----
 
 MULTI = textwrap.dedent("""
     import numpy as np, jax, jax.numpy as jnp
@@ -212,12 +214,15 @@ MULTI = textwrap.dedent("""
     from alloop.core.objective import Problem
     from alloop.training import fit as fitting
     assert jax.local_device_count() == 4, jax.devices()
-    config = {"model": {"kind": "mlp", "hidden": [32, 16], "activation": "tanh"}, "task": "regression", "targets": ["y"],
+    config = {"model": {"kind": "mlp", "hidden": [32, 16], "activation": "tanh"},
+              "task": "regression", "targets": ["y"],
               "pool": {"features": ["f0", "f1", "f2", "f3", "f4"]},
               "standardizer": {"mean": [0.1] * 5, "std": [2.0] * 5}, "regularizer": "l2", "s": 1.0}
     rng = np.random.default_rng(0)
     params = fitting.build_model(config).init(jax.random.PRNGKey(1))
-    tangent = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params)
+    tangent = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params
+    )
     problem = fitting.build_problem(config, params)
     fn = scorers.sld(problem, params, tangent, np.ones(1, np.float32))
     x = rng.normal(size=(1000, 5)).astype(np.float32)
@@ -232,9 +237,14 @@ MULTI = textwrap.dedent("""
     from alloop.io import pool as poolio
     from alloop.strategies import Round, TrainedModel, builtin, stream as streaming
     d = pathlib.Path(tempfile.mkdtemp())
-    pd.DataFrame({"id": np.arange(1000), **{f"f{j}": x[:, j] for j in range(5)}}).to_parquet(d / "p.parquet", row_group_size=300)
+    pd.DataFrame({"id": np.arange(1000), **{f"f{j}": x[:, j] for j in range(5)}}).to_parquet(
+        d / "p.parquet", row_group_size=300
+    )
     info = poolio.open_pool(d / "p.parquet")
-    tops = [streaming.stream_top(info, streaming.device_scorer(fn, 200, n), np.array([7, 8]), 50, 200) for n in (1, 2, 4)]
+    tops = [
+        streaming.stream_top(info, streaming.device_scorer(fn, 200, n), np.array([7, 8]), 50, 200)
+        for n in (1, 2, 4)
+    ]
     for t in tops[1:]:
         np.testing.assert_array_equal(t.ids, tops[0].ids)
         np.testing.assert_allclose(t.scores, tops[0].scores, rtol=1e-5)

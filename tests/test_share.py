@@ -1,4 +1,5 @@
-"""core/share.py: the uniform share of a mixed batch, chosen from the labels (checked against constructed truths)."""
+"""core/share.py: the uniform share of a mixed batch, chosen from the labels (checked against
+constructed truths)."""
 
 import numpy as np
 import pytest
@@ -7,9 +8,10 @@ from alloop.core import share
 
 
 def _labels(kind: str, seed: int, n_u: int = 40, n_a: int = 40, d: int = 8):
-    """Uniform rows z ~ N(0, I) and active rows that are: like them ("same"), at high leverage under a linear
-    truth ("informative": worth more than uniform rows), or at high leverage under a truth that no linear fit
-    follows there ("misleading": they pull the fit away from the pool's typical rows)."""
+    """Uniform rows z ~ N(0, I) and active rows that are: like them ("same"), at high leverage under
+    a linear truth ("informative": worth more than uniform rows), or at high leverage under a truth
+    that no linear fit follows there ("misleading": they pull the fit away from the pool's typical
+    rows)."""
     r = np.random.default_rng(seed)
     z = np.r_[r.normal(size=(n_u, d)), r.normal(size=(n_a, d)) * (1.0 if kind == "same" else 3.0)]
     if kind == "misleading":
@@ -31,7 +33,7 @@ def test_active_rows_that_mislead_the_fit_push_the_share_to_its_ceiling():
     assert np.sum(shares == 1 - share.SHARE_FLOOR) >= 10
 
 
-def test_informative_active_rows_lower_the_share_and_rows_like_the_uniform_ones_leave_it_near_even():
+def test_informative_active_rows_lower_the_share_and_rows_like_uniform_ones_leave_it_near_even():
     informative, same = _shares("informative"), _shares("same")
     assert informative.mean() < 0.35
     assert 0.3 < same.mean() < 0.7
@@ -97,7 +99,8 @@ def test_loo_errors_equal_refitting_without_each_row():
 
 
 def test_the_comparison_adds_as_many_active_as_uniform_rows_to_the_same_base(monkeypatch):
-    """Each held-out fold's two fits share their base rows and differ only in m uniform rows against m active ones."""
+    """Each held-out fold's two fits share their base rows and differ only in m uniform rows against
+    m active ones."""
     z, y, uniform = _labels("same", 0, n_u=20, n_a=7)
     fits = []
     real = share.ridge_predict

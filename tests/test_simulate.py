@@ -1,5 +1,6 @@
-"""`alloop simulate` and its pieces: the loop end to end, resume, determinism, the summary's arithmetic,
-the closed forms (ridge tangent against the core, LOOCV against retraining) and the strategies' contracts."""
+"""`alloop simulate` and its pieces: the loop end to end, resume, determinism, the summary's
+arithmetic, the closed forms (ridge tangent against the core, LOOCV against retraining) and the
+strategies' contracts."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ ALL = sim.strategy_names()
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> sim.SimData:
-    """A 120-row pool and 40-row test set: a linear truth with a bend and noise, written as Parquet."""
+    """A 120-row pool and 40-row test set: a linear truth with a bend and noise, written as
+    Parquet."""
     folder = tmp_path_factory.mktemp("sim-data")
     rng = np.random.default_rng(7)
     x = rng.normal(size=(160, 3)) * [1.0, 2.0, 0.5]
@@ -99,7 +101,9 @@ def test_same_seed_same_numbers_in_any_number_of_processes(tiny, tmp_path):
 def test_resume_skips_finished_curves_and_redoes_a_torn_one(tiny, tmp_path, monkeypatch):
     calls = []
     real = sim.run_curve
-    monkeypatch.setattr(sim_engines, "run_curve", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k))
+    monkeypatch.setattr(
+        sim_engines, "run_curve", lambda *a, **k: calls.append(a[2:4]) or real(*a, **k)
+    )
     sim.simulate(tiny, TINY, ["sld", "random"], reps=1, out=tmp_path, jobs=1)
     assert calls == [("sld", 0), ("random", 0)]
     before = (tmp_path / "curves.csv").read_text()
@@ -220,7 +224,8 @@ def _rows(strategy, table, n=(10, 20, 30)):
 def test_relative_area_and_friends_on_hand_made_curves():
     # random: areas 40 and 60 (trapezoids with step 10); final mean metric (1 + 2) / 2 = 1.5
     rows = _rows("random", [[3, 2, 1], [4, 3, 2]])
-    # fast: areas 22.5 and 72.5 -> relative area (22.5 + 72.5) / (40 + 60) = 0.95; per rep 0.5625 and 72.5/60
+    # fast: areas 22.5 and 72.5 -> relative area (22.5 + 72.5) / (40 + 60) = 0.95; per rep 0.5625
+    # and 72.5/60
     rows += _rows("fast", [[2, 1, 0.5], [4, 3.5, 3.5]])
     rows += _rows("flat", [[3, 3, 3], [3, 3, 3]])
     s = sim_summary.summarize(rows, ["random", "fast", "flat"], TINY, "hand")["strategies"]
@@ -364,8 +369,8 @@ def test_rank_one_update_equals_refitting_with_the_predicted_label(tiny):
 
 
 def test_lookahead_gain_is_the_drop_of_the_total_sld_after_refitting_with_the_predicted_label(tiny):
-    """sld-lookahead's score: Σ over the kept rows of SLD now, minus the same sum from a ridge refitted
-    with x labeled by its own prediction (no rank-one algebra on the refit side)."""
+    """sld-lookahead's score: Σ over the kept rows of SLD now, minus the same sum from a ridge
+    refitted with x labeled by its own prediction (no rank-one algebra on the refit side)."""
     learner, idx, rnd = _fitted(tiny)
     x = tiny.x_pool
     a, hinv = rnd.model.gradient_features(x), rnd.model.curvature_inverse(rnd.labeled_x)
@@ -469,11 +474,12 @@ def test_mlp_learner_runs_the_loop_with_a_live_tangent(tiny):
     assert rnd.model.gradient_features(tiny.x_pool[:9]).shape == (9, rnd.model.n_params)
 
 
-# --- the simulation replays the live loop -----------------------------------------------------------
+# --- the simulation replays the live loop ---------------------------------------------------------
 
 
 def test_the_closed_form_fast_path_is_what_sgdf_training_converges_to(tiny):
-    """simulate fits linear models in closed form; `alloop train` runs SGDF: same predictions and tangent."""
+    """simulate fits linear models in closed form; `alloop train` runs SGDF: same predictions and
+    tangent."""
     settings = sim.SimSettings(s=0.5, model={"kind": "poly", "degree": 2})
     learner = sim.make_learner(tiny, settings)
     idx = np.arange(40)
@@ -485,9 +491,7 @@ def test_the_closed_form_fast_path_is_what_sgdf_training_converges_to(tiny):
     assert np.sqrt(np.mean((pred_live - pred_closed) ** 2)) < 0.01 * np.std(pred_closed)
     u_live = TrainedModel(
         problem=closed.problem, params=live.params, tangent=live.tangent, noise=closed.noise, s=0.5
-    ).outputs(
-        tiny.x_pool
-    )[1]
+    ).outputs(tiny.x_pool)[1]
     u_closed = closed.outputs(tiny.x_pool)[1]
     assert (
         u_live @ u_closed / (np.linalg.norm(u_live) * np.linalg.norm(u_closed)) > 0.999
@@ -498,7 +502,8 @@ def test_the_closed_form_fast_path_is_what_sgdf_training_converges_to(tiny):
     "strategy", ["sld", "sld-topk", "greedy", "random", "committee", "sld-seq"]
 )
 def test_a_simulated_round_picks_the_rows_alloop_query_picks(tiny, runs, strategy, monkeypatch):
-    """Same run state (labels, model, seed): the simulation's round chooses exactly the rows of `alloop query`."""
+    """Same run state (labels, model, seed): the simulation's round chooses exactly the rows of
+    `alloop query`."""
     from alloop.commands.init import init_run
     from alloop.commands.query import query, trained_model
     from alloop.commands.train import train
@@ -591,7 +596,7 @@ def test_classification_is_simulated_with_the_live_softmax_model(tmp_path):
         )
 
 
-# --- stopping: the signals a simulated round records, and the report replayed from them ------------
+# --- stopping: the signals a simulated round records, and the report replayed from them -----------
 
 
 def _signal_rows(strategy, metrics, changes, n=(10, 20, 30, 40, 50)):
@@ -613,8 +618,8 @@ def _signal_rows(strategy, metrics, changes, n=(10, 20, 30, 40, 50)):
 
 
 def test_the_stop_report_replays_each_rule_over_every_repetition():
-    # rep 0: changes fall below 0.01 at n=30 and n=40 -> stable_predictions stops at n=40 (2 rounds in a row),
-    #        metric there 2.2 against 2.0 at the budget: 10% given up, 10 labels saved;
+    # rep 0: changes fall below 0.01 at n=30 and n=40 -> stable_predictions stops at n=40 (2 rounds
+    #        in a row), metric there 2.2 against 2.0 at the budget: 10% given up, 10 labels saved;
     # rep 1: never two calm rounds in a row -> runs to the budget, nothing saved or given up.
     rows = _signal_rows(
         "sld",
@@ -658,14 +663,16 @@ def test_the_stop_report_replays_each_rule_over_every_repetition():
             rules=sim.stopping.StopRules(change_threshold=0.01, change_rounds=2),
         )
     )
-    # curves without signals (written before they were recorded) give no stop report, not a wrong one
+    # curves without signals (written before they were recorded) give no stop report, not a wrong
+    # one
     bare = [{k: v for k, v in r.items() if k in sim.CURVE_COLUMNS} for r in rows]
     assert sim_summary.summarize(bare, ["sld"], TINY, "hand")["stopping"]["strategies"] == {}
 
 
 def test_simulated_rounds_record_the_stop_signals_a_run_records(tiny, tmp_path, monkeypatch):
-    """The change of the stop-set predictions between rounds, computed independently from closed-form ridge fits
-    on the labels each round trained on; the CV loss when s is searched; the mean SLD on the stop set."""
+    """The change of the stop-set predictions between rounds, computed independently from
+    closed-form ridge fits on the labels each round trained on; the CV loss when s is searched; the
+    mean SLD on the stop set."""
     settings = sim.SimSettings(initial=5, budget=25, batch=5, seed=3, s=0.5)
     seen = []
     real_fit = sim_learners.RidgeLearner.fit
@@ -718,7 +725,7 @@ def test_curves_written_before_the_signals_are_kept_on_resume(tiny, tmp_path, mo
     )
 
 
-# --- diversity in the model's own space, and the uniform share ----------------------------------------
+# --- diversity in the model's own space, and the uniform share ------------------------------------
 
 
 def _kept_unlabeled(data, idx):
@@ -729,7 +736,8 @@ def _kept_unlabeled(data, idx):
 
 
 def test_the_model_space_of_a_linear_model_is_its_inputs_so_herding_grad_is_herding(tiny):
-    """a(x) = [1, z] for a linear model: the same distances as the standardized inputs, hence the same picks."""
+    """a(x) = [1, z] for a linear model: the same distances as the standardized inputs, hence the
+    same picks."""
     _, idx, rnd = _fitted(tiny, model={"kind": "linear"})
     kept = _kept_unlabeled(tiny, idx)
     e, e_lab = research.model_space(kept, rnd)
@@ -788,8 +796,9 @@ def test_sld_lcmd_is_lcmd_on_the_gradients_weighted_by_capped_sld(tiny):
 
 
 def test_the_uniform_share_of_sld_mix_is_uniform_over_the_unlabeled_rows(tiny):
-    """Over many rounds' seeds every unlabeled row is as likely to be in the uniform share (chi-square),
-    the share is round(0.3 k) rows, and the rest is sld's pick among the other rows, given the share as labeled."""
+    """Over many rounds' seeds every unlabeled row is as likely to be in the uniform share
+    (chi-square), the share is round(0.3 k) rows, and the rest is sld's pick among the other rows,
+    given the share as labeled."""
     _, idx, rnd = _fitted(tiny)
     unlabeled = np.setdiff1d(tiny.ids, tiny.ids[idx])
     mix = strategies.get("sld-mix")
@@ -830,8 +839,8 @@ def test_sld_mix_fills_the_rest_with_sld_seeing_the_uniform_rows_as_labeled(tiny
 
 
 def test_sld_mix_auto_draws_the_share_the_labels_support_and_flags_it(tiny):
-    """round(share·k) uniform rows first, flagged as uniform: the prior share while the round does not know which
-    labels were uniform draws, else core.share's choice from the labels."""
+    """round(share·k) uniform rows first, flagged as uniform: the prior share while the round does
+    not know which labels were uniform draws, else core.share's choice from the labels."""
     from alloop.core import share
 
     _, idx, rnd = _fitted(tiny, labeled=30)
@@ -861,7 +870,8 @@ def test_sld_mix_auto_draws_the_share_the_labels_support_and_flags_it(tiny):
 
 
 def test_a_simulation_tells_the_strategy_which_labels_were_uniform_draws(tiny, monkeypatch):
-    """The initial labels and each mixed batch's uniform share are uniform draws; every other pick is not."""
+    """The initial labels and each mixed batch's uniform share are uniform draws; every other pick
+    is not."""
     seen = []
     monkeypatch.setattr(
         research, "labeled_share", lambda rnd: seen.append(rnd.labeled_uniform.copy()) or 0.3
@@ -880,8 +890,9 @@ def test_a_simulation_tells_the_strategy_which_labels_were_uniform_draws(tiny, m
 
 
 def test_lure_weights_make_the_mixed_batch_unbiased(tiny):
-    """sld-mix-iw's weights: over many draws, the LURE-weighted mean of any per-row loss over a mixed batch is
-    the unlabeled rows' mean (the sld part is drawn ∝ capped SLD · D², the uniform part uniformly); unweighted it is not."""
+    """sld-mix-iw's weights: over many draws, the LURE-weighted mean of any per-row loss over a
+    mixed batch is the unlabeled rows' mean (the sld part is drawn ∝ capped SLD · D², the uniform
+    part uniformly); unweighted it is not."""
     assert strategies.get("sld-mix-iw").weighted and not strategies.get("sld-mix").weighted
     _, idx, rnd = _fitted(tiny)
     kept = _kept_unlabeled(tiny, idx)
@@ -905,7 +916,8 @@ def test_lure_weights_make_the_mixed_batch_unbiased(tiny):
 
 
 def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, monkeypatch):
-    """Many labeled rows of a wide model must not hold all their gradient features at once: blocks, same sketch."""
+    """Many labeled rows of a wide model must not hold all their gradient features at once: blocks,
+    same sketch."""
     settings = sim.SimSettings(
         initial=6,
         budget=14,
@@ -931,8 +943,9 @@ def test_the_model_space_is_built_a_block_at_a_time_with_the_same_result(tiny, m
 
 
 def test_sld_density_weighs_sld_by_how_representative_a_row_is():
-    """rbf_density (sld-density's weight): rows inside a dense cluster score near 1, a far outlier near 0, and
-    with every row as an anchor it is the plain mean RBF similarity at the median squared distance."""
+    """rbf_density (sld-density's weight): rows inside a dense cluster score near 1, a far outlier
+    near 0, and with every row as an anchor it is the plain mean RBF similarity at the median
+    squared distance."""
     rng = np.random.default_rng(0)
     z = np.r_[rng.normal(0, 0.1, size=(60, 2)), rng.normal(0, 1.0, size=(39, 2)), [[9.0, 9.0]]]
     dens = research.rbf_density(z, np.random.default_rng(1), anchors=len(z))
@@ -943,7 +956,8 @@ def test_sld_density_weighs_sld_by_how_representative_a_row_is():
 
 
 def test_igs_picks_the_row_farthest_in_inputs_times_outputs_from_every_labeled_or_chosen_row(tiny):
-    """iGS, spelled out: each pick maximizes min over labeled (x_m, y_m) and already chosen (x_c, F(x_c)) rows of
+    """iGS, spelled out: each pick maximizes min over labeled (x_m, y_m) and already chosen (x_c,
+    F(x_c)) rows of
     ||z − z_m|| · |F(x) − y_m|, with z the standardized inputs."""
     _, idx, rnd = _fitted(tiny)
     rest = np.setdiff1d(np.arange(len(tiny.x_pool)), idx)

@@ -1,5 +1,5 @@
-"""Stopping rules: their defining properties on constructed rounds, and the stop signal that training
-records and `alloop status` reports (from files alone)."""
+"""Stopping rules: their defining properties on constructed rounds, and the stop signal that
+training records and `alloop status` reports (from files alone)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_history_keeps_the_last_training_per_label_count():
     ]
 
 
-# --- what training records and status reports ------------------------------------------------------
+# --- what training records and status reports -----------------------------------------------------
 
 
 def _history(run):

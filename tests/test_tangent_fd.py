@@ -76,7 +76,8 @@ def test_adam_sgdf_tangent_on_mlp_from_scratch(mlp_case):
 
 
 def test_sgdf_minibatch_tangent_on_poly(rng):
-    """A convex degree-5 polynomial (the paper's model): minibatch SGDF against finite differences."""
+    """A convex degree-5 polynomial (the paper's model): minibatch SGDF against finite
+    differences."""
     x = rng.uniform(-1, 1, size=(60, 1)).astype(np.float32)
     y = (x**3 - x + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
     model = models.poly(1, 1, degree=5)

@@ -16,7 +16,8 @@ CONFIGS = {
         optimizer="sgd", lr=0.02, momentum=0.9, epochs=60, batch_size=32
     ),
     "adam": sgdf.TrainConfig(optimizer="adam", lr=0.05, epochs=60, batch_size=32),
-    # the tangent iterated on every 4th step only: a quarter of the tangent steps, so twice the epochs
+    # the tangent iterated on every 4th step only: a quarter of the tangent steps, so twice the
+    # epochs
     "adam-every-4": sgdf.TrainConfig(
         optimizer="adam", lr=0.05, epochs=120, batch_size=32, tangent_every=4
     ),

@@ -1,4 +1,5 @@
-"""tuning: choosing s (``--s auto``, ``--s loocv``), the validation curve and its wiring into the app and CLI."""
+"""tuning: choosing s (``--s auto``, ``--s loocv``), the validation curve and its wiring into the
+app and CLI."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def _config(x, model=None, s="auto", **tune):
 
 @pytest.fixture(scope="module")
 def interior():
-    """40 rows, 12 features of which 4 matter, noisy labels: the 5-fold CV optimum is inside (near s = 6)."""
+    """40 rows, 12 features of which 4 matter, noisy labels: the 5-fold CV optimum is inside (near
+    s = 6)."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 12)).astype(np.float32)
     beta = rng.normal(size=12) * np.r_[np.ones(4), 0.1 * np.ones(8)]
@@ -74,7 +76,8 @@ def test_auto_lands_within_one_percent_of_the_grid_optimum(interior, s_prev):
 
 
 def test_sgdf_route_hypergradient_and_choice(interior):
-    """Folds trained by SGDF (vmapped, warm-started along s): the hypergradient and the choice agree with the exact route."""
+    """Folds trained by SGDF (vmapped, warm-started along s): the hypergradient and the choice agree
+    with the exact route."""
     x, y, config, ev, grid, cv = interior
     tc = tuning.TuneConfig(route="sgdf", steps=300)
     route, sg, k = tuning.evaluator(config, x, y, tc)
@@ -131,7 +134,8 @@ def test_an_mlp_regression_chooses_s_on_the_grid_by_default(figure2):
 
 
 def test_loocv_finds_the_global_minimum_auto_a_local_one(figure2):
-    """Like the paper's Figure 2: LOOCV has local minima; loocv takes the global one, auto the one downhill of its start."""
+    """Like the paper's Figure 2: LOOCV has local minima; loocv takes the global one, auto the one
+    downhill of its start."""
     x, y, config = figure2
     dense = tuning.log_grid(1e-4, 1e5, 40)
     route, ev, k = tuning.evaluator(config, x, y, tuning.tune_config(config))
