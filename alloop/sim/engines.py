@@ -170,7 +170,8 @@ def _stop_workers(ex: cf.ProcessPoolExecutor) -> None:
     """End the pool's worker processes now: SIGTERM, then SIGKILL for any still there after GRACE_S.
 
     ``shutdown`` alone lets every worker finish the curve it holds (minutes on a large table), and a
-    worker left running outlives its parent. Further SIGINT/SIGTERM wait until this is done."""
+    worker left running outlives its parent. A SIGINT or SIGTERM meanwhile is ignored: the stop is
+    under way, and a raise here would leave workers behind."""
     with _signals_held():
         procs = list((getattr(ex, "_processes", None) or {}).values())
         for p in procs:
