@@ -10,7 +10,8 @@ timed, each in a fresh process on a fresh copy of that run:
 - ``query``: ``alloop query NAME -k 10`` (scores the pool, writes round 2);
 - ``query again``: a second ``alloop query NAME -k 10`` on the unchanged model and pool (round 3);
 
-for the linear model (the default, ``--s auto``) and an MLP (``--model mlp --hidden 64,64``), and
+for the linear model (``--model linear``, ``--s auto``), ``--model auto`` (the default) and an MLP
+(``--model mlp --hidden 64,64``), and
 ``python -c "import jax, optax"`` alone for reference. Every timed process runs this file's
 ``--child`` mode, which imports alloop and then calls the CLI's ``main()`` with timers wrapped
 around the use cases' parts (no change to alloop's code is needed to measure it). Each phase's time
@@ -68,7 +69,11 @@ PHASES = (
     "pick",
     "commit",
 )
-MODELS = {"linear": [], "mlp": ["--model", "mlp", "--hidden", "64,64"]}
+MODELS = {
+    "linear": ["--model", "linear"],
+    "auto": ["--model", "auto"],  # the default of a regression run: linear, poly 2/3 or the MLP
+    "mlp": ["--model", "mlp", "--hidden", "64,64"],
+}
 N_FEATURES, N_SEED, K = 26, 50, 10
 
 
