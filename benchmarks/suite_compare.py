@@ -6,7 +6,8 @@ repetitions both runs have, with the standard error of the paired per-repetition
 run's relative area against its own random. A change that only changed the arithmetic should leave
 the ratio within about two standard errors of 1 on most tables.
 
-    python benchmarks/suite_compare.py benchmarks/results/suite-auto-lead6 benchmarks/out/suite-auto-20
+    python benchmarks/suite_compare.py benchmarks/results/suite-auto-lead6 \
+        benchmarks/results/suite-auto-20
     python benchmarks/suite_compare.py OLD NEW --folder alloop-auto --strategies herding,random
 """
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 
 def areas(path: Path) -> pd.DataFrame:
-    """(strategy, rep) -> the mean test metric over the curve's label counts (the learning-curve area)."""
+    """(rep × strategy) the mean test metric over a curve's label counts (the curve's area)."""
     df = pd.read_csv(path)
     return df.groupby(["strategy", "rep"])["metric"].mean().unstack(0)
 
@@ -74,9 +75,10 @@ def main() -> None:
     for s in args.strategies.split(","):
         if f"{s} new/old" in out:
             z = (out[f"{s} new/old"] - 1.0).abs() / out[f"{s} se"]
+            geo = float(np.exp(np.log(out[f"{s} new/old"]).mean()))
             print(
-                f"\n{s}: geometric mean new/old {np.exp(np.log(out[f'{s} new/old']).mean()):.4f} over "
-                f"{len(out)} tables; within 2 s.e. of 1 on {int((z <= 2).sum())} of {len(out)}"
+                f"\n{s}: geometric mean new/old {geo:.4f} over {len(out)} tables; "
+                f"within 2 s.e. of 1 on {int((z <= 2).sum())} of {len(out)}"
             )
 
 

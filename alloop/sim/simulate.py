@@ -1,4 +1,5 @@
-"""``alloop simulate``: active learning replayed in memory on a labeled pool, strategy against strategy.
+"""``alloop simulate``: active learning replayed in memory on a labeled pool, strategy against
+strategy.
 
 For every strategy and repetition the loop starts from the same random initial labels (drawn from
 the seed and the repetition only), asks the strategy for a batch, lets an oracle answer from the
@@ -7,8 +8,9 @@ pool is held in memory and nothing goes through a run directory.
 
 Finished (strategy, rep) curves are appended to ``DIR/curves.csv`` as they complete; a rerun skips
 them, so an interrupted simulation resumes where it stopped. Randomness comes only from the seed:
-the initial labels from (seed, rep), each round's candidate sample and draws from (seed, rep, round), so the same
-seed gives the same numbers, in any order and with any number of worker processes.
+the initial labels from (seed, rep), each round's candidate sample and draws from (seed, rep,
+round), so the same seed gives the same numbers, in any order, with any number of worker processes
+and on any engine (``sim.engines``).
 
 Models: ``linear`` and ``poly`` are fitted in closed form (``ridge``); ``mlp`` is trained with SGDF
 through the core every round (``mlp``), which is far slower. Strategies: the registry of
@@ -75,9 +77,11 @@ def simulate(
     engine: str = "local",
     address: str | None = None,
 ) -> dict:
-    """Run every missing (strategy, rep) curve, then write the summary and the plot; returns the summary.
+    """Run every missing (strategy, rep) curve, then write the summary and the plot; returns the
+    summary.
 
-    ``stop`` overrides stopping thresholds (``training.stopping.StopRules``) for the stop report only: the
+    ``stop`` overrides stopping thresholds (``training.stopping.StopRules``) for the stop report
+    only: the
     curves record the signals, so other thresholds are replayed without running anything again.
     ``engine``: ``local`` (``jobs`` worker processes) or ``ray`` (``jobs`` actors on the Ray cluster
     at ``address``; None: the one this process is connected to, else a new local one): the same
@@ -101,7 +105,8 @@ def simulate(
             stack.enter_context(run_lock(out, wait=0.0))
         except UserError:
             raise UserError(
-                f"{out} is in use by another alloop simulate: wait for it to finish, or pass another --out"
+                f"{out} is in use by another alloop simulate: wait for it to finish, "
+                "or pass another --out"
             ) from None
         return _simulate_locked(
             data, settings, strategy_list, reps, out, jobs, reporter, rules, engine, address
@@ -176,11 +181,12 @@ def run_simulation(
     address: str | None = None,
     **settings,
 ) -> dict:
-    """The ``simulate`` use case: find the data (``dataset`` or ``pool`` + ``test``), then ``simulate``.
+    """The ``simulate`` use case: find the data (``dataset`` or ``pool`` + ``test``), then
+    ``simulate``.
 
-    A bundled dataset's ``demo`` defaults (model, s) and task apply unless given. Without them, model and s
-    follow ``alloop init``'s policy (``config.default_model``, ``config.default_s``): auto model and s for
-    regression, a linear model with s = 1 for classification.
+    A bundled dataset's ``demo`` defaults (model, s) and task apply unless given. Without them,
+    model and s follow ``alloop init``'s policy (``config.default_model``, ``config.default_s``):
+    auto model and s for regression, a linear model with s = 1 for classification.
     ``engine``/``address``: where the curves run (``simulate``).
     """
     engines.check_engine(engine, address)
@@ -194,7 +200,8 @@ def run_simulation(
     else:
         if not (pool and test):
             raise UserError(
-                "simulate needs --dataset NAME, or --pool FILE and --test FILE (both with the target column)"
+                "simulate needs --dataset NAME, or --pool FILE and --test FILE "
+                "(both with the target column)"
             )
         name, defaults = pool_name(pool), {}
     task = task or "regression"
