@@ -100,11 +100,18 @@ def main() -> None:
     ap.add_argument(
         "--baseline", default=DEFAULT_BASELINE, help="git ref of the code to compare with"
     )
+    ap.add_argument(
+        "--cache",
+        choices=("cold", "warm"),
+        default="cold",
+        help="time with an empty compilation cache, or one the same simulation filled before",
+    )
     args = ap.parse_args()
     strategies = args.strategies.split(",")
     base = baseline_tree(args.baseline)
     print(
-        f"table {args.table}, strategies {','.join(strategies)}, {args.reps} repetition(s), jobs 1"
+        f"table {args.table}, strategies {','.join(strategies)}, {args.reps} repetition(s), "
+        f"jobs 1, {args.cache} compilation cache"
     )
     print("| model | code | CPU s / curve | wall s / curve | baseline / this | mean area |")
     print("|---|---|---|---|---|---|")
