@@ -115,7 +115,8 @@ def invoke(args: list, runs: Path) -> Result:
 
 
 def assert_user_error(res: Result, *needles: str) -> str:
-    """Exit code 2, nothing on stdout, one line on stderr (no traceback) containing every needle."""
+    """Exit code 2, one line on stderr (no traceback) containing every needle, and nothing on
+    stdout: with ``--json`` on the command line, exactly that error as one JSON object."""
     assert res.code == 2, f"exit code {res.code}, stderr:\n{res.stderr}\nstdout:\n{res.stdout}"
     assert "Traceback" not in res.stderr, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -123,7 +124,10 @@ def assert_user_error(res: Result, *needles: str) -> str:
     assert lines[0].startswith("error: "), lines[0]
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    assert res.stdout == "", res.stdout
+    if res.stdout.startswith("{"):  # the command was given --json
+        assert json.loads(res.stdout) == {"error": lines[0][len("error: ") :], "exit_code": 2}
+    else:
+        assert res.stdout == "", res.stdout
     return lines[0]
 
 
