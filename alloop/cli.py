@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import gc
 import json
 import signal
 import sys
@@ -36,7 +35,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import UsageError
 
 from alloop.config import default_model, parse_s
-from alloop.errors import UserError
+from alloop.errors import UserError, drops_exceptions
 from alloop.io.atomic import to_json_value
 from alloop.io.pool import with_endpoint
 from alloop.reporting import Reporter
@@ -1138,21 +1137,10 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
-    if _drops_exceptions(frame):  # raised there it would be printed and lost: deliver it again soon
+    if drops_exceptions(frame):  # raised there it would be printed and lost: deliver it again soon
         threading.Timer(0.05, _thread.interrupt_main, (signum,)).start()
         return
     raise Terminated()
-
-
-def _drops_exceptions(frame) -> bool:
-    """Whether ``frame`` runs inside a garbage-collector callback or a ``__del__``, where Python
-    prints an exception as "ignored" instead of raising it (JAX registers such a callback)."""
-    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
 
 
 def stop_like_ctrl_c() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import _thread
 import concurrent.futures as cf
 import contextlib
-import gc
 import multiprocessing
 import os
 import queue as queue_mod
@@ -23,7 +22,7 @@ import sys
 import threading
 import time
 
-from alloop.errors import UserError
+from alloop.errors import UserError, drops_exceptions
 from alloop.sim.curve import run_curve
 from alloop.sim.data import SimData
 from alloop.sim.learner import make_learner
@@ -109,21 +108,10 @@ def stop_on_signals():
 
 
 def _raise_stop(signum, frame) -> None:
-    if _drops_exceptions(frame):  # raised there it would be printed and lost: deliver it again soon
+    if drops_exceptions(frame):  # raised there it would be printed and lost: deliver it again soon
         threading.Timer(0.05, _thread.interrupt_main, (signum,)).start()
         return
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _drops_exceptions(frame) -> bool:
-    """Whether ``frame`` runs inside a garbage-collector callback or a ``__del__``, where Python
-    prints an exception as "ignored" instead of raising it (JAX registers such a callback)."""
-    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
 
 
 def run_all(data, settings, todo, jobs, advance, engine: str = "local", address=None):
